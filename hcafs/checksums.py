@@ -1,0 +1,125 @@
+"""The four checksums the DSS names every blob by, computed in one pass.
+
+The DSS identifies content by ``sha256``, ``sha1``, ``crc32c`` (big-endian hex, 8 digits)
+and ``s3_etag``: the ETag S3 gives an object uploaded with the DSS part size, which is the
+plain MD5 for one part and ``md5(part digests)-N`` for N > 1 parts.
+
+Part size rule (the DSS and the ``hca`` CLI share it): 64 MiB, unless the object would need
+more than 10,000 parts; then ``ceil(size / 10000)`` rounded up to a whole MiB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from typing import BinaryIO
+
+import crc32c as _crc32c
+
+MiB = 1024 * 1024
+MIN_PART_SIZE = 64 * MiB
+MAX_PARTS = 10_000
+READ_SIZE = 4 * MiB
+
+# The keys the DSS reads from a staged object's tags (or metadata).
+TAG_KEYS = {
+    "sha256": "hca-dss-sha256",
+    "sha1": "hca-dss-sha1",
+    "crc32c": "hca-dss-crc32c",
+    "s3_etag": "hca-dss-s3_etag",
+}
+
+
+def part_size(size: int) -> int:
+    """The multipart part size the DSS expects for an object of ``size`` bytes."""
+    if size <= MAX_PARTS * MIN_PART_SIZE:
+        return MIN_PART_SIZE
+    parts = -(-size // MAX_PARTS)
+    return -(-parts // MiB) * MiB
+
+
+@dataclass(frozen=True)
+class Checksums:
+    sha256: str
+    sha1: str
+    crc32c: str
+    s3_etag: str
+    size: int
+
+    def tags(self) -> dict[str, str]:
+        """The object tags a staged copy must carry for the DSS to accept it."""
+        return {TAG_KEYS[name]: getattr(self, name) for name in TAG_KEYS}
+
+    def blob_key(self) -> str:
+        return f"{self.sha256}.{self.sha1}.{self.s3_etag}.{self.crc32c}"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Checksummer:
+    """Feed bytes in order with :meth:`update`; :meth:`result` gives the four checksums.
+
+    ``size_hint`` fixes the S3 part size; it must be the object's final size.
+    """
+
+    def __init__(self, size_hint: int):
+        self._part_size = part_size(size_hint)
+        self._sha256 = hashlib.sha256()
+        self._sha1 = hashlib.sha1()
+        self._crc = 0
+        self._part = hashlib.md5()
+        self._part_filled = 0
+        self._part_digests: list[bytes] = []
+        self._size = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        self._sha256.update(view)
+        self._sha1.update(view)
+        self._crc = _crc32c.crc32c(view, self._crc)
+        self._size += len(view)
+        while view:
+            room = self._part_size - self._part_filled
+            chunk, view = view[:room], view[room:]
+            self._part.update(chunk)
+            self._part_filled += len(chunk)
+            if self._part_filled == self._part_size:
+                self._part_digests.append(self._part.digest())
+                self._part = hashlib.md5()
+                self._part_filled = 0
+
+    def result(self) -> Checksums:
+        digests = list(self._part_digests)
+        if self._part_filled or not digests:
+            digests.append(self._part.digest())
+        if len(digests) == 1:
+            etag = digests[0].hex()
+        else:
+            etag = f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
+        return Checksums(
+            sha256=self._sha256.hexdigest(),
+            sha1=self._sha1.hexdigest(),
+            crc32c=f"{self._crc:08x}",
+            s3_etag=etag,
+            size=self._size,
+        )
+
+
+def checksum_file(stream: BinaryIO, size: int) -> Checksums:
+    """Checksums of the next ``size`` bytes of ``stream`` (read in bounded chunks)."""
+    summer = Checksummer(size)
+    remaining = size
+    while remaining:
+        chunk = stream.read(min(READ_SIZE, remaining))
+        if not chunk:
+            raise ValueError(f"stream ended {remaining} bytes early")
+        summer.update(chunk)
+        remaining -= len(chunk)
+    return summer.result()
+
+
+def checksum_bytes(data: bytes) -> Checksums:
+    summer = Checksummer(len(data))
+    summer.update(data)
+    return summer.result()

@@ -1,0 +1,98 @@
+"""Configuration, built once into frozen objects; the environment is read here and only here.
+
+Precedence for every setting: command-line option, then ``HCAFS_*`` environment variable,
+then the config file (``$XDG_CONFIG_HOME/hcafs/config.toml``), then the default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+MiB = 1024 * 1024
+DEFAULT_PORT = 8440
+DEFAULT_ASYNC_THRESHOLD = 64 * MiB
+
+
+def xdg_dir(kind: str) -> str:
+    """``$XDG_<KIND>_HOME/hcafs`` with the XDG defaults (``data``, ``config``, ``cache``)."""
+    defaults = {"data": ".local/share", "config": ".config", "cache": ".cache"}
+    base = os.environ.get(f"XDG_{kind.upper()}_HOME") or os.path.join(
+        os.path.expanduser("~"), defaults[kind])
+    return os.path.join(base, "hcafs")
+
+
+def env(name: str) -> str | None:
+    """An ``HCAFS_<NAME>`` environment variable, or None when unset or empty."""
+    return os.environ.get(f"HCAFS_{name.upper()}") or None
+
+
+def config_file_values(section: str) -> dict[str, Any]:
+    """One ``[section]`` of the config file (``HCAFS_CONFIG`` names another file)."""
+    path = env("config") or os.path.join(xdg_dir("config"), "config.toml")
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, "rb") as handle:
+            values = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc
+    table = values.get(section, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"config file {path}: [{section}] must be a table")
+    return table
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.I)
+
+
+def parse_size(text: str | int) -> int:
+    """``'10G'``, ``'512MiB'``, ``'1.5T'`` or a plain byte count, as bytes (powers of 1024)."""
+    if isinstance(text, int):
+        return text
+    match = _SIZE_RE.match(str(text))
+    if not match:
+        raise ConfigError(f"not a size: {text!r} (try 512M, 10G or a byte count)")
+    scale = 1024 ** " kmgt".index(match[2].lower() or " ")
+    return int(float(match[1]) * scale)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything ``hcafs serve`` needs, resolved."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    data_dir: str = field(default_factory=lambda: os.path.join(xdg_dir("data"), "server"))
+    store_url: str | None = None
+    tokens_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    staging_root: str | None = None
+    s3_endpoint: str | None = None
+    async_threshold: int = DEFAULT_ASYNC_THRESHOLD
+    ready_file: str | None = None
+    copy_workers: int = 4
+
+    @property
+    def resolved_tokens_file(self) -> str:
+        return self.tokens_file or os.path.join(self.data_dir, "tokens.json")
+
+    def validate(self) -> ServeConfig:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        for path in (self.tls_cert, self.tls_key):
+            if path and not os.path.isfile(path):
+                raise ConfigError(f"TLS file {path} does not exist")
+        if self.store_url and not self.store_url.startswith("s3://"):
+            raise ConfigError(f"--store takes s3://bucket/prefix, not {self.store_url!r}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port {self.port} is not a TCP port")
+        if self.staging_root and not os.path.isdir(self.staging_root):
+            raise ConfigError(f"staging root {self.staging_root} is not a directory")
+        return self

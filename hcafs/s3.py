@@ -1,0 +1,170 @@
+"""Every S3 call hcafs makes goes through :class:`S3`.
+
+boto3 is configured here once: retries in botocore's ``standard`` mode (capped exponential
+backoff on throttling, 5xx and connection errors), the endpoint and credentials from the
+usual AWS environment or config unless given.  botocore's exceptions are translated into
+the hcafs error tree in :meth:`S3.call` and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from .errors import NotFound, RemoteError, Unreachable, UsageError
+
+log = logging.getLogger(__name__)
+
+_S3_URL_RE = re.compile(r"^s3://(?P<bucket>[^/]+)(?:/(?P<key>.*))?$")
+STREAM_CHUNK = 1024 * 1024
+_MISSING = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
+
+
+@dataclass(frozen=True)
+class S3Url:
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, url: str) -> S3Url:
+        match = _S3_URL_RE.match(url or "")
+        if not match:
+            raise UsageError(f"not an s3:// URL: {url!r}")
+        return cls(match["bucket"], match["key"] or "")
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+class S3:
+    """A boto3 S3 client with hcafs's retry policy and error translation."""
+
+    def __init__(self, endpoint_url: str | None = None, max_pool: int = 16):
+        config = botocore.config.Config(
+            retries={"mode": "standard", "max_attempts": 8},
+            max_pool_connections=max_pool,
+            connect_timeout=10,
+            read_timeout=60,
+            s3={"addressing_style": "path"},
+        )
+        self.client = boto3.session.Session().client(
+            "s3", endpoint_url=endpoint_url or None, config=config
+        )
+
+    def call(self, operation: str, **kwargs):
+        """Run one S3 API call; botocore errors come out as hcafs errors."""
+        try:
+            return getattr(self.client, operation)(**kwargs)
+        except botocore.exceptions.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in _MISSING:
+                raise NotFound(f"S3 {operation}: {code}") from exc
+            raise RemoteError(f"S3 {operation} failed: {code}") from exc
+        except (
+            botocore.exceptions.EndpointConnectionError,
+            botocore.exceptions.ConnectionClosedError,
+            botocore.exceptions.ReadTimeoutError,
+            botocore.exceptions.ConnectTimeoutError,
+        ) as exc:
+            raise Unreachable(f"S3 {operation}: {exc}") from exc
+        except botocore.exceptions.NoCredentialsError as exc:
+            raise RemoteError("S3: no AWS credentials found (set AWS_ACCESS_KEY_ID)") from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise RemoteError(f"S3 {operation}: {exc}") from exc
+
+    def head(self, bucket: str, key: str) -> dict:
+        return self.call("head_object", Bucket=bucket, Key=key)
+
+    def tags(self, bucket: str, key: str) -> dict[str, str]:
+        answer = self.call("get_object_tagging", Bucket=bucket, Key=key)
+        return {tag["Key"]: tag["Value"] for tag in answer.get("TagSet", [])}
+
+    def stream(self, bucket: str, key: str, start: int = 0, end: int | None = None
+               ) -> Iterator[bytes]:
+        """The bytes ``[start, end)`` of an object, in chunks of about 1 MiB."""
+        kwargs = {"Bucket": bucket, "Key": key}
+        if start or end is not None:
+            last = "" if end is None else str(end - 1)
+            kwargs["Range"] = f"bytes={start}-{last}"
+        body = self.call("get_object", **kwargs)["Body"]
+        try:
+            yield from body.iter_chunks(STREAM_CHUNK)
+        except botocore.exceptions.BotoCoreError as exc:
+            raise Unreachable(f"S3 read of s3://{bucket}/{key} broke off: {exc}") from exc
+        finally:
+            body.close()
+
+    def keys(self, bucket: str, prefix: str, start_after: str = "") -> Iterator[str]:
+        token = None
+        while True:
+            kwargs = {"Bucket": bucket, "Prefix": prefix}
+            if token:
+                kwargs["ContinuationToken"] = token
+            elif start_after:
+                kwargs["StartAfter"] = start_after
+            page = self.call("list_objects_v2", **kwargs)
+            for item in page.get("Contents", []):
+                yield item["Key"]
+            if not page.get("IsTruncated"):
+                return
+            token = page["NextContinuationToken"]
+
+    def upload_parts(self, bucket: str, key: str, parts: Iterable[bytes],
+                     content_type: str = "application/octet-stream",
+                     tags: dict[str, str] | None = None) -> str:
+        """Upload an object whose parts arrive in order; returns its ETag.
+
+        One part goes up as a plain PUT; more go through multipart (start, parts, then
+        complete, or abort on any error so no orphan upload is left behind).
+        """
+        tagging = "&".join(f"{k}={v}" for k, v in (tags or {}).items())
+        extra = {"ContentType": content_type}
+        if tagging:
+            extra["Tagging"] = tagging
+        iterator = iter(parts)
+        first = next(iterator, b"")
+        second = next(iterator, None)
+        if second is None:
+            answer = self.call("put_object", Bucket=bucket, Key=key, Body=first, **extra)
+            return answer["ETag"].strip('"')
+        upload_id = self.call("create_multipart_upload", Bucket=bucket, Key=key,
+                              **extra)["UploadId"]
+        try:
+            done = []
+            for number, body in enumerate(_chain(first, second, iterator), start=1):
+                answer = self.call("upload_part", Bucket=bucket, Key=key, UploadId=upload_id,
+                                   PartNumber=number, Body=body)
+                done.append({"PartNumber": number, "ETag": answer["ETag"]})
+            answer = self.call("complete_multipart_upload", Bucket=bucket, Key=key,
+                               UploadId=upload_id, MultipartUpload={"Parts": done})
+            return answer["ETag"].strip('"')
+        except BaseException:
+            try:
+                self.call("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+            except Exception:  # the original error matters more
+                log.warning("could not abort multipart upload of s3://%s/%s", bucket, key)
+            raise
+
+
+def _chain(first: bytes, second: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield first
+    yield second
+    yield from rest
+
+
+def rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """Regroup a byte stream into pieces of exactly ``size`` bytes (the last may be short)."""
+    buffer = bytearray()
+    for chunk in chunks:
+        buffer += chunk
+        while len(buffer) >= size:
+            yield bytes(buffer[:size])
+            del buffer[:size]
+    if buffer:
+        yield bytes(buffer)

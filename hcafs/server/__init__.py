@@ -1,0 +1,118 @@
+"""``hcafs serve``: a DSS-compatible server (see docs/server.md)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+from ..config import ServeConfig
+from ..s3 import S3
+from .app import App
+from .auth import Tokens, create_tokens_file
+from .copier import Copier
+from .dss import DSS
+from .store import LocalStore, S3Store, Store
+
+log = logging.getLogger("hcafs.server")
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """werkzeug's handler without its own access log (the app logs every request)."""
+
+    def log_request(self, code="-", size="-") -> None:
+        pass
+
+
+@dataclass
+class Server:
+    """A running server: its URL, its HTTP server and what it owns."""
+
+    config: ServeConfig
+    http: BaseWSGIServer
+    app: App
+    copier: Copier
+    tokens_file: str
+    created_token: bool
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.config.tls_cert else "http"
+        host = self.config.host if ":" not in self.config.host else f"[{self.config.host}]"
+        return f"{scheme}://{host}:{self.http.server_port}"
+
+    def serve_forever(self) -> None:
+        try:
+            self.http.serve_forever(poll_interval=0.2)
+        finally:
+            self.http.server_close()
+            self.copier.close()
+
+    def start_in_thread(self) -> threading.Thread:
+        thread = threading.Thread(target=self.serve_forever, name="dss-server", daemon=True)
+        thread.start()
+        return thread
+
+    def shutdown(self) -> None:
+        self.http.shutdown()
+
+
+def build(config: ServeConfig) -> Server:
+    """Open the store, load the tokens and bind the socket (nothing is served yet)."""
+    config.validate()
+    os.makedirs(config.data_dir, exist_ok=True)
+    s3 = S3(config.s3_endpoint)
+    store: Store
+    if config.store_url:
+        store = S3Store(config.store_url, s3)
+        store.check()
+    else:
+        store = LocalStore(os.path.join(config.data_dir, "store"))
+    tokens_file = config.resolved_tokens_file
+    created = False
+    if not os.path.exists(tokens_file):
+        create_tokens_file(tokens_file)
+        created = True
+    tokens = Tokens(tokens_file)
+    copier = Copier(store, s3, config.staging_root, config.async_threshold,
+                    config.copy_workers)
+    app = App(DSS(store, copier), tokens)
+    ssl_context = (config.tls_cert, config.tls_key) if config.tls_cert else None
+    http = make_server(config.host, config.port, app, threaded=True,
+                       request_handler=_QuietHandler, ssl_context=ssl_context)
+    http.daemon_threads = True
+    resumed = copier.resume()
+    if resumed:
+        log.info("resumed %d asynchronous copies", resumed)
+    return Server(config, http, app, copier, tokens_file, created)
+
+
+def run(config: ServeConfig) -> int:
+    """``hcafs serve``: build, announce, serve until SIGTERM or SIGINT."""
+    server = build(config)
+    print(f"hcafs serve: listening on {server.url}", file=sys.stderr)
+    print(f"hcafs serve: data in {server.app.dss.store.describe()}", file=sys.stderr)
+    if server.created_token:
+        print(f"hcafs serve: created a local admin token in {server.tokens_file}",
+              file=sys.stderr)
+    if config.ready_file:
+        tmp = config.ready_file + ".tmp"
+        with open(tmp, "w") as handle:
+            json.dump({"url": server.url, "pid": os.getpid(),
+                       "tokens_file": server.tokens_file}, handle)
+        os.replace(tmp, config.ready_file)
+
+    def stop(signum, frame):
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    server.serve_forever()
+    print("hcafs serve: stopped", file=sys.stderr)
+    return 0

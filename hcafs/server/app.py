@@ -1,0 +1,290 @@
+"""HTTP for the DSS: routing, parameters, paging headers, blobs and problem+json errors.
+
+Handlers stay short: parse and validate the request, call :class:`~.dss.DSS`, render.  Every
+error leaves through :meth:`App._problem`, so each one is ``application/problem+json``
+``{status, code, title, stacktrace}``, and every 5xx carries ``Retry-After``.  Repeated query
+parameters are tolerated (the first one counts), because the ``hca`` CLI repeats them when it
+follows a ``Link``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import traceback
+from urllib.parse import urlencode
+
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import Map, Rule
+from werkzeug.wrappers import Request, Response
+
+from ..errors import Problem, bad_request
+from ..versions import now_version
+from . import spec
+from .auth import Identity, Tokens
+from .dss import DSS, Page, blob_key, check_replica, check_uuid
+
+log = logging.getLogger("hcafs.server")
+access_log = logging.getLogger("hcafs.server.access")
+
+_BLOB_RE = re.compile(r"^[0-9a-f]{64}\.[0-9a-f]{40}\.[0-9a-f]{32}(-\d+)?\.[0-9a-f]{8}$")
+RETRY_AFTER = "10"
+
+
+def _json_response(body: object, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(json.dumps(body, indent=2) + "\n", status=status, headers=headers,
+                    content_type="application/json")
+
+
+class App:
+    """The WSGI application of ``hcafs serve``; extra routers may be mounted on it."""
+
+    def __init__(self, dss: DSS, tokens: Tokens):
+        self.dss = dss
+        self.tokens = tokens
+        self.url_map = Map([
+            Rule("/v1/swagger.json", endpoint="swagger"),
+            Rule("/v1/files/<uuid>", endpoint="files", methods=["GET", "HEAD", "PUT"]),
+            Rule("/v1/bundles/all", endpoint="bundles_all", methods=["GET"]),
+            Rule("/v1/bundles/<uuid>", endpoint="bundles",
+                 methods=["GET", "PUT", "PATCH", "DELETE"]),
+            Rule("/v1/collections", endpoint="collections", methods=["GET", "PUT"]),
+            Rule("/v1/collections/<uuid>", endpoint="collection",
+                 methods=["GET", "PATCH", "DELETE"]),
+            Rule("/blobs/<key>", endpoint="blob", methods=["GET"]),
+            Rule("/version", endpoint="version"),
+            Rule("/internal/health", endpoint="health"),
+        ], strict_slashes=False)
+
+    # ------------------------------------------------------------ plumbing
+
+    def __call__(self, environ, start_response):
+        request = Request(environ)
+        started = time.monotonic()
+        response = self.dispatch(request)
+        if response.status_code >= 500:
+            response.headers.setdefault("Retry-After", RETRY_AFTER)
+        access_log.info("%s %s %d %.3fs", request.method, request.full_path.rstrip("?"),
+                        response.status_code, time.monotonic() - started)
+        return response(environ, start_response)
+
+    def dispatch(self, request: Request) -> Response:
+        try:
+            endpoint, args = self.url_map.bind_to_environ(request.environ).match()
+            return getattr(self, f"on_{endpoint}")(request, **args)
+        except Problem as exc:
+            return self._problem(exc.status, exc.code, exc.title, headers=exc.headers)
+        except HTTPException as exc:
+            code = "not_found" if exc.code == 404 else "illegal_arguments"
+            return self._problem(exc.code or 500, code, exc.description or exc.name)
+        except Exception as exc:  # the one place an unexpected error becomes a 500
+            log.exception("unhandled error in %s %s", request.method, request.path)
+            return self._problem(500, "unhandled_exception", f"{type(exc).__name__}: {exc}",
+                                 stacktrace=traceback.format_exc())
+
+    @staticmethod
+    def _problem(status: int, code: str, title: str, stacktrace: str = "",
+                 headers: dict | None = None) -> Response:
+        body = {"status": status, "code": code, "title": title, "stacktrace": stacktrace}
+        return Response(json.dumps(body) + "\n", status=status, headers=headers,
+                        content_type="application/problem+json")
+
+    def identify(self, request: Request) -> Identity:
+        return self.tokens.identify(request.headers.get("Authorization"))
+
+    @staticmethod
+    def body(request: Request) -> dict:
+        raw = request.get_data(cache=False)
+        if not raw.strip():
+            return {}
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise bad_request("the request body is not valid JSON") from exc
+        if not isinstance(body, dict):
+            raise bad_request("the request body must be a JSON object")
+        return body
+
+    @staticmethod
+    def int_param(request: Request, name: str, default: int, low: int | None = None,
+                  high: int | None = None) -> int:
+        raw = request.args.get(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError as exc:
+            raise bad_request(f"{name} must be an integer, not {raw!r}") from exc
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise bad_request(f"{name} {value} is out of range ({low}-{high})")
+        return value
+
+    @staticmethod
+    def paged(request: Request, body: dict, page: Page, key: str, next_args: list) -> Response:
+        headers = {"X-OpenAPI-Pagination": "true" if page.more else "false",
+                   "X-OpenAPI-Paginated-Content-Key": key}
+        if not page.more:
+            return _json_response(body, 200, headers)
+        link = f"{request.base_url}?{urlencode(next_args)}"
+        headers["Link"] = f"<{link}>; rel='next'"
+        return _json_response(body, 206, headers)
+
+    # ------------------------------------------------------------ misc
+
+    def on_swagger(self, request: Request) -> Response:
+        return _json_response(spec.document(request.host_url.rstrip("/")))
+
+    def on_version(self, request: Request) -> Response:
+        return _json_response({"version_info": {"version": now_version()}})
+
+    def on_health(self, request: Request) -> Response:
+        return _json_response({"health": "ok", "store": self.dss.store.describe()})
+
+    # ------------------------------------------------------------ files
+
+    def on_files(self, request: Request, uuid: str) -> Response:
+        check_uuid(uuid)
+        version = request.args.get("version")
+        if request.method == "PUT":
+            status, body = self.dss.put_file(uuid, version, self.body(request),
+                                             self.identify(request))
+            return _json_response(body, status)
+        check_replica(request.args.get("replica"))
+        if request.method == "GET" and self.dss.copy_running(uuid, version):
+            retry = f"{request.base_url}?{urlencode(_with(request, token=now_version()))}"
+            return Response("", 301, {"Location": retry, "Retry-After": RETRY_AFTER},
+                            content_type="text/plain")
+        meta = self.dss.file_metadata(uuid, version)
+        headers = {
+            "X-DSS-CREATOR-UID": str(meta["creator_uid"]),
+            "X-DSS-VERSION": meta["version"],
+            "X-DSS-CONTENT-TYPE": meta["content-type"],
+            "X-DSS-SIZE": str(meta["size"]),
+            "X-DSS-CRC32C": meta["crc32c"],
+            "X-DSS-S3-ETAG": meta["s3-etag"],
+            "X-DSS-SHA1": meta["sha1"],
+            "X-DSS-SHA256": meta["sha256"],
+        }
+        if request.method == "HEAD":
+            return Response(b"", 200, headers, content_type=meta["content-type"])
+        query = {}
+        if request.args.get("content_disposition"):
+            query["content_disposition"] = request.args["content_disposition"]
+        location = f"{request.host_url}{blob_key(meta)}"
+        if query:
+            location += "?" + urlencode(query)
+        headers["Location"] = location
+        return Response("", 302, headers, content_type="text/plain")
+
+    def on_blob(self, request: Request, key: str) -> Response:
+        if not _BLOB_RE.match(key):
+            raise Problem(404, "not_found", "no such blob")
+        store = self.dss.store
+        size = store.blob_size(f"blobs/{key}")
+        if size is None:
+            raise Problem(404, "not_found", "no such blob")
+        headers = {"Accept-Ranges": "bytes", "ETag": f'"{key.split(".")[0]}"',
+                   "Cache-Control": "public, max-age=31536000, immutable"}
+        if request.args.get("content_disposition"):
+            headers["Content-Disposition"] = request.args["content_disposition"]
+        start, stop, status = 0, size, 200
+        if request.range is not None and request.range.units == "bytes" and \
+                len(request.range.ranges) == 1:
+            span = request.range.range_for_length(size)
+            if span is None:
+                headers["Content-Range"] = f"bytes */{size}"
+                return Response(b"", 416, headers, content_type="text/plain")
+            start, stop = span
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+        headers["Content-Length"] = str(stop - start)
+        body = [] if request.method == "HEAD" else store.read_blob(f"blobs/{key}", start, stop)
+        return Response(body, status, headers, content_type="application/octet-stream",
+                        direct_passthrough=True)
+
+    # ------------------------------------------------------------ bundles
+
+    def on_bundles(self, request: Request, uuid: str) -> Response:
+        version = request.args.get("version")
+        if request.method == "GET":
+            return self._get_bundle(request, uuid, version)
+        if request.method == "DELETE":
+            check_replica(request.args.get("replica"))
+            return _json_response(self.dss.delete_bundle(uuid, version, self.body(request),
+                                                         self.identify(request)))
+        who = self.identify(request)
+        check_replica(request.args.get("replica"))
+        body = self.body(request)
+        if request.method == "PUT":
+            status, answer = self.dss.put_bundle(uuid, version, body, who)
+            return _json_response(answer, status)
+        return _json_response(self.dss.patch_bundle(uuid, version, body, who))
+
+    def _get_bundle(self, request: Request, uuid: str, version: str | None) -> Response:
+        replica = check_replica(request.args.get("replica"))
+        if request.args.get("directurls") and request.args.get("presignedurls"):
+            raise bad_request("directurls and presignedurls exclude each other",
+                              "only_one_urltype")
+        per_page = self.int_param(request, "per_page", 500, 10, 500)
+        start_at = self.int_param(request, "start_at", 0, 0)
+        body, page = self.dss.get_bundle(uuid, version, start_at, per_page)
+        next_args = [("replica", replica), ("version", body["bundle"]["version"]),
+                     ("per_page", per_page), ("start_at", start_at + per_page)]
+        return self.paged(request, body, page, "bundle.files", next_args)
+
+    def on_bundles_all(self, request: Request) -> Response:
+        replica = check_replica(request.args.get("replica"))
+        per_page = self.int_param(request, "per_page", 100, 10, 500)
+        prefix = request.args.get("prefix")
+        search_after = request.args.get("search_after")
+        page = self.dss.enumerate_bundles(prefix, search_after, per_page)
+        body = {"dss_api": request.host_url.rstrip("/"), "object": "list",
+                "per_page": per_page, "search_prefix": f"bundles/{(prefix or '').lower()}",
+                "event_timestamp": now_version(), "bundles": page.items,
+                "page_count": len(page.items), "has_more": page.more}
+        next_args = [("replica", replica), ("per_page", per_page)]
+        if prefix:
+            next_args.append(("prefix", prefix))
+        if page.more:
+            last = page.items[-1]
+            after = f"{last['uuid']}.{last['version']}"
+            next_args += [("search_after", after), ("token", after)]
+            body.update(token=after, search_after=after,
+                        link=f"{request.base_url}?{urlencode(next_args)}")
+        return self.paged(request, body, page, "bundles", next_args)
+
+    # ------------------------------------------------------------ collections
+
+    def on_collections(self, request: Request) -> Response:
+        who = self.identify(request)
+        if request.method == "PUT":
+            check_replica(request.args.get("replica"))
+            answer = self.dss.put_collection(request.args.get("uuid"),
+                                             request.args.get("version"),
+                                             self.body(request), who)
+            return _json_response(answer, 201)
+        per_page = self.int_param(request, "per_page", 500, 10, 500)
+        start_at = self.int_param(request, "start_at", 0, 0)
+        page = self.dss.list_collections(who, start_at, per_page)
+        next_args = [("per_page", per_page), ("start_at", start_at + per_page)]
+        return self.paged(request, {"collections": page.items}, page, "collections",
+                          next_args)
+
+    def on_collection(self, request: Request, uuid: str) -> Response:
+        who = self.identify(request)
+        check_replica(request.args.get("replica"))
+        version = request.args.get("version")
+        if request.method == "GET":
+            return _json_response(self.dss.get_collection(uuid, version, who))
+        if request.method == "DELETE":
+            return _json_response(self.dss.delete_collection(uuid, who))
+        return _json_response(self.dss.patch_collection(uuid, version, self.body(request), who))
+
+
+def _with(request: Request, **changes: str) -> list[tuple[str, str]]:
+    """The request's query (first value of each name) with some values replaced."""
+    args = {name: request.args.get(name) for name in request.args}
+    args.update(changes)
+    return list(args.items())

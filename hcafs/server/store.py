@@ -1,0 +1,254 @@
+"""Where ``hcafs serve`` keeps its state: one interface, two backends.
+
+A store holds two kinds of object under string keys:
+
+* small documents (JSON manifests, file metadata, tombstones, task records): :meth:`read`,
+  :meth:`write`, :meth:`create`, :meth:`delete`, :meth:`list`;
+* blobs (file content, content-addressed by their checksums): :meth:`blob_size`,
+  :meth:`read_blob`, :meth:`write_blob`.
+
+Keys use ``/`` to separate a fixed set of prefixes (``files/``, ``bundles/``, ``blobs/`` …)
+from a name; :meth:`list` lists one prefix level in key order.
+
+:class:`LocalStore` keeps everything in a directory: each write goes to a temporary file that
+is fsynced and renamed into place, so a crash leaves the old object or the new, never a torn
+one.  :class:`S3Store` keeps *all* state in one bucket (under an optional prefix), so any
+number of ``hcafs serve`` processes can serve the same bucket.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+
+from ..errors import ConfigError, NotFound
+from ..s3 import S3, S3Url, rechunk
+
+log = logging.getLogger(__name__)
+
+BLOB_PART = 16 * 1024 * 1024
+READ_CHUNK = 1024 * 1024
+
+
+class Store(ABC):
+    """The server's storage; every method is safe to call from several threads."""
+
+    @abstractmethod
+    def describe(self) -> str: ...
+
+    @abstractmethod
+    def read(self, key: str) -> bytes | None:
+        """The document at ``key``, or None."""
+
+    @abstractmethod
+    def write(self, key: str, data: bytes) -> None:
+        """Atomically create or replace the document at ``key``."""
+
+    @abstractmethod
+    def create(self, key: str, data: bytes) -> bool:
+        """Write ``key`` only if absent; False if it was already there."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def list(self, prefix: str, start_after: str = "") -> Iterator[str]:
+        """Keys starting with ``prefix`` (one level, no ``/`` after it), in order."""
+
+    @abstractmethod
+    def blob_size(self, key: str) -> int | None: ...
+
+    @abstractmethod
+    def read_blob(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """Bytes ``[start, end)`` of a blob, in chunks."""
+
+    @abstractmethod
+    def write_blob(self, key: str, chunks: Iterable[bytes]) -> None:
+        """Store a blob from a stream; it appears only once complete."""
+
+    def exists(self, key: str) -> bool:
+        return self.read(key) is not None
+
+
+class LocalStore(Store):
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+        self._tmp = os.path.join(self.root, ".tmp")
+        os.makedirs(self._tmp, exist_ok=True)
+
+    def describe(self) -> str:
+        return self.root
+
+    def _path(self, key: str) -> str:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"bad store key {key!r}")
+        return os.path.join(self.root, key)
+
+    def read(self, key: str) -> bytes | None:
+        try:
+            with open(self._path(key), "rb") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            return None
+
+    def _staged(self, chunks: Iterable[bytes]) -> str:
+        """Write chunks to a fsynced temporary file; returns its path."""
+        fd, tmp = tempfile.mkstemp(dir=self._tmp)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for chunk in chunks:
+                    handle.write(chunk)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return tmp
+
+    def _publish(self, tmp: str, key: str, replace: bool = True) -> bool:
+        path = self._path(key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            if replace:
+                os.replace(tmp, path)
+            else:
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    return False
+                finally:
+                    os.unlink(tmp)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        dir_fd = os.open(os.path.dirname(path), os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return True
+
+    def write(self, key: str, data: bytes) -> None:
+        self._publish(self._staged([data]), key)
+
+    def create(self, key: str, data: bytes) -> bool:
+        return self._publish(self._staged([data]), key, replace=False)
+
+    def delete(self, key: str) -> None:
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass
+
+    def list(self, prefix: str, start_after: str = "") -> Iterator[str]:
+        folder, _, start = prefix.rpartition("/")
+        try:
+            names = sorted(os.listdir(self._path(folder)))
+        except FileNotFoundError:
+            return
+        base = f"{folder}/" if folder else ""
+        for name in names:
+            key = base + name
+            if name.startswith(start) and key > start_after and not name.startswith(".tmp"):
+                yield key
+
+    def blob_size(self, key: str) -> int | None:
+        try:
+            return os.stat(self._path(key)).st_size
+        except FileNotFoundError:
+            return None
+
+    def blob_path(self, key: str) -> str:
+        """Local blobs can be served straight from disk."""
+        return self._path(key)
+
+    def read_blob(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        try:
+            handle = open(self._path(key), "rb")
+        except FileNotFoundError as exc:
+            raise NotFound(f"blob {key} is missing") from exc
+        with handle:
+            handle.seek(start)
+            remaining = None if end is None else end - start
+            while remaining is None or remaining > 0:
+                chunk = handle.read(READ_CHUNK if remaining is None else min(READ_CHUNK,
+                                                                             remaining))
+                if not chunk:
+                    return
+                if remaining is not None:
+                    remaining -= len(chunk)
+                yield chunk
+
+    def write_blob(self, key: str, chunks: Iterable[bytes]) -> None:
+        self._publish(self._staged(chunks), key)
+
+
+class S3Store(Store):
+    """All state in ``s3://bucket/prefix``: documents as small objects, blobs as objects."""
+
+    def __init__(self, url: str, s3: S3):
+        target = S3Url.parse(url)
+        if not target.bucket:
+            raise ConfigError(f"--store needs a bucket: {url!r}")
+        self.bucket = target.bucket
+        self.prefix = target.key.strip("/") + "/" if target.key.strip("/") else ""
+        self.s3 = s3
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def check(self) -> None:
+        """Fail early, with a clear message, if the bucket cannot be reached."""
+        try:
+            self.s3.call("head_bucket", Bucket=self.bucket)
+        except NotFound as exc:
+            raise ConfigError(f"S3 bucket {self.bucket!r} does not exist") from exc
+
+    def read(self, key: str) -> bytes | None:
+        try:
+            answer = self.s3.call("get_object", Bucket=self.bucket, Key=self.prefix + key)
+        except NotFound:
+            return None
+        with answer["Body"] as body:
+            return body.read()
+
+    def write(self, key: str, data: bytes) -> None:
+        self.s3.call("put_object", Bucket=self.bucket, Key=self.prefix + key, Body=data)
+
+    def create(self, key: str, data: bytes) -> bool:
+        # S3 stores of this generation do not all honour If-None-Match; a read first is the
+        # portable way.  Two servers racing on one new key both "create" the same content in
+        # practice, because keys are named by content or by client-chosen uuid+version.
+        if self.read(key) is not None:
+            return False
+        self.write(key, data)
+        return True
+
+    def delete(self, key: str) -> None:
+        self.s3.call("delete_object", Bucket=self.bucket, Key=self.prefix + key)
+
+    def list(self, prefix: str, start_after: str = "") -> Iterator[str]:
+        cut = len(self.prefix)
+        after = self.prefix + start_after if start_after else ""
+        for key in self.s3.keys(self.bucket, self.prefix + prefix, after):
+            name = key[cut:]
+            if "/" not in name[len(prefix.rpartition("/")[0]) + 1:]:
+                yield name
+
+    def blob_size(self, key: str) -> int | None:
+        try:
+            return self.s3.head(self.bucket, self.prefix + key)["ContentLength"]
+        except NotFound:
+            return None
+
+    def read_blob(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        if end is not None and end <= start:
+            return iter(())
+        return self.s3.stream(self.bucket, self.prefix + key, start, end)
+
+    def write_blob(self, key: str, chunks: Iterable[bytes]) -> None:
+        self.s3.upload_parts(self.bucket, self.prefix + key, rechunk(chunks, BLOB_PART))
