@@ -1,0 +1,315 @@
+"""A DSS API v1 client (requests), for the mount and for scripts.
+
+* Retries what may succeed later: connection errors, timeouts, 429 and 5xx, with capped
+  exponential backoff that honours ``Retry-After``.
+* Follows the DSS's paging (``Link: <…>; rel='next'``) and its ``301 + Retry-After`` loops.
+* Raises :class:`~hcafs.errors.ApiError` (the server's ``code`` and ``title``) for an error
+  answer and :class:`~hcafs.errors.Unreachable` when no answer came; requests' exceptions
+  are translated in :meth:`DSSClient._send` and nowhere else.
+
+The bearer token is sent only on the restricted operations and never appears in a log line
+or an error message.
+
+Threading: a client may be shared by threads; requests' Session is used per call through a
+connection pool that is safe for that.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+import requests.adapters
+
+from .errors import ApiError, Unreachable
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = {429, 500, 502, 503, 504}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 6
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+
+    def delay(self, attempt: int, retry_after: str | None = None) -> float:
+        if retry_after:
+            try:
+                return min(float(retry_after), self.max_delay)
+            except ValueError:
+                pass
+        backoff = min(self.base_delay * 2 ** attempt, self.max_delay)
+        return backoff * (0.5 + random.random() / 2)
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What HEAD /files tells of a file version."""
+
+    uuid: str
+    version: str
+    size: int
+    content_type: str
+    creator_uid: int
+    sha256: str
+    sha1: str
+    crc32c: str
+    s3_etag: str
+
+    @classmethod
+    def from_headers(cls, uuid: str, headers) -> FileInfo:
+        return cls(uuid=uuid, version=headers["X-DSS-VERSION"],
+                   size=int(headers["X-DSS-SIZE"]),
+                   content_type=headers["X-DSS-CONTENT-TYPE"],
+                   creator_uid=int(headers["X-DSS-CREATOR-UID"]),
+                   sha256=headers["X-DSS-SHA256"], sha1=headers["X-DSS-SHA1"],
+                   crc32c=headers["X-DSS-CRC32C"], s3_etag=headers["X-DSS-S3-ETAG"])
+
+
+class DSSClient:
+    def __init__(self, base_url: str, token: str | None = None, replica: str = "aws",
+                 retry: RetryPolicy | None = None, timeout: tuple[float, float] = (10, 60),
+                 verify: bool | str = True, pool_size: int = 16):
+        base_url = base_url.rstrip("/")
+        self.api = base_url if base_url.endswith("/v1") else f"{base_url}/v1"
+        self._token = token
+        self.replica = replica
+        self.retry = retry or RetryPolicy()
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.verify = verify
+        adapter = requests.adapters.HTTPAdapter(pool_connections=pool_size,
+                                                pool_maxsize=pool_size)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def __repr__(self) -> str:  # no token in any repr
+        return f"DSSClient({self.api!r}, replica={self.replica!r})"
+
+    # ------------------------------------------------------------ transport
+
+    def _send(self, method: str, url: str, **kwargs) -> requests.Response:
+        try:
+            return self.session.request(method, url, timeout=self.timeout, **kwargs)
+        except requests.exceptions.RequestException as exc:
+            raise Unreachable(f"{method} {_strip(url)}: {type(exc).__name__}") from exc
+
+    def request(self, method: str, url: str, *, params: Any = None, json: Any = None,
+                auth: bool = False, allow_redirects: bool = False, stream: bool = False,
+                headers: dict | None = None, ok: tuple[int, ...] = ()) -> requests.Response:
+        """One API call with retries; returns the answer or raises a typed error.
+
+        Statuses in ``ok`` are returned as they are even when they are errors.
+        """
+        if not url.startswith("http"):
+            url = self.api + url
+        send_headers = dict(headers or {})
+        if auth and self._token:
+            send_headers["Authorization"] = f"Bearer {self._token}"
+        attempt = 0
+        while True:
+            try:
+                response = self._send(method, url, params=params, json=json,
+                                      headers=send_headers, allow_redirects=allow_redirects,
+                                      stream=stream)
+            except Unreachable:
+                if attempt + 1 >= self.retry.attempts:
+                    raise
+                delay = self.retry.delay(attempt)
+                log.debug("%s %s unreachable; retry in %.1fs", method, _strip(url), delay)
+            else:
+                if response.status_code in ok or response.status_code < 400:
+                    return response
+                if response.status_code not in RETRY_STATUSES or \
+                        attempt + 1 >= self.retry.attempts:
+                    raise self._error(method, url, response)
+                delay = self.retry.delay(attempt, response.headers.get("Retry-After"))
+                log.debug("%s %s answered %d; retry in %.1fs", method, _strip(url),
+                          response.status_code, delay)
+                response.close()
+            attempt += 1
+            time.sleep(delay)
+
+    @staticmethod
+    def _error(method: str, url: str, response: requests.Response) -> ApiError:
+        code, title = "", response.reason or ""
+        try:
+            body = response.json()
+            code = str(body.get("code", "")) or code
+            title = str(body.get("title") or body.get("message") or title)
+        except ValueError:
+            pass
+        return ApiError(response.status_code, code or f"http_{response.status_code}", title,
+                        method, _strip(url))
+
+    def pages(self, url: str, params: dict, auth: bool = False) -> Iterator[dict]:
+        """Each page body of a paginated listing, following ``Link: rel=next``."""
+        response = self.request("GET", url, params=params, auth=auth)
+        while True:
+            yield response.json()
+            following = response.links.get("next", {}).get("url")
+            if response.status_code != 206 or not following:
+                return
+            response = self.request("GET", following, auth=auth)
+
+    # ------------------------------------------------------------ files
+
+    def head_file(self, uuid: str, version: str | None = None) -> FileInfo:
+        params = {"replica": self.replica}
+        if version:
+            params["version"] = version
+        response = self.request("HEAD", f"/files/{uuid}", params=params)
+        return FileInfo.from_headers(uuid, response.headers)
+
+    def put_file(self, uuid: str, version: str, source_url: str, creator_uid: int = 0
+                 ) -> tuple[int, dict]:
+        """Register a staged file; (status, body): 201 new, 200 repeat, 202 copying."""
+        response = self.request("PUT", f"/files/{uuid}", params={"version": version},
+                                json={"source_url": source_url, "creator_uid": creator_uid},
+                                auth=True)
+        return response.status_code, response.json()
+
+    def wait_file(self, uuid: str, version: str, timeout: float = 3600.0,
+                  interval: float = 1.0) -> FileInfo:
+        """Poll HEAD until an asynchronous copy has finished (404 means not yet)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.head_file(uuid, version)
+            except ApiError as exc:
+                if exc.status != 404 or time.monotonic() > deadline:
+                    raise
+            time.sleep(interval)
+            interval = min(interval * 1.6, 15.0)
+
+    def file_url(self, uuid: str, version: str | None = None, max_wait: float = 3600) -> str:
+        """The URL that serves a file's bytes (follows 301 + Retry-After until 302)."""
+        params: dict | None = {"replica": self.replica}
+        if version:
+            params["version"] = version
+        url = f"{self.api}/files/{uuid}"
+        deadline = time.monotonic() + max_wait
+        while True:
+            response = self.request("GET", url, params=params)
+            location = response.headers.get("Location")
+            if response.status_code == 302 and location:
+                return location
+            if response.status_code == 301 and location and time.monotonic() < deadline:
+                time.sleep(min(float(response.headers.get("Retry-After", "1")), 10.0))
+                url, params = location, None
+                continue
+            raise ApiError(response.status_code, "unexpected_answer",
+                           "GET /files gave no redirect to the bytes", "GET", _strip(url))
+
+    def read_range(self, url: str, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of a blob URL, retried like any call."""
+        if end <= start:
+            return b""
+        response = self.request("GET", url, headers={"Range": f"bytes={start}-{end - 1}"},
+                                ok=(416,))
+        if response.status_code == 416:  # the range starts at or past the end
+            return b""
+        data = response.content
+        if response.status_code == 200:  # the server ignored Range
+            data = data[start:end]
+        return data
+
+    def stream(self, url: str, start: int = 0, chunk: int = 1024 * 1024) -> Iterator[bytes]:
+        """The bytes of a blob URL from ``start`` on, streamed."""
+        headers = {"Range": f"bytes={start}-"} if start else None
+        response = self.request("GET", url, headers=headers, stream=True)
+        with response:
+            try:
+                yield from response.iter_content(chunk)
+            except requests.exceptions.RequestException as exc:
+                raise Unreachable(f"GET {_strip(url)} broke off: {type(exc).__name__}") \
+                    from exc
+
+    # ------------------------------------------------------------ bundles
+
+    def get_bundle(self, uuid: str, version: str | None = None, per_page: int = 500) -> dict:
+        """The whole bundle (every page of files merged)."""
+        params: dict[str, Any] = {"replica": self.replica, "per_page": per_page}
+        if version:
+            params["version"] = version
+        bundle: dict | None = None
+        for page in self.pages(f"/bundles/{uuid}", params):
+            if bundle is None:
+                bundle = page["bundle"]
+            else:
+                bundle["files"].extend(page["bundle"]["files"])
+        return bundle or {}
+
+    def iter_bundles(self, prefix: str | None = None, per_page: int = 500
+                     ) -> Iterator[tuple[str, str]]:
+        """Every live (uuid, version), in key order."""
+        params: dict[str, Any] = {"replica": self.replica, "per_page": per_page}
+        if prefix:
+            params["prefix"] = prefix
+        for page in self.pages("/bundles/all", params):
+            for item in page["bundles"]:
+                yield item["uuid"], item["version"]
+
+    def put_bundle(self, uuid: str, version: str, files: list[dict], creator_uid: int = 0
+                   ) -> tuple[int, dict]:
+        response = self.request("PUT", f"/bundles/{uuid}",
+                                params={"version": version, "replica": self.replica},
+                                json={"files": files, "creator_uid": creator_uid}, auth=True)
+        return response.status_code, response.json()
+
+    def patch_bundle(self, uuid: str, version: str, add_files: list[dict] | None = None,
+                     remove_files: list[dict] | None = None) -> dict:
+        body = {"add_files": add_files or [], "remove_files": remove_files or []}
+        return self.request("PATCH", f"/bundles/{uuid}",
+                            params={"version": version, "replica": self.replica},
+                            json=body, auth=True).json()
+
+    def delete_bundle(self, uuid: str, version: str | None, reason: str) -> dict:
+        params = {"replica": self.replica}
+        if version:
+            params["version"] = version
+        return self.request("DELETE", f"/bundles/{uuid}", params=params,
+                            json={"reason": reason}, auth=True).json()
+
+    # ------------------------------------------------------------ collections
+
+    def list_collections(self, per_page: int = 500) -> list[dict]:
+        items: list[dict] = []
+        for page in self.pages("/collections", {"per_page": per_page}, auth=True):
+            items.extend(page["collections"])
+        return items
+
+    def get_collection(self, uuid: str, version: str | None = None) -> dict:
+        params = {"replica": self.replica}
+        if version:
+            params["version"] = version
+        return self.request("GET", f"/collections/{uuid}", params=params, auth=True).json()
+
+    def put_collection(self, uuid: str, version: str, name: str, contents: list[dict],
+                       description: str = "", details: dict | None = None) -> dict:
+        body = {"name": name, "description": description, "details": details or {},
+                "contents": contents}
+        return self.request("PUT", "/collections",
+                            params={"replica": self.replica, "uuid": uuid, "version": version},
+                            json=body, auth=True).json()
+
+    def patch_collection(self, uuid: str, version: str, **changes: Any) -> dict:
+        return self.request("PATCH", f"/collections/{uuid}",
+                            params={"replica": self.replica, "version": version},
+                            json=changes, auth=True).json()
+
+    def delete_collection(self, uuid: str) -> dict:
+        return self.request("DELETE", f"/collections/{uuid}",
+                            params={"replica": self.replica}, auth=True).json()
+
+
+def _strip(url: str) -> str:
+    """A URL without its query string, for messages."""
+    return url.split("?", 1)[0]
