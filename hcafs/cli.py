@@ -8,11 +8,22 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from . import __version__
-from .config import DEFAULT_PORT, ServeConfig, config_file_values, env, parse_size, xdg_dir
-from .errors import HcafsError
+from .config import (
+    DEFAULT_CACHE_SIZE,
+    DEFAULT_PORT,
+    MountConfig,
+    ServeConfig,
+    config_file_values,
+    default_cache_dir,
+    env,
+    parse_size,
+    xdg_dir,
+)
+from .errors import ConfigError, HcafsError
 
 log = logging.getLogger("hcafs")
 
@@ -25,17 +36,81 @@ def _setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _serve_config(args: argparse.Namespace) -> ServeConfig:
-    file = config_file_values("serve")
+def _picker(args: argparse.Namespace, section: str, env_prefix: str = ""):
+    """Option value from the command line, then HCAFS_* env, then the config file."""
+    file = config_file_values(section)
 
     def pick(name: str, default=None):
         value = getattr(args, name, None)
         if value is None:
-            value = env(f"serve_{name}")
+            value = env(env_prefix + name)
         if value is None:
             value = file.get(name.replace("_", "-"), file.get(name))
         return default if value is None else value
 
+    return pick
+
+
+def _read_token_file(path: str) -> str:
+    try:
+        with open(os.path.expanduser(path)) as handle:
+            token = handle.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read token file {path}: {exc.strerror}") from exc
+    if not token:
+        raise ConfigError(f"token file {path} is empty")
+    return token
+
+
+def _mount_config(args: argparse.Namespace) -> MountConfig:
+    pick = _picker(args, "mount")
+    dss_url = pick("dss_url")
+    token = getattr(args, "token", None) or env("token")
+    token_file = pick("token_file")
+    if not token and token_file:
+        token = _read_token_file(token_file)
+    cache_dir = os.path.abspath(os.path.expanduser(pick("cache_dir", default_cache_dir(dss_url))))
+    log_file = pick("log_file")
+    return MountConfig(
+        mountpoint=os.path.abspath(args.mountpoint),
+        dss_url=dss_url.rstrip("/") if dss_url else None,
+        replica=pick("replica", "aws"),
+        cache_dir=cache_dir,
+        cache_size=parse_size(pick("cache_size", DEFAULT_CACHE_SIZE)),
+        foreground=bool(args.foreground),
+        token=token,
+        refresh_ttl=float(pick("refresh_ttl", 300)),
+        entry_timeout=float(pick("entry_timeout", 30)),
+        attr_timeout=float(pick("attr_timeout", 30)),
+        log_file=os.path.abspath(log_file) if log_file else None,
+        data_dir=os.path.abspath(pick("data_dir", ServeConfig().data_dir)),
+        insecure_tls=bool(getattr(args, "insecure", False)),
+    )
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from .mount import mount, run_daemon
+
+    config = _mount_config(args)
+    if args.ready_fd is not None:
+        return run_daemon(config, args.ready_fd)
+    return mount(config, sys.argv[1:])
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    from .mount import umount
+
+    return umount(args.mountpoint, lazy=args.lazy)
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    from .mount import refresh
+
+    return refresh(args.mountpoint)
+
+
+def _serve_config(args: argparse.Namespace) -> ServeConfig:
+    pick = _picker(args, "serve", env_prefix="serve_")
     return ServeConfig(
         host=pick("host", "127.0.0.1"),
         port=int(pick("port", DEFAULT_PORT)),
@@ -90,6 +165,47 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ready-file", metavar="FILE",
                        help="write {url, pid, tokens_file} as JSON here once listening")
     serve.set_defaults(func=cmd_serve)
+
+    mount = commands.add_parser("mount", help="mount the DSS as a filesystem", description=(
+        "Mount a DSS at MOUNTPOINT. With no --dss-url, an embedded server is started on "
+        "127.0.0.1 with data under the XDG data dir. Options also come from HCAFS_<OPTION> "
+        "variables and the [mount] table of the config file."))
+    mount.add_argument("mountpoint", help="an existing, empty directory")
+    mount.add_argument("--dss-url", help="the DSS, e.g. https://dss.example.org "
+                       "(default: start the embedded server)")
+    mount.add_argument("--replica", choices=["aws", "gcp"], help="replica (default aws)")
+    mount.add_argument("--cache-dir", help="metadata and content cache (default "
+                       f"{xdg_dir('cache')}/<server>)")
+    mount.add_argument("--cache-size", metavar="SIZE", help="content cache limit, e.g. 20G "
+                       f"(default {DEFAULT_CACHE_SIZE})")
+    mount.add_argument("--token", help="bearer token (visible to other users in ps; prefer "
+                       "--token-file or $HCAFS_TOKEN)")
+    mount.add_argument("--token-file", metavar="FILE", help="read the bearer token from FILE")
+    mount.add_argument("--refresh-ttl", metavar="SECONDS", type=float,
+                       help="re-list bundles and collections this often (default 300)")
+    mount.add_argument("--attr-timeout", metavar="SECONDS", type=float,
+                       help="kernel attribute cache time (default 30)")
+    mount.add_argument("--entry-timeout", metavar="SECONDS", type=float,
+                       help="kernel name lookup cache time (default 30)")
+    mount.add_argument("--log-file", metavar="FILE", help="daemon log (default "
+                       "CACHE_DIR/hcafs.log)")
+    mount.add_argument("--data-dir", help="the embedded server's data dir")
+    mount.add_argument("--insecure", action="store_true",
+                       help="do not verify the server's TLS certificate")
+    mount.add_argument("-f", "--foreground", action="store_true",
+                       help="stay in the foreground, logging to stderr")
+    mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    mount.set_defaults(func=cmd_mount)
+
+    umount = commands.add_parser("umount", help="unmount an hcafs mount")
+    umount.add_argument("mountpoint")
+    umount.add_argument("--lazy", action="store_true",
+                        help="detach now even if busy (fusermount3 -z)")
+    umount.set_defaults(func=cmd_umount)
+
+    refresh = commands.add_parser("refresh", help="re-list bundles and collections now")
+    refresh.add_argument("mountpoint")
+    refresh.set_defaults(func=cmd_refresh)
     return parser
 
 

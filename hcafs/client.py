@@ -221,9 +221,13 @@ class DSSClient:
             data = data[start:end]
         return data
 
-    def stream(self, url: str, start: int = 0, chunk: int = 1024 * 1024) -> Iterator[bytes]:
-        """The bytes of a blob URL from ``start`` on, streamed."""
-        headers = {"Range": f"bytes={start}-"} if start else None
+    def stream(self, url: str, start: int = 0, end: int | None = None,
+               chunk: int = 1024 * 1024) -> Iterator[bytes]:
+        """The bytes ``[start, end)`` of a blob URL (to the end when None), streamed."""
+        headers = None
+        if start or end is not None:
+            last = "" if end is None else str(end - 1)
+            headers = {"Range": f"bytes={start}-{last}"}
         response = self.request("GET", url, headers=headers, stream=True)
         with response:
             try:

@@ -96,3 +96,56 @@ class ServeConfig:
         if self.staging_root and not os.path.isdir(self.staging_root):
             raise ConfigError(f"staging root {self.staging_root} is not a directory")
         return self
+
+
+DEFAULT_CACHE_SIZE = "10G"
+
+
+@dataclass(frozen=True)
+class MountConfig:
+    """Everything ``hcafs mount`` needs, resolved."""
+
+    mountpoint: str
+    dss_url: str | None = None  # None: start the embedded server
+    replica: str = "aws"
+    cache_dir: str = ""
+    cache_size: int = parse_size(DEFAULT_CACHE_SIZE)
+    foreground: bool = False
+    token: str | None = field(default=None, repr=False)
+    refresh_ttl: float = 300.0
+    entry_timeout: float = 30.0
+    attr_timeout: float = 30.0
+    negative_timeout: float = 2.0
+    max_readahead: int = 64 * MiB
+    log_file: str | None = None
+    data_dir: str = field(default_factory=lambda: os.path.join(xdg_dir("data"), "server"))
+    insecure_tls: bool = False
+
+    @property
+    def embedded(self) -> bool:
+        return self.dss_url is None
+
+    def validate(self) -> MountConfig:
+        if self.replica not in ("aws", "gcp"):
+            raise ConfigError(f"--replica must be aws or gcp, not {self.replica!r}")
+        if self.refresh_ttl <= 0:
+            raise ConfigError("--refresh-ttl must be positive")
+        if self.cache_size < 64 * MiB:
+            raise ConfigError("--cache-size must be at least 64M")
+        if self.dss_url and not re.match(r"^https?://", self.dss_url):
+            raise ConfigError(f"--dss-url must start with http:// or https://: {self.dss_url!r}")
+        return self
+
+
+def default_cache_dir(dss_url: str | None) -> str:
+    """One cache per server: ``$XDG_CACHE_HOME/hcafs/<host_port>`` (``embedded`` for ours)."""
+    if dss_url is None:
+        return os.path.join(xdg_dir("cache"), "embedded")
+    slug = re.sub(r"[^A-Za-z0-9.-]+", "_", re.sub(r"^https?://", "", dss_url)).strip("_")
+    return os.path.join(xdg_dir("cache"), slug or "default")
+
+
+def runtime_dir() -> str:
+    """Where running mounts leave their pid and paths (``$XDG_RUNTIME_DIR/hcafs``)."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or os.path.join("/tmp", f"hcafs-{os.getuid()}")
+    return os.path.join(base, "hcafs")

@@ -145,12 +145,13 @@ class App:
     # ------------------------------------------------------------ files
 
     def on_files(self, request: Request, uuid: str) -> Response:
-        check_uuid(uuid)
         version = request.args.get("version")
         if request.method == "PUT":
-            status, body = self.dss.put_file(uuid, version, self.body(request),
-                                             self.identify(request))
+            who = self.identify(request)
+            check_uuid(uuid)
+            status, body = self.dss.put_file(uuid, version, self.body(request), who)
             return _json_response(body, status)
+        check_uuid(uuid)
         check_replica(request.args.get("replica"))
         if request.method == "GET" and self.dss.copy_running(uuid, version):
             retry = f"{request.base_url}?{urlencode(_with(request, token=now_version()))}"
@@ -171,7 +172,7 @@ class App:
             return Response(b"", 200, headers, content_type=meta["content-type"])
         query = {}
         if request.args.get("content_disposition"):
-            query["content_disposition"] = request.args["content_disposition"]
+            query["content_disposition"] = _disposition(request)
         location = f"{request.host_url}{blob_key(meta)}"
         if query:
             location += "?" + urlencode(query)
@@ -188,7 +189,7 @@ class App:
         headers = {"Accept-Ranges": "bytes", "ETag": f'"{key.split(".")[0]}"',
                    "Cache-Control": "public, max-age=31536000, immutable"}
         if request.args.get("content_disposition"):
-            headers["Content-Disposition"] = request.args["content_disposition"]
+            headers["Content-Disposition"] = _disposition(request)
         start, stop, status = 0, size, 200
         if request.range is not None and request.range.units == "bytes" and \
                 len(request.range.ranges) == 1:
@@ -210,13 +211,11 @@ class App:
         version = request.args.get("version")
         if request.method == "GET":
             return self._get_bundle(request, uuid, version)
-        if request.method == "DELETE":
-            check_replica(request.args.get("replica"))
-            return _json_response(self.dss.delete_bundle(uuid, version, self.body(request),
-                                                         self.identify(request)))
         who = self.identify(request)
         check_replica(request.args.get("replica"))
         body = self.body(request)
+        if request.method == "DELETE":
+            return _json_response(self.dss.delete_bundle(uuid, version, body, who))
         if request.method == "PUT":
             status, answer = self.dss.put_bundle(uuid, version, body, who)
             return _json_response(answer, status)
@@ -281,6 +280,14 @@ class App:
         if request.method == "DELETE":
             return _json_response(self.dss.delete_collection(uuid, who))
         return _json_response(self.dss.patch_collection(uuid, version, self.body(request), who))
+
+
+def _disposition(request: Request) -> str:
+    """The ``content_disposition`` parameter, refused if it could split a header."""
+    value = request.args["content_disposition"]
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise bad_request("content_disposition holds control characters")
+    return value
 
 
 def _with(request: Request, **changes: str) -> list[tuple[str, str]]:

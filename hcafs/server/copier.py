@@ -173,18 +173,24 @@ class Copier:
                 from exc
 
     def start(self, uuid: str, version: str, source: Source, document: dict) -> str | None:
-        """Copy now (None) or in the background (the task id) depending on size."""
+        """Copy now (None) or in the background (the task id) depending on size.
+
+        A copy of this uuid+version already running answers with its task id when it
+        brings the same file, and 409 ``file_already_exists`` when it brings another.
+        """
+        record_key = f"copies/{uuid}.{version}"
+        raw = self.store.read(record_key)
+        record = json.loads(raw) if raw is not None else {}
+        if record.get("state") == "running":
+            if record.get("document") != document:
+                raise Problem(409, "file_already_exists",
+                              f"file {uuid}.{version} is being copied with other content")
+            self._submit(uuid, version, record)
+            return record["task_id"]
         if source.size <= self.async_threshold or \
                 self.store.blob_size(source.blob_key()) == source.size:
             self.copy(source)
             return None
-        record_key = f"copies/{uuid}.{version}"
-        raw = self.store.read(record_key)
-        if raw is not None:
-            record = json.loads(raw)
-            if record.get("state") == "running" and record.get("document") == document:
-                self._submit(uuid, version, record)
-                return record["task_id"]
         record = {"task_id": str(_uuid.uuid4()), "state": "running", "document": document,
                   "source": source.__dict__}
         self.store.write(record_key, json.dumps(record).encode())

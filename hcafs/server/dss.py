@@ -93,6 +93,8 @@ class DSS:
             if not versions:
                 raise not_found("Cannot find file!")
             version = versions[-1]
+        elif not is_version(version):  # a GET's version is not validated: unknown is 404
+            raise not_found("Cannot find file!")
         raw = self.store.read(f"files/{uuid}.{version}")
         if raw is None:
             self.copier.raise_if_failed(uuid, version)
@@ -100,7 +102,7 @@ class DSS:
         return json.loads(raw)
 
     def copy_running(self, uuid: str, version: str | None) -> bool:
-        return version is not None and self.copier.running(uuid.lower(), version)
+        return is_version(version) and self.copier.running(uuid.lower(), version)
 
     def put_file(self, uuid: str, version: str | None, body: dict, who: Identity
                  ) -> tuple[int, dict]:
@@ -125,7 +127,11 @@ class DSS:
         task = self.copier.start(uuid, version, source, document)
         if task is not None:
             return 202, {"version": version, "task_id": task}
-        self.store.write(key, dumps(document))
+        if not self.store.create(key, dumps(document)):  # a concurrent PUT won the race
+            if json.loads(self.store.read(key) or b"{}") != document:
+                raise Problem(409, "file_already_exists",
+                              f"file {uuid}.{version} already exists with other content")
+            return 200, {"version": version}
         return 201, {"version": version}
 
     # ---------------------------------------------------------------- bundles
@@ -154,7 +160,7 @@ class DSS:
             if not versions:
                 raise not_found("Cannot find bundle!")
             version = versions[-1]
-        elif self._bundle_dead(uuid, version):
+        elif not is_version(version) or self._bundle_dead(uuid, version):
             raise not_found("Cannot find bundle!")
         raw = self.store.read(f"bundles/{uuid}.{version}")
         if raw is None:
@@ -315,6 +321,8 @@ class DSS:
             if not keys:
                 raise not_found("Cannot find collection!")
             version = keys[-1].split("/", 1)[1][len(uuid) + 1:]
+        elif not is_version(version):
+            raise not_found("Cannot find collection!")
         raw = self.store.read(f"collections/{uuid}.{version}")
         if raw is None:
             raise not_found("Cannot find collection!")
@@ -332,7 +340,7 @@ class DSS:
             if not isinstance(item.get(name), str):
                 raise bad_request(f"contents: '{name}' is a required property")
         uuid = check_uuid(item["uuid"], "contents uuid")
-        version = item["version"]
+        version = check_version(item["version"], "contents version")
         kind = item["type"]
         item = dict(item, uuid=uuid)
         if kind in ("file", "bundle", "collection"):

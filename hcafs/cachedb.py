@@ -1,0 +1,70 @@
+"""The mount's SQLite database: metadata cache and content-cache index.
+
+One file, ``CACHE_DIR/hcafs.db``, in WAL mode.  Each thread gets its own connection (SQLite
+connections must not be shared across threads), so FUSE worker threads and background
+workers never contend for a Python-level lock; SQLite serialises writers itself.
+
+The schema is created and changed only by the migrations below, applied once at open.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("hcafs")
+
+
+@migrations()
+def m001_metadata(db: sqlite_utils.Database) -> None:
+    db["meta"].create({"key": str, "value": str}, pk="key")
+    # The last complete listing of /bundles/all: replaced whole, never piecemeal.
+    db["bundles"].create({"fqid": str, "uuid": str, "version": str}, pk="fqid")
+    # Manifests are immutable per version, so kept for good once fetched.
+    db["manifests"].create({"fqid": str, "creator_uid": int, "files": str}, pk="fqid")
+    db["files"].create({"fqid": str, "info": str}, pk="fqid")
+    db["collections"].create({"uuid": str, "version": str, "name": str, "dirname": str,
+                              "contents": str}, pk="uuid")
+    db["collections"].create_index(["dirname"], unique=True)
+
+
+@migrations()
+def m002_blobs(db: sqlite_utils.Database) -> None:
+    # One row per blob in the content cache; `blocks` is a bitmap of the 1 MiB blocks
+    # present on disk (durable: written after the data is fsynced).
+    db["blobs"].create({"sha256": str, "size": int, "blocks": bytes, "present": int,
+                        "complete": int, "last_access": float, "pinned": int}, pk="sha256")
+    db["blobs"].create_index(["last_access"])
+
+
+class CacheDB:
+    """Opens ``path`` once per thread; :meth:`db` is this thread's connection."""
+
+    def __init__(self, path: str):
+        self.path = path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._local = threading.local()
+        migrations.apply(self.db())
+
+    def db(self) -> sqlite_utils.Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            db = sqlite_utils.Database(conn)
+            self._local.db = db
+        return db
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db().execute("select value from meta where key = ?", [key]).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db()["meta"].upsert({"key": key, "value": value}, pk="key")

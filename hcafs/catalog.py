@@ -1,0 +1,260 @@
+"""What the DSS holds, as the mount last saw it: bundle list, manifests, files, collections.
+
+Everything is cached in SQLite and served from memory, so ``ls`` never waits for the
+network once the cache is warm, and works with the server gone.
+
+* The bundle list is refreshed whole (every page of ``/bundles/all``) on a TTL in the
+  background and on demand (``hcafs refresh``); a refresh that fails part-way changes
+  nothing, because "unreachable" must never read as "deleted".
+* Manifests and file metadata are immutable per version: fetched once, kept.
+* Collections are the caller's own; each appears as a directory named ``NAME.UUID``.
+
+Threading: FUSE threads read the in-memory snapshots; the refresher thread builds new ones
+and swaps them in under ``_lock``.  Each thread uses its own SQLite connection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+
+from .cachedb import CacheDB
+from .client import DSSClient
+from .errors import ApiError, NotFound, RemoteError, Unreachable
+from .versions import parse_fqid
+
+log = logging.getLogger(__name__)
+
+MANIFEST_MEMORY = 256
+
+
+class Health:
+    """Whether the server answers; each change is logged once, not per call."""
+
+    def __init__(self) -> None:
+        self.online = True
+        self._lock = threading.Lock()
+
+    def ok(self) -> None:
+        with self._lock:
+            if not self.online:
+                log.warning("server reachable again")
+            self.online = True
+
+    def failed(self, exc: Exception) -> None:
+        with self._lock:
+            if self.online:
+                log.warning("server unreachable (%s); serving what is cached", exc)
+            self.online = False
+
+
+def collection_dirname(name: str, uuid: str) -> str:
+    """``NAME.UUID``: unique by the UUID, readable by the name, safe as one path part."""
+    safe = "".join("_" if ch in "/\0" else ch for ch in (name or "").strip())
+    if safe in ("", ".", ".."):
+        safe = "collection"
+    return f"{safe[:200]}.{uuid}"
+
+
+class Catalog:
+    def __init__(self, db: CacheDB, client: DSSClient | None, ttl: float):
+        self.db = db
+        self.client = client
+        self.ttl = ttl
+        self.health = Health()
+        self._lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self._bundles: list[str] = [r[0] for r in db.db().execute(
+            "select fqid from bundles order by fqid")]
+        self._bundle_set = set(self._bundles)
+        self._collections = self._load_collections()
+        self._manifests: OrderedDict[str, dict] = OrderedDict()
+        stamp = db.get_meta("bundles_refreshed_at")
+        self.refreshed_at = float(stamp) if stamp else 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------ bundles
+
+    def bundles(self) -> list[str]:
+        with self._lock:
+            return self._bundles
+
+    def has_bundle(self, fqid: str) -> bool:
+        with self._lock:
+            if fqid in self._bundle_set:
+                return True
+        if parse_fqid(fqid) is None:
+            return False
+        try:
+            self.manifest(fqid)
+        except NotFound:
+            return False
+        return True
+
+    def manifest(self, fqid: str) -> dict:
+        """``{"uuid", "version", "creator_uid", "files": [...]}``; NotFound if none."""
+        with self._lock:
+            cached = self._manifests.get(fqid)
+            if cached is not None:
+                self._manifests.move_to_end(fqid)
+                return cached
+        row = self.db.db().execute("select creator_uid, files from manifests where fqid = ?",
+                                   [fqid]).fetchone()
+        if row is not None:
+            manifest = self._manifest(fqid, row[0], json.loads(row[1]))
+        else:
+            manifest = self._fetch_manifest(fqid)
+        with self._lock:
+            self._manifests[fqid] = manifest
+            while len(self._manifests) > MANIFEST_MEMORY:
+                self._manifests.popitem(last=False)
+        return manifest
+
+    @staticmethod
+    def _manifest(fqid: str, creator_uid: int, files: list) -> dict:
+        uuid, version = parse_fqid(fqid) or ("", "")
+        return {"uuid": uuid, "version": version, "creator_uid": creator_uid, "files": files}
+
+    def _fetch_manifest(self, fqid: str) -> dict:
+        parsed = parse_fqid(fqid)
+        if parsed is None or self.client is None:
+            raise NotFound(f"no bundle {fqid}")
+        try:
+            bundle = self.client.get_bundle(*parsed)
+        except ApiError as exc:
+            if exc.status == 404:
+                raise NotFound(f"no bundle {fqid}") from exc
+            raise
+        except Unreachable as exc:
+            self.health.failed(exc)
+            raise
+        self.health.ok()
+        self.db.db()["manifests"].upsert({"fqid": fqid, "creator_uid": bundle["creator_uid"],
+                                          "files": json.dumps(bundle["files"])}, pk="fqid")
+        return self._manifest(fqid, bundle["creator_uid"], bundle["files"])
+
+    def file_info(self, fqid: str) -> dict:
+        """HEAD /files metadata of one file version (cached for good)."""
+        row = self.db.db().execute("select info from files where fqid = ?", [fqid]).fetchone()
+        if row is not None:
+            return json.loads(row[0])
+        parsed = parse_fqid(fqid)
+        if parsed is None or self.client is None:
+            raise NotFound(f"no file {fqid}")
+        try:
+            info = self.client.head_file(*parsed).__dict__
+        except ApiError as exc:
+            if exc.status == 404:
+                raise NotFound(f"no file {fqid}") from exc
+            raise
+        except Unreachable as exc:
+            self.health.failed(exc)
+            raise
+        self.health.ok()
+        self.db.db()["files"].upsert({"fqid": fqid, "info": json.dumps(info)}, pk="fqid")
+        return info
+
+    # ------------------------------------------------------------ collections
+
+    def _load_collections(self) -> dict[str, dict]:
+        rows = self.db.db().execute(
+            "select dirname, uuid, version, name, contents from collections")
+        return {r[0]: {"uuid": r[1], "version": r[2], "name": r[3],
+                       "contents": json.loads(r[4])} for r in rows}
+
+    def collections(self) -> dict[str, dict]:
+        with self._lock:
+            return self._collections
+
+    # ------------------------------------------------------------ refreshing
+
+    def refresh(self) -> None:
+        """Fetch the bundle list and collections now; on failure keep what was cached."""
+        if self.client is None:
+            return
+        with self._refresh_lock:
+            try:
+                fqids = [f"{u}.{v}" for u, v in self.client.iter_bundles()]
+                collections = self._fetch_collections()
+            except Unreachable as exc:
+                self.health.failed(exc)
+                raise
+            self.health.ok()
+            db = self.db.db()
+            with db.atomic():
+                db.execute("delete from bundles")
+                db["bundles"].insert_all(
+                    ({"fqid": f, "uuid": f.split(".", 1)[0], "version": f.split(".", 1)[1]}
+                     for f in fqids), batch_size=1000)
+                if collections is not None:
+                    db.execute("delete from collections")
+                    db["collections"].insert_all(
+                        {"dirname": d, **{k: v for k, v in c.items() if k != "contents"},
+                         "contents": json.dumps(c["contents"])}
+                        for d, c in collections.items())
+                stamp = time.time()
+                db["meta"].upsert({"key": "bundles_refreshed_at", "value": str(stamp)},
+                                  pk="key")
+            fqids.sort()
+            with self._lock:
+                self._bundles, self._bundle_set = fqids, set(fqids)
+                if collections is not None:
+                    self._collections = collections
+                self.refreshed_at = stamp
+            log.info("listing refreshed: %d bundle versions, %d collections", len(fqids),
+                     len(self._collections))
+
+    def _fetch_collections(self) -> dict[str, dict] | None:
+        """The caller's collections (latest version of each), or None without a token."""
+        try:
+            listed = self.client.list_collections()
+        except ApiError as exc:
+            if exc.status in (401, 403):
+                return None
+            raise
+        latest: dict[str, str] = {}
+        for item in listed:
+            if item["version"] > latest.get(item["uuid"], ""):
+                latest[item["uuid"]] = item["version"]
+        known = {c["uuid"]: c for c in self.collections().values()}
+        result = {}
+        for uuid, version in sorted(latest.items()):
+            cached = known.get(uuid)
+            if cached is not None and cached["version"] == version:
+                document = cached
+            else:
+                try:
+                    body = self.client.get_collection(uuid, version)
+                except ApiError as exc:
+                    if exc.status in (403, 404):
+                        continue
+                    raise
+                document = {"uuid": uuid, "version": version, "name": body.get("name", ""),
+                            "contents": body.get("contents", [])}
+            result[collection_dirname(document["name"], uuid)] = document
+        return result
+
+    def start(self) -> None:
+        """Refresh every ``ttl`` seconds in a background thread (after daemonizing)."""
+        self._thread = threading.Thread(target=self._run, name="refresher", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(max(1.0, self.refreshed_at + self.ttl - time.time())):
+            try:
+                self.refresh()
+            except RemoteError as exc:
+                log.debug("background refresh failed: %s", exc)
+                self._stop.wait(min(self.ttl, 30))
+            except Exception:
+                log.exception("background refresh crashed")
+                self._stop.wait(self.ttl)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)

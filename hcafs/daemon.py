@@ -1,0 +1,210 @@
+"""The mount daemon: wires the server connection, caches, model and FUSE adapter together.
+
+:meth:`Daemon.prepare` does everything that can fail with a clear reason before anything is
+mounted: lock the cache dir, start the embedded server if no server is configured, check the
+token, and load or refresh the listing.  :meth:`Daemon.serve` mounts and blocks until the
+filesystem is unmounted.
+
+Threading: background threads (the listing refresher, read-ahead workers) start in FUSE's
+``init`` and stop in ``destroy``; the embedded server is a child process stopped by PID.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from .blobcache import BlobCache
+from .cachedb import CacheDB
+from .catalog import Catalog
+from .client import DSSClient, RetryPolicy
+from .config import MountConfig
+from .errors import ApiError, Busy, ConfigError, Unreachable
+from .mount import MountRecord
+from .server.auth import first_token
+from .tree import Tree
+
+log = logging.getLogger("hcafs.daemon")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the embedded server's child process
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class EmbeddedServer:
+    """``hcafs serve`` on 127.0.0.1, owned by the mount daemon."""
+
+    def __init__(self, data_dir: str):
+        self.data_dir = data_dir
+        self.staging_root = os.path.join(data_dir, "staging")
+        self.process: subprocess.Popen | None = None
+        self.url = ""
+        self.tokens_file = os.path.join(data_dir, "tokens.json")
+
+    def start(self, timeout: float = 30.0) -> None:
+        os.makedirs(self.staging_root, exist_ok=True)
+        ready = os.path.join(self.data_dir, f"ready-{os.getpid()}.json")
+        if os.path.exists(ready):
+            os.unlink(ready)
+        log_path = os.path.join(self.data_dir, "server.log")
+        with open(log_path, "ab") as log_handle:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "hcafs", "serve", "--host", "127.0.0.1", "--port", "0",
+                 "--data-dir", self.data_dir, "--staging-root", self.staging_root,
+                 "--ready-file", ready],
+                stdin=subprocess.DEVNULL, stdout=log_handle, stderr=log_handle,
+                preexec_fn=_die_with_parent)
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(ready):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise ConfigError(f"the embedded server did not start; see {log_path}")
+            time.sleep(0.05)
+        with open(ready) as handle:
+            self.url = json.load(handle)["url"]
+        os.unlink(ready)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+class Daemon:
+    def __init__(self, config: MountConfig):
+        self.config = config
+        self.server: EmbeddedServer | None = None
+        self._lock_fd: int | None = None
+        self.record: MountRecord | None = None
+
+    # ------------------------------------------------------------ before mounting
+
+    def prepare(self) -> None:
+        config = self.config
+        os.makedirs(config.cache_dir, exist_ok=True)
+        self._lock_cache_dir()
+        token = config.token
+        if config.embedded:
+            self.server = EmbeddedServer(config.data_dir)
+            self.server.start()
+            url = self.server.url
+            token = token or first_token(self.server.tokens_file)
+            log.info("started the embedded server at %s (data in %s)", url, config.data_dir)
+        else:
+            url = config.dss_url
+        self.url = url
+        verify = not config.insecure_tls
+        self.client = DSSClient(url, token=token, replica=config.replica, verify=verify)
+        self.db = CacheDB(os.path.join(config.cache_dir, "hcafs.db"))
+        self._check_cache_owner("embedded" if config.embedded else url)
+        self.catalog = Catalog(self.db, self.client, config.refresh_ttl)
+        self._first_contact(DSSClient(url, token=token, replica=config.replica, verify=verify,
+                                      retry=RetryPolicy(attempts=2, base_delay=0.2)))
+        self.blobs = BlobCache(os.path.join(config.cache_dir, "blobs"), self.db,
+                               config.cache_size, max_readahead=config.max_readahead)
+        self.tree = Tree(self.catalog, self.blobs, self.client, config.max_readahead)
+
+    def _lock_cache_dir(self) -> None:
+        path = os.path.join(self.config.cache_dir, "lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            raise Busy(f"cache dir {self.config.cache_dir} is in use by another hcafs "
+                       "mount") from exc
+        self._lock_fd = fd
+
+    def _check_cache_owner(self, owner: str) -> None:
+        known = self.db.get_meta("server")
+        if known is None:
+            self.db.set_meta("server", owner)
+        elif known != owner:
+            raise ConfigError(f"cache dir {self.config.cache_dir} belongs to {known}; "
+                              "use another --cache-dir for this server")
+
+    def _first_contact(self, quick: DSSClient) -> None:
+        """Check the token and load the listing; fail only if nothing usable is cached."""
+        try:
+            if quick._token:
+                try:
+                    quick.request("GET", "/collections", params={"per_page": 10}, auth=True)
+                except ApiError as exc:
+                    if exc.status == 401:
+                        raise ConfigError("the server rejected the token (401 "
+                                          "Unauthorized); check --token/--token-file") from exc
+                    if exc.status != 403:
+                        raise
+            original, self.catalog.client = self.catalog.client, quick
+            try:
+                self.catalog.refresh()
+            finally:
+                self.catalog.client = original
+        except (Unreachable, ApiError) as exc:
+            if isinstance(exc, ApiError) and not exc.transient:
+                raise
+            if not self.catalog.bundles() and not self.catalog.refreshed_at:
+                raise Unreachable(f"server {self.url} is unreachable and nothing is cached "
+                                  f"in {self.config.cache_dir}") from exc
+            log.warning("server %s is unreachable; serving the cached listing", self.url)
+
+    # ------------------------------------------------------------ mounted
+
+    def serve(self, ready) -> int:
+        from .fuse_ops import FUSE, Operations
+
+        config = self.config
+        log_file = config.log_file or os.path.join(config.cache_dir, "hcafs.log")
+        self.record = MountRecord(config.mountpoint, os.getpid(), config.cache_dir, log_file,
+                                  self.url)
+
+        def on_init() -> None:
+            self.catalog.start()
+            self.tree.mounted_at = time.time()
+            self.record.save()
+            where = f"embedded server {self.url}, data in {config.data_dir}" \
+                if config.embedded else self.url
+            ready.send(f"OK mounted {where} at {config.mountpoint} "
+                       f"(cache {config.cache_dir}, log {log_file})")
+            log.info("mounted at %s", config.mountpoint)
+
+        def on_destroy() -> None:
+            self.catalog.stop()
+            self.blobs.close()
+
+        operations = Operations(self.tree, (config.entry_timeout, config.attr_timeout,
+                                            config.negative_timeout), on_init, on_destroy)
+        try:
+            FUSE(operations, config.mountpoint, foreground=True, nothreads=False,
+                 fsname="hcafs", subtype="hcafs", default_permissions=True)
+        except RuntimeError as exc:
+            ready.send(f"ERR 1 mounting {config.mountpoint} failed ({exc}); see {log_file}")
+            return 1
+        finally:
+            self.shutdown()
+        log.info("unmounted %s", config.mountpoint)
+        return 0
+
+    def shutdown(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+        if self.record is not None:
+            self.record.remove()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+

@@ -1,0 +1,250 @@
+"""The FUSE adapter: translates mfusepy callbacks into calls on :class:`~hcafs.tree.Tree`.
+
+A protocol adapter only: what the mount looks like is decided in ``tree.py``.  Each callback
+resolves a path, calls the model, and turns the answer into a stat dict or bytes.  Errors
+become errno in one place, :func:`_errno`: an :class:`~hcafs.errors.HcafsError` carries
+its own errno, anything unexpected is logged with its traceback and becomes EIO (never
+mfusepy's default EINVAL).
+
+``readdir`` hands full attributes to libfuse3 with ``FUSE_FILL_DIR_PLUS`` and non-zero
+offsets, so the kernel takes READDIRPLUS attributes and ``ls -l`` of a large directory needs
+no per-entry getattr (on libfuse 3.14, zero offsets would make libfuse drop them).
+
+Threading: libfuse's multi-threaded loop calls in on several threads at once; the adapter
+keeps only the open-directory snapshots, under a lock.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import itertools
+import logging
+import os
+import stat
+import threading
+from collections.abc import Callable
+
+os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
+import mfusepy as fuse  # noqa: E402  (the library name must be chosen before import)
+
+from .errors import HcafsError  # noqa: E402
+from .tree import Attr, Tree  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+FUSE_FILL_DIR_PLUS = 1 << 1
+ENOATTR = errno.ENODATA
+
+
+def _errno(func: Callable) -> Callable:
+    """Run a callback; turn every error into the right errno."""
+
+    @functools.wraps(func)
+    def wrapper(self, *args):
+        try:
+            return func(self, *args)
+        except HcafsError as exc:
+            if exc.errno == errno.EIO:
+                log.error("%s %s: %s", func.__name__, args[0] if args else "", exc)
+            else:
+                log.debug("%s %s: %s", func.__name__, args[0] if args else "", exc)
+            raise fuse.FuseOSError(exc.errno) from exc
+        except fuse.FuseOSError:
+            raise
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise fuse.FuseOSError(exc.errno) from exc
+            log.exception("%s %s failed", func.__name__, args[0] if args else "")
+            raise fuse.FuseOSError(errno.EIO) from exc
+        except Exception as exc:
+            log.exception("%s %s crashed", func.__name__, args[0] if args else "")
+            raise fuse.FuseOSError(errno.EIO) from exc
+
+    return wrapper
+
+
+class Operations(fuse.Operations):
+    use_ns = True
+
+    def __init__(self, tree: Tree, timeouts: tuple[float, float, float],
+                 on_init: Callable[[], None], on_destroy: Callable[[], None]):
+        self.tree = tree
+        self.entry_timeout, self.attr_timeout, self.negative_timeout = timeouts
+        self._on_init = on_init
+        self._on_destroy = on_destroy
+        self._uid, self._gid = os.getuid(), os.getgid()
+        self._dirs: dict[int, list[tuple[str, dict]]] = {}
+        self._dir_ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def stat(self, attr: Attr) -> dict:
+        mtime = int(attr.mtime * 1e9)
+        if attr.kind == "dir":
+            mode = stat.S_IFDIR | (0o755 if attr.writable else 0o555)
+        elif attr.kind == "link":
+            mode = stat.S_IFLNK | 0o777
+        else:
+            mode = stat.S_IFREG | (0o644 if attr.writable else 0o444)
+        return {"st_mode": mode, "st_nlink": 2 if attr.kind == "dir" else 1,
+                "st_size": attr.size, "st_blocks": -(-attr.size // 512), "st_blksize": 131072,
+                "st_uid": self._uid, "st_gid": self._gid,
+                "st_mtime": mtime, "st_ctime": mtime, "st_atime": mtime}
+
+    # ------------------------------------------------------------ lifecycle
+
+    def init_with_config(self, conn, config) -> None:
+        if config is not None:
+            config.entry_timeout = self.entry_timeout
+            config.attr_timeout = self.attr_timeout
+            config.negative_timeout = self.negative_timeout
+            config.kernel_cache = 1  # remote content is immutable per version
+        if conn is not None:
+            conn.max_readahead = 1024 * 1024
+        self._on_init()
+
+    def destroy(self, path: str) -> None:
+        self._on_destroy()
+
+    # ------------------------------------------------------------ metadata
+
+    @_errno
+    def getattr(self, path: str, fh=None) -> dict:
+        return self.stat(self.tree.getattr(path))
+
+    @_errno
+    def opendir(self, path: str) -> int:
+        entries = self.tree.listdir(path)
+        here = self.stat(self.tree.getattr(path))
+        listing = [(".", here), ("..", here)] + [(n, self.stat(a)) for n, a in entries]
+        with self._lock:
+            handle = next(self._dir_ids)
+            self._dirs[handle] = listing
+        return handle
+
+    def readdir_plus(self, path: str, offset: int, fh: int):
+        """``(name, stat, next_offset)`` from ``offset`` on, for the PLUS filler."""
+        with self._lock:
+            listing = self._dirs.get(fh, [])
+        for index in range(offset, len(listing)):
+            name, attrs = listing[index]
+            yield name, attrs, index + 1
+
+    def readdir(self, path: str, fh: int):  # used only if the PLUS path is unavailable
+        return [name for name, _, _ in self.readdir_plus(path, 0, fh)]
+
+    def releasedir(self, path: str, fh: int) -> int:
+        with self._lock:
+            self._dirs.pop(fh, None)
+        return 0
+
+    @_errno
+    def readlink(self, path: str) -> str:
+        return self.tree.readlink(path)
+
+    @_errno
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        value = self.tree.xattrs(path).get(name)
+        if value is None:
+            raise fuse.FuseOSError(ENOATTR)
+        return value.encode()
+
+    @_errno
+    def listxattr(self, path: str) -> list[str]:
+        return sorted(self.tree.xattrs(path))
+
+    @_errno
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0
+                 ) -> int:
+        self.tree.setxattr(path, name, value)
+        return 0
+
+    @_errno
+    def statfs(self, path: str) -> dict:
+        vfs = self.tree.statfs()
+        return {"f_bsize": vfs.f_bsize, "f_frsize": vfs.f_frsize, "f_blocks": vfs.f_blocks,
+                "f_bfree": vfs.f_bfree, "f_bavail": vfs.f_bavail, "f_files": vfs.f_files,
+                "f_ffree": vfs.f_ffree, "f_favail": vfs.f_favail, "f_namemax": 255}
+
+    # ------------------------------------------------------------ content
+
+    @_errno
+    def open(self, path: str, flags: int) -> int:
+        return self.tree.open(path, write=(flags & os.O_ACCMODE) != os.O_RDONLY
+                              or bool(flags & os.O_TRUNC))
+
+    @_errno
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        return self.tree.read(fh, size, offset)
+
+    @_errno
+    def release(self, path: str, fh: int) -> int:
+        self.tree.release(fh)
+        return 0
+
+    # ------------------------------------------------------------ changes
+
+    @_errno
+    def mkdir(self, path: str, mode: int) -> int:
+        return self.tree.mkdir(path)
+
+    @_errno
+    def rmdir(self, path: str) -> int:
+        return self.tree.rmdir(path)
+
+    @_errno
+    def create(self, path: str, mode: int, fi=None) -> int:
+        return self.tree.create(path)
+
+    @_errno
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        return self.tree.write(fh, data, offset)
+
+    @_errno
+    def truncate(self, path: str, length: int, fh=None) -> int:
+        return self.tree.truncate(path, length)
+
+    @_errno
+    def unlink(self, path: str) -> int:
+        return self.tree.unlink(path)
+
+    @_errno
+    def rename(self, old: str, new: str) -> int:
+        return self.tree.rename(old, new)
+
+    @_errno
+    def symlink(self, target: str, source: str) -> int:
+        return self.tree.symlink(target, source)
+
+    @_errno
+    def chmod(self, path: str, mode: int) -> int:
+        return self.tree.touch(path)
+
+    @_errno
+    def chown(self, path: str, uid: int, gid: int) -> int:
+        return self.tree.touch(path)
+
+    @_errno
+    def utimens(self, path: str, times=None) -> int:
+        return self.tree.touch(path)
+
+
+class FUSE(fuse.FUSE):
+    """mfusepy's FUSE with a readdir that fills READDIRPLUS attributes at real offsets."""
+
+    def readdir_fuse_3(self, path, buf, filler, offset, fip, flags) -> int:
+        try:
+            st = fuse.c_stat()
+            for name, attrs, next_offset in self.operations.readdir_plus(
+                    path.decode(self.encoding, self.errors) if path else None, offset,
+                    fip.contents.fh):
+                ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
+                fuse.set_st_attrs(st, attrs, use_ns=True)
+                if filler(buf, name.encode(self.encoding, self.errors), st, next_offset,
+                          FUSE_FILL_DIR_PLUS) != 0:
+                    break
+            return 0
+        except Exception:
+            log.exception("readdir crashed")
+            return -errno.EIO
