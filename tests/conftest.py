@@ -16,11 +16,14 @@ from __future__ import annotations
 import getpass
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from fixtures import HCA_BIN, HcaCli, SeaweedFS, start_seaweed, unmount_leftovers
+from fixtures.dss_server import DSSServer
+from fixtures.faults import TcpGate
 
 
 def _pytest_temp_root(config: pytest.Config) -> Path:
@@ -86,3 +89,63 @@ def hca_cli(tmp_path_factory: pytest.TempPathFactory) -> HcaCliFactory:
         return HcaCli(base_url, token, tmp_path_factory.mktemp("hca-cli"), extra)
 
     return make
+
+
+# ---------------------------------------------------------------- hcafs serve (server tests)
+
+
+@pytest.fixture(scope="session")
+def staging_bucket(seaweed: SeaweedFS) -> str:
+    """One SeaweedFS bucket where tests stage source objects for PUT /files."""
+    return seaweed.make_bucket("hcafs-staging")
+
+
+@pytest.fixture
+def dss_factory(tmp_path: Path, seaweed: SeaweedFS) -> Iterator[Callable[..., DSSServer]]:
+    """Factory ``make(name, args=(), env=None) -> DSSServer`` (started, with the SeaweedFS
+    AWS variables); every server it started is stopped by PID at teardown."""
+    started: list[DSSServer] = []
+
+    def make(name: str = "server", args: Sequence[str] = (),
+             env: Mapping[str, str] | None = None) -> DSSServer:
+        server = DSSServer(str(tmp_path / name), args=list(args),
+                           env={**seaweed.env(), **(env or {})})
+        started.append(server)
+        return server.start()
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@dataclass
+class DssRig:
+    """A module's server: local store, a staging root, S3 sources through a :class:`TcpGate`."""
+
+    server: DSSServer
+    gate: TcpGate
+    staging_root: Path
+    store_root: Path
+    s3: object  # a boto3 client straight to SeaweedFS
+    bucket: str
+
+
+@pytest.fixture(scope="module")
+def dss(tmp_path_factory: pytest.TempPathFactory, seaweed: SeaweedFS,
+        staging_bucket: str) -> Iterator[DssRig]:
+    """``hcafs serve`` with --data-dir, --staging-root and --async-threshold 1M, reaching
+    SeaweedFS through a gate that can stall object reads (asynchronous copies)."""
+    work = tmp_path_factory.mktemp("dss")
+    staging = work / "staging"
+    staging.mkdir()
+    gate = TcpGate(seaweed.endpoint)
+    server = DSSServer(str(work / "server"), env=seaweed.env(), args=[
+        "--staging-root", str(staging), "--async-threshold", "1M",
+        "--s3-endpoint", gate.endpoint])
+    server.start()
+    try:
+        yield DssRig(server, gate, staging, Path(server.data_dir) / "store",
+                     seaweed.client(), staging_bucket)
+    finally:
+        server.stop()
+        gate.close()
