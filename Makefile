@@ -10,7 +10,8 @@ PYTEST_ARGS ?=
 
 # hca 7.0.1 pins tenacity<5.1 and Jinja2<3, which do not import on Python 3.11, and
 # pip refuses to override a pin, so hca goes in with --no-deps and its requirements come
-# from requirements/hca-cli.txt (its own list, those two relaxed).
+# from requirements/hca-cli.txt (its own list, those two relaxed). pip then prints an
+# "ERROR: ... dependency conflicts" about exactly those two: expected, not a failure.
 HCA_REQS := requirements/hca-cli.txt
 # `hca` downloads the DSS swagger at start-up; this spec lets `hca dss --help` run offline.
 HCA_OFFLINE_SPEC := tests/fixtures/hca_offline_spec.json
