@@ -6,6 +6,12 @@ https.  Only operations this server implements are listed, and ``security`` is s
 the restricted ones, which is how the CLI decides to send the bearer token.  No path-level
 keys other than methods appear, and every enum is at the parameter's top level, as the CLI's
 spec reader expects.
+
+Optional list properties of a body (``add_files``, ``remove_contents`` …) are declared as
+JSON values of ``type: object``: the ``hca`` 7.0.1 CLI turns an *optional* ``array`` into an
+argument it cannot parse (it calls ``typing.List`` on the text), while it ``json.loads`` an
+optional ``object`` argument, so ``--add-files '[{...}]'`` works.  The server checks that the
+value is a list.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ STRING = {"type": "string"}
 INTEGER = {"type": "integer"}
 OBJECT = {"type": "object"}
 OBJECTS = {"type": "array", "items": {"type": "object"}}
+OPTIONAL_OBJECTS = {"type": "object", "description": "A JSON array of objects."}
 
 
 def paths() -> dict[str, dict]:
@@ -95,7 +102,8 @@ def paths() -> dict[str, dict]:
                              ["files", "creator_uid"]), secured=True),
             "patch": _op("Derive a new bundle version by adding or removing files.",
                          [UUID, REPLICA, VERSION_REQ], ["200", "400", "404"],
-                         _body({"add_files": OBJECTS, "remove_files": OBJECTS}, []),
+                         _body({"add_files": OPTIONAL_OBJECTS,
+                                "remove_files": OPTIONAL_OBJECTS}, []),
                          secured=True),
             "delete": _op("Delete a bundle (admin only).", [UUID, REPLICA, VERSION_OPT],
                           ["200", "403", "404", "409"],
@@ -116,7 +124,8 @@ def paths() -> dict[str, dict]:
                        ["200", "403", "404"], secured=True),
             "patch": _op("Update a collection (a new version).", [UUID, REPLICA, VERSION_REQ],
                          ["200", "403", "404", "422"],
-                         _body({"add_contents": OBJECTS, "remove_contents": OBJECTS,
+                         _body({"add_contents": OPTIONAL_OBJECTS,
+                                "remove_contents": OPTIONAL_OBJECTS,
                                 "name": STRING, "description": STRING, "details": OBJECT}, []),
                          secured=True),
             "delete": _op("Delete a collection.", [UUID, REPLICA], ["200", "403", "404"],
