@@ -97,7 +97,9 @@ class DSSClient:
 
     def _send(self, method: str, url: str, **kwargs) -> requests.Response:
         try:
-            return self.session.request(method, url, timeout=self.timeout, **kwargs)
+            # verify= per request: a session-level value loses to $REQUESTS_CA_BUNDLE.
+            return self.session.request(method, url, timeout=self.timeout,
+                                        verify=self.session.verify, **kwargs)
         except requests.exceptions.RequestException as exc:
             raise Unreachable(f"{method} {_strip(url)}: {type(exc).__name__}") from exc
 
