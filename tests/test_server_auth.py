@@ -45,6 +45,8 @@ BAD_AUTH = {
     "bare token": USER,
 }
 
+pytestmark = pytest.mark.s3
+
 
 @pytest.mark.parametrize("auth", list(BAD_AUTH))
 @pytest.mark.parametrize("operation", list(SECURED))

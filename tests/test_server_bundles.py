@@ -12,6 +12,8 @@ from fixtures.staging import local_snapshot
 
 from hcafs.versions import now_version
 
+pytestmark = pytest.mark.s3
+
 
 def register(dss, data: bytes, name: str = "f.txt") -> dict:
     """A file put through a file:// source; returns its bundle entry."""

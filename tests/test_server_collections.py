@@ -12,6 +12,8 @@ from fixtures.staging import local_snapshot
 
 from hcafs.versions import now_version
 
+pytestmark = pytest.mark.s3
+
 
 def register(dss, data: bytes, suffix: str = ".txt") -> dict:
     path = dss.staging_root / f"{_uuid.uuid4().hex}{suffix}"
