@@ -16,6 +16,8 @@ from fixtures.staging import local_snapshot
 
 from hcafs.versions import now_version
 
+pytestmark = pytest.mark.s3
+
 UUID = "0e7c2b7a-1f5e-4d7e-9b8a-2f6f2c1d9e01"
 VERSION = "2020-01-01T000000.000000Z"
 
@@ -44,8 +46,6 @@ BAD_AUTH = {
     "basic scheme": "Basic dXNlcjpwYXNz",
     "bare token": USER,
 }
-
-pytestmark = pytest.mark.s3
 
 
 @pytest.mark.parametrize("auth", list(BAD_AUTH))
