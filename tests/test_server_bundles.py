@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import uuid as _uuid
 
 import pytest
 import requests
 from fixtures.dss_checks import assert_problem, new_ids
 from fixtures.dss_server import ADMIN, OUTSIDER, USER
-from fixtures.staging import local_snapshot
+from fixtures.staging import local_snapshot, stage
 
 from hcafs.versions import now_version
 
@@ -385,3 +387,29 @@ def test_put_and_patch_need_a_token_but_no_group(dss, two_files):
                    "Unauthorized")
     assert local_snapshot(dss.store_root) == before
     assert put_bundle(dss, uuid, version, two_files, token=OUTSIDER).status_code == 201
+
+
+def test_put_bundle_waits_for_a_file_still_being_copied(dss):
+    """A bundle may name a file whose asynchronous copy is running: PUT waits for it."""
+    data = os.urandom(1024 * 1024 + 100)
+    url = stage(dss.s3, dss.bucket, data)
+    file_uuid, version = new_ids()
+    uuid = str(_uuid.uuid4())
+    entry = {"uuid": file_uuid, "version": version, "name": "big.bin", "indexed": False}
+    answers: list[requests.Response] = []
+    dss.gate.close_gate()
+    try:
+        put = dss.server.call("PUT", f"/files/{file_uuid}", USER, params={"version": version},
+                              json={"source_url": url, "creator_uid": 0})
+        assert put.status_code == 202
+        assert dss.gate.stalled.wait(30)
+        waiting = threading.Thread(target=lambda: answers.append(
+            put_bundle(dss, uuid, version, [entry])))
+        waiting.start()
+        waiting.join(1.0)
+        assert waiting.is_alive() and not answers  # still waiting for the copy
+    finally:
+        dss.gate.open_gate()
+    waiting.join(30)
+    assert answers and answers[0].status_code == 201, answers and answers[0].text
+    assert get_bundle(dss, uuid).json()["bundle"]["files"][0]["size"] == len(data)

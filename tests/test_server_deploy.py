@@ -117,8 +117,9 @@ def test_a_missing_store_bucket_stops_the_server_at_start(tmp_path, seaweed):
         server.start(timeout=30)
 
 
-@pytest.mark.parametrize("backend,sig", [("local", signal.SIGTERM), ("local", signal.SIGKILL),
-                                         ("s3", signal.SIGTERM), ("s3", signal.SIGKILL)])
+@pytest.mark.parametrize("backend,sig", [
+    pytest.param(backend, sig, id=f"{backend}-{sig.name}")
+    for backend in ("local", "s3") for sig in (signal.SIGTERM, signal.SIGKILL)])
 def test_data_written_before_a_restart_is_intact_after(dss_factory, seaweed, staging_bucket,
                                                        backend, sig):
     args = ["--store", f"s3://{seaweed.make_bucket()}/p"] if backend == "s3" else []

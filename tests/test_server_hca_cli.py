@@ -39,6 +39,7 @@ def test_upload_then_download_byte_for_byte(dss, admin_cli, tmp_path):
         "readme.txt": b"hello",
         "sub/meta.json": b'{"sample": "lung"}',
         "sub/reads.fastq.gz": os.urandom(5000),
+        "sub/with space & more.txt": b"odd name",
         "big.bin": os.urandom(2 * 1024 * 1024 + 3),  # above --async-threshold: 202 + HEAD polls
         "empty.dat": b"",
     }
