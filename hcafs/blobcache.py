@@ -54,6 +54,7 @@ class _Blob:
         self.verified = complete
         self.users = 0
         self.dirty = False
+        self.failed: IntegrityError | None = None  # set when the bytes failed their sha256
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         if os.fstat(self.fd).st_size != size:
             os.ftruncate(self.fd, size)
@@ -150,12 +151,17 @@ class BlobCache:
         first, last = offset // BLOCK, (end - 1) // BLOCK
         window = max(1, readahead // BLOCK)
         self._ensure(blob, first, last, fetch, last + window if readahead else last)
+        if blob.failed is not None:
+            raise blob.failed
         if readahead and last + 1 < blob.nblocks:
             ahead_last = min(blob.nblocks - 1, last + window)
             if not all(blob.present[last + 1:ahead_last + 1]) and \
                     not all(blob.inflight[last + 1:ahead_last + 1]):
                 self._pool.submit(self._prefetch, blob, last + 1, ahead_last, fetch)
-        return os.pread(blob.fd, end - offset, offset)
+        data = os.pread(blob.fd, end - offset, offset)
+        if blob.failed is not None:
+            raise blob.failed
+        return data
 
     def _prefetch(self, blob: _Blob, first: int, last: int, fetch: Fetch) -> None:
         with self._lock:
@@ -177,6 +183,8 @@ class BlobCache:
         widen_to = min(widen_to, blob.nblocks - 1)
         while True:
             with blob.cond:
+                if blob.failed is not None:
+                    raise blob.failed
                 missing = [b for b in range(first, last + 1) if not blob.present[b]]
                 if not missing:
                     return
@@ -224,19 +232,21 @@ class BlobCache:
             if exc.errno == 28:
                 raise NoSpace(f"cache disk full while caching {blob.sha256[:12]}") from exc
             raise
+        self._advance_hash(blob, block, data)  # before the block is visible to readers
         with blob.cond:
             blob.present[block] = 1
             blob.inflight[block] = 0
             blob.dirty = True
             blob.cond.notify_all()
-        self._advance_hash(blob, block, data)
 
     def _advance_hash(self, blob: _Blob, block: int, data: bytes) -> None:
-        """Hash the contiguous prefix of present blocks; verify when it reaches the end."""
+        """Hash the contiguous prefix of present blocks (and ``block``, about to be);
+        verify when it reaches the end."""
         with blob.hash_lock:
             if blob.verified:
                 return
-            while blob.hashed < blob.nblocks and blob.present[blob.hashed]:
+            while blob.hashed < blob.nblocks and (blob.present[blob.hashed]
+                                                  or blob.hashed == block):
                 if blob.hashed == block:
                     piece = data
                 else:
@@ -251,15 +261,18 @@ class BlobCache:
                 blob.verified = True
                 blob.dirty = True
                 return
+            log.error("content of %s failed its sha256 check (got %s); discarded",
+                      blob.sha256, digest)
+            error = IntegrityError(f"downloaded bytes do not match sha256 {blob.sha256}")
             with blob.cond:
                 blob.present[:] = bytes(blob.nblocks)
                 blob.dirty = True
+                blob.failed = error
                 blob.hasher, blob.hashed = hashlib.sha256(), 0
+                blob.cond.notify_all()
             os.ftruncate(blob.fd, 0)
             os.ftruncate(blob.fd, blob.size)
-        log.error("content of %s failed its sha256 check (got %s); discarded",
-                  blob.sha256, digest)
-        raise IntegrityError(f"downloaded bytes do not match sha256 {blob.sha256}")
+        raise error
 
     # ------------------------------------------------------------ space
 

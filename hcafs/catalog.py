@@ -60,9 +60,11 @@ def collection_dirname(name: str, uuid: str) -> str:
 
 
 class Catalog:
-    def __init__(self, db: CacheDB, client: DSSClient | None, ttl: float):
+    def __init__(self, db: CacheDB, client: DSSClient | None, ttl: float,
+                 quick: DSSClient | None = None):
         self.db = db
-        self.client = client
+        self._client = client
+        self._quick = quick or client
         self.ttl = ttl
         self.health = Health()
         self._lock = threading.Lock()
@@ -76,6 +78,12 @@ class Catalog:
         self.refreshed_at = float(stamp) if stamp else 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def client(self) -> DSSClient | None:
+        """The client to use now: patient while the server answers, quick while it does not
+        (so that an offline mount answers EIO promptly instead of retrying for long)."""
+        return self._client if self.health.online else self._quick
 
     # ------------------------------------------------------------ bundles
 
@@ -172,14 +180,15 @@ class Catalog:
 
     # ------------------------------------------------------------ refreshing
 
-    def refresh(self) -> None:
+    def refresh(self, client: DSSClient | None = None) -> None:
         """Fetch the bundle list and collections now; on failure keep what was cached."""
-        if self.client is None:
+        client = client or self.client
+        if client is None:
             return
         with self._refresh_lock:
             try:
-                fqids = [f"{u}.{v}" for u, v in self.client.iter_bundles()]
-                collections = self._fetch_collections()
+                fqids = [f"{u}.{v}" for u, v in client.iter_bundles()]
+                collections = self._fetch_collections(client)
             except Unreachable as exc:
                 self.health.failed(exc)
                 raise
@@ -208,10 +217,10 @@ class Catalog:
             log.info("listing refreshed: %d bundle versions, %d collections", len(fqids),
                      len(self._collections))
 
-    def _fetch_collections(self) -> dict[str, dict] | None:
+    def _fetch_collections(self, client: DSSClient) -> dict[str, dict] | None:
         """The caller's collections (latest version of each), or None without a token."""
         try:
-            listed = self.client.list_collections()
+            listed = client.list_collections()
         except ApiError as exc:
             if exc.status in (401, 403):
                 return None
@@ -228,7 +237,7 @@ class Catalog:
                 document = cached
             else:
                 try:
-                    body = self.client.get_collection(uuid, version)
+                    body = client.get_collection(uuid, version)
                 except ApiError as exc:
                     if exc.status in (403, 404):
                         continue

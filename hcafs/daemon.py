@@ -111,12 +111,13 @@ class Daemon:
         self.client = DSSClient(url, token=token, replica=config.replica, verify=verify)
         self.db = CacheDB(os.path.join(config.cache_dir, "hcafs.db"))
         self._check_cache_owner("embedded" if config.embedded else url)
-        self.catalog = Catalog(self.db, self.client, config.refresh_ttl)
-        self._first_contact(DSSClient(url, token=token, replica=config.replica, verify=verify,
-                                      retry=RetryPolicy(attempts=2, base_delay=0.2)))
+        quick = DSSClient(url, token=token, replica=config.replica, verify=verify,
+                          retry=RetryPolicy(attempts=2, base_delay=0.2))
+        self.catalog = Catalog(self.db, self.client, config.refresh_ttl, quick=quick)
+        self._first_contact(quick)
         self.blobs = BlobCache(os.path.join(config.cache_dir, "blobs"), self.db,
                                config.cache_size, max_readahead=config.max_readahead)
-        self.tree = Tree(self.catalog, self.blobs, self.client, config.max_readahead)
+        self.tree = Tree(self.catalog, self.blobs, config.max_readahead)
 
     def _lock_cache_dir(self) -> None:
         path = os.path.join(self.config.cache_dir, "lock")
@@ -149,11 +150,7 @@ class Daemon:
                                           "Unauthorized); check --token/--token-file") from exc
                     if exc.status != 403:
                         raise
-            original, self.catalog.client = self.catalog.client, quick
-            try:
-                self.catalog.refresh()
-            finally:
-                self.catalog.client = original
+            self.catalog.refresh(quick)
         except (Unreachable, ApiError) as exc:
             if isinstance(exc, ApiError) and not exc.transient:
                 raise

@@ -99,7 +99,6 @@ class Operations(fuse.Operations):
             config.entry_timeout = self.entry_timeout
             config.attr_timeout = self.attr_timeout
             config.negative_timeout = self.negative_timeout
-            config.kernel_cache = 1  # remote content is immutable per version
         if conn is not None:
             conn.max_readahead = 1024 * 1024
         self._on_init()
@@ -170,17 +169,22 @@ class Operations(fuse.Operations):
     # ------------------------------------------------------------ content
 
     @_errno
-    def open(self, path: str, flags: int) -> int:
-        return self.tree.open(path, write=(flags & os.O_ACCMODE) != os.O_RDONLY
-                              or bool(flags & os.O_TRUNC))
+    def open(self, path: str, fi) -> int:
+        flags = fi.flags
+        fi.fh = self.tree.open(path, write=(flags & os.O_ACCMODE) != os.O_RDONLY
+                               or bool(flags & os.O_TRUNC))
+        # Verified content never changes: let the kernel keep its pages across opens.
+        # Unverified content is re-read on the next open, so bad bytes never linger.
+        fi.keep_cache = int(self.tree.cacheable(fi.fh))
+        return 0
 
     @_errno
-    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-        return self.tree.read(fh, size, offset)
+    def read(self, path: str, size: int, offset: int, fi) -> bytes:
+        return self.tree.read(fi.fh, size, offset)
 
     @_errno
-    def release(self, path: str, fh: int) -> int:
-        self.tree.release(fh)
+    def release(self, path: str, fi) -> int:
+        self.tree.release(fi.fh)
         return 0
 
     # ------------------------------------------------------------ changes
@@ -194,12 +198,13 @@ class Operations(fuse.Operations):
         return self.tree.rmdir(path)
 
     @_errno
-    def create(self, path: str, mode: int, fi=None) -> int:
-        return self.tree.create(path)
+    def create(self, path: str, mode: int, fi) -> int:
+        fi.fh = self.tree.create(path)
+        return 0
 
     @_errno
-    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
-        return self.tree.write(fh, data, offset)
+    def write(self, path: str, data: bytes, offset: int, fi) -> int:
+        return self.tree.write(fi.fh, data, offset)
 
     @_errno
     def truncate(self, path: str, length: int, fh=None) -> int:
@@ -232,6 +237,9 @@ class Operations(fuse.Operations):
 
 class FUSE(fuse.FUSE):
     """mfusepy's FUSE with a readdir that fills READDIRPLUS attributes at real offsets."""
+
+    def __init__(self, operations, mountpoint: str, **options):
+        super().__init__(operations, mountpoint, raw_fi=True, **options)
 
     def readdir_fuse_3(self, path, buf, filler, offset, fip, flags) -> int:
         try:

@@ -25,14 +25,12 @@ from dataclasses import dataclass, field
 
 from .blobcache import BlobCache
 from .catalog import Catalog
-from .client import DSSClient
-from .errors import NotFound, ReadOnly, UsageError
+from .errors import NotFound, ReadOnly, Unreachable, UsageError
 from .versions import parse_fqid, version_datetime
 
 log = logging.getLogger(__name__)
 
 TOP = ("bundles", "collections", "files")
-MIN_READAHEAD = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -137,17 +135,16 @@ class _Handle:
     entry: FileEntry
     blob: object
     next_offset: int = 0
-    window: int = 0
+    streak: int = 0
 
 
 class Tree:
     """The model behind the mount."""
 
-    def __init__(self, catalog: Catalog, blobs: BlobCache, client: DSSClient | None,
+    def __init__(self, catalog: Catalog, blobs: BlobCache,
                  max_readahead: int = 64 * 1024 * 1024):
         self.catalog = catalog
         self.blobs = blobs
-        self.client = client
         self.max_readahead = max_readahead
         self.mounted_at = 0.0
         self._lock = threading.Lock()
@@ -312,26 +309,38 @@ class Tree:
             self._handles[handle] = _Handle(node, blob)
         return handle
 
+    def cacheable(self, handle: int) -> bool:
+        """True when the open file's bytes are verified, so page caching is safe."""
+        return bool(self._handles[handle].blob.verified)
+
     def read(self, handle: int, size: int, offset: int) -> bytes:
         state = self._handles[handle]
-        if offset == state.next_offset and offset:
-            state.window = min(max(MIN_READAHEAD, state.window * 2), self.max_readahead)
-        elif offset != state.next_offset:
-            state.window = 0
+        if offset != state.next_offset:
+            state.streak = 0  # random access: fetch just what is asked
+        # Read ahead as far as the reader has already read in sequence, up to the cap:
+        # a long sequential read gets large windows, a short one costs little extra.
+        readahead = min(state.streak, self.max_readahead)
         data = self.blobs.read(state.blob, offset, size, self._fetcher(state.entry),
-                               readahead=state.window)
+                               readahead=readahead)
         state.next_offset = offset + len(data)
+        state.streak += len(data)
         return data
 
     def _fetcher(self, entry: FileEntry):
         def fetch(start: int, end: int):
-            url = self._urls.get(entry.sha256)
-            if url is None:
-                if self.client is None:
-                    raise NotFound("no server to fetch from")
-                url = self.client.file_url(entry.uuid, entry.version)
-                self._urls[entry.sha256] = url
-            return self.client.stream(url, start, end)
+            client = self.catalog.client
+            if client is None:
+                raise NotFound("no server to fetch from")
+            try:
+                url = self._urls.get(entry.sha256)
+                if url is None:
+                    url = client.file_url(entry.uuid, entry.version)
+                    self._urls[entry.sha256] = url
+                yield from client.stream(url, start, end)
+            except Unreachable as exc:
+                self.catalog.health.failed(exc)
+                raise
+            self.catalog.health.ok()
         return fetch
 
     def release(self, handle: int) -> None:

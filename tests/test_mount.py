@@ -1,0 +1,381 @@
+"""``hcafs mount`` on real mounts against a real ``hcafs serve``."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import random
+import shutil
+import sqlite3
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from fixtures import free_port
+from fixtures.dss_server import ADMIN, USER, DSSServer
+from fixtures.hcafs_mount import Mount, run_hcafs
+
+from hcafs.client import DSSClient
+from hcafs.versions import now_version, version_datetime
+
+MiB = 1024 * 1024
+pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse") or not shutil.which(
+    "fusermount3"), reason="needs /dev/fuse and fuse3")
+
+
+def publish(client: DSSClient, staging: Path, files: dict[str, bytes]) -> tuple[str, dict]:
+    """Register ``files`` through file:// staging and make a bundle of them."""
+    entries, registered = [], {}
+    for name, data in files.items():
+        path = staging / str(uuid.uuid4())
+        path.write_bytes(data)
+        file_uuid, version = str(uuid.uuid4()), now_version()
+        status, _ = client.put_file(file_uuid, version, f"file://{path}")
+        if status == 202:
+            client.wait_file(file_uuid, version)
+        entries.append({"uuid": file_uuid, "version": version, "name": name,
+                        "indexed": name.endswith(".json")})
+        registered[name] = (file_uuid, version)
+    bundle, version = str(uuid.uuid4()), now_version()
+    client.put_bundle(bundle, version, entries)
+    return f"{bundle}.{version}", registered
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A server holding one bundle with nested names, a large file and a collection."""
+    work = tmp_path_factory.mktemp("mount-world")
+    staging = work / "staging"
+    staging.mkdir()
+    server = DSSServer(str(work / "server"), args=["--staging-root", str(staging)]).start()
+    client = DSSClient(server.url, token=USER)
+    rng = random.Random(7)
+    files = {
+        "metadata/cell.json": b'{"cells": 42}\n',
+        "data/reads/r1.fastq": rng.randbytes(24 * MiB + 12345),
+        "empty.txt": b"",
+        "caf\u00e9 \u2603.txt": "unicode \u2603\n".encode(),
+    }
+    fqid, registered = publish(client, staging, files)
+    collection = str(uuid.uuid4())
+    file_uuid, file_version = registered["metadata/cell.json"]
+    client.put_collection(collection, now_version(), "my cells", [
+        {"type": "bundle", "uuid": fqid.split(".", 1)[0], "version": fqid.split(".", 1)[1]},
+        {"type": "file", "uuid": file_uuid, "version": file_version}])
+    yield {"server": server, "client": client, "fqid": fqid, "files": files,
+           "registered": registered, "staging": staging, "collection": collection,
+           "work": work}
+    server.stop()
+
+
+@pytest.fixture
+def mounted(world, tmp_path):
+    with Mount(str(tmp_path), world["server"].url, token=USER) as mount:
+        yield mount
+
+
+def test_layout_listing_and_stat(world, mounted):
+    root = Path(mounted.path)
+    assert sorted(os.listdir(root)) == ["bundles", "collections", "files"]
+    fqid = world["fqid"]
+    assert fqid in os.listdir(root / "bundles")
+    bundle = root / "bundles" / fqid
+    assert sorted(os.listdir(bundle)) == sorted(["metadata", "data", "empty.txt",
+                                                 "caf\u00e9 \u2603.txt"])
+    assert os.listdir(bundle / "data" / "reads") == ["r1.fastq"]
+    for name, data in world["files"].items():
+        info = os.stat(bundle / name)
+        assert info.st_size == len(data)
+        file_version = world["registered"][name][1]
+        assert info.st_mtime == pytest.approx(version_datetime(file_version).timestamp(), 1)
+    bundle_version = fqid.split(".", 1)[1]
+    assert os.stat(bundle).st_mtime == pytest.approx(
+        version_datetime(bundle_version).timestamp(), abs=1)
+    # files/ is lookup only
+    file_fqid = ".".join(world["registered"]["metadata/cell.json"])
+    assert os.listdir(root / "files") == []
+    assert (root / "files" / file_fqid).read_bytes() == world["files"]["metadata/cell.json"]
+    # ls -l works and shows sizes
+    listing = subprocess.run(["ls", "-l", str(bundle / "data" / "reads")], text=True,
+                             capture_output=True, check=True).stdout
+    assert str(24 * MiB + 12345) in listing
+
+
+def test_reads_match_the_api(world, mounted):
+    client = world["client"]
+    name = "data/reads/r1.fastq"
+    data = world["files"][name]
+    path = Path(mounted.path) / "bundles" / world["fqid"] / name
+    url = client.file_url(*world["registered"][name])
+    head = subprocess.run(["head", "-c", "1000", str(path)], capture_output=True,
+                          check=True).stdout
+    assert head == client.read_range(url, 0, 1000)
+    tail = subprocess.run(["tail", "-c", "5000", str(path)], capture_output=True,
+                          check=True).stdout
+    assert tail == client.read_range(url, len(data) - 5000, len(data))
+    rng = random.Random(11)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for _ in range(30):
+            offset = rng.randrange(0, len(data))
+            size = rng.choice([1, 17, 4096, 300_000, 2 * MiB])
+            assert os.pread(fd, size, offset) == client.read_range(url, offset, offset + size)
+    finally:
+        os.close(fd)
+    cat = subprocess.run(["cat", str(path)], capture_output=True, check=True).stdout
+    assert hashlib.sha256(cat).hexdigest() == hashlib.sha256(data).hexdigest()
+    for small in ("metadata/cell.json", "empty.txt", "caf\u00e9 \u2603.txt"):
+        assert (Path(mounted.path) / "bundles" / world["fqid"] / small).read_bytes() == \
+            world["files"][small]
+
+
+def test_reading_a_range_fetches_about_that_range(world, mounted):
+    name = "data/reads/r1.fastq"
+    path = Path(mounted.path) / "bundles" / world["fqid"] / name
+    sha = hashlib.sha256(world["files"][name]).hexdigest()
+    with open(path, "rb") as handle:
+        handle.seek(20 * MiB)
+        assert handle.read(MiB) == world["files"][name][20 * MiB:21 * MiB]
+    db = sqlite3.connect(os.path.join(mounted.cache_dir, "hcafs.db"))
+    deadline = time.monotonic() + 10
+    present = 0
+    while not present and time.monotonic() < deadline:  # FUSE release is asynchronous
+        time.sleep(0.1)
+        present, complete = db.execute(
+            "select present, complete from blobs where sha256 = ?", [sha]).fetchone()
+    assert MiB <= present <= 3 * MiB, present
+    assert complete == 0
+
+
+def test_xattrs(world, mounted):
+    name = "metadata/cell.json"
+    path = Path(mounted.path) / "bundles" / world["fqid"] / name
+    file_uuid, file_version = world["registered"][name]
+    info = world["client"].head_file(file_uuid, file_version)
+    dump = subprocess.run(["getfattr", "-d", "--absolute-names", str(path)], text=True,
+                          capture_output=True, check=True).stdout
+    expected = {"user.hca.uuid": file_uuid, "user.hca.version": file_version,
+                "user.hca.sha256": info.sha256, "user.hca.sha1": info.sha1,
+                "user.hca.crc32c": info.crc32c, "user.hca.s3_etag": info.s3_etag,
+                "user.hca.content_type": info.content_type, "user.hca.indexed": "true"}
+    for key, value in expected.items():
+        assert f'{key}="{value}"' in dump
+    bundle_dir = Path(mounted.path) / "bundles" / world["fqid"]
+    bundle_uuid, bundle_version = world["fqid"].split(".", 1)
+    assert os.getxattr(bundle_dir, "user.hca.uuid").decode() == bundle_uuid
+    assert os.getxattr(bundle_dir, "user.hca.version").decode() == bundle_version
+    assert os.getxattr(bundle_dir, "user.hca.creator_uid").decode() == "0"
+    with pytest.raises(OSError) as missing:
+        os.getxattr(path, "user.hca.nothing")
+    assert missing.value.errno == errno.ENODATA
+
+
+def test_collections_are_directories_of_symlinks(world, mounted):
+    collections = Path(mounted.path) / "collections"
+    name = f"my cells.{world['collection']}"
+    assert os.listdir(collections) == [name]
+    entries = sorted(os.listdir(collections / name))
+    file_fqid = ".".join(world["registered"]["metadata/cell.json"])
+    assert entries == sorted([world["fqid"], file_fqid])
+    bundle_link = collections / name / world["fqid"]
+    assert os.readlink(bundle_link) == f"../../bundles/{world['fqid']}"
+    assert (bundle_link / "metadata" / "cell.json").read_bytes() == b'{"cells": 42}\n'
+    assert (collections / name / file_fqid).read_bytes() == b'{"cells": 42}\n'
+
+
+def test_errno_where_it_belongs(world, mounted):
+    root = Path(mounted.path)
+    bundle = root / "bundles" / world["fqid"]
+    cases = [
+        (lambda: os.stat(root / "bundles" / "nope"), errno.ENOENT),
+        (lambda: os.stat(bundle / "missing.txt"), errno.ENOENT),
+        (lambda: os.stat(root / "files" / "not-an-fqid"), errno.ENOENT),
+        (lambda: os.stat(root / "elsewhere"), errno.ENOENT),
+        (lambda: open(bundle / "new.txt", "w"), errno.EROFS),
+        (lambda: open(bundle / "metadata" / "cell.json", "r+b"), errno.EROFS),
+        (lambda: os.mkdir(root / "files" / "x"), errno.EROFS),
+        (lambda: os.unlink(bundle / "empty.txt"), errno.EROFS),
+        (lambda: os.rename(bundle / "empty.txt", bundle / "e2"), errno.EROFS),
+        (lambda: os.mkdir(root / "nowhere" / "x"), errno.ENOENT),
+    ]
+    for action, expected in cases:
+        with pytest.raises(OSError) as caught:
+            action()
+        assert caught.value.errno == expected, (action, caught.value)
+
+
+def test_corrupt_bytes_give_eio_and_are_discarded(world, tmp_path):
+    client = world["client"]
+    data = random.Random(3).randbytes(3 * MiB)
+    fqid, registered = publish(client, world["staging"], {"victim.bin": data})
+    info = client.head_file(*registered["victim.bin"])
+    blob = Path(world["server"].data_dir) / "store" / "blobs" / \
+        f"{info.sha256}.{info.sha1}.{info.s3_etag}.{info.crc32c}"
+    original = blob.read_bytes()
+    blob.write_bytes(bytes(len(original)))  # same size, wrong bytes
+    try:
+        with Mount(str(tmp_path), world["server"].url, token=USER) as mount:
+            path = Path(mount.path) / "bundles" / fqid / "victim.bin"
+            with pytest.raises(OSError) as caught:
+                path.read_bytes()
+            assert caught.value.errno == errno.EIO
+            assert "failed its sha256 check" in mount.log()
+            blob.write_bytes(original)
+            assert path.read_bytes() == data  # refetched, not served from the bad copy
+    finally:
+        blob.write_bytes(original)
+
+
+def test_hostile_names_are_left_out(world, tmp_path):
+    client = world["client"]
+    _, registered = publish(client, world["staging"], {"ok.txt": b"fine\n"})
+    file_uuid, file_version = registered["ok.txt"]
+    meta = client.head_file(file_uuid, file_version)
+    entry = {"uuid": file_uuid, "version": file_version, "content-type": "text/plain",
+             "size": 5, "indexed": False, "crc32c": meta.crc32c, "s3-etag": meta.s3_etag,
+             "sha1": meta.sha1, "sha256": meta.sha256}
+    names = ["ok.txt", "", ".", "..", "../escape.txt", "a/../../b", "/etc/passwd",
+             "nul\x00name", "dir//double", "clash", "clash/child"]
+    bundle, version = str(uuid.uuid4()), now_version()
+    manifest = {"format": "0.0.1", "version": version, "creator_uid": 0,
+                "files": [dict(entry, name=name) for name in names]}
+    # A server that sends hostile names: its store holds a manifest the API would refuse.
+    store = Path(world["server"].data_dir) / "store" / "bundles"
+    (store / f"{bundle}.{version}").write_text(json.dumps(manifest))
+    with Mount(str(tmp_path), world["server"].url, token=USER) as mount:
+        root = Path(mount.path) / "bundles" / f"{bundle}.{version}"
+        assert sorted(os.listdir(root)) == ["clash", "ok.txt"]
+        assert (root / "ok.txt").read_bytes() == b"fine\n"
+        assert (root / "clash").read_bytes() == b"fine\n"
+        assert not (Path(mount.path) / "escape.txt").exists()
+        log = mount.log()
+        assert log.count("unsafe file name") == 8
+        assert "clashes with another" in log
+
+
+def test_offline_serves_the_cache_and_says_so_once(tmp_path):
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    server = DSSServer(str(tmp_path / "server"), args=["--staging-root", str(staging)])
+    server.start()
+    try:
+        client = DSSClient(server.url, token=USER)
+        data = random.Random(5).randbytes(2 * MiB + 7)
+        fqid, _ = publish(client, staging, {"a.bin": data, "b.bin": b"never read"})
+        with Mount(str(tmp_path / "m"), server.url, token=USER,
+                   args=["--refresh-ttl", "1"]) as mount:
+            root = Path(mount.path) / "bundles" / fqid
+            assert (root / "a.bin").read_bytes() == data
+            server.stop()
+            for _ in range(3):
+                result = run_hcafs("refresh", mount.path, env=mount.env)
+                assert result.returncode != 0
+            assert fqid in os.listdir(Path(mount.path) / "bundles")
+            assert sorted(os.listdir(root)) == ["a.bin", "b.bin"]
+            assert (root / "a.bin").read_bytes() == data
+            with pytest.raises(OSError) as caught:
+                (root / "b.bin").read_bytes()
+            assert caught.value.errno == errno.EIO
+            assert mount.log().count("server unreachable") == 1
+            server.start()
+            mount.refresh()
+            assert (root / "b.bin").read_bytes() == b"never read"
+            assert "server reachable again" in mount.log()
+        # remount with the server gone: everything cached is still there
+        server.stop()
+        with Mount(str(tmp_path / "m"), f"http://127.0.0.1:{server.port}",
+                   token=USER) as mount:
+            root = Path(mount.path) / "bundles" / fqid
+            assert (root / "a.bin").read_bytes() == data
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------- mount command errors
+
+
+def _mount_fails(tmp_path, *args, env=None, prefix=()) -> str:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    command = list(args) or ["mount", str(mountpoint), "--dss-url", "http://127.0.0.1:9",
+                             "--cache-dir", str(tmp_path / "cache")]
+    full_env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path / "run"), **(env or {})}
+    import sys
+    result = subprocess.run([*prefix, sys.executable, "-m", "hcafs", *command],
+                            capture_output=True, text=True, env=full_env, timeout=120)
+    assert result.returncode != 0
+    assert not os.path.ismount(mountpoint)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_mount_error_mountpoint_missing(tmp_path):
+    line = _mount_fails(tmp_path, "mount", str(tmp_path / "absent"))
+    assert "does not exist" in line
+
+
+def test_mount_error_mountpoint_busy(world, tmp_path):
+    with Mount(str(tmp_path), world["server"].url, token=USER) as mount:
+        line = _mount_fails(tmp_path / "again", "mount", mount.path, "--dss-url",
+                            world["server"].url)
+        assert "busy" in line
+
+
+def test_mount_error_server_unreachable_nothing_cached(tmp_path):
+    port = free_port()
+    line = _mount_fails(tmp_path, "mount", str(tmp_path / "mnt"), "--dss-url",
+                        f"http://127.0.0.1:{port}", "--cache-dir", str(tmp_path / "cache"))
+    assert "unreachable and nothing is cached" in line
+
+
+def test_mount_error_bad_token(world, tmp_path):
+    token = tmp_path / "token"
+    token.write_text("not-a-real-token")
+    line = _mount_fails(tmp_path, "mount", str(tmp_path / "mnt"), "--dss-url",
+                        world["server"].url, "--token-file", str(token), "--cache-dir",
+                        str(tmp_path / "cache"))
+    assert "rejected the token" in line
+    assert "not-a-real-token" not in line
+
+
+def test_mount_error_libfuse_missing(tmp_path):
+    line = _mount_fails(tmp_path, env={"FUSE_LIBRARY_PATH": str(tmp_path / "libfuse3.so.3")})
+    assert "libfuse3" in line and "apt-get install fuse3" in line
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="needs root and unshare to hide /dev/fuse")
+def test_mount_error_no_dev_fuse(tmp_path):
+    stand_in = tmp_path / "not-a-device"
+    stand_in.write_text("")
+    line = _mount_fails(tmp_path, prefix=("unshare", "-m", "sh", "-c",
+                                           f"mount --bind {stand_in} /dev/fuse && "
+                                           'exec "$@"', "sh"))
+    assert "/dev/fuse is missing" in line
+
+
+def test_embedded_default_mounts_a_working_filesystem(tmp_path):
+    env = {"XDG_DATA_HOME": str(tmp_path / "data"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    with Mount(str(tmp_path), None, env=env) as mount:
+        assert sorted(os.listdir(mount.path)) == ["bundles", "collections", "files"]
+        tokens = tmp_path / "data" / "hcafs" / "server" / "tokens.json"
+        assert oct(tokens.stat().st_mode & 0o777) == "0o600"
+        token = next(iter(json.loads(tokens.read_text())))
+        assert token not in mount.log()
+        record = next((tmp_path / "run" / "hcafs").glob("*.json"))
+        url = json.loads(record.read_text())["dss_url"]
+        staging = tmp_path / "data" / "hcafs" / "server" / "staging"
+        fqid, _ = publish(DSSClient(url, token=token), staging, {"hello.txt": b"hello\n"})
+        mount.refresh()
+        assert (Path(mount.path) / "bundles" / fqid / "hello.txt").read_bytes() == b"hello\n"
+    assert not os.path.ismount(mount.path)
+
+
+def test_admin_token_sees_only_its_own_collections(world, tmp_path):
+    with Mount(str(tmp_path), world["server"].url, token=ADMIN) as mount:
+        assert os.listdir(Path(mount.path) / "collections") == []
