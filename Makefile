@@ -16,7 +16,7 @@ HCA_REQS := requirements/hca-cli.txt
 # `hca` downloads the DSS swagger at start-up; this spec lets `hca dss --help` run offline.
 HCA_OFFLINE_SPEC := tests/fixtures/hca_offline_spec.json
 
-.PHONY: venv hca-venv test run bench lint clean
+.PHONY: venv hca-venv test run bench lint clean system-deps
 
 venv: $(VENV)/.stamp
 hca-venv: $(HCA_VENV)/.stamp
@@ -43,8 +43,17 @@ test: venv hca-venv
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
 
-run: venv
-	$(VENV)/bin/hcafs serve
+# `make run`: mount the DSS at $(MOUNT), on the embedded server unless HCAFS_DSS_URL is set.
+MOUNT ?= $(HOME)/hca
+
+system-deps:
+	@command -v fusermount3 >/dev/null && command -v getfattr >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq --no-install-recommends fuse3 libfuse3-3 attr </dev/null; }
+
+run: system-deps venv
+	mkdir -p $(MOUNT)
+	$(VENV)/bin/hcafs mount $(MOUNT)
 
 bench: venv
 	$(VENV)/bin/python bench/run.py
