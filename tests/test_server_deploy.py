@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import os
 import re
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import requests
 from fixtures.dss_checks import assert_problem, new_ids
-from fixtures.dss_server import ADMIN, USER, DSSServer
+from fixtures.dss_server import ADMIN, USER, DSSServer, write_tokens
 from fixtures.faults import TcpGate
 from fixtures.staging import local_snapshot, s3_snapshot, stage
 
@@ -223,3 +227,45 @@ def test_https_with_a_self_signed_certificate(dss_factory, seaweed, staging_buck
     with pytest.raises(requests.exceptions.ConnectionError):
         requests.get(server.url.replace("https://", "http://") + "/v1/swagger.json",
                      timeout=10)
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def test_options_come_from_the_environment_and_the_config_file(tmp_path, seaweed):
+    """docs/server.md: flag > HCAFS_SERVE_* > [serve] in $HCAFS_CONFIG."""
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    tokens = write_tokens(str(tmp_path / "tokens.json"))
+    config = tmp_path / "config.toml"
+    config.write_text(f"""[serve]
+data-dir = "{tmp_path / 'data'}"
+tokens = "{tokens}"
+staging_root = "{staging}"
+async-threshold = "1G"
+port = 1
+""")
+    ready = tmp_path / "ready.json"
+    env = {**os.environ, **seaweed.env(), "HCAFS_CONFIG": str(config),
+           "HCAFS_SERVE_READY_FILE": str(ready), "HCAFS_SERVE_PORT": "0",
+           "HCAFS_SERVE_ASYNC_THRESHOLD": "1K"}
+    process = subprocess.Popen([sys.executable, "-m", "hcafs", "serve", "--host", "127.0.0.1"],
+                               env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        url = json.loads(ready.read_text())["url"]
+        assert url.startswith("http://127.0.0.1:") and not url.endswith(":1")
+        (staging / "two-k.bin").write_bytes(os.urandom(2048))
+        client = DSSClient(url, token=USER)
+        uuid, version = new_ids()
+        status, _ = client.put_file(uuid, version, f"file://{staging / 'two-k.bin'}")
+        assert status == 202  # the environment's 1K beat the file's 1G
+        assert client.wait_file(uuid, version, timeout=30, interval=0.05).size == 2048
+        assert os.path.isdir(tmp_path / "data" / "store" / "files")
+    finally:
+        process.terminate()
+        process.wait(15)
