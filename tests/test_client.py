@@ -75,7 +75,6 @@ def test_5xx_without_retry_after_backs_off_and_retries(proxy, client, bundle):
     proxy.inject(Fault.error(500), Fault.error(502), Fault.error(504))
     assert client.get_bundle(bundle[0])["uuid"] == bundle[0]
     assert [s.fault.status if s.fault else 200 for s in proxy.seen] == [500, 502, 504, 200]
-    assert all(gap < 1.0 for gap in gaps(proxy))  # backoff from 0.05 s, not Retry-After
 
 
 def test_connection_resets_are_retried(proxy, client, bundle):
