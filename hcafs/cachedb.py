@@ -9,9 +9,11 @@ The schema is created and changed only by the migrations below, applied once at 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
 
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
@@ -41,6 +43,24 @@ def m002_blobs(db: sqlite_utils.Database) -> None:
     db["blobs"].create_index(["last_access"])
 
 
+@migrations()
+def m003_journal(db: sqlite_utils.Database) -> None:
+    # Pending bundles: directories under bundles/ being written.  See journal.py.
+    db["pending_bundles"].create({
+        "name": str, "uuid": str, "base_version": str, "state": str, "version": str,
+        "patch_sent": int, "fqid": str, "error": str, "created": float, "changed": float,
+    }, pk="name", not_null={"uuid", "state"})
+    db["pending_files"].create({
+        "id": int, "bundle": str, "path": str, "kind": str, "size": int, "mtime": float,
+        "mode": int, "indexed": int, "generation": int, "state": str, "synced_generation": int,
+        "file_uuid": str, "file_version": str, "sha256": str, "sha1": str, "crc32c": str,
+        "s3_etag": str, "content_type": str, "attempts": int, "next_try": float,
+        "error": str, "sent_bytes": int, "changed": float,
+    }, pk="id", not_null={"bundle", "path", "kind", "state"})
+    db["pending_files"].create_index(["bundle", "path"], unique=True)
+    db["pending_files"].create_index(["state"])
+
+
 class CacheDB:
     """Opens ``path`` once per thread; :meth:`db` is this thread's connection."""
 
@@ -61,6 +81,27 @@ class CacheDB:
             db = sqlite_utils.Database(conn)
             self._local.db = db
         return db
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[sqlite_utils.Database]:
+        """One write transaction, taking the write lock up front (``BEGIN IMMEDIATE``).
+
+        A deferred transaction that reads first and writes later can fail at once with
+        "database is locked" when another connection writes in between; an immediate one
+        waits its turn (busy_timeout) instead.
+        """
+        db = self.db()
+        if db.conn.in_transaction:
+            with db.atomic():
+                yield db
+            return
+        db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.conn.execute("ROLLBACK")
+            raise
+        db.conn.execute("COMMIT")
 
     def get_meta(self, key: str) -> str | None:
         row = self.db().execute("select value from meta where key = ?", [key]).fetchone()

@@ -51,12 +51,25 @@ class Health:
             self.online = False
 
 
-def collection_dirname(name: str, uuid: str) -> str:
-    """``NAME.UUID``: unique by the UUID, readable by the name, safe as one path part."""
+def safe_collection_name(name: str) -> str:
+    """A collection name as one safe path part (``/`` and NUL become ``_``)."""
     safe = "".join("_" if ch in "/\0" else ch for ch in (name or "").strip())
-    if safe in ("", ".", ".."):
-        safe = "collection"
-    return f"{safe[:200]}.{uuid}"
+    return "collection" if safe in ("", ".", "..") else safe[:200]
+
+
+def collection_dirnames(documents: list[dict]) -> dict[str, dict]:
+    """Directory names: the plain name when no other collection has it, else ``NAME.UUID``
+    for every collection sharing it, so no two directories ever collide."""
+    counts: dict[str, int] = {}
+    for doc in documents:
+        safe = safe_collection_name(doc["name"])
+        counts[safe] = counts.get(safe, 0) + 1
+    named = {}
+    for doc in documents:
+        safe = safe_collection_name(doc["name"])
+        clash = counts[safe] > 1 or safe.endswith(f".{doc['uuid']}")
+        named[f"{safe}.{doc['uuid']}" if clash else safe] = doc
+    return named
 
 
 class Catalog:
@@ -166,6 +179,34 @@ class Catalog:
         self.db.db()["files"].upsert({"fqid": fqid, "info": json.dumps(info)}, pk="fqid")
         return info
 
+    def latest_version(self, uuid: str) -> str | None:
+        """The newest live version of a bundle on the server, or None if it has none."""
+        try:
+            answer = self.client.request("GET", f"/bundles/{uuid}", params={
+                "replica": self.client.replica, "per_page": 10})
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return answer.json()["bundle"]["version"]
+
+    def add_bundle(self, fqid: str) -> None:
+        """A bundle version this mount just made: list it now, not at the next refresh."""
+        uuid, version = parse_fqid(fqid)
+        self.db.db()["bundles"].upsert({"fqid": fqid, "uuid": uuid, "version": version},
+                                       pk="fqid")
+        with self._lock:
+            if fqid not in self._bundle_set:
+                self._bundles = sorted([*self._bundles, fqid])
+                self._bundle_set = set(self._bundles)
+
+    def forget_bundle(self, fqid: str) -> None:
+        """A bundle version this mount just deleted."""
+        self.db.db().execute("delete from bundles where fqid = ?", [fqid])
+        with self._lock:
+            self._bundles = [f for f in self._bundles if f != fqid]
+            self._bundle_set.discard(fqid)
+
     # ------------------------------------------------------------ collections
 
     def _load_collections(self) -> dict[str, dict]:
@@ -194,7 +235,7 @@ class Catalog:
                 raise
             self.health.ok()
             db = self.db.db()
-            with db.atomic():
+            with self.db.atomic():
                 db.execute("delete from bundles")
                 db["bundles"].insert_all(
                     ({"fqid": f, "uuid": f.split(".", 1)[0], "version": f.split(".", 1)[1]}
@@ -230,7 +271,7 @@ class Catalog:
             if item["version"] > latest.get(item["uuid"], ""):
                 latest[item["uuid"]] = item["version"]
         known = {c["uuid"]: c for c in self.collections().values()}
-        result = {}
+        documents = []
         for uuid, version in sorted(latest.items()):
             cached = known.get(uuid)
             if cached is not None and cached["version"] == version:
@@ -244,8 +285,8 @@ class Catalog:
                     raise
                 document = {"uuid": uuid, "version": version, "name": body.get("name", ""),
                             "contents": body.get("contents", [])}
-            result[collection_dirname(document["name"], uuid)] = document
-        return result
+            documents.append(document)
+        return collection_dirnames(documents)
 
     def start(self) -> None:
         """Refresh every ``ttl`` seconds in a background thread (after daemonizing)."""

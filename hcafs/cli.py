@@ -85,6 +85,13 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
         log_file=os.path.abspath(log_file) if log_file else None,
         data_dir=os.path.abspath(pick("data_dir", ServeConfig().data_dir)),
         insecure_tls=bool(getattr(args, "insecure", False)),
+        staging=pick("staging"),
+        s3_endpoint=pick("s3_endpoint"),
+        write_back_delay=float(pick("write_back_delay", 2.0)),
+        upload_workers=int(pick("upload_workers", 4)),
+        creator_uid=int(pick("creator_uid", 0)),
+        auto_commit=float(pick("auto_commit")) if pick("auto_commit") else None,
+        delete_reason=pick("delete_reason", "deleted with hcafs"),
     )
 
 
@@ -100,7 +107,20 @@ def cmd_mount(args: argparse.Namespace) -> int:
 def cmd_umount(args: argparse.Namespace) -> int:
     from .mount import umount
 
-    return umount(args.mountpoint, lazy=args.lazy)
+    return umount(args.mountpoint, lazy=args.lazy, wait=not args.no_wait,
+                  wait_timeout=args.timeout)
+
+
+def cmd_commit(args: argparse.Namespace) -> int:
+    from .mount import commit
+
+    return commit(args.path, args.timeout)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .mount import status
+
+    return status(args.mountpoint, args.json, args.watch)
 
 
 def cmd_refresh(args: argparse.Namespace) -> int:
@@ -192,6 +212,22 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--data-dir", help="the embedded server's data dir")
     mount.add_argument("--insecure", action="store_true",
                        help="do not verify the server's TLS certificate")
+    mount.add_argument("--staging", metavar="s3://BUCKET/PREFIX",
+                       help="where written files are staged for the DSS to copy (needed "
+                       "for writing to a remote DSS; the embedded server stages locally)")
+    mount.add_argument("--s3-endpoint", metavar="URL",
+                       help="S3 endpoint for --staging (default: the AWS config)")
+    mount.add_argument("--write-back-delay", metavar="SECONDS", type=float,
+                       help="sync a file once it is closed and unchanged this long "
+                       "(default 2)")
+    mount.add_argument("--upload-workers", metavar="N", type=int,
+                       help="files staged and registered in parallel (default 4)")
+    mount.add_argument("--creator-uid", metavar="UID", type=int,
+                       help="creator_uid of files and bundles written (default 0)")
+    mount.add_argument("--auto-commit", metavar="SECONDS", type=float,
+                       help="commit a pending bundle once it has been idle this long")
+    mount.add_argument("--delete-reason", metavar="TEXT",
+                       help="reason sent with delete-bundle for rmdir of a bundle version")
     mount.add_argument("-f", "--foreground", action="store_true",
                        help="stay in the foreground, logging to stderr")
     mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
@@ -201,7 +237,27 @@ def build_parser() -> argparse.ArgumentParser:
     umount.add_argument("mountpoint")
     umount.add_argument("--lazy", action="store_true",
                         help="detach now even if busy (fusermount3 -z)")
+    umount.add_argument("--no-wait", action="store_true",
+                        help="do not wait for queued files and commits; they resume at the "
+                        "next mount of the same cache dir")
+    umount.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="give up waiting for the queue after this long")
     umount.set_defaults(func=cmd_umount)
+
+    commit = commands.add_parser("commit", help="turn a pending bundle into a bundle",
+                                 description="Wait until the pending bundle's files are on "
+                                 "the server, then create the bundle (or the new version of "
+                                 "a working copy). Prints the bundle's FQID.")
+    commit.add_argument("path", help="MOUNT/bundles/NAME")
+    commit.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="stop waiting after this long (the commit stays queued)")
+    commit.set_defaults(func=cmd_commit)
+
+    status = commands.add_parser("status", help="what is still on its way to the server")
+    status.add_argument("mountpoint", nargs="?", help="one mount (default: all)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--watch", action="store_true", help="refresh every second")
+    status.set_defaults(func=cmd_status)
 
     refresh = commands.add_parser("refresh", help="re-list bundles and collections now")
     refresh.add_argument("mountpoint")

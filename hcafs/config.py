@@ -120,6 +120,13 @@ class MountConfig:
     log_file: str | None = None
     data_dir: str = field(default_factory=lambda: os.path.join(xdg_dir("data"), "server"))
     insecure_tls: bool = False
+    staging: str | None = None  # s3://bucket/prefix; the embedded server stages locally
+    s3_endpoint: str | None = None
+    write_back_delay: float = 2.0
+    upload_workers: int = 4
+    creator_uid: int = 0
+    auto_commit: float | None = None
+    delete_reason: str = "deleted with hcafs"
 
     @property
     def embedded(self) -> bool:
@@ -132,6 +139,12 @@ class MountConfig:
             raise ConfigError("--refresh-ttl must be positive")
         if self.cache_size < 64 * MiB:
             raise ConfigError("--cache-size must be at least 64M")
+        if self.staging and not self.staging.startswith("s3://"):
+            raise ConfigError(f"--staging takes s3://bucket/prefix, not {self.staging!r}")
+        if self.upload_workers < 1:
+            raise ConfigError("--upload-workers must be at least 1")
+        if self.write_back_delay < 0:
+            raise ConfigError("--write-back-delay cannot be negative")
         if self.dss_url and not re.match(r"^https?://", self.dss_url):
             raise ConfigError(f"--dss-url must start with http:// or https://: {self.dss_url!r}")
         return self

@@ -27,8 +27,13 @@ from .catalog import Catalog
 from .client import DSSClient, RetryPolicy
 from .config import MountConfig
 from .errors import ApiError, Busy, ConfigError, Unreachable
+from .journal import Journal
 from .mount import MountRecord
+from .pending import PendingBundles
+from .s3 import S3
 from .server.auth import first_token
+from .staging import LocalStager, S3Stager, Stager
+from .syncer import Syncer
 from .tree import Tree
 
 log = logging.getLogger("hcafs.daemon")
@@ -117,7 +122,32 @@ class Daemon:
         self._first_contact(quick)
         self.blobs = BlobCache(os.path.join(config.cache_dir, "blobs"), self.db,
                                config.cache_size, max_readahead=config.max_readahead)
-        self.tree = Tree(self.catalog, self.blobs, config.max_readahead)
+        self.journal = Journal(self.db)
+        self.tree = Tree(self.catalog, self.blobs, None, config.max_readahead,
+                         config.delete_reason)
+        self.syncer = None
+        stager = self._stager()
+        if stager is not None:
+            self.tree.pending = PendingBundles(self.journal,
+                                               os.path.join(config.cache_dir, "pending"),
+                                               self.catalog, self.blobs, self.tree.fetcher)
+            self.syncer = Syncer(self.journal, self.tree.pending, stager, self.client,
+                                 self.catalog, self.blobs, delay=config.write_back_delay,
+                                 workers=config.upload_workers,
+                                 creator_uid=config.creator_uid,
+                                 auto_commit=config.auto_commit,
+                                 on_commit=lambda name, fqid: self.tree.invalidate(
+                                     f"/bundles/{name}"))
+        elif self.journal.summary()["pending_files"]:
+            raise ConfigError(f"{config.cache_dir} holds files not yet synced; mount it with "
+                              "the --staging it was written with")
+
+    def _stager(self) -> Stager | None:
+        if self.config.staging:
+            return S3Stager(self.config.staging, S3(self.config.s3_endpoint))
+        if self.server is not None:
+            return LocalStager(self.server.staging_root)
+        return None
 
     def _lock_cache_dir(self) -> None:
         path = os.path.join(self.config.cache_dir, "lock")
@@ -171,6 +201,8 @@ class Daemon:
 
         def on_init() -> None:
             self.catalog.start()
+            if self.syncer is not None:
+                self.syncer.start()
             self.tree.mounted_at = time.time()
             self.record.save()
             where = f"embedded server {self.url}, data in {config.data_dir}" \
@@ -180,11 +212,20 @@ class Daemon:
             log.info("mounted at %s", config.mountpoint)
 
         def on_destroy() -> None:
+            if self.syncer is not None:
+                self.syncer.stop()
+                left = self.journal.summary()
+                if left["pending_files"] or left["commits_pending"]:
+                    log.warning("unmounted with %d files (%d bytes) and %d commits still "
+                                "queued; they resume at the next mount of %s",
+                                left["pending_files"], left["pending_bytes"],
+                                left["commits_pending"], config.cache_dir)
             self.catalog.stop()
             self.blobs.close()
 
         operations = Operations(self.tree, (config.entry_timeout, config.attr_timeout,
                                             config.negative_timeout), on_init, on_destroy)
+        self.tree.invalidate = operations.invalidate
         try:
             FUSE(operations, config.mountpoint, foreground=True, nothreads=False,
                  fsname="hcafs", subtype="hcafs", default_permissions=True)

@@ -75,6 +75,7 @@ class Operations(fuse.Operations):
         self._on_init = on_init
         self._on_destroy = on_destroy
         self._uid, self._gid = os.getuid(), os.getgid()
+        self._fuse = None  # libfuse's struct fuse *, for invalidations
         self._dirs: dict[int, list[tuple[str, dict]]] = {}
         self._dir_ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -101,7 +102,17 @@ class Operations(fuse.Operations):
             config.negative_timeout = self.negative_timeout
         if conn is not None:
             conn.max_readahead = 1024 * 1024
+        self._fuse = ctypes.c_void_p(fuse._libfuse.fuse_get_context().contents.fuse)
         self._on_init()
+
+    def invalidate(self, path: str) -> None:
+        """Make the kernel forget what it cached of ``path`` (e.g. a directory that became
+        a symlink); safe to call from any thread once mounted."""
+        if self._fuse is None:
+            return
+        result = fuse._libfuse.fuse_invalidate_path(self._fuse, path.encode())
+        if result not in (0, -errno.ENOENT):
+            log.debug("invalidating %s: %s", path, os.strerror(-result))
 
     def destroy(self, path: str) -> None:
         self._on_destroy()
@@ -171,8 +182,8 @@ class Operations(fuse.Operations):
     @_errno
     def open(self, path: str, fi) -> int:
         flags = fi.flags
-        fi.fh = self.tree.open(path, write=(flags & os.O_ACCMODE) != os.O_RDONLY
-                               or bool(flags & os.O_TRUNC))
+        fi.fh = self.tree.open(path, write=(flags & os.O_ACCMODE) != os.O_RDONLY,
+                               truncate=bool(flags & os.O_TRUNC))
         # Verified content never changes: let the kernel keep its pages across opens.
         # Unverified content is re-read on the next open, so bad bytes never linger.
         fi.keep_cache = int(self.tree.cacheable(fi.fh))
@@ -181,6 +192,15 @@ class Operations(fuse.Operations):
     @_errno
     def read(self, path: str, size: int, offset: int, fi) -> bytes:
         return self.tree.read(fi.fh, size, offset)
+
+    @_errno
+    def fsync(self, path: str, datasync: int, fi) -> int:
+        self.tree.fsync(fi.fh)
+        return 0
+
+    @_errno
+    def flush(self, path: str, fi) -> int:
+        return 0
 
     @_errno
     def release(self, path: str, fi) -> int:
@@ -203,6 +223,11 @@ class Operations(fuse.Operations):
         return 0
 
     @_errno
+    def access(self, path: str, amode: int) -> int:
+        self.tree.getattr(path)
+        return 0
+
+    @_errno
     def write(self, path: str, data: bytes, offset: int, fi) -> int:
         return self.tree.write(fi.fh, data, offset)
 
@@ -219,8 +244,9 @@ class Operations(fuse.Operations):
         return self.tree.rename(old, new)
 
     @_errno
-    def symlink(self, target: str, source: str) -> int:
-        return self.tree.symlink(target, source)
+    def symlink(self, link: str, points_to: str) -> int:
+        # fusepy's order: the new link's path first, then what it points to
+        return self.tree.symlink(points_to, link)
 
     @_errno
     def chmod(self, path: str, mode: int) -> int:
@@ -232,7 +258,8 @@ class Operations(fuse.Operations):
 
     @_errno
     def utimens(self, path: str, times=None) -> int:
-        return self.tree.touch(path)
+        mtime = times[1] / 1e9 if times else None
+        return self.tree.touch(path, mtime)
 
 
 class FUSE(fuse.FUSE):

@@ -3,13 +3,16 @@
 Layout::
 
     /bundles/<uuid>.<version>/...   every live bundle version; read-only
-    /collections/<NAME>.<UUID>/      the caller's collections; items are symlinks to
-                                     ../../bundles/<fqid> or ../../files/<fqid>
-    /files/<uuid>.<version>          any file by FQID: lookup only, not listed
+    /bundles/<NAME>/...             a pending bundle (writable); after commit, a symlink
+                                    to the committed <uuid>.<version>
+    /collections/<NAME>/            the caller's collections (NAME.UUID where names clash);
+                                    items are symlinks to ../../bundles/<fqid> or
+                                    ../../files/<fqid>
+    /files/<uuid>.<version>         any file by FQID: lookup only, not listed
 
-Names the server sends that cannot be shown safely (empty parts, ``.``, ``..``, NUL, an
-absolute path, or a file that is also a directory) are left out with a warning, never
-followed.
+Changes map onto the DSS: ``mkdir``/``rmdir`` of a collection are put/delete-collection,
+``ln -s``/``rm`` inside one are patch-collection, ``rmdir bundles/<fqid>`` is delete-bundle.
+Pending bundles are handled by :mod:`hcafs.pending` and synced by :mod:`hcafs.syncer`.
 
 Errors are raised from the :mod:`hcafs.errors` tree; the FUSE adapter maps them to errno.
 """
@@ -21,113 +24,38 @@ import json
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .blobcache import BlobCache
 from .catalog import Catalog
-from .errors import NotFound, ReadOnly, Unreachable, UsageError
-from .versions import parse_fqid, version_datetime
+from .entries import Attr, DirNode, FileEntry, build_tree, version_mtime
+from .errors import (
+    AlreadyExists,
+    ApiError,
+    NotFound,
+    PermissionDenied,
+    ReadOnly,
+    Unreachable,
+    UsageError,
+)
+from .journal import COMMITTED, DIRTY, ERROR, LOCAL, SYNCED, FileRow
+from .pending import PendingBundles
+from .versions import new_uuid, now_version, parse_fqid
 
 log = logging.getLogger(__name__)
 
 TOP = ("bundles", "collections", "files")
+PENDING_HANDLES = 1 << 40  # handle numbers at or above this belong to pending files
 
 
 @dataclass(frozen=True)
-class Attr:
-    kind: str  # "dir", "file" or "link"
-    size: int = 0
-    mtime: float = 0.0
-    writable: bool = False
+class Node:
+    """What a path names: ``kind`` and what that kind needs."""
 
-
-@dataclass
-class FileEntry:
-    """A file in a bundle (or by FQID): enough to show it and to fetch its bytes."""
-
-    name: str
-    uuid: str
-    version: str
-    size: int
-    sha256: str
-    sha1: str
-    crc32c: str
-    s3_etag: str
-    content_type: str
-    indexed: bool
-    mtime: float
-
-    @property
-    def attr(self) -> Attr:
-        return Attr("file", self.size, self.mtime)
-
-    def xattrs(self) -> dict[str, str]:
-        return {"user.hca.uuid": self.uuid, "user.hca.version": self.version,
-                "user.hca.sha256": self.sha256, "user.hca.sha1": self.sha1,
-                "user.hca.crc32c": self.crc32c, "user.hca.s3_etag": self.s3_etag,
-                "user.hca.content_type": self.content_type,
-                "user.hca.indexed": "true" if self.indexed else "false"}
-
-
-@dataclass
-class DirNode:
-    mtime: float
-    children: dict[str, DirNode | FileEntry] = field(default_factory=dict)
-
-    @property
-    def attr(self) -> Attr:
-        return Attr("dir", 0, self.mtime)
-
-
-def safe_parts(name: object) -> list[str] | None:
-    """The path parts of a manifest name, or None if showing it would be unsafe."""
-    if not isinstance(name, str) or not name or name.startswith("/") or "\0" in name:
-        return None
-    parts = name.split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        return None
-    return parts
-
-
-def version_mtime(version: str) -> float:
-    try:
-        return version_datetime(version).timestamp()
-    except ValueError:
-        return 0.0
-
-
-def build_tree(manifest: dict) -> DirNode:
-    """A bundle's files as a directory tree (a ``/`` in a name is a subdirectory)."""
-    mtime = version_mtime(manifest["version"])
-    root = DirNode(mtime)
-    for item in manifest["files"]:
-        parts = safe_parts(item.get("name"))
-        if parts is None:
-            log.warning("bundle %s.%s: unsafe file name %r left out", manifest["uuid"],
-                        manifest["version"], item.get("name"))
-            continue
-        node = root
-        for part in parts[:-1]:
-            child = node.children.setdefault(part, DirNode(mtime))
-            if not isinstance(child, DirNode):
-                node = None
-                break
-            node = child
-        if node is None or parts[-1] in node.children:
-            log.warning("bundle %s.%s: name %r clashes with another; left out",
-                        manifest["uuid"], manifest["version"], item["name"])
-            continue
-        node.children[parts[-1]] = _entry(item, parts[-1])
-    return root
-
-
-def _entry(item: dict, name: str) -> FileEntry:
-    return FileEntry(name=name, uuid=item["uuid"], version=item["version"],
-                     size=int(item["size"]), sha256=item["sha256"], sha1=item["sha1"],
-                     crc32c=item["crc32c"], s3_etag=item.get("s3_etag", item.get("s3-etag")),
-                     content_type=item.get("content-type", item.get("content_type", "")),
-                     indexed=bool(item.get("indexed", False)),
-                     mtime=version_mtime(item["version"]))
+    kind: str  # root, top, bundle, remote, collection, item, pending, committed, pdir, pfile
+    name: str = ""
+    value: object = None
+    path: str = ""  # inside a pending bundle
 
 
 @dataclass
@@ -141,12 +69,15 @@ class _Handle:
 class Tree:
     """The model behind the mount."""
 
-    def __init__(self, catalog: Catalog, blobs: BlobCache,
-                 max_readahead: int = 64 * 1024 * 1024):
+    def __init__(self, catalog: Catalog, blobs: BlobCache, pending: PendingBundles | None = None,
+                 max_readahead: int = 64 * 1024 * 1024, delete_reason: str = "deleted with hcafs"):
         self.catalog = catalog
         self.blobs = blobs
+        self.pending = pending
         self.max_readahead = max_readahead
+        self.delete_reason = delete_reason
         self.mounted_at = 0.0
+        self.invalidate = lambda path: None  # set by the FUSE adapter once mounted
         self._lock = threading.Lock()
         self._trees: dict[str, DirNode] = {}
         self._handles: dict[int, _Handle] = {}
@@ -178,39 +109,62 @@ class Tree:
                          content_type=info["content_type"], indexed=False,
                          mtime=version_mtime(info["version"]))
 
-    def resolve(self, path: str):
-        """The node at ``path``: a DirNode, FileEntry, or a marker for the fixed dirs."""
+    def _pending_bundle(self, name: str):
+        if self.pending is None or parse_fqid(name):
+            return None
+        return self.pending.bundle(name)
+
+    def resolve(self, path: str) -> Node:
         parts = [p for p in path.split("/") if p]
         if not parts:
-            return "root"
+            return Node("root")
         top, rest = parts[0], parts[1:]
         if top not in TOP:
             raise NotFound(path)
         if not rest:
-            return top
+            return Node("top", top)
         if top == "files":
             if len(rest) > 1:
                 raise NotFound(path)
-            return self._file_by_fqid(rest[0])
+            return Node("remote", rest[0], self._file_by_fqid(rest[0]))
         if top == "collections":
-            collection = self.catalog.collections().get(rest[0])
-            if collection is None:
-                raise NotFound(path)
-            if len(rest) == 1:
-                return ("collection", collection)
-            if len(rest) == 2:
-                link = self._collection_links(collection).get(rest[1])
-                if link is not None:
-                    return ("link", link)
-            raise NotFound(path)
+            return self._resolve_collection(path, rest)
+        bundle = self._pending_bundle(rest[0])
+        if bundle is not None:
+            if bundle.state == COMMITTED:
+                if len(rest) > 1:
+                    raise NotFound(path)
+                return Node("committed", rest[0], bundle.fqid)
+            inner = "/".join(rest[1:])
+            if not inner:
+                return Node("pending", rest[0], bundle)
+            found = self.pending.lookup(rest[0], inner)
+            if found == "dir":
+                return Node("pdir", rest[0], bundle, inner)
+            return Node("pfile", rest[0], found, inner)
         node: DirNode | FileEntry = self._bundle_tree(rest[0])
         for part in rest[1:]:
             if not isinstance(node, DirNode) or part not in node.children:
                 raise NotFound(path)
             node = node.children[part]
-        return node
+        if isinstance(node, FileEntry):
+            return Node("remote", rest[0], node)
+        return Node("bundle", rest[0], node, "/".join(rest[1:]))
 
-    def _collection_links(self, collection: dict) -> dict[str, str]:
+    def _resolve_collection(self, path: str, rest: list[str]) -> Node:
+        collection = self.catalog.collections().get(rest[0])
+        if collection is None:
+            raise NotFound(path)
+        if len(rest) == 1:
+            return Node("collection", rest[0], collection)
+        if len(rest) == 2:
+            link = self._collection_links(collection).get(rest[1])
+            if link is not None:
+                return Node("item", rest[0], collection, rest[1])
+        raise NotFound(path)
+
+    @staticmethod
+    def _collection_links(collection: dict) -> dict[str, str]:
         links = {}
         for item in collection["contents"]:
             fqid = f"{item.get('uuid')}.{item.get('version')}"
@@ -220,62 +174,97 @@ class Tree:
                 links[fqid] = f"../../files/{fqid}"
         return links
 
-    def _fixed_dir_attr(self) -> Attr:
-        return Attr("dir", 0, self.catalog.refreshed_at or self.mounted_at)
+    def _fixed_dir_attr(self, writable: bool = False) -> Attr:
+        return Attr("dir", 0, self.catalog.refreshed_at or self.mounted_at, writable)
 
     # ------------------------------------------------------------ metadata
 
+    def _pfile_attr(self, row: FileRow) -> Attr:
+        return Attr("file", self.pending.size(row), row.mtime or 0.0, writable=True)
+
     def getattr(self, path: str) -> Attr:
         node = self.resolve(path)
-        if isinstance(node, str):
-            return self._fixed_dir_attr()
-        if isinstance(node, tuple):
-            kind, value = node
-            if kind == "collection":
-                return Attr("dir", 0, version_mtime(value["version"]))
-            return Attr("link", len(value), self.catalog.refreshed_at)
-        return node.attr
+        kind = node.kind
+        if kind in ("root", "top"):
+            return self._fixed_dir_attr(writable=node.name in ("bundles", "collections"))
+        if kind == "collection":
+            return Attr("dir", 0, version_mtime(node.value["version"]), writable=True)
+        if kind == "item":
+            return Attr("link", len(self._collection_links(node.value)[node.path]),
+                        self.catalog.refreshed_at)
+        if kind == "committed":
+            return Attr("link", len(node.value), self.catalog.refreshed_at)
+        if kind in ("pending", "pdir"):
+            return Attr("dir", 0, node.value.changed or 0.0, writable=True)
+        if kind == "pfile":
+            return self._pfile_attr(node.value)
+        if kind == "remote":
+            return node.value.attr
+        return node.value.attr  # a directory of a committed bundle
 
     def listdir(self, path: str) -> list[tuple[str, Attr]]:
         node = self.resolve(path)
-        if node == "root":
-            fixed = self._fixed_dir_attr()
-            return [(name, fixed) for name in TOP]
-        if node == "bundles":
-            return [(fqid, Attr("dir", 0, version_mtime(fqid.split(".", 1)[1])))
-                    for fqid in self.catalog.bundles()]
-        if node == "collections":
-            return [(name, Attr("dir", 0, version_mtime(c["version"])))
+        if node.kind == "root":
+            return [(name, self._fixed_dir_attr(name != "files")) for name in TOP]
+        if node.kind == "top" and node.name == "bundles":
+            listing = [(fqid, Attr("dir", 0, version_mtime(fqid.split(".", 1)[1])))
+                       for fqid in self.catalog.bundles()]
+            if self.pending is not None:
+                for name, row in self.pending.bundles().items():
+                    attr = Attr("link", len(row.fqid), row.changed or 0.0) \
+                        if row.state == COMMITTED else Attr("dir", 0, row.changed or 0.0, True)
+                    listing.append((name, attr))
+            return listing
+        if node.kind == "top" and node.name == "collections":
+            return [(name, Attr("dir", 0, version_mtime(c["version"]), True))
                     for name, c in sorted(self.catalog.collections().items())]
-        if node == "files":
+        if node.kind == "top":
             return []
-        if isinstance(node, tuple) and node[0] == "collection":
+        if node.kind == "collection":
             stamp = self.catalog.refreshed_at
             return [(name, Attr("link", len(target), stamp))
-                    for name, target in sorted(self._collection_links(node[1]).items())]
-        if isinstance(node, DirNode):
-            return [(name, child.attr) for name, child in sorted(node.children.items())]
+                    for name, target in sorted(self._collection_links(node.value).items())]
+        if node.kind in ("pending", "pdir"):
+            out = []
+            for name, child in self.pending.listdir(node.name, node.path):
+                out.append((name, Attr("dir", 0, node.value.changed or 0.0, True)
+                            if child == "dir" else self._pfile_attr(child)))
+            return out
+        if node.kind == "bundle":
+            return [(name, child.attr) for name, child in sorted(node.value.children.items())]
         raise UsageError(f"{path} is not a directory")
 
     def readlink(self, path: str) -> str:
         node = self.resolve(path)
-        if isinstance(node, tuple) and node[0] == "link":
-            return node[1]
+        if node.kind == "item":
+            return self._collection_links(node.value)[node.path]
+        if node.kind == "committed":
+            return node.value
         raise UsageError(f"{path} is not a symbolic link")
 
     def xattrs(self, path: str) -> dict[str, str]:
         node = self.resolve(path)
-        if isinstance(node, FileEntry):
-            return node.xattrs()
-        parts = [p for p in path.split("/") if p]
-        if isinstance(node, DirNode) and len(parts) == 2 and parts[0] == "bundles":
-            manifest = self.catalog.manifest(parts[1])
+        if node.kind == "remote":
+            return node.value.xattrs()
+        if node.kind == "bundle" and not node.path:
+            manifest = self.catalog.manifest(node.name)
             return {"user.hca.uuid": manifest["uuid"], "user.hca.version": manifest["version"],
                     "user.hca.creator_uid": str(manifest["creator_uid"])}
-        if isinstance(node, tuple) and node[0] == "collection":
-            return {"user.hca.uuid": node[1]["uuid"], "user.hca.version": node[1]["version"],
-                    "user.hca.name": node[1]["name"]}
-        if node == "root":
+        if node.kind == "collection":
+            return {"user.hca.uuid": node.value["uuid"], "user.hca.version": node.value["version"],
+                    "user.hca.name": node.value["name"]}
+        if node.kind == "pending":
+            summary = self.pending.journal.bundle_summary(node.name)
+            values = {"user.hca.uuid": node.value.uuid, "user.hcafs.state": node.value.state,
+                      "user.hcafs.status": json.dumps(summary)}
+            if node.value.error:
+                values["user.hcafs.error"] = node.value.error
+            return values
+        if node.kind == "committed":
+            return {"user.hcafs.state": COMMITTED, "user.hcafs.fqid": node.value}
+        if node.kind == "pfile":
+            return _pending_file_xattrs(node.value)
+        if node.kind == "root":
             return {"user.hcafs.status": json.dumps(self.status())}
         return {}
 
@@ -285,48 +274,66 @@ class Tree:
             with self._lock:
                 self._trees.clear()
             return
-        self.resolve(path)
+        node = self.resolve(path)
+        if node.kind == "pending" and name == "user.hcafs.commit":
+            self.pending.request_commit(node.name)
+            return
+        if node.kind == "pfile" and name == "user.hca.indexed":
+            self.pending.set_indexed(node.name, node.path, value)
+            return
+        if node.kind in ("pending", "pdir", "pfile"):
+            raise UsageError(f"{name} cannot be set here")
         raise ReadOnly(f"{path} is read-only")
 
     def status(self) -> dict:
-        return {"online": self.catalog.health.online,
-                "bundles": len(self.catalog.bundles()),
-                "collections": len(self.catalog.collections()),
-                "refreshed_at": self.catalog.refreshed_at,
-                "cache_bytes": self.blobs.used, "cache_limit": self.blobs.max_bytes}
+        status = {"online": self.catalog.health.online,
+                  "bundles": len(self.catalog.bundles()),
+                  "collections": len(self.catalog.collections()),
+                  "refreshed_at": self.catalog.refreshed_at,
+                  "cache_bytes": self.blobs.used, "cache_limit": self.blobs.max_bytes}
+        if self.pending is not None:
+            status.update(self.pending.journal.summary())
+        return status
 
     # ------------------------------------------------------------ content
 
-    def open(self, path: str, write: bool) -> int:
+    def open(self, path: str, write: bool, truncate: bool = False) -> int:
         node = self.resolve(path)
-        if not isinstance(node, FileEntry):
+        if node.kind == "pfile":
+            return PENDING_HANDLES + self.pending.open(node.value, write, truncate)
+        if node.kind != "remote":
             raise ReadOnly(f"{path} is not a regular file") if write else NotFound(path)
-        if write:
+        if write or truncate:
             raise ReadOnly(f"{path} is read-only")
-        blob = self.blobs.acquire(node.sha256, node.size)
+        blob = self.blobs.acquire(node.value.sha256, node.value.size)
         handle = next(self._ids)
         with self._lock:
-            self._handles[handle] = _Handle(node, blob)
+            self._handles[handle] = _Handle(node.value, blob)
         return handle
 
     def cacheable(self, handle: int) -> bool:
         """True when the open file's bytes are verified, so page caching is safe."""
+        if handle >= PENDING_HANDLES:
+            return False
         return bool(self._handles[handle].blob.verified)
 
     def read(self, handle: int, size: int, offset: int) -> bytes:
+        if handle >= PENDING_HANDLES:
+            return self.pending.read(handle - PENDING_HANDLES, size, offset)
         state = self._handles[handle]
         if offset != state.next_offset:
             state.streak = 0  # random access: fetch just what is asked
         # Read ahead as far as the reader has already read in sequence, up to the cap:
         # a long sequential read gets large windows, a short one costs little extra.
         readahead = min(state.streak, self.max_readahead)
-        data = self.blobs.read(state.blob, offset, size, self._fetcher(state.entry),
+        data = self.blobs.read(state.blob, offset, size, self.fetcher(state.entry),
                                readahead=readahead)
         state.next_offset = offset + len(data)
         state.streak += len(data)
         return data
 
-    def _fetcher(self, entry: FileEntry):
+    def fetcher(self, entry: FileEntry):
+        """``fetch(start, end)`` for one remote file: its bytes from the server."""
         def fetch(start: int, end: int):
             client = self.catalog.client
             if client is None:
@@ -343,7 +350,19 @@ class Tree:
             self.catalog.health.ok()
         return fetch
 
+    def write(self, handle: int, data: bytes, offset: int) -> int:
+        if handle < PENDING_HANDLES:
+            raise ReadOnly("this file is read-only")
+        return self.pending.write(handle - PENDING_HANDLES, data, offset)
+
+    def fsync(self, handle: int) -> None:
+        if handle >= PENDING_HANDLES:
+            self.pending.fsync(handle - PENDING_HANDLES)
+
     def release(self, handle: int) -> None:
+        if handle >= PENDING_HANDLES:
+            self.pending.release(handle - PENDING_HANDLES)
+            return
         with self._lock:
             state = self._handles.pop(handle, None)
         if state is not None:
@@ -354,37 +373,169 @@ class Tree:
 
     # ------------------------------------------------------------ changes
 
-    def _refuse(self, path: str, *args) -> int:
-        """Every change to a read-only place: ENOENT if the parent is missing, else EROFS."""
-        self.resolve(os.path.dirname(path.rstrip("/")) or "/")
-        raise ReadOnly(f"{path} is read-only")
+    def _parent(self, path: str) -> tuple[Node, str]:
+        parent, _, leaf = path.rstrip("/").rpartition("/")
+        return self.resolve(parent or "/"), leaf
+
+    def _in_pending(self, node: Node, leaf: str) -> tuple[str, str] | None:
+        """(bundle name, path inside it) when ``leaf`` would go into a pending bundle."""
+        if node.kind in ("pending", "pdir"):
+            return node.name, f"{node.path}/{leaf}" if node.path else leaf
+        return None
 
     def mkdir(self, path: str) -> int:
-        return self._refuse(path)
+        parent, leaf = self._parent(path)
+        where = self._in_pending(parent, leaf)
+        if where:
+            self.pending.mkdir(*where)
+        elif parent.kind == "top" and parent.name == "bundles" and self.pending is not None:
+            self.pending.create_bundle(leaf)
+        elif parent.kind == "top" and parent.name == "collections":
+            self._create_collection(leaf)
+        else:
+            raise ReadOnly(f"{path} is read-only")
+        return 0
 
     def rmdir(self, path: str) -> int:
-        return self._refuse(path)
+        node = self.resolve(path)
+        if node.kind == "pdir":
+            self.pending.rmdir(node.name, node.path)
+        elif node.kind == "pending":
+            self.pending.remove_bundle(node.name)
+        elif node.kind == "bundle" and not node.path:
+            self._delete_bundle(node.name)
+        elif node.kind == "collection":
+            self._remote(lambda c: c.delete_collection(node.value["uuid"]))
+            self.catalog.refresh()
+        else:
+            raise ReadOnly(f"{path} is read-only")
+        return 0
 
     def create(self, path: str) -> int:
-        return self._refuse(path)
+        parent, leaf = self._parent(path)
+        where = self._in_pending(parent, leaf)
+        if not where:
+            raise ReadOnly(f"{path} is read-only")
+        return PENDING_HANDLES + self.pending.create(*where)
 
     def unlink(self, path: str) -> int:
-        return self._refuse(path)
+        node = self.resolve(path)
+        if node.kind == "pfile":
+            self.pending.unlink(node.name, node.path)
+        elif node.kind == "committed":
+            self.pending.remove_bundle(node.name)
+        elif node.kind == "item":
+            self._change_collection(node.value, remove=[
+                item for item in node.value["contents"]
+                if f"{item.get('uuid')}.{item.get('version')}" == node.path])
+        else:
+            raise ReadOnly(f"{path} is read-only")
+        return 0
 
     def symlink(self, target: str, path: str) -> int:
-        return self._refuse(path)
+        parent, leaf = self._parent(path)
+        if parent.kind != "collection":
+            raise ReadOnly(f"{path}: links can be made only inside a collection")
+        kind, fqid = _link_target(target)
+        if leaf != fqid:
+            raise UsageError(f"a collection item must be named after its target ({fqid})")
+        uuid, version = parse_fqid(fqid)
+        self._change_collection(parent.value, add=[{"type": kind, "uuid": uuid,
+                                                    "version": version}])
+        return 0
 
     def rename(self, old: str, new: str) -> int:
-        self.resolve(old)
-        return self._refuse(new)
+        source = self.resolve(old)
+        parent, leaf = self._parent(new)
+        where = self._in_pending(parent, leaf)
+        if source.kind in ("pfile", "pdir") and where:
+            self.pending.rename(source.name, source.path, *where)
+            return 0
+        if source.kind in ("pfile", "pdir"):
+            raise UsageError("files can be moved only between pending bundles")
+        raise ReadOnly(f"{old} is read-only")
 
     def truncate(self, path: str, length: int) -> int:
-        self.resolve(path)
-        return self._refuse(path)
+        node = self.resolve(path)
+        if node.kind != "pfile":
+            raise ReadOnly(f"{path} is read-only")
+        self.pending.truncate(node.name, node.path, length)
+        return 0
 
-    def touch(self, path: str) -> int:
-        self.resolve(path)
-        return self._refuse(path)
+    def touch(self, path: str, mtime: float | None = None) -> int:
+        """chmod, chown and utimens: accepted in pending bundles (mtime is kept)."""
+        node = self.resolve(path)
+        if node.kind == "pfile" and mtime is not None:
+            self.pending.journal.set_times(node.value.id, mtime)
+        elif node.kind not in ("pending", "pdir", "pfile"):
+            raise ReadOnly(f"{path} is read-only")
+        return 0
 
-    def write(self, handle: int, data: bytes, offset: int) -> int:
-        raise ReadOnly("this file is read-only")
+    # ------------------------------------------------------------ remote changes
+
+    def _remote(self, call):
+        client = self.catalog.client
+        if client is None:
+            raise ReadOnly("no server")
+        try:
+            return call(client)
+        except ApiError as exc:
+            if exc.status in (401, 403):
+                log.warning("the server refused: %s", exc.title)
+                raise PermissionDenied(f"the server refused: {exc.title}") from exc
+            if exc.status == 404:
+                raise NotFound(exc.title) from exc
+            raise
+
+    def _delete_bundle(self, fqid: str) -> None:
+        uuid, version = parse_fqid(fqid) or (None, None)
+        if uuid is None:
+            raise ReadOnly(f"bundles/{fqid} is not a bundle version")
+        self._remote(lambda c: c.delete_bundle(uuid, version, self.delete_reason))
+        self.catalog.forget_bundle(fqid)
+        log.info("deleted bundle %s (%s)", fqid, self.delete_reason)
+
+    def _create_collection(self, name: str) -> None:
+        if name in self.catalog.collections():
+            raise AlreadyExists(f"collections/{name} exists")
+        self._remote(lambda c: c.put_collection(new_uuid(), now_version(), name, []))
+        self.catalog.refresh()
+        if name not in self.catalog.collections():
+            raise AlreadyExists(f"another collection is named {name!r}; see collections/")
+
+    def _change_collection(self, collection: dict, add: list | None = None,
+                           remove: list | None = None) -> None:
+        changes = {}
+        if add:
+            changes["add_contents"] = add
+        if remove:
+            changes["remove_contents"] = remove
+        self._remote(lambda c: c.patch_collection(collection["uuid"], collection["version"],
+                                                  **changes))
+        self.catalog.refresh()
+
+
+def _link_target(target: str) -> tuple[str, str]:
+    """``("bundle"|"file", fqid)`` for a link to ../../bundles/<fqid> or ../../files/<fqid>."""
+    parts = [p for p in target.split("/") if p and p != ".."]
+    if len(parts) == 2 and parts[0] in ("bundles", "files") and parse_fqid(parts[1]):
+        return ("bundle" if parts[0] == "bundles" else "file"), parts[1]
+    raise UsageError(f"a collection item links to ../../bundles/<fqid> or ../../files/<fqid>,"
+                     f" not {target!r}")
+
+
+def _pending_file_xattrs(row: FileRow) -> dict[str, str]:
+    synced = row.state == SYNCED and row.synced_generation == row.generation
+    state = row.state if row.kind == LOCAL else SYNCED
+    if row.kind == LOCAL and row.state == SYNCED and not synced:
+        state = DIRTY
+    values = {"user.hcafs.state": state,
+              "user.hca.indexed": "true" if row.is_indexed else "false"}
+    if row.state == ERROR and row.error:
+        values["user.hcafs.error"] = row.error
+    if synced:
+        values.update({"user.hca.uuid": row.file_uuid, "user.hca.version": row.file_version,
+                       "user.hca.sha256": row.sha256, "user.hca.sha1": row.sha1,
+                       "user.hca.crc32c": row.crc32c, "user.hca.s3_etag": row.s3_etag,
+                       "user.hca.content_type": row.content_type or ""})
+    return values

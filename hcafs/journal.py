@@ -1,0 +1,339 @@
+"""The write-back journal: pending bundles and their files, in SQLite.
+
+Every state change is one transaction, and every change the sync engine makes is guarded by
+the file's ``generation``: a result computed from generation N is applied only if the file
+is still at generation N, so a write that lands while a file is being uploaded simply makes
+the file dirty again instead of being lost or mislabelled.
+
+A file's life::
+
+    dirty ──(closed, idle)──▶ staging ──▶ registering ──▶ synced
+      ▲                          │              │
+      └──────── written ◀────────┴── error ◀────┘   (retried with capped backoff)
+
+``file_uuid`` and ``file_version`` are chosen and written here *before* the first staging
+attempt, so a retry or a restart after a crash registers the same uuid and version again
+and the server answers 200 instead of making a second copy.
+
+A bundle's life: ``open`` → ``commit`` (requested) → ``committed`` (with its FQID); a commit
+that the server refuses goes back to ``open`` with the reason in ``error``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from .cachedb import CacheDB
+from .versions import new_uuid, now_version
+
+DIRTY, STAGING, REGISTERING, SYNCED, ERROR = "dirty", "staging", "registering", "synced", "error"
+LOCAL, REMOTE, DIR = "local", "remote", "dir"
+OPEN, COMMIT, COMMITTED = "open", "commit", "committed"
+MAX_BACKOFF = 300.0
+
+
+@dataclass
+class FileRow:
+    id: int
+    bundle: str
+    path: str
+    kind: str
+    size: int
+    mtime: float
+    state: str
+    generation: int
+    indexed: int | None = None
+    synced_generation: int | None = None
+    file_uuid: str | None = None
+    file_version: str | None = None
+    sha256: str | None = None
+    sha1: str | None = None
+    crc32c: str | None = None
+    s3_etag: str | None = None
+    content_type: str | None = None
+    attempts: int = 0
+    next_try: float | None = None
+    error: str | None = None
+    sent_bytes: int = 0
+    changed: float | None = None
+    mode: int | None = None
+
+    @property
+    def is_indexed(self) -> bool:
+        return bool(self.indexed) if self.indexed is not None else self.path.endswith(".json")
+
+
+@dataclass
+class BundleRow:
+    name: str
+    uuid: str
+    state: str
+    base_version: str | None = None
+    version: str | None = None
+    patch_sent: int | None = None
+    fqid: str | None = None
+    error: str | None = None
+    created: float | None = None
+    changed: float | None = None
+
+
+_FILE_COLUMNS = [f for f in FileRow.__dataclass_fields__]
+_BUNDLE_COLUMNS = [f for f in BundleRow.__dataclass_fields__]
+
+
+class Journal:
+    def __init__(self, db: CacheDB):
+        self.cachedb = db
+
+    @property
+    def db(self):
+        return self.cachedb.db()
+
+    # ------------------------------------------------------------ reading
+
+    def bundles(self) -> list[BundleRow]:
+        rows = self.db.execute(f"select {', '.join(_BUNDLE_COLUMNS)} from pending_bundles "
+                               "order by name").fetchall()
+        return [BundleRow(*row) for row in rows]
+
+    def bundle(self, name: str) -> BundleRow | None:
+        row = self.db.execute(f"select {', '.join(_BUNDLE_COLUMNS)} from pending_bundles "
+                              "where name = ?", [name]).fetchone()
+        return BundleRow(*row) if row else None
+
+    def files(self, bundle: str, prefix: str = "") -> list[FileRow]:
+        sql = f"select {', '.join(_FILE_COLUMNS)} from pending_files where bundle = ?"
+        args: list = [bundle]
+        if prefix:
+            sql += " and substr(path, 1, ?) = ?"
+            args += [len(prefix), prefix]
+        return [FileRow(*row) for row in self.db.execute(sql + " order by path", args)]
+
+    def file(self, bundle: str, path: str) -> FileRow | None:
+        row = self.db.execute(f"select {', '.join(_FILE_COLUMNS)} from pending_files "
+                              "where bundle = ? and path = ?", [bundle, path]).fetchone()
+        return FileRow(*row) if row else None
+
+    def file_by_id(self, file_id: int) -> FileRow | None:
+        row = self.db.execute(f"select {', '.join(_FILE_COLUMNS)} from pending_files "
+                              "where id = ?", [file_id]).fetchone()
+        return FileRow(*row) if row else None
+
+    def due(self, now: float, delay: float) -> list[FileRow]:
+        """Local files the sync engine should work on now (open files are filtered later)."""
+        rows = self.db.execute(
+            f"select {', '.join(_FILE_COLUMNS)} from pending_files where kind = ? and ("
+            " (state = ? and changed <= ?) or state in (?, ?) or"
+            " (state = ? and coalesce(next_try, 0) <= ?)) order by id",
+            [LOCAL, DIRTY, now - delay, STAGING, REGISTERING, ERROR, now]).fetchall()
+        return [FileRow(*row) for row in rows]
+
+    # ------------------------------------------------------------ bundles
+
+    def add_bundle(self, name: str, uuid: str, base_version: str | None,
+                   remote_files: list[dict]) -> None:
+        now = time.time()
+        with self.cachedb.atomic() as db:
+            db["pending_bundles"].insert({"name": name, "uuid": uuid, "state": OPEN,
+                                          "base_version": base_version, "created": now,
+                                          "changed": now})
+            for item in remote_files:
+                db["pending_files"].insert({
+                    "bundle": name, "path": item["name"], "kind": REMOTE,
+                    "size": item["size"], "mtime": item.get("mtime", now), "state": SYNCED,
+                    "generation": 0, "synced_generation": 0, "indexed": int(item["indexed"]),
+                    "file_uuid": item["uuid"], "file_version": item["version"],
+                    "sha256": item["sha256"], "sha1": item["sha1"], "crc32c": item["crc32c"],
+                    "s3_etag": item["s3_etag"], "content_type": item["content-type"],
+                    "attempts": 0, "sent_bytes": 0, "changed": now})
+
+    def drop_bundle(self, name: str) -> None:
+        with self.cachedb.atomic() as db:
+            db.execute("delete from pending_files where bundle = ?", [name])
+            db.execute("delete from pending_bundles where name = ?", [name])
+
+    def touch_bundle(self, name: str) -> None:
+        self.db.execute("update pending_bundles set changed = ? where name = ?",
+                        [time.time(), name])
+
+    def request_commit(self, name: str) -> None:
+        self.db.execute("update pending_bundles set state = ?, error = null where name = ? "
+                        "and state != ?", [COMMIT, name, COMMITTED])
+
+    def commit_version(self, name: str) -> str:
+        """The bundle version this commit uses, chosen once and kept across retries."""
+        with self.cachedb.atomic() as db:
+            row = db.execute("select version from pending_bundles where name = ?",
+                             [name]).fetchone()
+            if row[0]:
+                return row[0]
+            version = now_version()
+            db.execute("update pending_bundles set version = ? where name = ?", [version, name])
+            return version
+
+    def mark_patch_sent(self, name: str) -> None:
+        self.db.execute("update pending_bundles set patch_sent = 1 where name = ?", [name])
+
+    def committed(self, name: str, fqid: str) -> None:
+        """The bundle is on the server: keep it as a name for the FQID, drop its files."""
+        with self.cachedb.atomic() as db:
+            db.execute("update pending_bundles set state = ?, fqid = ?, error = null, "
+                       "changed = ? where name = ?", [COMMITTED, fqid, time.time(), name])
+            db.execute("delete from pending_files where bundle = ?", [name])
+
+    def commit_failed(self, name: str, reason: str, give_up: bool) -> None:
+        state = OPEN if give_up else COMMIT
+        self.db.execute("update pending_bundles set state = ?, error = ?, version = "
+                        "case when ? then null else version end, patch_sent = case when ? "
+                        "then null else patch_sent end where name = ?",
+                        [state, reason, give_up, give_up, name])
+
+    # ------------------------------------------------------------ files (the model)
+
+    def add_file(self, bundle: str, path: str, kind: str = LOCAL) -> int:
+        now = time.time()
+        with self.cachedb.atomic() as db:
+            db["pending_files"].insert({
+                "bundle": bundle, "path": path, "kind": kind, "size": 0, "mtime": now,
+                "state": DIRTY if kind == LOCAL else SYNCED, "generation": 1, "attempts": 0,
+                "sent_bytes": 0, "changed": now})
+            self._touch(db, bundle, now)
+            return db.execute("select last_insert_rowid()").fetchone()[0]
+
+    @staticmethod
+    def _touch(db, bundle: str, now: float) -> None:
+        db.execute("update pending_bundles set changed = ? where name = ?", [now, bundle])
+
+    def mark_dirty(self, file_id: int, size: int | None = None, to_local: bool = False
+                   ) -> None:
+        """The file's bytes changed (or are about to): a new generation, to be synced."""
+        now = time.time()
+        with self.cachedb.atomic() as db:
+            db.execute(
+                "update pending_files set generation = generation + 1, state = ?, "
+                "file_version = null, error = null, attempts = 0, next_try = null, "
+                "sent_bytes = 0, changed = ?, mtime = ?, size = coalesce(?, size), "
+                "kind = case when ? then ? else kind end where id = ?",
+                [DIRTY, now, now, size, to_local, LOCAL, file_id])
+            row = db.execute("select bundle from pending_files where id = ?",
+                             [file_id]).fetchone()
+            if row:
+                self._touch(db, row[0], now)
+
+    def closed(self, file_id: int, size: int) -> None:
+        """A writer closed the file: record its size; the idle clock starts now."""
+        now = time.time()
+        self.db.execute("update pending_files set size = ?, changed = ?, mtime = ? "
+                        "where id = ?", [size, now, now, file_id])
+
+    def set_times(self, file_id: int, mtime: float) -> None:
+        self.db.execute("update pending_files set mtime = ? where id = ?", [mtime, file_id])
+
+    def set_indexed(self, file_id: int, indexed: bool) -> None:
+        self.db.execute("update pending_files set indexed = ? where id = ?",
+                        [int(indexed), file_id])
+
+    def remove_file(self, file_id: int) -> None:
+        with self.cachedb.atomic() as db:
+            row = db.execute("select bundle from pending_files where id = ?",
+                             [file_id]).fetchone()
+            db.execute("delete from pending_files where id = ?", [file_id])
+            if row:
+                self._touch(db, row[0], time.time())
+
+    def rename(self, bundle: str, old: str, new: str, new_bundle: str | None = None) -> None:
+        """Rename a path and everything under it, in one transaction."""
+        target = new_bundle or bundle
+        with self.cachedb.atomic() as db:
+            db.execute("delete from pending_files where bundle = ? and path = ?", [target, new])
+            db.execute("update pending_files set path = ?, bundle = ? where bundle = ? and "
+                       "path = ?", [new, target, bundle, old])
+            db.execute("update pending_files set path = ? || substr(path, ?), bundle = ? "
+                       "where bundle = ? and substr(path, 1, ?) = ?",
+                       [new + "/", len(old) + 2, target, bundle, len(old) + 1, old + "/"])
+            self._touch(db, bundle, time.time())
+
+    # ------------------------------------------------------------ files (the sync engine)
+
+    def begin_staging(self, file_id: int, generation: int) -> tuple[str, str] | None:
+        """Fix the uuid and version this generation registers under; None if stale."""
+        with self.cachedb.atomic() as db:
+            row = db.execute("select generation, file_uuid, file_version from pending_files "
+                             "where id = ?", [file_id]).fetchone()
+            if row is None or row[0] != generation:
+                return None
+            file_uuid = row[1] or new_uuid()
+            version = row[2] or now_version()
+            db.execute("update pending_files set state = ?, file_uuid = ?, file_version = ? "
+                       "where id = ?", [STAGING, file_uuid, version, file_id])
+            return file_uuid, version
+
+    def staged(self, file_id: int, generation: int, checksums, content_type: str) -> bool:
+        cursor = self.db.execute(
+            "update pending_files set state = ?, sha256 = ?, sha1 = ?, crc32c = ?, s3_etag = ?,"
+            " content_type = ?, size = ? where id = ? and generation = ?",
+            [REGISTERING, checksums.sha256, checksums.sha1, checksums.crc32c,
+             checksums.s3_etag, content_type, checksums.size, file_id, generation])
+        return cursor.rowcount == 1
+
+    def registered(self, file_id: int, generation: int) -> bool:
+        cursor = self.db.execute(
+            "update pending_files set state = ?, synced_generation = ?, error = null, "
+            "attempts = 0, next_try = null where id = ? and generation = ?",
+            [SYNCED, generation, file_id, generation])
+        return cursor.rowcount == 1
+
+    def progress(self, file_id: int, sent: int) -> None:
+        self.db.execute("update pending_files set sent_bytes = ? where id = ?", [sent, file_id])
+
+    def failed(self, file_id: int, generation: int, reason: str) -> float:
+        """Record a failed attempt; returns the delay before the next one (capped)."""
+        row = self.db.execute("select attempts from pending_files where id = ?",
+                              [file_id]).fetchone()
+        attempts = (row[0] or 0) + 1 if row else 1
+        delay = min(MAX_BACKOFF, 2.0 ** min(attempts, 10))
+        self.db.execute(
+            "update pending_files set state = ?, error = ?, attempts = ?, next_try = ? "
+            "where id = ? and generation = ?",
+            [ERROR, reason, attempts, time.time() + delay, file_id, generation])
+        return delay
+
+    # ------------------------------------------------------------ status
+
+    def summary(self) -> dict:
+        db = self.db
+        pending = db.execute(
+            "select count(*), coalesce(sum(size), 0) from pending_files where kind = ? and "
+            "(state != ? or synced_generation is null or synced_generation != generation)",
+            [LOCAL, SYNCED]).fetchone()
+        errors = db.execute("select bundle, path, error, attempts from pending_files where "
+                            "state = ? order by id", [ERROR]).fetchall()
+        flight = db.execute("select bundle, path, size, sent_bytes, state from pending_files "
+                            "where state in (?, ?) order by id",
+                            [STAGING, REGISTERING]).fetchall()
+        bundles = db.execute("select name, state, fqid, error from pending_bundles "
+                             "order by name").fetchall()
+        return {
+            "pending_files": pending[0], "pending_bytes": pending[1],
+            "in_flight": [{"bundle": b, "path": p, "size": s, "sent": n, "state": st}
+                          for b, p, s, n, st in flight],
+            "errors": [{"bundle": b, "path": p, "error": e, "attempts": a}
+                       for b, p, e, a in errors],
+            "bundles": [{"name": n, "state": st, "fqid": f, "error": e}
+                        for n, st, f, e in bundles],
+            "commits_pending": sum(1 for _, st, _, _ in bundles if st == COMMIT),
+        }
+
+    def bundle_summary(self, name: str) -> dict:
+        bundle = self.bundle(name)
+        if bundle is None:
+            return {}
+        files = self.files(name)
+        waiting = [f for f in files if f.kind == LOCAL and
+                   (f.state != SYNCED or f.synced_generation != f.generation)]
+        return {"name": name, "uuid": bundle.uuid, "state": bundle.state, "fqid": bundle.fqid,
+                "error": bundle.error, "files": sum(1 for f in files if f.kind != DIR),
+                "waiting_files": len(waiting),
+                "waiting_bytes": sum(f.size for f in waiting),
+                "file_errors": [f"{f.path}: {f.error}" for f in waiting if f.state == ERROR]}

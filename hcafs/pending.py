@@ -1,0 +1,334 @@
+"""Pending bundles: writable directories under ``bundles/`` that become bundles on commit.
+
+``mkdir bundles/NAME`` makes one.  NAME decides what it becomes: the bare UUID of an existing
+bundle starts a working copy of that bundle's newest version (commit makes a new version of
+it); a bare unused UUID becomes the new bundle's UUID; anything else gets a fresh UUID.
+
+Inside, files live as local data files (``CACHE_DIR/pending/<id>``) until they are synced;
+files inherited from a working copy stay remote (read through the content cache) until they
+are written, when they are copied locally first.  Subdirectories are names with ``/``.
+
+The journal (``journal.py``) records every change in one transaction *before* the change is
+acknowledged: a file is recorded dirty before its first byte is written, so a crash at any
+point leaves it dirty, never wrongly "synced".
+
+Threading: FUSE threads call in concurrently; open handles are kept in memory under a lock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+from .blobcache import BLOCK, BlobCache
+from .catalog import Catalog
+from .entries import FileEntry, version_mtime
+from .errors import AlreadyExists, NotEmpty, NotFound, PermissionDenied, UsageError
+from .journal import COMMITTED, DIR, LOCAL, OPEN, REMOTE, BundleRow, FileRow, Journal
+from .versions import is_uuid, new_uuid, parse_fqid
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PendingHandle:
+    file_id: int
+    fd: int | None
+    writable: bool
+    dirty: bool = False
+    blob: object = None  # for a remote file read through the content cache
+    entry: object = None
+
+
+class PendingBundles:
+    def __init__(self, journal: Journal, root: str, catalog: Catalog, blobs: BlobCache,
+                 fetcher):
+        self.journal = journal
+        self.root = root
+        self.catalog = catalog
+        self.blobs = blobs
+        self._fetcher = fetcher  # FileEntry -> fetch(start, end)
+        os.makedirs(root, exist_ok=True)
+        self._lock = threading.Lock()
+        self._handles: dict[int, PendingHandle] = {}
+        self._writers: dict[int, int] = {}
+        self._ids = itertools.count(1)
+
+    def data_path(self, file_id: int) -> str:
+        return os.path.join(self.root, str(file_id))
+
+    # ------------------------------------------------------------ bundles
+
+    def bundles(self) -> dict[str, BundleRow]:
+        return {row.name: row for row in self.journal.bundles()}
+
+    def bundle(self, name: str) -> BundleRow | None:
+        return self.journal.bundle(name)
+
+    def create_bundle(self, name: str) -> None:
+        if parse_fqid(name) or self.journal.bundle(name) is not None:
+            raise AlreadyExists(f"bundles/{name} exists")
+        base, remote = None, []
+        uuid = name.lower() if is_uuid(name) else new_uuid()
+        if is_uuid(name):
+            latest = self.catalog.latest_version(uuid)
+            if latest is not None:
+                manifest = self.catalog.manifest(f"{uuid}.{latest}")
+                base, remote = latest, manifest["files"]
+        self.journal.add_bundle(name, uuid, base, remote)
+        log.info("pending bundle %s: %s", name, f"working copy of {uuid}.{base}" if base
+                 else f"new bundle {uuid}")
+
+    def remove_bundle(self, name: str) -> None:
+        bundle = self._bundle(name)
+        if bundle.state != COMMITTED and self.journal.files(name):
+            raise NotEmpty(f"bundles/{name} is not empty")
+        self.journal.drop_bundle(name)
+
+    def _bundle(self, name: str) -> BundleRow:
+        bundle = self.journal.bundle(name)
+        if bundle is None:
+            raise NotFound(f"no pending bundle {name}")
+        return bundle
+
+    def _open_bundle(self, name: str) -> BundleRow:
+        bundle = self._bundle(name)
+        if bundle.state == COMMITTED:
+            raise NotFound(f"bundles/{name} was committed as {bundle.fqid}")
+        return bundle
+
+    def request_commit(self, name: str) -> None:
+        bundle = self._open_bundle(name)
+        if not any(f.kind != DIR for f in self.journal.files(name)):
+            raise UsageError(f"bundles/{name} holds no files to commit")
+        self.journal.request_commit(bundle.name)
+
+    # ------------------------------------------------------------ names
+
+    def lookup(self, name: str, path: str) -> FileRow | str:
+        """The file row at ``path``, or ``"dir"`` for a directory (explicit or implied)."""
+        self._open_bundle(name)
+        if not path:
+            return "dir"
+        row = self.journal.file(name, path)
+        if row is not None:
+            return "dir" if row.kind == DIR else row
+        if self.journal.files(name, path + "/"):
+            return "dir"
+        raise NotFound(f"bundles/{name}/{path}")
+
+    def listdir(self, name: str, path: str) -> list[tuple[str, FileRow | str]]:
+        self._open_bundle(name)
+        prefix = path + "/" if path else ""
+        children: dict[str, FileRow | str] = {}
+        for row in self.journal.files(name, prefix):
+            rest = row.path[len(prefix):]
+            head, sep, _ = rest.partition("/")
+            if sep or row.kind == DIR:
+                children[head] = "dir"
+            else:
+                children[head] = row
+        if path and not children and self.lookup(name, path) != "dir":
+            raise UsageError(f"bundles/{name}/{path} is not a directory")
+        return sorted(children.items())
+
+    def _parent_exists(self, name: str, path: str) -> None:
+        parent = path.rpartition("/")[0]
+        if parent and self.lookup(name, parent) != "dir":
+            raise NotFound(f"bundles/{name}/{parent} is not a directory")
+
+    def _free(self, name: str, path: str) -> None:
+        try:
+            self.lookup(name, path)
+        except NotFound:
+            return
+        raise AlreadyExists(f"bundles/{name}/{path} exists")
+
+    def mkdir(self, name: str, path: str) -> None:
+        self._open_bundle(name)
+        self._parent_exists(name, path)
+        self._free(name, path)
+        self.journal.add_file(name, path, kind=DIR)
+
+    def rmdir(self, name: str, path: str) -> None:
+        if self.lookup(name, path) != "dir":
+            raise UsageError(f"bundles/{name}/{path} is not a directory")
+        if self.listdir(name, path):
+            raise NotEmpty(f"bundles/{name}/{path} is not empty")
+        row = self.journal.file(name, path)
+        if row is not None:
+            self.journal.remove_file(row.id)
+
+    def unlink(self, name: str, path: str) -> None:
+        row = self.lookup(name, path)
+        if row == "dir":
+            raise PermissionDenied(f"bundles/{name}/{path} is a directory")
+        self.journal.remove_file(row.id)
+        try:
+            os.unlink(self.data_path(row.id))
+        except FileNotFoundError:
+            pass
+
+    def rename(self, name: str, old: str, new_name: str, new: str) -> None:
+        self.lookup(name, old)
+        self._open_bundle(new_name)
+        self._parent_exists(new_name, new)
+        target = None
+        try:
+            target = self.lookup(new_name, new)
+        except NotFound:
+            pass
+        if target == "dir" and self.listdir(new_name, new):
+            raise NotEmpty(f"bundles/{new_name}/{new} is not empty")
+        if isinstance(target, FileRow):
+            try:
+                os.unlink(self.data_path(target.id))
+            except FileNotFoundError:
+                pass
+        self.journal.rename(name, old, new, new_bundle=new_name)
+
+    # ------------------------------------------------------------ content
+
+    def create(self, name: str, path: str) -> int:
+        self._open_bundle(name)
+        self._parent_exists(name, path)
+        existing = None
+        try:
+            existing = self.lookup(name, path)
+        except NotFound:
+            pass
+        if existing == "dir":
+            raise AlreadyExists(f"bundles/{name}/{path} is a directory")
+        if isinstance(existing, FileRow):
+            return self.open(existing, write=True, truncate=True)
+        file_id = self.journal.add_file(name, path)
+        fd = os.open(self.data_path(file_id), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        return self._new_handle(PendingHandle(file_id, fd, writable=True, dirty=True))
+
+    def _new_handle(self, handle: PendingHandle) -> int:
+        with self._lock:
+            number = next(self._ids)
+            self._handles[number] = handle
+            if handle.writable:
+                self._writers[handle.file_id] = self._writers.get(handle.file_id, 0) + 1
+        return number
+
+    def open(self, row: FileRow, write: bool, truncate: bool = False) -> int:
+        if row.kind == REMOTE and (write or truncate):
+            self._materialize(row, empty=truncate)
+            row = self.journal.file_by_id(row.id)
+        if row.kind == REMOTE:
+            entry = _remote_entry(row)
+            blob = self.blobs.acquire(entry.sha256, entry.size)
+            return self._new_handle(PendingHandle(row.id, None, False, blob=blob, entry=entry))
+        flags = os.O_RDWR if write else os.O_RDONLY
+        fd = os.open(self.data_path(row.id), flags)
+        handle = PendingHandle(row.id, fd, writable=write)
+        if truncate:
+            self.journal.mark_dirty(row.id, size=0)
+            os.ftruncate(fd, 0)
+            handle.dirty = True
+        return self._new_handle(handle)
+
+    def _materialize(self, row: FileRow, empty: bool) -> None:
+        """Copy a remote (working copy) file into a local data file before it changes."""
+        path = self.data_path(row.id)
+        with open(path + ".part", "wb") as out:
+            if not empty and row.size:
+                entry = _remote_entry(row)
+                blob = self.blobs.acquire(entry.sha256, entry.size)
+                try:
+                    fetch = self._fetcher(entry)
+                    for offset in range(0, entry.size, 16 * BLOCK):
+                        out.write(self.blobs.read(blob, offset, 16 * BLOCK, fetch,
+                                                  readahead=64 * BLOCK))
+                finally:
+                    self.blobs.release(blob)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(path + ".part", path)
+        self.journal.mark_dirty(row.id, size=0 if empty else row.size, to_local=True)
+
+    def handle(self, number: int) -> PendingHandle:
+        return self._handles[number]
+
+    def read(self, number: int, size: int, offset: int) -> bytes:
+        handle = self._handles[number]
+        if handle.blob is not None:
+            return self.blobs.read(handle.blob, offset, size, self._fetcher(handle.entry))
+        return os.pread(handle.fd, size, offset)
+
+    def write(self, number: int, data: bytes, offset: int) -> int:
+        handle = self._handles[number]
+        if not handle.writable:
+            raise PermissionDenied("file not open for writing")
+        if not handle.dirty:  # journal first: a crash after this write leaves it dirty
+            self.journal.mark_dirty(handle.file_id)
+            handle.dirty = True
+        return os.pwrite(handle.fd, data, offset)
+
+    def fsync(self, number: int) -> None:
+        handle = self._handles[number]
+        if handle.fd is not None:
+            os.fsync(handle.fd)
+            if handle.dirty:
+                self.journal.closed(handle.file_id, os.fstat(handle.fd).st_size)
+
+    def truncate(self, name: str, path: str, length: int) -> None:
+        row = self.lookup(name, path)
+        if row == "dir":
+            raise PermissionDenied(f"bundles/{name}/{path} is a directory")
+        if row.kind == REMOTE:
+            self._materialize(row, empty=length == 0)
+        self.journal.mark_dirty(row.id, size=length, to_local=True)
+        os.truncate(self.data_path(row.id), length)
+
+    def release(self, number: int) -> None:
+        with self._lock:
+            handle = self._handles.pop(number, None)
+            if handle is not None and handle.writable:
+                self._writers[handle.file_id] -= 1
+                if not self._writers[handle.file_id]:
+                    del self._writers[handle.file_id]
+        if handle is None:
+            return
+        if handle.blob is not None:
+            self.blobs.release(handle.blob)
+        if handle.fd is not None:
+            if handle.dirty:
+                self.journal.closed(handle.file_id, os.fstat(handle.fd).st_size)
+            os.close(handle.fd)
+
+    def is_open_for_write(self, file_id: int) -> bool:
+        with self._lock:
+            return file_id in self._writers
+
+    def size(self, row: FileRow) -> int:
+        """A local file's size is its data file's (the journal may lag an open writer)."""
+        if row.kind != LOCAL:
+            return row.size
+        try:
+            return os.stat(self.data_path(row.id)).st_size
+        except FileNotFoundError:
+            return row.size
+
+    def set_indexed(self, name: str, path: str, value: bytes) -> None:
+        row = self.lookup(name, path)
+        text = value.decode(errors="replace").strip().lower()
+        if row == "dir" or text not in ("true", "false"):
+            raise UsageError("user.hca.indexed takes true or false, on files")
+        self.journal.set_indexed(row.id, text == "true")
+
+    def is_open(self, name: str) -> bool:
+        return self._bundle(name).state == OPEN
+
+
+def _remote_entry(row: FileRow) -> FileEntry:
+    return FileEntry(name=row.path.rpartition("/")[2], uuid=row.file_uuid,
+                     version=row.file_version, size=row.size, sha256=row.sha256,
+                     sha1=row.sha1, crc32c=row.crc32c, s3_etag=row.s3_etag,
+                     content_type=row.content_type or "", indexed=row.is_indexed,
+                     mtime=version_mtime(row.file_version))

@@ -1,0 +1,194 @@
+"""Staging: putting a pending file's bytes where the DSS can copy them from.
+
+Two targets, one interface:
+
+* :class:`S3Stager` (``--staging s3://bucket/prefix``): the object is uploaded with boto3
+  (plain PUT up to 64 MiB, multipart above, with the DSS part size so that the S3 ETag
+  equals the ``hca-dss-s3_etag`` tag), tagged with the four checksums and given a
+  Content-Type.  The checksums are computed in one pass over the bytes before the upload;
+  the upload streams the file in parts, so memory stays bounded whatever the file's size.
+* :class:`LocalStager` (the embedded server): the bytes are copied into the server's
+  staging root and registered as ``file://``; the checksums are computed during the copy.
+
+Staged names are derived from the file's uuid and version, so staging again after a crash
+overwrites the same object instead of leaving a second one.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from urllib.parse import quote
+
+from .checksums import MIN_PART_SIZE, Checksummer, Checksums, part_size
+from .s3 import S3, S3Url
+
+CHUNK = 4 * 1024 * 1024
+Progress = Callable[[int], None]
+
+
+def content_type(name: str) -> str:
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+class Stager(ABC):
+    @abstractmethod
+    def stage(self, path: str, file_uuid: str, version: str, name: str,
+              progress: Progress) -> tuple[str, Checksums]:
+        """Stage the file at ``path``; returns its source URL and checksums."""
+
+    @abstractmethod
+    def source_url(self, file_uuid: str, version: str, name: str) -> str:
+        """Where :meth:`stage` put (or puts) this file version."""
+
+    @abstractmethod
+    def discard(self, file_uuid: str, version: str, name: str) -> None:
+        """Remove a staged copy the server no longer needs (best effort)."""
+
+
+class LocalStager(Stager):
+    def __init__(self, root: str):
+        self.root = root
+
+    def _path(self, file_uuid: str, version: str) -> str:
+        return os.path.join(self.root, f"{file_uuid}.{version}")
+
+    def source_url(self, file_uuid: str, version: str, name: str) -> str:
+        return "file://" + self._path(file_uuid, version)
+
+    def stage(self, path: str, file_uuid: str, version: str, name: str,
+              progress: Progress) -> tuple[str, Checksums]:
+        target = self._path(file_uuid, version)
+        with open(path, "rb") as source, open(target + ".part", "wb") as out:
+            size = os.fstat(source.fileno()).st_size
+            summer = Checksummer(size)
+            sent = 0
+            while chunk := source.read(CHUNK):
+                summer.update(chunk)
+                out.write(chunk)
+                sent += len(chunk)
+                progress(sent)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(target + ".part", target)
+        sums = summer.result()
+        if sums.size != size:
+            raise OSError(f"{path} changed size while it was staged")
+        return self.source_url(file_uuid, version, name), sums
+
+    def discard(self, file_uuid: str, version: str, name: str) -> None:
+        try:
+            os.unlink(self._path(file_uuid, version))
+        except FileNotFoundError:
+            pass
+
+
+class _Slice:
+    """A read-only, seekable window onto a file, so boto3 streams a part from disk."""
+
+    def __init__(self, fd: int, start: int, length: int, progress: Callable[[int], None]):
+        self.fd, self.start, self.length = fd, start, length
+        self.position = 0
+        self.progress = progress
+
+    def read(self, size: int = -1) -> bytes:
+        remaining = self.length - self.position
+        if size is None or size < 0 or size > remaining:
+            size = remaining
+        data = os.pread(self.fd, size, self.start + self.position)
+        self.position += len(data)
+        self.progress(len(data))
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.position, 2: self.length}[whence]
+        self.position = max(0, min(self.length, base + offset))
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def __len__(self) -> int:
+        return self.length
+
+
+class S3Stager(Stager):
+    def __init__(self, url: str, s3: S3):
+        target = S3Url.parse(url)
+        self.bucket = target.bucket
+        self.prefix = target.key.strip("/") + "/" if target.key.strip("/") else ""
+        self.s3 = s3
+
+    def _key(self, file_uuid: str, version: str, name: str) -> str:
+        return f"{self.prefix}{file_uuid}.{version}/{os.path.basename(name) or 'data'}"
+
+    def source_url(self, file_uuid: str, version: str, name: str) -> str:
+        return f"s3://{self.bucket}/{quote(self._key(file_uuid, version, name))}"
+
+    def stage(self, path: str, file_uuid: str, version: str, name: str,
+              progress: Progress) -> tuple[str, Checksums]:
+        key = self._key(file_uuid, version, name)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            sums = _checksum_fd(fd, size)
+            sent = [0]
+
+            def advance(count: int) -> None:
+                sent[0] += count
+                progress(min(sent[0], size))
+
+            tags = "&".join(f"{k}={v}" for k, v in sums.tags().items())
+            extra = {"ContentType": content_type(name), "Tagging": tags}
+            if size <= MIN_PART_SIZE:
+                self.s3.call("put_object", Bucket=self.bucket, Key=key,
+                             Body=_Slice(fd, 0, size, advance), ContentLength=size, **extra)
+            else:
+                self._multipart(fd, size, key, extra, advance)
+        finally:
+            os.close(fd)
+        return self.source_url(file_uuid, version, name), sums
+
+    def _multipart(self, fd: int, size: int, key: str, extra: dict, advance) -> None:
+        step = part_size(size)
+        upload = self.s3.call("create_multipart_upload", Bucket=self.bucket, Key=key,
+                              **extra)["UploadId"]
+        try:
+            parts = []
+            for number, start in enumerate(range(0, size, step), start=1):
+                length = min(step, size - start)
+                answer = self.s3.call("upload_part", Bucket=self.bucket, Key=key,
+                                      UploadId=upload, PartNumber=number,
+                                      Body=_Slice(fd, start, length, advance),
+                                      ContentLength=length)
+                parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+            self.s3.call("complete_multipart_upload", Bucket=self.bucket, Key=key,
+                         UploadId=upload, MultipartUpload={"Parts": parts})
+        except BaseException:
+            try:
+                self.s3.call("abort_multipart_upload", Bucket=self.bucket, Key=key,
+                             UploadId=upload)
+            except Exception:  # the original error matters more
+                pass
+            raise
+
+    def discard(self, file_uuid: str, version: str, name: str) -> None:
+        try:
+            self.s3.call("delete_object", Bucket=self.bucket,
+                         Key=self._key(file_uuid, version, name))
+        except Exception:  # best effort: a leftover staged object costs only space
+            pass
+
+
+def _checksum_fd(fd: int, size: int) -> Checksums:
+    summer = Checksummer(size)
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, min(CHUNK, size - offset), offset)
+        if not chunk:
+            raise OSError("file shrank while it was checksummed")
+        summer.update(chunk)
+        offset += len(chunk)
+    return summer.result()

@@ -1,0 +1,262 @@
+"""The sync engine: stages and registers pending files, then commits pending bundles.
+
+A file is picked up once it is closed and has not changed for the write-back delay.  Its
+uuid and version are fixed in the journal before the first attempt, so every retry (after
+a 5xx, a reset, a timeout, or a crash and remount) registers the same uuid and version and
+the server answers 200 to the repeat.  Failures are retried with capped backoff and never
+drop anything: the bytes stay in the cache dir until the server has them.
+
+A commit waits until every file of the bundle is registered, then calls put-bundle with a
+version chosen once (so a repeat is a 200), or, for a working copy, patch-bundle.  PATCH
+always makes a new version, so before repeating one the engine looks for the version its
+earlier attempt may already have made, and adopts it instead of making a second one.
+
+Threading: one scheduler thread picks work and runs commits; a pool of upload workers each
+own one file at a time.  Workers change only their file's journal row, through guarded
+transactions (see ``journal.py``); the scheduler alone changes bundle rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from .blobcache import BlobCache
+from .catalog import Catalog
+from .client import DSSClient
+from .errors import ApiError, HcafsError, IntegrityError, RemoteError
+from .journal import COMMIT, DIR, LOCAL, OPEN, REGISTERING, SYNCED, BundleRow, Journal
+from .pending import PendingBundles
+from .staging import Stager, content_type
+
+log = logging.getLogger(__name__)
+
+TICK = 0.5
+
+
+class Syncer:
+    def __init__(self, journal: Journal, pending: PendingBundles, stager: Stager,
+                 client: DSSClient, catalog: Catalog, blobs: BlobCache, *, delay: float,
+                 workers: int, creator_uid: int, auto_commit: float | None,
+                 on_commit=lambda name, fqid: None):
+        self.journal = journal
+        self.pending = pending
+        self.stager = stager
+        self.client = client
+        self.catalog = catalog
+        self.blobs = blobs
+        self.delay = delay
+        self.creator_uid = creator_uid
+        self.auto_commit = auto_commit
+        self.on_commit = on_commit
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload")
+        self._inflight: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._commit_retry: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sync", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._schedule()
+                self._commits()
+            except Exception:
+                log.exception("sync scheduler error")
+            self._wake.wait(TICK)
+            self._wake.clear()
+
+    # ------------------------------------------------------------ files
+
+    def _schedule(self) -> None:
+        for row in self.journal.due(time.time(), self.delay):
+            if self.pending.is_open_for_write(row.id):
+                continue
+            with self._lock:
+                if row.id in self._inflight:
+                    continue
+                self._inflight.add(row.id)
+            self._pool.submit(self._sync, row)
+
+    def _sync(self, row) -> None:
+        try:
+            self._sync_file(row)
+        except RemoteError as exc:
+            delay = self.journal.failed(row.id, row.generation, str(exc))
+            log.warning("sync of %s/%s failed (retry in %.0fs): %s", row.bundle, row.path,
+                        delay, exc)
+        except (HcafsError, OSError) as exc:
+            delay = self.journal.failed(row.id, row.generation, str(exc))
+            log.error("sync of %s/%s failed (retry in %.0fs): %s", row.bundle, row.path,
+                      delay, exc)
+        except Exception as exc:
+            self.journal.failed(row.id, row.generation, f"internal error: {exc}")
+            log.exception("sync of %s/%s crashed", row.bundle, row.path)
+        finally:
+            with self._lock:
+                self._inflight.discard(row.id)
+            self._wake.set()
+
+    def _sync_file(self, row) -> None:
+        if row.state == REGISTERING and row.sha256 and row.file_version:
+            file_uuid, version = row.file_uuid, row.file_version
+            source = self.stager.source_url(file_uuid, version, row.path)
+            sha256 = row.sha256
+        else:
+            ids = self.journal.begin_staging(row.id, row.generation)
+            if ids is None:
+                return  # written again meanwhile: the new generation will come round
+            file_uuid, version = ids
+            sent_at = [0.0]
+
+            def progress(sent: int) -> None:
+                now = time.monotonic()
+                if now - sent_at[0] > 0.5:
+                    sent_at[0] = now
+                    self.journal.progress(row.id, sent)
+
+            source, sums = self.stager.stage(self.pending.data_path(row.id), file_uuid,
+                                             version, row.path, progress)
+            if not self.journal.staged(row.id, row.generation, sums, content_type(row.path)):
+                return
+            self.journal.progress(row.id, sums.size)
+            sha256 = sums.sha256
+        status, _ = self.client.put_file(file_uuid, version, source, self.creator_uid)
+        info = self.client.wait_file(file_uuid, version) if status == 202 else \
+            self.client.head_file(file_uuid, version)
+        if info.sha256 != sha256:
+            raise IntegrityError(f"the server holds sha256 {info.sha256} for {row.path}, "
+                                 f"not {sha256}")
+        if self.journal.registered(row.id, row.generation):
+            log.info("synced %s/%s as %s.%s", row.bundle, row.path, file_uuid, version)
+        self.stager.discard(file_uuid, version, row.path)
+
+    # ------------------------------------------------------------ commits
+
+    def _commits(self) -> None:
+        now = time.time()
+        for bundle in self.journal.bundles():
+            if bundle.state == OPEN and self.auto_commit and bundle.changed and \
+                    now - bundle.changed >= self.auto_commit and self._ready(bundle) and \
+                    any(f.kind != DIR for f in self.journal.files(bundle.name)):
+                log.info("auto-committing %s after %.0fs idle", bundle.name, self.auto_commit)
+                self.journal.request_commit(bundle.name)
+                bundle = self.journal.bundle(bundle.name)
+            if bundle.state != COMMIT or self._commit_retry.get(bundle.name, 0) > now:
+                continue
+            if self._ready(bundle):
+                self._commit(bundle)
+
+    def _ready(self, bundle: BundleRow) -> bool:
+        """Every file of the bundle is registered and none is open for writing."""
+        for row in self.journal.files(bundle.name):
+            if row.kind != LOCAL:
+                continue
+            if row.state != SYNCED or row.synced_generation != row.generation or \
+                    self.pending.is_open_for_write(row.id):
+                return False
+        return True
+
+    def _commit(self, bundle: BundleRow) -> None:
+        files = [f for f in self.journal.files(bundle.name) if f.kind != DIR]
+        entries = [{"uuid": f.file_uuid, "version": f.file_version, "name": f.path,
+                    "indexed": f.is_indexed} for f in files]
+        try:
+            if bundle.base_version is None:
+                version = self.journal.commit_version(bundle.name)
+                self.client.put_bundle(bundle.uuid, version, entries, self.creator_uid)
+            else:
+                version = self._patch(bundle, entries)
+        except ApiError as exc:
+            if exc.transient:
+                self._retry_commit(bundle, str(exc))
+                return
+            self.journal.commit_failed(bundle.name, str(exc), give_up=True)
+            log.error("commit of %s refused: %s", bundle.name, exc)
+            return
+        except RemoteError as exc:
+            self._retry_commit(bundle, str(exc))
+            return
+        fqid = f"{bundle.uuid}.{version}"
+        self.journal.committed(bundle.name, fqid)
+        self.catalog.add_bundle(fqid)
+        self.on_commit(bundle.name, fqid)
+        self._adopt(files)
+        self._commit_retry.pop(bundle.name, None)
+        log.info("committed %s as %s (%d files)", bundle.name, fqid, len(files))
+
+    def _retry_commit(self, bundle: BundleRow, reason: str) -> None:
+        attempt = self._commit_retry.get(bundle.name + "#", 0) + 1
+        self._commit_retry[bundle.name + "#"] = attempt
+        delay = min(300.0, 2.0 ** min(attempt, 8))
+        self._commit_retry[bundle.name] = time.time() + delay
+        self.journal.commit_failed(bundle.name, reason, give_up=False)
+        log.warning("commit of %s failed (retry in %.0fs): %s", bundle.name, delay, reason)
+
+    def _patch(self, bundle: BundleRow, entries: list[dict]) -> str:
+        base = self.catalog.manifest(f"{bundle.uuid}.{bundle.base_version}")["files"]
+        key = lambda e: (e["name"], e["uuid"], e["version"], bool(e["indexed"]))  # noqa: E731
+        wanted = {key(e) for e in entries}
+        have = {key(e) for e in base}
+        if bundle.patch_sent:
+            made = self._find_patched(bundle, wanted)
+            if made is not None:
+                log.info("commit of %s: adopting %s, made by an earlier attempt",
+                         bundle.name, made)
+                return made
+        add = [e for e in entries if key(e) not in have]
+        remove = [{"uuid": e["uuid"], "version": e["version"], "name": e["name"],
+                   "indexed": bool(e["indexed"])} for e in base if key(e) not in wanted]
+        self.journal.mark_patch_sent(bundle.name)
+        answer = self.client.patch_bundle(bundle.uuid, bundle.base_version, add, remove)
+        return answer["version"]
+
+    def _find_patched(self, bundle: BundleRow, wanted: set) -> str | None:
+        for uuid, version in self.client.iter_bundles(prefix=bundle.uuid):
+            if uuid != bundle.uuid or version <= bundle.base_version:
+                continue
+            files = self.client.get_bundle(uuid, version)["files"]
+            if {(f["name"], f["uuid"], f["version"], bool(f["indexed"])) for f in files} \
+                    == wanted:
+                return version
+        return None
+
+    def _adopt(self, files) -> None:
+        """Committed bytes move into the content cache instead of being fetched again."""
+        for row in files:
+            if row.kind != LOCAL or not row.sha256:
+                continue
+            path = self.pending.data_path(row.id)
+            try:
+                self.blobs.adopt(row.sha256, row.size, path)
+            except OSError as exc:
+                log.debug("could not adopt %s: %s", path, exc)
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+
+    # ------------------------------------------------------------ draining
+
+    def busy(self) -> bool:
+        summary = self.journal.summary()
+        return bool(summary["pending_files"] or summary["commits_pending"])
+
