@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from fixtures import free_port
-from fixtures.dss_server import ADMIN, USER, DSSServer
+from fixtures.dss_server import ADMIN, OTHER, USER, DSSServer
 from fixtures.hcafs_mount import Mount, run_hcafs
 
 from hcafs.client import DSSClient
@@ -176,7 +176,7 @@ def test_xattrs(world, mounted):
 
 def test_collections_are_directories_of_symlinks(world, mounted):
     collections = Path(mounted.path) / "collections"
-    name = f"my cells.{world['collection']}"
+    name = "my cells"  # unique among the caller's collections: the plain name
     assert os.listdir(collections) == [name]
     entries = sorted(os.listdir(collections / name))
     file_fqid = ".".join(world["registered"]["metadata/cell.json"])
@@ -185,6 +185,17 @@ def test_collections_are_directories_of_symlinks(world, mounted):
     assert os.readlink(bundle_link) == f"../../bundles/{world['fqid']}"
     assert (bundle_link / "metadata" / "cell.json").read_bytes() == b'{"cells": 42}\n'
     assert (collections / name / file_fqid).read_bytes() == b'{"cells": 42}\n'
+
+
+def test_collection_names_that_clash_carry_their_uuid(world, tmp_path):
+    client = DSSClient(world["server"].url, token=OTHER)
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    for collection in (first, second):
+        client.put_collection(collection, now_version(), "same/name", [])
+    client.put_collection(str(uuid.uuid4()), now_version(), "..", [])
+    with Mount(str(tmp_path), world["server"].url, token=OTHER) as mount:
+        names = sorted(os.listdir(Path(mount.path) / "collections"))
+        assert names == sorted([f"same_name.{first}", f"same_name.{second}", "collection"])
 
 
 def test_errno_where_it_belongs(world, mounted):
