@@ -20,7 +20,6 @@ import mimetypes
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from urllib.parse import quote
 
 from .checksums import MIN_PART_SIZE, Checksummer, Checksums, part_size
 from .s3 import S3, S3Url
@@ -125,7 +124,7 @@ class S3Stager(Stager):
         return f"{self.prefix}{file_uuid}.{version}/{os.path.basename(name) or 'data'}"
 
     def source_url(self, file_uuid: str, version: str, name: str) -> str:
-        return f"s3://{self.bucket}/{quote(self._key(file_uuid, version, name))}"
+        return f"s3://{self.bucket}/{self._key(file_uuid, version, name)}"
 
     def stage(self, path: str, file_uuid: str, version: str, name: str,
               progress: Progress) -> tuple[str, Checksums]:
