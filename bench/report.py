@@ -78,6 +78,15 @@ def machine(repo: str, work: str) -> dict[str, str]:
     }
 
 
+def load_average() -> str:
+    """The 1-minute load average: other work on these 2 cores skews every figure."""
+    try:
+        with open("/proc/loadavg") as handle:
+            return handle.read().split()[0]
+    except OSError:
+        return "unknown"
+
+
 def _os_release() -> str:
     try:
         with open("/etc/os-release") as handle:
@@ -178,6 +187,8 @@ def render(results: dict) -> str:
 def _machine_section(r: dict) -> list[str]:
     lines = ["## Machine", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in r["machine"].items()]
+    lines.append(f"| 1-min load average at start / end of the run | {r['load'][0]} / "
+                 f"{r['load'][1]} (anything else running on the machine skews the figures) |")
     return lines + [""]
 
 

@@ -374,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_on_term)
     cleanup = Cleanup(child_env(work))
     bench = Bench(args, work, cleanup)
+    load_at_start = report.load_average()
     bench.say(f"work dir {work}")
     if not bench.drop:
         bench.say("cannot drop the page cache (not root): cold figures will be warm")
@@ -392,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                 if name.startswith("cache-"):
                     shutil.rmtree(os.path.join(work, name), ignore_errors=True)
     results = bench.results(time.perf_counter() - started)
+    results["load"] = (load_at_start, report.load_average())
     with open(os.path.join(work, "results.json"), "w") as handle:
         json.dump(results, handle, indent=2, default=lambda o: o.as_dict())
     with open(args.output, "w") as handle:
