@@ -340,8 +340,12 @@ def commit(path: str, timeout: float | None) -> int:
     """``hcafs commit MOUNT/bundles/NAME``: request the commit, then follow it to the end."""
     path = os.path.abspath(path)
     try:
-        os.setxattr(path, "user.hcafs.commit", b"1", follow_symlinks=False)
+        if not os.path.islink(path):  # a link: committed already
+            os.setxattr(path, "user.hcafs.commit", b"1", follow_symlinks=False)
     except OSError as exc:
+        if os.path.islink(path):  # committed in the meantime
+            print(os.readlink(path))
+            return 0
         reasons = {errno.ENOENT: f"{path} does not exist",
                    errno.EINVAL: f"nothing to commit in {path} (no files)",
                    errno.EROFS: f"{path} is not a pending bundle",

@@ -20,13 +20,14 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import sqlite3
 import threading
 from dataclasses import dataclass
 
 from .blobcache import BLOCK, BlobCache
 from .catalog import Catalog
 from .entries import FileEntry, version_mtime
-from .errors import AlreadyExists, NotEmpty, NotFound, PermissionDenied, UsageError
+from .errors import AlreadyExists, NoSpace, NotEmpty, NotFound, PermissionDenied, UsageError
 from .journal import COMMITTED, DIR, LOCAL, OPEN, REMOTE, BundleRow, FileRow, Journal
 from .versions import is_uuid, new_uuid, parse_fqid
 
@@ -265,10 +266,21 @@ class PendingBundles:
         handle = self._handles[number]
         if not handle.writable:
             raise PermissionDenied("file not open for writing")
+        self._check_space(len(data))
         if not handle.dirty:  # journal first: a crash after this write leaves it dirty
             self.journal.mark_dirty(handle.file_id)
             handle.dirty = True
         return os.pwrite(handle.fd, data, offset)
+
+    def _check_space(self, incoming: int) -> None:
+        """Refuse a write that would leave the journal no room (SQLite needs some to record
+        anything, including the deletes that would free space)."""
+        vfs = os.statvfs(self.root)
+        total = vfs.f_blocks * vfs.f_frsize
+        reserve = min(64 * BLOCK, max(4 * BLOCK, total // 50))
+        if vfs.f_bavail * vfs.f_frsize - incoming < reserve:
+            raise NoSpace(f"the cache disk is full ({self.root}); files already written "
+                          "are kept and still sync")
 
     def fsync(self, number: int) -> None:
         handle = self._handles[number]
@@ -298,9 +310,14 @@ class PendingBundles:
         if handle.blob is not None:
             self.blobs.release(handle.blob)
         if handle.fd is not None:
-            if handle.dirty:
-                self.journal.closed(handle.file_id, os.fstat(handle.fd).st_size)
-            os.close(handle.fd)
+            try:
+                if handle.dirty:
+                    self.journal.closed(handle.file_id, os.fstat(handle.fd).st_size)
+            except sqlite3.OperationalError as exc:
+                # The row is already dirty; the size is read from the data file anyway.
+                log.warning("could not record the close of file %d: %s", handle.file_id, exc)
+            finally:
+                os.close(handle.fd)
 
     def is_open_for_write(self, file_id: int) -> bool:
         with self._lock:
