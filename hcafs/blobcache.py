@@ -55,6 +55,8 @@ class _Blob:
         self.users = 0
         self.dirty = False
         self.failed: IntegrityError | None = None  # set when the bytes failed their sha256
+        self.read_pos = -1  # the furthest block a sequential reader has reached
+        self.streaming = False  # a read-ahead stream is running
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         if os.fstat(self.fd).st_size != size:
             os.ftruncate(self.fd, size)
@@ -149,38 +151,70 @@ class BlobCache:
         if end <= offset:
             return b""
         first, last = offset // BLOCK, (end - 1) // BLOCK
-        window = max(1, readahead // BLOCK)
-        self._ensure(blob, first, last, fetch, last + window if readahead else last)
+        if readahead:
+            self._follow(blob, last, readahead, fetch)
+        self._ensure(blob, first, last, fetch)
         if blob.failed is not None:
             raise blob.failed
-        if readahead and last + 1 < blob.nblocks:
-            ahead_last = min(blob.nblocks - 1, last + window)
-            if not all(blob.present[last + 1:ahead_last + 1]) and \
-                    not all(blob.inflight[last + 1:ahead_last + 1]):
-                self._pool.submit(self._prefetch, blob, last + 1, ahead_last, fetch)
         data = os.pread(blob.fd, end - offset, offset)
         if blob.failed is not None:
             raise blob.failed
         return data
 
-    def _prefetch(self, blob: _Blob, first: int, last: int, fetch: Fetch) -> None:
-        with self._lock:
-            if blob.users == 0:
+    def _follow(self, blob: _Blob, last: int, readahead: int, fetch: Fetch) -> None:
+        """Serve a sequential reader from one continuous background stream.
+
+        The stream claims everything from the reader's position to the end of the file (up
+        to the first block already present or claimed) and runs at most ``max_readahead``
+        ahead of the reader, waiting for it, and stops when the file is closed: one long
+        request instead of many short ones, and never much more than was read.
+        """
+        with blob.cond:
+            if last > blob.read_pos:
+                blob.read_pos = last
+                if blob.streaming:
+                    blob.cond.notify_all()
+            if blob.streaming or readahead < 2 * BLOCK or last + 1 >= blob.nblocks:
                 return
+            first = last + 1
+            if blob.present[first] or blob.inflight[first]:
+                return
+            stop = first
+            while stop + 1 < blob.nblocks and not blob.present[stop + 1] and \
+                    not blob.inflight[stop + 1]:
+                stop += 1
+            for b in range(first, stop + 1):
+                blob.inflight[b] = 1
+            blob.streaming = True
+        with self._lock:
             blob.users += 1
+        self._pool.submit(self._stream, blob, first, stop, fetch)
+
+    def _stream(self, blob: _Blob, first: int, last: int, fetch: Fetch) -> None:
         try:
-            self._ensure(blob, first, last, fetch, last, wait=False)
+            self._fetch(blob, first, last, fetch, follow=True)
         except HcafsError as exc:
-            log.debug("read-ahead of %s failed: %s", blob.sha256[:12], exc)
+            log.debug("read-ahead of %s stopped: %s", blob.sha256[:12], exc)
         except Exception:
             log.exception("read-ahead of %s crashed", blob.sha256[:12])
         finally:
+            with blob.cond:
+                blob.streaming = False
             self.release(blob)
 
-    def _ensure(self, blob: _Blob, first: int, last: int, fetch: Fetch, widen_to: int,
-                wait: bool = True) -> None:
-        """Make blocks ``first..last`` present; claim up to ``widen_to`` when fetching."""
-        widen_to = min(widen_to, blob.nblocks - 1)
+    def _may_continue(self, blob: _Blob, block: int) -> bool:
+        """Flow control of a read-ahead stream: wait while it is far ahead of the reader;
+        False once nobody but the stream has the file open."""
+        limit = max(1, self.max_readahead // BLOCK)
+        with blob.cond:
+            while block > blob.read_pos + limit:
+                if blob.users <= 1:
+                    return False
+                blob.cond.wait(0.25)
+            return blob.users > 1
+
+    def _ensure(self, blob: _Blob, first: int, last: int, fetch: Fetch) -> None:
+        """Make blocks ``first..last`` present, fetching what nobody else is fetching."""
         while True:
             with blob.cond:
                 if blob.failed is not None:
@@ -190,36 +224,46 @@ class BlobCache:
                     return
                 claimable = [b for b in missing if not blob.inflight[b]]
                 if not claimable:
-                    if not wait:
-                        return
                     blob.cond.wait(timeout=5)
                     continue
                 start = stop = claimable[0]
-                while stop + 1 <= widen_to and not blob.present[stop + 1] and \
+                while stop + 1 <= last and not blob.present[stop + 1] and \
                         not blob.inflight[stop + 1]:
                     stop += 1
                 for b in range(start, stop + 1):
                     blob.inflight[b] = 1
             self._fetch(blob, start, stop, fetch)
 
-    def _fetch(self, blob: _Blob, first: int, last: int, fetch: Fetch) -> None:
+    def _fetch(self, blob: _Blob, first: int, last: int, fetch: Fetch, follow: bool = False
+               ) -> None:
         """Fetch blocks ``first..last`` (already claimed) and write them to disk."""
         begin, end = blob.span(first)[0], blob.span(last)[1]
         self._reserve(end - begin)
         block, buffer = first, bytearray()
+        stream = fetch(begin, end)
         try:
-            for chunk in fetch(begin, end):
-                buffer += chunk
-                while block <= last:
-                    want = blob.span(block)[1] - blob.span(block)[0]
-                    if len(buffer) < want:
-                        break
-                    self._store_block(blob, block, bytes(buffer[:want]))
-                    del buffer[:want]
+            for chunk in stream:
+                if not buffer and block <= last and len(chunk) == _length(blob, block):
+                    pieces = [chunk]  # the usual case: one chunk is one block, no copy
+                else:
+                    buffer += chunk
+                    pieces = []
+                    while block + len(pieces) <= last and \
+                            len(buffer) >= _length(blob, block + len(pieces)):
+                        want = _length(blob, block + len(pieces))
+                        pieces.append(bytes(buffer[:want]))
+                        del buffer[:want]
+                for piece in pieces:
+                    if follow and not self._may_continue(blob, block):
+                        return
+                    self._store_block(blob, block, piece)
                     block += 1
             if block <= last:
                 raise IntegrityError(f"server sent too few bytes for {blob.sha256[:12]}")
         finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
             with blob.cond:
                 for b in range(block, last + 1):
                     blob.inflight[b] = 0
@@ -333,6 +377,11 @@ class BlobCache:
             blobs = list(self._open.values())
         for blob in blobs:
             self._persist(blob)
+
+
+def _length(blob: _Blob, block: int) -> int:
+    start, stop = blob.span(block)
+    return stop - start
 
 
 def _present_bytes(blocks: bytearray, size: int) -> int:

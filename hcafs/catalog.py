@@ -104,6 +104,11 @@ class Catalog:
         with self._lock:
             return self._bundles
 
+    def listed(self, fqid: str) -> bool:
+        """In the last listing (no network)."""
+        with self._lock:
+            return fqid in self._bundle_set
+
     def has_bundle(self, fqid: str) -> bool:
         with self._lock:
             if fqid in self._bundle_set:

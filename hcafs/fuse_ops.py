@@ -155,7 +155,7 @@ class Operations(fuse.Operations):
 
     @_errno
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
-        value = self.tree.xattrs(path).get(name)
+        value = self.tree.getxattr(path, name)
         if value is None:
             raise fuse.FuseOSError(ENOATTR)
         return value.encode()

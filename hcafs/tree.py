@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 TOP = ("bundles", "collections", "files")
 PENDING_HANDLES = 1 << 40  # handle numbers at or above this belong to pending files
+SEQUENTIAL_SLACK = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,11 @@ class Tree:
             if found == "dir":
                 return Node("pdir", rest[0], bundle, inner)
             return Node("pfile", rest[0], found, inner)
+        if len(rest) == 1 and self.catalog.listed(rest[0]):
+            # A listed bundle version: its attributes need no manifest (``ls -l bundles``
+            # must not fetch 10,000 manifests); the tree is loaded when it is entered.
+            uuid_version = rest[0].split(".", 1)
+            return Node("bundle", rest[0], DirNode(version_mtime(uuid_version[1])), "",)
         node: DirNode | FileEntry = self._bundle_tree(rest[0])
         for part in rest[1:]:
             if not isinstance(node, DirNode) or part not in node.children:
@@ -231,7 +237,8 @@ class Tree:
                             if child == "dir" else self._pfile_attr(child)))
             return out
         if node.kind == "bundle":
-            return [(name, child.attr) for name, child in sorted(node.value.children.items())]
+            tree = self._bundle_tree(node.name) if not node.path else node.value
+            return [(name, child.attr) for name, child in sorted(tree.children.items())]
         raise UsageError(f"{path} is not a directory")
 
     def readlink(self, path: str) -> str:
@@ -241,6 +248,13 @@ class Tree:
         if node.kind == "committed":
             return node.value
         raise UsageError(f"{path} is not a symbolic link")
+
+    def getxattr(self, path: str, name: str) -> str | None:
+        """One extended attribute (None if there is none); only hcafs's own names are
+        looked up, so the ACL and security probes of ``ls -l`` cost nothing."""
+        if not name.startswith(("user.hca.", "user.hcafs.")):
+            return None
+        return self.xattrs(path).get(name)
 
     def xattrs(self, path: str) -> dict[str, str]:
         node = self.resolve(path)
@@ -321,14 +335,16 @@ class Tree:
         if handle >= PENDING_HANDLES:
             return self.pending.read(handle - PENDING_HANDLES, size, offset)
         state = self._handles[handle]
-        if offset != state.next_offset:
-            state.streak = 0  # random access: fetch just what is asked
+        if abs(offset - state.next_offset) > SEQUENTIAL_SLACK:
+            # Random access: fetch just what is asked.  (The kernel's read-ahead sends
+            # sequential reads out of order across threads, hence the slack.)
+            state.streak = 0
         # Read ahead as far as the reader has already read in sequence, up to the cap:
         # a long sequential read gets large windows, a short one costs little extra.
         readahead = min(state.streak, self.max_readahead)
         data = self.blobs.read(state.blob, offset, size, self.fetcher(state.entry),
                                readahead=readahead)
-        state.next_offset = offset + len(data)
+        state.next_offset = max(state.next_offset, offset + len(data))
         state.streak += len(data)
         return data
 
