@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from .blobcache import BlobCache
@@ -43,6 +44,26 @@ _PR_SET_PDEATHSIG = 1
 
 def _die_with_parent() -> None:  # runs in the embedded server's child process
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+READ_AHEAD_KB = 1024
+
+
+def _widen_readahead(mountpoint: str) -> None:
+    """Let the kernel send 1 MiB read requests instead of 128 KiB ones.
+
+    The FUSE connection asks for 1 MiB of read-ahead, but the kernel caps it at the mount's
+    ``read_ahead_kb`` (128 by default), which only root can raise.  Runs in its own thread:
+    the stat below is answered by the FUSE loop that is starting up.
+    """
+    try:
+        device = os.stat(mountpoint).st_dev
+        path = f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb"
+        with open(path, "w") as handle:
+            handle.write(str(READ_AHEAD_KB))
+        log.debug("read_ahead_kb of %s set to %d", mountpoint, READ_AHEAD_KB)
+    except OSError as exc:
+        log.debug("kept the default read-ahead (%s)", exc)
 
 
 class EmbeddedServer:
@@ -200,6 +221,8 @@ class Daemon:
                                   self.url)
 
         def on_init() -> None:
+            threading.Thread(target=_widen_readahead, args=(config.mountpoint,),
+                             name="readahead-kb", daemon=True).start()
             self.catalog.start()
             if self.syncer is not None:
                 self.syncer.start()

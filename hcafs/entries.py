@@ -6,6 +6,7 @@ Names that cannot be shown safely are left out here, with a warning.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 
@@ -70,6 +71,7 @@ def safe_parts(name: object) -> list[str] | None:
     return parts
 
 
+@functools.lru_cache(maxsize=65536)
 def version_mtime(version: str) -> float:
     try:
         return version_datetime(version).timestamp()

@@ -155,6 +155,9 @@ class Operations(fuse.Operations):
 
     @_errno
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        if not name.startswith("user."):
+            # No ACLs, no security labels: ENOTSUP tells `ls -l` and friends to stop asking.
+            raise fuse.FuseOSError(errno.ENOTSUP)
         value = self.tree.getxattr(path, name)
         if value is None:
             raise fuse.FuseOSError(ENOATTR)
