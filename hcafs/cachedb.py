@@ -61,6 +61,20 @@ def m003_journal(db: sqlite_utils.Database) -> None:
     db["pending_files"].create_index(["state"])
 
 
+@migrations()
+def m004_drs_imports(db: sqlite_utils.Database) -> None:
+    # The DRS import queue (see drs_queue.py): one row per item of a .drs file.
+    db["drs_imports"].create({
+        "id": int, "drs_file_id": int, "bundle": str, "name": str, "drs_uri": str,
+        "metadata": str, "tags": str, "conflict": str, "state": str, "batch": str,
+        "job_id": str, "attempts": int, "next_try": float, "error": str,
+        "created": float, "submitted_at": float, "finished_at": float,
+    }, pk="id", not_null={"bundle", "name", "drs_uri", "state"})
+    db["drs_imports"].create_index(["state"])
+    db["drs_imports"].create_index(["submitted_at"])
+    db["drs_imports"].create_index(["batch"])
+
+
 class CacheDB:
     """Opens ``path`` once per thread; :meth:`db` is this thread's connection."""
 

@@ -20,6 +20,7 @@ from .config import (
     config_file_values,
     default_cache_dir,
     env,
+    load_resolver,
     parse_size,
     xdg_dir,
 )
@@ -92,6 +93,14 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
         creator_uid=int(pick("creator_uid", 0)),
         auto_commit=float(pick("auto_commit")) if pick("auto_commit") else None,
         delete_reason=pick("delete_reason", "deleted with hcafs"),
+        import_url=pick("import_url"),
+        import_token=env("import_token") or (
+            _read_token_file(pick("import_token_file")) if pick("import_token_file") else None),
+        import_conflict=pick("import_conflict", "SKIP"),
+        import_rate_limit=int(pick("import_rate_limit", 500)),
+        import_rate_window=float(pick("import_rate_window", 300)),
+        drs_resolver=load_resolver(pick("drs_resolver")),
+        drs_allow_http=bool(getattr(args, "drs_allow_http", False)),
     )
 
 
@@ -228,6 +237,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="commit a pending bundle once it has been idle this long")
     mount.add_argument("--delete-reason", metavar="TEXT",
                        help="reason sent with delete-bundle for rmdir of a bundle version")
+    mount.add_argument("--import-url", metavar="URL", help="the bulk DRS import API "
+                       "(default: the DSS server's own, URL/v2)")
+    mount.add_argument("--import-token-file", metavar="FILE", help="its token (default: the "
+                       "DSS token; or $HCAFS_IMPORT_TOKEN)")
+    mount.add_argument("--import-conflict", choices=["SKIP", "RENAME", "OVERWRITE"],
+                       help="conflict_resolution of .drs imports that name none (SKIP)")
+    mount.add_argument("--import-rate-limit", metavar="N", type=int,
+                       help="send at most N import items per window (500)")
+    mount.add_argument("--import-rate-window", metavar="SECONDS", type=float,
+                       help="the rate-limit window (300)")
+    mount.add_argument("--drs-resolver", metavar="FILE", help="JSON table of compact DRS "
+                       "prefixes: {\"prefix\": \"https://host\"}")
+    mount.add_argument("--drs-allow-http", action="store_true", default=None,
+                       help="let the embedded server fetch DRS objects over plain http from "
+                       "hosts that are not loopback")
     mount.add_argument("-f", "--foreground", action="store_true",
                        help="stay in the foreground, logging to stderr")
     mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)

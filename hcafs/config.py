@@ -6,6 +6,7 @@ then the config file (``$XDG_CONFIG_HOME/hcafs/config.toml``), then the default.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -51,6 +52,18 @@ def config_file_values(section: str) -> dict[str, Any]:
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.I)
 
 
+def parse_bool(value: str | bool) -> bool:
+    """``true``/``false`` (also ``1``/``0``, ``yes``/``no``, ``on``/``off``) as a bool."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"not a boolean: {value!r} (use true or false)")
+
+
 def parse_size(text: str | int) -> int:
     """``'10G'``, ``'512MiB'``, ``'1.5T'`` or a plain byte count, as bytes (powers of 1024)."""
     if isinstance(text, int):
@@ -78,6 +91,12 @@ class ServeConfig:
     async_threshold: int = DEFAULT_ASYNC_THRESHOLD
     ready_file: str | None = None
     copy_workers: int = 4
+    import_rate_limit: int = 500
+    import_rate_window: float = 300.0
+    import_request_limit: int = 1000
+    import_request_window: float = 300.0
+    drs_allow_http: bool = False
+    drs_resolver: str | None = None
 
     @property
     def resolved_tokens_file(self) -> str:
@@ -95,6 +114,12 @@ class ServeConfig:
             raise ConfigError(f"--port {self.port} is not a TCP port")
         if self.staging_root and not os.path.isdir(self.staging_root):
             raise ConfigError(f"staging root {self.staging_root} is not a directory")
+        for name in ("import_rate_limit", "import_rate_window", "import_request_limit",
+                     "import_request_window"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+        if self.drs_resolver and not os.path.isfile(self.drs_resolver):
+            raise ConfigError(f"DRS resolver table {self.drs_resolver} does not exist")
         return self
 
 
@@ -127,6 +152,13 @@ class MountConfig:
     creator_uid: int = 0
     auto_commit: float | None = None
     delete_reason: str = "deleted with hcafs"
+    import_url: str | None = None  # the bulk DRS import API; default: the DSS server's /v2
+    import_token: str | None = field(default=None, repr=False)
+    import_conflict: str = "SKIP"
+    import_rate_limit: int = 500
+    import_rate_window: float = 300.0
+    drs_resolver: dict = field(default_factory=dict)  # compact prefix -> https://host
+    drs_allow_http: bool = False
 
     @property
     def embedded(self) -> bool:
@@ -141,6 +173,10 @@ class MountConfig:
             raise ConfigError("--cache-size must be at least 64M")
         if self.staging and not self.staging.startswith("s3://"):
             raise ConfigError(f"--staging takes s3://bucket/prefix, not {self.staging!r}")
+        if self.import_conflict not in ("SKIP", "RENAME", "OVERWRITE"):
+            raise ConfigError("--import-conflict must be SKIP, RENAME or OVERWRITE")
+        if self.import_rate_limit < 1 or self.import_rate_window <= 0:
+            raise ConfigError("--import-rate-limit and --import-rate-window must be positive")
         if self.upload_workers < 1:
             raise ConfigError("--upload-workers must be at least 1")
         if self.write_back_delay < 0:
@@ -162,3 +198,19 @@ def runtime_dir() -> str:
     """Where running mounts leave their pid and paths (``$XDG_RUNTIME_DIR/hcafs``)."""
     base = os.environ.get("XDG_RUNTIME_DIR") or os.path.join("/tmp", f"hcafs-{os.getuid()}")
     return os.path.join(base, "hcafs")
+
+
+def load_resolver(path: str | None) -> dict[str, str]:
+    """The DRS resolver table: JSON ``{"prefix": "https://host[:port]"}``."""
+    if not path:
+        return {}
+    try:
+        with open(os.path.expanduser(path)) as handle:
+            table = json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"DRS resolver table {path}: {exc}") from exc
+    if not isinstance(table, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                              and re.match(r"^https?://", v)
+                                              for k, v in table.items()):
+        raise ConfigError(f"DRS resolver table {path} must map prefixes to http(s) URLs")
+    return table

@@ -27,6 +27,7 @@ from .cachedb import CacheDB
 from .catalog import Catalog
 from .client import DSSClient, RetryPolicy
 from .config import MountConfig
+from .drs_queue import BulkImportClient, DrsQueue
 from .errors import ApiError, Busy, ConfigError, Unreachable
 from .journal import Journal
 from .mount import MountRecord
@@ -147,11 +148,14 @@ class Daemon:
         self.tree = Tree(self.catalog, self.blobs, None, config.max_readahead,
                          config.delete_reason)
         self.syncer = None
+        self.drs_queue = None
         stager = self._stager()
         if stager is not None:
             self.tree.pending = PendingBundles(self.journal,
                                                os.path.join(config.cache_dir, "pending"),
                                                self.catalog, self.blobs, self.tree.fetcher)
+            self.drs_queue = self._drs_queue(token, verify)
+            self.tree.pending.drs_queue = self.drs_queue
             self.syncer = Syncer(self.journal, self.tree.pending, stager, self.client,
                                  self.catalog, self.blobs, delay=config.write_back_delay,
                                  workers=config.upload_workers,
@@ -162,6 +166,15 @@ class Daemon:
         elif self.journal.summary()["pending_files"]:
             raise ConfigError(f"{config.cache_dir} holds files not yet synced; mount it with "
                               "the --staging it was written with")
+
+    def _drs_queue(self, token: str | None, verify: bool) -> DrsQueue:
+        config = self.config
+        api = BulkImportClient(config.import_url or self.url, config.import_token or token,
+                               verify=verify)
+        return DrsQueue(self.db, self.journal, api, self.client,
+                        limit=config.import_rate_limit, window=config.import_rate_window,
+                        default_conflict=config.import_conflict, resolver=config.drs_resolver,
+                        on_change=lambda bundle: self.syncer.wake())
 
     def _stager(self) -> Stager | None:
         if self.config.staging:
@@ -226,6 +239,8 @@ class Daemon:
             self.catalog.start()
             if self.syncer is not None:
                 self.syncer.start()
+            if self.drs_queue is not None:
+                self.drs_queue.start()
             self.tree.mounted_at = time.time()
             self.record.save()
             where = f"embedded server {self.url}, data in {config.data_dir}" \
@@ -235,6 +250,8 @@ class Daemon:
             log.info("mounted at %s", config.mountpoint)
 
         def on_destroy() -> None:
+            if self.drs_queue is not None:
+                self.drs_queue.stop()
             if self.syncer is not None:
                 self.syncer.stop()
                 left = self.journal.summary()

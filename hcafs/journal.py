@@ -28,7 +28,7 @@ from .cachedb import CacheDB
 from .versions import new_uuid, now_version
 
 DIRTY, STAGING, REGISTERING, SYNCED, ERROR = "dirty", "staging", "registering", "synced", "error"
-LOCAL, REMOTE, DIR = "local", "remote", "dir"
+LOCAL, REMOTE, DIR, DRS = "local", "remote", "dir", "drs"  # DRS: a .drs import request
 OPEN, COMMIT, COMMITTED = "open", "commit", "committed"
 MAX_BACKOFF = 300.0
 
@@ -196,7 +196,8 @@ class Journal:
         with self.cachedb.atomic() as db:
             db["pending_files"].insert({
                 "bundle": bundle, "path": path, "kind": kind, "size": 0, "mtime": now,
-                "state": DIRTY if kind == LOCAL else SYNCED, "generation": 1, "attempts": 0,
+                "state": DIRTY if kind in (LOCAL, DRS) else SYNCED, "generation": 1,
+                "attempts": 0,
                 "sent_bytes": 0, "changed": now})
             self._touch(db, bundle, now)
             return db.execute("select last_insert_rowid()").fetchone()[0]
@@ -314,7 +315,16 @@ class Journal:
                             [STAGING, REGISTERING]).fetchall()
         bundles = db.execute("select name, state, fqid, error from pending_bundles "
                              "order by name").fetchall()
+        imports = db.execute("select state, count(*) from drs_imports group by state"
+                             ).fetchall()
+        import_errors = db.execute("select bundle, name, error from drs_imports where "
+                                   "state = 'failed' order by id").fetchall()
+        invalid = db.execute("select bundle, path, error from pending_files where kind = ? "
+                             "and state = ?", [DRS, ERROR]).fetchall()
         return {
+            "imports": dict(imports),
+            "import_errors": [{"bundle": b, "path": p, "error": e}
+                              for b, p, e in import_errors + invalid],
             "pending_files": pending[0], "pending_bytes": pending[1],
             "in_flight": [{"bundle": b, "path": p, "size": s, "sent": n, "state": st}
                           for b, p, s, n, st in flight],
@@ -332,7 +342,10 @@ class Journal:
         files = self.files(name)
         waiting = [f for f in files if f.kind == LOCAL and
                    (f.state != SYNCED or f.synced_generation != f.generation)]
-        return {"name": name, "uuid": bundle.uuid, "state": bundle.state, "fqid": bundle.fqid,
+        imports = [f for f in files if f.kind == DRS]
+        return {"imports_waiting": sum(1 for f in imports if f.state != ERROR),
+                "import_errors": [f"{f.path}: {f.error}" for f in imports if f.state == ERROR],
+                "name": name, "uuid": bundle.uuid, "state": bundle.state, "fqid": bundle.fqid,
                 "error": bundle.error, "files": sum(1 for f in files if f.kind != DIR),
                 "waiting_files": len(waiting),
                 "waiting_bytes": sum(f.size for f in waiting),

@@ -258,7 +258,9 @@ def drain(record: MountRecord, timeout: float | None, out=sys.stderr) -> bool:
     shown = ""
     while True:
         summary = journal.summary()
-        if not summary["pending_files"] and not summary["commits_pending"]:
+        imports = sum(n for state, n in summary["imports"].items()
+                      if state in ("queued", "submitting", "submitted"))
+        if not summary["pending_files"] and not summary["commits_pending"] and not imports:
             if shown:
                 print(file=out)
             return True
@@ -266,7 +268,8 @@ def drain(record: MountRecord, timeout: float | None, out=sys.stderr) -> bool:
             return False
         line = (f"waiting for {summary['pending_files']} files "
                 f"({_size(summary['pending_bytes'])}) and {summary['commits_pending']} "
-                f"commits to reach the server")
+                f"commits to reach the server"
+                + (f", {imports} DRS imports to finish" if imports else ""))
         if summary["errors"]:
             line += f"; last error: {summary['errors'][-1]['error']}"
         if line != shown:
@@ -442,6 +445,11 @@ def _render(report: dict) -> str:
     for bundle in report["bundles"]:
         detail = bundle["fqid"] or bundle["error"] or ""
         lines.append(f"  bundle {bundle['name']}: {bundle['state']} {detail}".rstrip())
+    if report.get("imports"):
+        lines.append("  DRS imports: " + ", ".join(f"{n} {state}" for state, n in
+                                                 sorted(report["imports"].items())))
+    for error in report.get("import_errors", []):
+        lines.append(f"  import error {error['bundle']}/{error['path']}: {error['error']}")
     for error in report["errors"]:
         lines.append(f"  error {error['bundle']}/{error['path']} (attempt "
                      f"{error['attempts']}): {error['error']}")

@@ -28,7 +28,7 @@ from .blobcache import BLOCK, BlobCache
 from .catalog import Catalog
 from .entries import FileEntry, version_mtime
 from .errors import AlreadyExists, NoSpace, NotEmpty, NotFound, PermissionDenied, UsageError
-from .journal import COMMITTED, DIR, LOCAL, OPEN, REMOTE, BundleRow, FileRow, Journal
+from .journal import COMMITTED, DIR, DRS, ERROR, LOCAL, OPEN, REMOTE, BundleRow, FileRow, Journal
 from .versions import is_uuid, new_uuid, parse_fqid
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class PendingBundles:
         self.blobs = blobs
         self._fetcher = fetcher  # FileEntry -> fetch(start, end)
         os.makedirs(root, exist_ok=True)
+        self.drs_queue = None  # a DrsQueue when an import API is configured
         self._lock = threading.Lock()
         self._handles: dict[int, PendingHandle] = {}
         self._writers: dict[int, int] = {}
@@ -168,6 +169,9 @@ class PendingBundles:
         if row == "dir":
             raise PermissionDenied(f"bundles/{name}/{path} is a directory")
         self.journal.remove_file(row.id)
+        if row.kind == DRS:
+            self.journal.db.execute("delete from drs_imports where drs_file_id = ? and "
+                                    "state = 'queued'", [row.id])
         try:
             os.unlink(self.data_path(row.id))
         except FileNotFoundError:
@@ -205,7 +209,8 @@ class PendingBundles:
             raise AlreadyExists(f"bundles/{name}/{path} is a directory")
         if isinstance(existing, FileRow):
             return self.open(existing, write=True, truncate=True)
-        file_id = self.journal.add_file(name, path)
+        file_id = self.journal.add_file(name, path, kind=DRS if path.endswith(".drs")
+                                        else LOCAL)
         fd = os.open(self.data_path(file_id), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         return self._new_handle(PendingHandle(file_id, fd, writable=True, dirty=True))
 
@@ -313,11 +318,25 @@ class PendingBundles:
             try:
                 if handle.dirty:
                     self.journal.closed(handle.file_id, os.fstat(handle.fd).st_size)
+                    self._drs_closed(handle)
             except sqlite3.OperationalError as exc:
                 # The row is already dirty; the size is read from the data file anyway.
                 log.warning("could not record the close of file %d: %s", handle.file_id, exc)
             finally:
                 os.close(handle.fd)
+
+    def _drs_closed(self, handle: PendingHandle) -> None:
+        """A written ``.drs`` file was closed: hand it to the import queue."""
+        row = self.journal.file_by_id(handle.file_id)
+        if row is None or row.kind != DRS:
+            return
+        if self.drs_queue is None:
+            self.journal.db.execute("update pending_files set state = ?, error = ? where "
+                                    "id = ?", [ERROR, "no DRS import API is configured for "
+                                               "this mount", row.id])
+            return
+        content = os.pread(handle.fd, 65 * 1024, 0)
+        self.drs_queue.enqueue_file(row.id, row.bundle, row.path, content)
 
     def is_open_for_write(self, file_id: int) -> bool:
         with self._lock:
@@ -325,7 +344,7 @@ class PendingBundles:
 
     def size(self, row: FileRow) -> int:
         """A local file's size is its data file's (the journal may lag an open writer)."""
-        if row.kind != LOCAL:
+        if row.kind not in (LOCAL, DRS):
             return row.size
         try:
             return os.stat(self.data_path(row.id)).st_size

@@ -28,7 +28,18 @@ from .blobcache import BlobCache
 from .catalog import Catalog
 from .client import DSSClient
 from .errors import ApiError, HcafsError, IntegrityError, RemoteError
-from .journal import COMMIT, DIR, LOCAL, OPEN, REGISTERING, SYNCED, BundleRow, Journal
+from .journal import (
+    COMMIT,
+    DIR,
+    DRS,
+    ERROR,
+    LOCAL,
+    OPEN,
+    REGISTERING,
+    SYNCED,
+    BundleRow,
+    Journal,
+)
 from .pending import PendingBundles
 from .staging import Stager, content_type
 
@@ -162,12 +173,21 @@ class Syncer:
                 bundle = self.journal.bundle(bundle.name)
             if bundle.state != COMMIT or self._commit_retry.get(bundle.name, 0) > now:
                 continue
+            failed = [f for f in self.journal.files(bundle.name)
+                      if f.kind == DRS and f.state == ERROR]
+            if failed:
+                reasons = "; ".join(f"{f.path}: {f.error}" for f in failed[:3])
+                self.journal.commit_failed(bundle.name, f"imports failed: {reasons}",
+                                           give_up=True)
+                continue
             if self._ready(bundle):
                 self._commit(bundle)
 
     def _ready(self, bundle: BundleRow) -> bool:
-        """Every file of the bundle is registered and none is open for writing."""
+        """Every file of the bundle is registered, every import done, none open for writing."""
         for row in self.journal.files(bundle.name):
+            if row.kind == DRS:
+                return False
             if row.kind != LOCAL:
                 continue
             if row.state != SYNCED or row.synced_generation != row.generation or \

@@ -38,7 +38,7 @@ from .errors import (
     Unreachable,
     UsageError,
 )
-from .journal import COMMITTED, DIRTY, ERROR, LOCAL, SYNCED, FileRow
+from .journal import COMMITTED, DIRTY, DRS, ERROR, LOCAL, SYNCED, FileRow
 from .pending import PendingBundles
 from .versions import new_uuid, now_version, parse_fqid
 
@@ -542,7 +542,7 @@ def _link_target(target: str) -> tuple[str, str]:
 
 def _pending_file_xattrs(row: FileRow) -> dict[str, str]:
     synced = row.state == SYNCED and row.synced_generation == row.generation
-    state = row.state if row.kind == LOCAL else SYNCED
+    state = row.state if row.kind in (LOCAL, DRS) else SYNCED
     if row.kind == LOCAL and row.state == SYNCED and not synced:
         state = DIRTY
     values = {"user.hcafs.state": state,
