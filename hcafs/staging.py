@@ -51,15 +51,18 @@ class LocalStager(Stager):
     def __init__(self, root: str):
         self.root = root
 
-    def _path(self, file_uuid: str, version: str) -> str:
-        return os.path.join(self.root, f"{file_uuid}.{version}")
+    def _path(self, file_uuid: str, version: str, name: str) -> str:
+        # The file keeps its name, so the server can tell its content type from it.
+        return os.path.join(self.root, f"{file_uuid}.{version}",
+                            os.path.basename(name) or "data")
 
     def source_url(self, file_uuid: str, version: str, name: str) -> str:
-        return "file://" + self._path(file_uuid, version)
+        return "file://" + self._path(file_uuid, version, name)
 
     def stage(self, path: str, file_uuid: str, version: str, name: str,
               progress: Progress) -> tuple[str, Checksums]:
-        target = self._path(file_uuid, version)
+        target = self._path(file_uuid, version, name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
         with open(path, "rb") as source, open(target + ".part", "wb") as out:
             size = os.fstat(source.fileno()).st_size
             summer = Checksummer(size)
@@ -78,9 +81,11 @@ class LocalStager(Stager):
         return self.source_url(file_uuid, version, name), sums
 
     def discard(self, file_uuid: str, version: str, name: str) -> None:
+        target = self._path(file_uuid, version, name)
         try:
-            os.unlink(self._path(file_uuid, version))
-        except FileNotFoundError:
+            os.unlink(target)
+            os.rmdir(os.path.dirname(target))
+        except OSError:
             pass
 
 
