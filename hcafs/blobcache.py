@@ -96,6 +96,8 @@ class BlobCache:
             if blob is None:
                 blob = self._load(sha256, size)
                 self._open[sha256] = blob
+            elif blob.failed is not None:
+                blob.failed = None  # a new open tries again (the bad bytes are gone)
             blob.users += 1
         return blob
 
