@@ -21,6 +21,7 @@ from .config import (
     default_cache_dir,
     env,
     load_resolver,
+    parse_bool,
     parse_size,
     xdg_dir,
 )
@@ -152,6 +153,12 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         s3_endpoint=pick("s3_endpoint"),
         async_threshold=parse_size(pick("async_threshold", 64 * 1024 * 1024)),
         ready_file=pick("ready_file"),
+        import_rate_limit=int(pick("import_rate_limit", 500)),
+        import_rate_window=float(pick("import_rate_window", 300)),
+        import_request_limit=int(pick("import_request_limit", 1000)),
+        import_request_window=float(pick("import_request_window", 300)),
+        drs_allow_http=parse_bool(pick("drs_allow_http", False)),
+        drs_resolver=pick("drs_resolver"),
     )
 
 
@@ -171,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run a DSS-compatible server", description=(
-        "Serve the DSS API v1 (files, bundles, collections). Options also come from "
+        "Serve the DSS API v1 (files, bundles, collections), GA4GH DRS and a bulk DRS "
+        "import API. Options also come from "
         "HCAFS_SERVE_<OPTION> variables and the [serve] table of the config file."))
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help=f"TCP port, 0 for any free one "
@@ -193,6 +201,21 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default 64M)")
     serve.add_argument("--ready-file", metavar="FILE",
                        help="write {url, pid, tokens_file} as JSON here once listening")
+    serve.add_argument("--import-rate-limit", metavar="N", type=int,
+                       help="bulk DRS import: files admitted per identity and window "
+                       "(default 500)")
+    serve.add_argument("--import-rate-window", metavar="SECONDS", type=float,
+                       help="the sliding window of --import-rate-limit (default 300)")
+    serve.add_argument("--import-request-limit", metavar="N", type=int,
+                       help="/v2 import API requests per identity and window before 429 "
+                       "(default 1000)")
+    serve.add_argument("--import-request-window", metavar="SECONDS", type=float,
+                       help="the sliding window of --import-request-limit (default 300)")
+    serve.add_argument("--drs-allow-http", action="store_const", const=True,
+                       help="let imports fetch plain http from any host (default: "
+                       "loopback only)")
+    serve.add_argument("--drs-resolver", metavar="FILE",
+                       help='compact DRS prefixes, JSON {"prefix": "https://host:port"}')
     serve.set_defaults(func=cmd_serve)
 
     mount = commands.add_parser("mount", help="mount the DSS as a filesystem", description=(

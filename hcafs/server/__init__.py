@@ -12,12 +12,14 @@ from dataclasses import dataclass
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from ..config import ServeConfig
+from ..config import ServeConfig, load_resolver
 from ..s3 import S3
 from .app import App
 from .auth import Tokens, create_tokens_file
 from .copier import Copier
+from .drs import DrsReader, Resolver
 from .dss import DSS
+from .imports import Importer, ImportLimits
 from .store import LocalStore, S3Store, Store
 
 log = logging.getLogger("hcafs.server")
@@ -38,6 +40,7 @@ class Server:
     http: BaseWSGIServer
     app: App
     copier: Copier
+    importer: Importer
     tokens_file: str
     created_token: bool
 
@@ -52,6 +55,7 @@ class Server:
             self.http.serve_forever(poll_interval=0.2)
         finally:
             self.http.server_close()
+            self.importer.close()
             self.copier.close()
 
     def start_in_thread(self) -> threading.Thread:
@@ -82,7 +86,12 @@ def build(config: ServeConfig) -> Server:
     tokens = Tokens(tokens_file)
     copier = Copier(store, s3, config.staging_root, config.async_threshold,
                     config.copy_workers)
-    app = App(DSS(store, copier), tokens)
+    reader = DrsReader(Resolver(load_resolver(config.drs_resolver),
+                                config.drs_allow_http))
+    limits = ImportLimits(config.import_rate_limit, config.import_rate_window,
+                          config.import_request_limit, config.import_request_window)
+    importer = Importer(store, reader, limits, os.path.join(config.data_dir, "import-spool"))
+    app = App(DSS(store, copier), tokens, importer)
     ssl_context = (config.tls_cert, config.tls_key) if config.tls_cert else None
     http = make_server(config.host, config.port, app, threaded=True,
                        request_handler=_QuietHandler, ssl_context=ssl_context)
@@ -90,7 +99,10 @@ def build(config: ServeConfig) -> Server:
     resumed = copier.resume()
     if resumed:
         log.info("resumed %d asynchronous copies", resumed)
-    return Server(config, http, app, copier, tokens_file, created)
+    resumed = importer.start()
+    if resumed:
+        log.info("resumed %d DRS import jobs", resumed)
+    return Server(config, http, app, copier, importer, tokens_file, created)
 
 
 def run(config: ServeConfig) -> int:

@@ -1,10 +1,16 @@
-"""HTTP for the DSS: routing, parameters, paging headers, blobs and problem+json errors.
+"""HTTP for the DSS: routing, parameters, paging headers, blobs and errors.
 
-Handlers stay short: parse and validate the request, call :class:`~.dss.DSS`, render.  Every
-error leaves through :meth:`App._problem`, so each one is ``application/problem+json``
-``{status, code, title, stacktrace}``, and every 5xx carries ``Retry-After``.  Repeated query
-parameters are tolerated (the first one counts), because the ``hca`` CLI repeats them when it
-follows a ``Link``.
+Handlers stay short: parse and validate the request, call :class:`~.dss.DSS` (or
+:class:`~.drs.DrsObjects`, :class:`~.imports.Importer`), render.  Every error leaves through
+:meth:`App._error`, in the dialect of the API it belongs to: DSS paths answer
+``application/problem+json`` ``{status, code, title, stacktrace}``, ``/ga4gh/drs/v1`` paths
+DRS ``{msg, status_code}``, and ``/v2`` (the Seven Bridges import API) ``{status, code,
+message, more_info}``.  Every 5xx carries ``Retry-After``.  Repeated query parameters are
+tolerated (the first one counts), because the ``hca`` CLI repeats them when it follows a
+``Link``.
+
+Every ``/v2`` answer carries the caller's file budget (``X-RateLimit-*``); each ``/v2``
+request counts against the caller's request budget first (429 past it).
 """
 
 from __future__ import annotations
@@ -23,8 +29,11 @@ from werkzeug.wrappers import Request, Response
 from ..errors import Problem, bad_request
 from ..versions import now_version
 from . import spec
-from .auth import Identity, Tokens
+from .auth import Identity, Tokens, require_admin
+from .drs import API_PATH as DRS_PATH
+from .drs import Base, DrsObjects
 from .dss import DSS, Page, blob_key, check_replica, check_uuid
+from .imports import Importer, sbg_body
 
 log = logging.getLogger("hcafs.server")
 access_log = logging.getLogger("hcafs.server.access")
@@ -41,9 +50,11 @@ def _json_response(body: object, status: int = 200, headers: dict | None = None)
 class App:
     """The WSGI application of ``hcafs serve``; extra routers may be mounted on it."""
 
-    def __init__(self, dss: DSS, tokens: Tokens):
+    def __init__(self, dss: DSS, tokens: Tokens, imports: Importer | None = None):
         self.dss = dss
         self.tokens = tokens
+        self.drs = DrsObjects(dss)
+        self.imports = imports
         self.url_map = Map([
             Rule("/v1/swagger.json", endpoint="swagger"),
             Rule("/v1/files/<uuid>", endpoint="files", methods=["GET", "HEAD", "PUT"]),
@@ -56,6 +67,17 @@ class App:
             Rule("/blobs/<key>", endpoint="blob", methods=["GET"]),
             Rule("/version", endpoint="version"),
             Rule("/internal/health", endpoint="health"),
+            Rule(f"{DRS_PATH}/service-info", endpoint="drs_service_info", methods=["GET"]),
+            Rule(f"{DRS_PATH}/objects", endpoint="drs_bulk", methods=["POST"]),
+            Rule(f"{DRS_PATH}/objects/<object_id>", endpoint="drs_object", methods=["GET"]),
+            Rule(f"{DRS_PATH}/objects/<object_id>/access/<access_id>", endpoint="drs_access",
+                 methods=["GET"]),
+            Rule("/v2/bulk/drs/imports/create", endpoint="import_create", methods=["POST"]),
+            Rule("/v2/bulk/drs/imports/<job_id>", endpoint="import_get", methods=["GET"]),
+            Rule("/v2/bulk/files/get", endpoint="import_files_get", methods=["POST"]),
+            Rule("/v2/files", endpoint="import_files", methods=["GET"]),
+            Rule("/v2/files/<file_id>", endpoint="import_file", methods=["GET"]),
+            Rule("/internal/imports/log", endpoint="imports_log", methods=["GET"]),
         ], strict_slashes=False)
 
     # ------------------------------------------------------------ plumbing
@@ -73,16 +95,33 @@ class App:
     def dispatch(self, request: Request) -> Response:
         try:
             endpoint, args = self.url_map.bind_to_environ(request.environ).match()
+            if request.path.startswith("/v2/"):
+                return self._import_api(request, endpoint, args)
             return getattr(self, f"on_{endpoint}")(request, **args)
         except Problem as exc:
-            return self._problem(exc.status, exc.code, exc.title, headers=exc.headers)
+            return self._error(request, exc)
         except HTTPException as exc:
             code = "not_found" if exc.code == 404 else "illegal_arguments"
-            return self._problem(exc.code or 500, code, exc.description or exc.name)
+            return self._error(request, Problem(exc.code or 500, code,
+                                                exc.description or exc.name))
         except Exception as exc:  # the one place an unexpected error becomes a 500
             log.exception("unhandled error in %s %s", request.method, request.path)
-            return self._problem(500, "unhandled_exception", f"{type(exc).__name__}: {exc}",
-                                 stacktrace=traceback.format_exc())
+            return self._error(request, Problem(500, "unhandled_exception",
+                                                f"{type(exc).__name__}: {exc}"),
+                               traceback.format_exc())
+
+    def _error(self, request: Request, exc: Problem, stacktrace: str = "") -> Response:
+        """An error in the dialect of the API the path belongs to."""
+        if request.path.startswith(f"{DRS_PATH}/"):
+            return _json_response({"msg": exc.title, "status_code": exc.status}, exc.status,
+                                  exc.headers)
+        if request.path.startswith("/v2/"):
+            response = _json_response(sbg_body(exc), exc.status, exc.headers)
+            if self.imports is not None:
+                for name, value in self.imports.headers(None).items():
+                    response.headers.setdefault(name, value)
+            return response
+        return self._problem(exc.status, exc.code, exc.title, stacktrace, exc.headers)
 
     @staticmethod
     def _problem(status: int, code: str, title: str, stacktrace: str = "",
@@ -93,6 +132,11 @@ class App:
 
     def identify(self, request: Request) -> Identity:
         return self.tokens.identify(request.headers.get("Authorization"))
+
+    def sbg_identify(self, request: Request) -> Identity:
+        """``X-SBG-Auth-Token``, or else ``Authorization: Bearer``."""
+        token = request.headers.get("X-SBG-Auth-Token", "").strip()
+        return self.tokens.lookup(token) if token else self.identify(request)
 
     @staticmethod
     def body(request: Request) -> dict:
@@ -280,6 +324,84 @@ class App:
         if request.method == "DELETE":
             return _json_response(self.dss.delete_collection(uuid, who))
         return _json_response(self.dss.patch_collection(uuid, version, self.body(request), who))
+
+
+    # ------------------------------------------------------------ GA4GH DRS
+
+    @staticmethod
+    def _base(request: Request) -> Base:
+        return Base(request.host_url.rstrip("/"), request.host)
+
+    def on_drs_service_info(self, request: Request) -> Response:
+        return _json_response(self.drs.service_info(self._base(request)))
+
+    def on_drs_object(self, request: Request, object_id: str) -> Response:
+        return _json_response(self.drs.get(object_id, self._base(request)))
+
+    def on_drs_access(self, request: Request, object_id: str, access_id: str) -> Response:
+        return _json_response(self.drs.access(object_id, access_id, self._base(request)))
+
+    def on_drs_bulk(self, request: Request) -> Response:
+        ids = self.body(request).get("bulk_object_ids")
+        return _json_response(self.drs.bulk(ids, self._base(request)))
+
+    # ------------------------------------------------------------ bulk DRS import (/v2)
+
+    def _import_api(self, request: Request, endpoint: str, args: dict) -> Response:
+        """Identify, count the request, answer; errors and answers carry the budget."""
+        if self.imports is None:
+            raise Problem(404, "not_found", "this server has no import API")
+        who = None
+        try:
+            who = self.sbg_identify(request)
+            self.imports.count_request(who)
+            response = getattr(self, f"on_{endpoint}")(request, who, **args)
+        except Problem as exc:
+            if endpoint == "import_create" and (who is None or exc.status == 429):
+                self.imports.log_call(who.email if who else None, _json_or_none(request),
+                                      False, exc.title)
+            response = self._error(request, exc)
+        if response.status_code != 429:  # a 429 shows the request budget instead
+            response.headers.update(self.imports.headers(who))
+        return response
+
+    def on_import_create(self, request: Request, who: Identity) -> Response:
+        base = request.host_url.rstrip("/")
+        key = request.headers.get("Idempotency-Key")
+        return _json_response(self.imports.create(_json_or_none(request), who, base, key))
+
+    def on_import_get(self, request: Request, who: Identity, job_id: str) -> Response:
+        return _json_response(self.imports.job(job_id, who, request.host_url.rstrip("/")))
+
+    def on_import_files_get(self, request: Request, who: Identity) -> Response:
+        ids = self.body(request).get("file_ids")
+        items = self.imports.files(ids, request.host_url.rstrip("/"))
+        return _json_response({"items": items})
+
+    def on_import_file(self, request: Request, who: Identity, file_id: str) -> Response:
+        return _json_response(self.imports.file(file_id, request.host_url.rstrip("/")))
+
+    def on_import_files(self, request: Request, who: Identity) -> Response:
+        offset = self.int_param(request, "offset", 0, 0)
+        limit = self.int_param(request, "limit", 50, 1, 100)
+        body, total = self.imports.listing(request.args.get("project"),
+                                           request.args.get("parent"),
+                                           request.args.get("name"), offset, limit,
+                                           request.host_url.rstrip("/"))
+        return _json_response(body, headers={"X-Total-Matching-Query": str(total)})
+
+    def on_imports_log(self, request: Request) -> Response:
+        require_admin(self.identify(request))
+        if self.imports is None:
+            raise Problem(404, "not_found", "this server has no import API")
+        return _json_response(self.imports.audit())
+
+
+def _json_or_none(request: Request) -> object:
+    try:
+        return json.loads(request.get_data(cache=True) or b"null")
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 def _disposition(request: Request) -> str:

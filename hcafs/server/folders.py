@@ -1,0 +1,134 @@
+"""Where imported files are named: projects, folders and the names in them.
+
+A project ``owner/slug`` has a root folder; a folder holds names, each bound to an imported
+file (its FQID) or to a sub-folder.  Folder ids are 24 hex digits derived from the project
+and the folder's path, so the same folder always gets the same id and creating it twice is
+harmless.  Everything lives in the server's store::
+
+    import-folders/{folder_id}                 a folder: id, name, project, parent, path
+    import-names/{folder_id}/{name_hash}       a name in a folder: a file or a folder
+
+A name binding is written create-only, so SKIP and RENAME cannot overwrite one another's
+names (within one store; on S3 a create is a read then a write).
+
+Threading: any thread may call any method; all state is in the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+from ..errors import HcafsError
+from .dss import dumps
+from .store import Store
+
+MAX_NAME = 255
+MORE_INFO = "docs/drs.md#per-item-errors"
+PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+FOLDER_RE = re.compile(r"^[0-9a-f]{24}$")
+
+
+class FolderError(HcafsError):
+    """A name that cannot be used: an SBG error ``body`` for the item's result."""
+
+    def __init__(self, status: int, code: int, message: str, more_info: str = MORE_INFO):
+        self.body = {"status": status, "code": code, "message": message,
+                     "more_info": more_info}
+        super().__init__(message)
+
+
+def folder_id(project: str, path: str) -> str:
+    return hashlib.sha256(f"{project}\n{path}".encode()).hexdigest()[:24]
+
+
+def name_error(name: object) -> str | None:
+    """Why ``name`` cannot name a file in a folder (``a/b`` makes folder ``a``), or None."""
+    if not isinstance(name, str) or not name:
+        return "a name must be a non-empty string"
+    for part in name.split("/"):
+        if part in ("", ".", ".."):
+            return f"{name!r}: empty, '.' and '..' are not names"
+        if len(part.encode()) > MAX_NAME:
+            return f"{name!r}: a name is at most {MAX_NAME} bytes"
+        if any(ord(c) < 32 or ord(c) == 127 for c in part):
+            return f"{name!r}: control characters are not allowed"
+    return None
+
+
+class Folders:
+    """Destination folders and the names in them, kept in the store."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def get(self, fid: str) -> dict | None:
+        raw = self.store.read(f"import-folders/{fid}") if FOLDER_RE.match(fid) else None
+        return json.loads(raw) if raw is not None else None
+
+    def root(self, project: str, create: bool = True) -> dict | None:
+        fid = folder_id(project, "")
+        found = self.get(fid)
+        if found is None and create:
+            found = {"id": fid, "type": "folder", "name": project.split("/")[1],
+                     "project": project, "parent": None, "path": ""}
+            self.store.create(f"import-folders/{fid}", dumps(found))
+        return found
+
+    @staticmethod
+    def _key(fid: str, name: str) -> str:
+        return f"import-names/{fid}/{hashlib.sha256(name.encode()).hexdigest()[:32]}"
+
+    def lookup(self, fid: str, name: str) -> dict | None:
+        raw = self.store.read(self._key(fid, name))
+        return json.loads(raw) if raw is not None else None
+
+    def descend(self, folder: dict, parts: list[str]) -> dict:
+        """The folder at ``parts`` below ``folder``, made (with its names) where missing."""
+        for part in parts:
+            path = f"{folder['path']}/{part}".lstrip("/")
+            sub = {"id": folder_id(folder["project"], path), "type": "folder", "name": part,
+                   "project": folder["project"], "parent": folder["id"], "path": path}
+            self.store.create(f"import-folders/{sub['id']}", dumps(sub))
+            entry = {"name": part, "type": "folder", "id": sub["id"]}
+            if not self.store.create(self._key(folder["id"], part), dumps(entry)):
+                taken = self.lookup(folder["id"], part) or {}
+                if taken.get("type") != "folder":
+                    raise FolderError(409, 5022, f"{path!r} is a file, not a folder")
+            folder = sub
+        return folder
+
+    def bind(self, fid: str, name: str, file_id: str, resolution: str) -> str:
+        """Name ``file_id`` in the folder; returns the name used (RENAME: ``_N_name``)."""
+        entry = {"name": name, "type": "file", "id": file_id}
+        if resolution == "OVERWRITE":
+            taken = self.lookup(fid, name)
+            if taken and taken["type"] == "folder":
+                raise FolderError(409, 5003, f"{name!r} is a folder")
+            self.store.write(self._key(fid, name), dumps(entry))
+            return name
+        for n in range(0, 10_000 if resolution == "RENAME" else 1):
+            candidate = name if n == 0 else f"_{n}_{name}"
+            if len(candidate.encode()) > MAX_NAME:
+                break
+            if self.store.create(self._key(fid, candidate), dumps(dict(entry, name=candidate))):
+                return candidate
+            taken = self.lookup(fid, candidate) or {}
+            if taken.get("id") == file_id:
+                return candidate
+        raise FolderError(409, 5003, f"Requested file already exists: {name!r}",
+                          files_href(self.lookup(fid, name)))
+
+    def entries(self, fid: str) -> list[dict]:
+        found = []
+        for key in self.store.list(f"import-names/{fid}/"):
+            raw = self.store.read(key)
+            if raw is not None:
+                found.append(json.loads(raw))
+        return sorted(found, key=lambda e: e["name"])
+
+
+def files_href(entry: dict | None) -> str:
+    """Where the files API shows a bound name's file or folder (relative to the server)."""
+    return f"/v2/files/{entry['id']}" if entry else MORE_INFO

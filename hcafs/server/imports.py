@@ -1,0 +1,763 @@
+"""The bulk DRS import API (Seven Bridges ``/v2/bulk/drs/imports``) and the engine behind it.
+
+A create call is validated whole (at most :data:`MAX_ITEMS` items, each with a ``drs_uri``
+and exactly one of ``project``/``parent``) and becomes a *job*, kept in the store.  Engine
+threads then take the job through ``SUBMITTED`` → ``RESOLVING`` (each item's DRS URI is
+resolved and its object read; a DRS bundle expands into its members) → ``RUNNING`` (each
+file is admitted against its caller's file budget, fetched, verified against the DRS
+checksum, stored as a DSS file and named in its destination folder) → ``FINISHED``.  Every
+transition is written to the job before the job moves on, so a poller sees the states in
+this order (and ``started_on``/``finished_on``).  An item that fails gets an ``error``
+result; nothing else of the job is lost.  The job's ``result`` holds one entry per item,
+in item order, and one per member for a bundle item.
+
+Destinations (:mod:`.folders`): ``project`` ``"owner/slug"`` names the root folder of that
+project (created by its first import; there are no per-project permissions), ``parent`` the
+id of a folder this server created (a project root, or a folder made implicitly by a
+``name`` holding ``/``).  Conflict resolution acts on names within the destination folder.
+
+The file budget (``limit`` files per ``window`` seconds per identity, a sliding window) and
+the request budget are :class:`Budget` objects; admissions are written to the store, so a
+restarted server keeps counting them.  Store layout::
+
+    imports/{id}                               a job: request, state, plan and results
+    import-running/{id}                        marker of a job not yet FINISHED
+    import-keys/{hash}                         an Idempotency-Key → the job it created
+    import-calls/{epoch_us}-{rand}             every create call, accepted or refused
+    import-admissions/{epoch_us}-{owner}-{id}-{unit}   a file admitted against the window
+    imported-files/{uuid}.{version}            an imported file, as GET /v2/files shows it
+
+Threading: HTTP threads create jobs (writing the new job and its call record) and read;
+:data:`WORKERS` engine threads take due jobs from :class:`_Due`, which hands a job to at
+most one worker at a time, and only that worker writes the job afterwards.  Budgets lock.
+The threads start in :meth:`Importer.start` and stop through an Event in :meth:`close`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import logging
+import math
+import mimetypes
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+import uuid as _uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import urlencode
+
+from ..checksums import TAG_KEYS, Checksummer, Checksums
+from ..errors import HcafsError, Problem
+from ..versions import now_version, parse_fqid
+from .auth import Identity, require_group
+from .copier import Source, file_document
+from .drs import ChecksumCheck, DrsError, DrsReader
+from .dss import dumps as _dumps
+from .folders import (
+    FOLDER_RE,
+    MORE_INFO,
+    PROJECT_RE,
+    FolderError,
+    Folders,
+    files_href,
+    name_error,
+)
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+MAX_ITEMS = 100
+MAX_DEPTH = 8
+RESOLUTIONS = ("SKIP", "RENAME", "OVERWRITE")
+SUBMITTED, RESOLVING, RUNNING, FINISHED = "SUBMITTED", "RESOLVING", "RUNNING", "FINISHED"
+WORKERS = 2
+STORE_RETRY = 10.0
+_NAMESPACE = _uuid.UUID("5c1f0a52-3d59-4d38-9b57-2a4e1f0c6b7d")
+_JOB_RE = re.compile(r"^\d{1,30}$")
+
+# DrsError kind → (HTTP status, code) of the item's error result.
+_KINDS = {"malformed": (400, 5101), "unresolvable": (404, 5102), "not_found": (404, 5002),
+          "denied": (403, 5001), "unavailable": (502, 5103), "mismatch": (422, 5104),
+          "unsupported": (422, 5105)}
+
+
+# ==================================================================== errors
+
+
+class SbgProblem(Problem):
+    """An error answer of the import API: SBG ``{status, code, message, more_info}``."""
+
+    def __init__(self, status: int, code: int, message: str, more_info: str = MORE_INFO,
+                 headers: dict | None = None):
+        super().__init__(status, str(code), message, headers)
+        self.more_info = more_info
+
+
+def sbg_body(exc: Problem) -> dict:
+    """Any Problem in the SBG shape; codes that are not numbers become the HTTP status."""
+    code = int(exc.code) if str(exc.code).isdigit() else exc.status
+    return {"status": exc.status, "code": code, "message": exc.title,
+            "more_info": getattr(exc, "more_info", MORE_INFO)}
+
+
+class ItemError(HcafsError):
+    """One item (or bundle member) failed; it becomes an ``error`` result."""
+
+    def __init__(self, status: int, code: int, message: str, more_info: str = MORE_INFO):
+        self.body = {"status": status, "code": code, "message": message,
+                     "more_info": more_info}
+        super().__init__(message)
+
+
+def _item_error(exc: DrsError | ItemError | FolderError) -> dict:
+    if isinstance(exc, ItemError | FolderError):
+        return exc.body
+    status, code = _KINDS.get(exc.kind, (502, 5103))
+    return {"status": status, "code": code, "message": str(exc), "more_info": MORE_INFO}
+
+
+class _Deferred(Exception):
+    """The caller's file budget is spent: try again in ``seconds``."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+
+class _Interrupted(Exception):
+    """The server is stopping; the unit is done again at the next start."""
+
+
+# ==================================================================== budgets
+
+
+class Budget:
+    """At most ``limit`` events per ``window`` seconds per key, over a sliding window: no
+    interval of ``window`` seconds ever holds more than ``limit`` events of one key."""
+
+    def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.time):
+        self.limit, self.window, self._clock = limit, window, clock
+        self._events: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _live(self, key: str, now: float) -> deque[float]:
+        events = self._events.setdefault(key, deque())
+        while events and events[0] <= now - self.window:
+            events.popleft()
+        return events
+
+    def take(self, key: str) -> tuple[float | None, float]:
+        """``(when, 0)`` if an event was admitted now, else ``(None, seconds to wait)``."""
+        with self._lock:
+            now = self._clock()
+            events = self._live(key, now)
+            if len(events) < self.limit:
+                events.append(now)
+                return now, 0.0
+            return None, max(events[0] + self.window - now, 0.01)
+
+    def restore(self, key: str, when: float) -> None:
+        with self._lock:
+            events = self._events.setdefault(key, deque())
+            events.append(when)
+            if len(events) > 1 and events[-2] > when:
+                self._events[key] = deque(sorted(events))
+
+    def state(self, key: str) -> tuple[int, float, float]:
+        """``(remaining, next_free, all_free)``: epoch seconds when the next event is
+        admitted again, and when the whole budget is back."""
+        with self._lock:
+            now = self._clock()
+            events = self._live(key, now)
+            if not events:
+                return self.limit, now, now
+            next_free = events[0] + self.window if len(events) >= self.limit else now
+            return self.limit - len(events), next_free, events[-1] + self.window
+
+
+def _epoch_us(when: float) -> str:
+    return f"{int(when * 1_000_000):017d}"
+
+
+def _iso(when: float) -> str:
+    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def owner_key(email: str) -> str:
+    return hashlib.sha256(email.encode()).hexdigest()[:16]
+
+
+# ==================================================================== the job queue
+
+
+class _Due:
+    """Job ids and when each may next run; a job is queued at most once."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, str]] = []
+        self._queued: set[str] = set()
+        self._cond = threading.Condition()
+
+    def put(self, job_id: str, when: float = 0.0) -> None:
+        with self._cond:
+            if job_id in self._queued:
+                return
+            self._queued.add(job_id)
+            heapq.heappush(self._heap, (when, job_id))
+            self._cond.notify()
+
+    def take(self, stop: threading.Event) -> str | None:
+        with self._cond:
+            while not stop.is_set():
+                now = time.time()
+                if self._heap and self._heap[0][0] <= now:
+                    _, job_id = heapq.heappop(self._heap)
+                    self._queued.discard(job_id)
+                    return job_id
+                wait = self._heap[0][0] - now if self._heap else 1.0
+                self._cond.wait(min(wait, 1.0))
+            return None
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+
+# ==================================================================== the importer
+
+
+@dataclass(frozen=True)
+class ImportLimits:
+    files: int = 500
+    files_window: float = 300.0
+    requests: int = 1000
+    requests_window: float = 300.0
+
+
+class Importer:
+    """The import API (create, get, files) and the engine that runs the jobs."""
+
+    def __init__(self, store: Store, reader: DrsReader, limits: ImportLimits,
+                 spool_dir: str, workers: int = WORKERS):
+        self.store = store
+        self.reader = reader
+        self.limits = limits
+        self.spool_dir = spool_dir
+        self.folders = Folders(store)
+        self.file_budget = Budget(limits.files, limits.files_window)
+        self.request_budget = Budget(limits.requests, limits.requests_window)
+        self._due = _Due()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._work, name=f"drs-import-{n}",
+                                          daemon=True) for n in range(workers)]
+
+    # ------------------------------------------------------------ budgets and headers
+
+    def count_request(self, who: Identity) -> None:
+        """Count one import API request; 429 (SBG code 1000) past the request budget."""
+        when, wait = self.request_budget.take(who.email)
+        if when is None:
+            _, next_free, _ = self.request_budget.state(who.email)
+            raise SbgProblem(429, 1000, "Rate limit exceeded! Check response headers.",
+                             headers={"X-RateLimit-Limit": str(self.limits.requests),
+                                      "X-RateLimit-Remaining": "0",
+                                      "X-RateLimit-Reset": str(math.ceil(next_free)),
+                                      "Retry-After": str(math.ceil(wait))})
+
+    def headers(self, who: Identity | None) -> dict[str, str]:
+        """The caller's file budget: limit, remaining, and when it is whole again."""
+        if who is None:
+            remaining, full = self.limits.files, time.time()
+        else:
+            remaining, _, full = self.file_budget.state(owner_key(who.email))
+        return {"X-RateLimit-Limit": str(self.limits.files),
+                "X-RateLimit-Remaining": str(remaining),
+                "X-RateLimit-Reset": str(math.ceil(full))}
+
+    # ------------------------------------------------------------ create and get
+
+    def create(self, body: object, who: Identity, base: str, key: str | None = None) -> dict:
+        """A new job (SUBMITTED).  With an ``Idempotency-Key`` already used by this caller
+        for the same body, the job that key created instead."""
+        now = time.time()
+        job_id = f"{int(now * 1000)}{secrets.randbelow(10**6):06d}"
+        try:
+            require_group(who)
+            items, resolution, tags = self._validate(body)
+            earlier = self._claim_key(who, key, body, job_id) if key else None
+        except Problem as exc:
+            self.log_call(who.email, body, False, exc.title)
+            raise
+        if earlier is not None:
+            self.log_call(who.email, body, True, "repeated Idempotency-Key", earlier["id"])
+            return self._view(earlier, base)
+        job = {"id": job_id, "owner": who.email, "state": SUBMITTED,
+               "history": [{"state": SUBMITTED, "at": _iso(now), "time": now}],
+               "created_on": _iso(now),
+               "started_on": None, "finished_on": None, "conflict_resolution": resolution,
+               "tags": tags, "items": items, "plan": None, "results": []}
+        self.store.write(f"import-running/{job_id}", b"{}")
+        self._save(job)
+        self.log_call(who.email, body, True, None, job_id)
+        self._due.put(job_id)
+        log.info("DRS import %s: %d items from %s", job_id, len(items), who.email)
+        return self._view(job, base)
+
+    def _claim_key(self, who: Identity, key: str, body: object, job_id: str) -> dict | None:
+        """Bind an idempotency key to ``job_id``; the job it was bound to before, if any."""
+        digest = hashlib.sha256(_dumps(body)).hexdigest()
+        name = hashlib.sha256(f"{who.email}\n{key}".encode()).hexdigest()[:40]
+        record = {"job": job_id, "body": digest}
+        if self.store.create(f"import-keys/{name}", _dumps(record)):
+            return None
+        earlier = json.loads(self.store.read(f"import-keys/{name}") or b"{}")
+        if earlier.get("body") != digest:
+            raise SbgProblem(422, 422, "this Idempotency-Key was used with another request")
+        deadline = time.monotonic() + 5
+        while (job := self._load(earlier["job"])) is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # a concurrent request with the same key is still writing it
+        if job is None:  # the first request died before writing its job: this one counts
+            self.store.write(f"import-keys/{name}", _dumps(record))
+        return job
+
+    def log_call(self, email: str | None, body: object, accepted: bool, reason: str | None,
+                 job_id: str | None = None) -> None:
+        """The audit record of one create call."""
+        items = body.get("items") if isinstance(body, dict) else None
+        now = time.time()
+        record = {"at": _iso(now), "time": now, "identity": email,
+                  "items": len(items) if isinstance(items, list) else None,
+                  "accepted": accepted, "reason": reason, "job": job_id}
+        self.store.write(f"import-calls/{_epoch_us(now)}-{secrets.token_hex(4)}",
+                         _dumps(record))
+
+    def _validate(self, body: object) -> tuple[list[dict], str, list[str]]:
+        if not isinstance(body, dict):
+            raise SbgProblem(400, 400, "the request body must be a JSON object")
+        items = body.get("items")
+        if not isinstance(items, list) or not items:
+            raise SbgProblem(400, 400, "items must be a non-empty list of import items")
+        if len(items) > MAX_ITEMS:
+            raise SbgProblem(400, 400, f"at most {MAX_ITEMS} items per call, not {len(items)}")
+        resolution = body.get("conflict_resolution") or "SKIP"
+        if resolution not in RESOLUTIONS:
+            raise SbgProblem(400, 400, f"conflict_resolution must be one of "
+                             f"{', '.join(RESOLUTIONS)}, not {resolution!r}")
+        tags = body.get("tags") or []
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise SbgProblem(400, 400, "tags must be a list of strings")
+        return [self._item(n, item) for n, item in enumerate(items)], resolution, tags
+
+    @staticmethod
+    def _item(n: int, item: object) -> dict:
+        if not isinstance(item, dict):
+            raise SbgProblem(400, 400, f"items[{n}] must be an object")
+        uri, project, parent = item.get("drs_uri"), item.get("project"), item.get("parent")
+        if not isinstance(uri, str) or not uri.strip():
+            raise SbgProblem(400, 400, f"items[{n}]: drs_uri is required")
+        if project and parent:
+            raise SbgProblem(400, 5031, f"items[{n}]: providing both `parent` and `project` "
+                             "is not allowed")
+        if not project and not parent:
+            raise SbgProblem(400, 5029, f"items[{n}]: missing `parent` or `project`")
+        clean: dict = {"drs_uri": uri.strip()}
+        if project:
+            if not isinstance(project, str) or not PROJECT_RE.match(project.rstrip("/")):
+                raise SbgProblem(400, 3012, f"items[{n}]: malformed project id {project!r}. "
+                                 "Expecting `owner/project`")
+            clean["project"] = project.rstrip("/")
+        else:
+            if not isinstance(parent, str) or not FOLDER_RE.match(parent):
+                raise SbgProblem(400, 400, f"items[{n}]: malformed parent folder id {parent!r}")
+            clean["parent"] = parent
+        name = item.get("name")
+        if name is not None and (problem := name_error(name)):
+            raise SbgProblem(400, 400, f"items[{n}]: {problem}")
+        metadata = item.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise SbgProblem(400, 400, f"items[{n}]: metadata must be an object")
+        clean.update(name=name, metadata=metadata or {})
+        return clean
+
+    def job(self, job_id: str, who: Identity, base: str) -> dict:
+        job = self._load(job_id) if _JOB_RE.match(job_id) else None
+        if job is None or (job["owner"] != who.email and not who.admin):
+            raise SbgProblem(404, 404, f"Import job {job_id} not found")
+        return self._view(job, base)
+
+    @staticmethod
+    def _view(job: dict, base: str) -> dict:
+        view = {"href": f"{base}/v2/bulk/drs/imports/{job['id']}", "id": job["id"],
+                "result": [_render(entry, base) for entry in job["results"]],
+                "state": job["state"]}
+        for name in ("started_on", "finished_on"):
+            if job.get(name):
+                view[name] = job[name]
+        return view
+
+    # ------------------------------------------------------------ files and folders
+
+    def file(self, file_id: str, base: str) -> dict:
+        if parse_fqid(file_id):
+            raw = self.store.read(f"imported-files/{file_id}")
+            if raw is not None:
+                return _with_href(json.loads(raw), base)
+        elif (folder := self.folders.get(file_id)) is not None:
+            return _folder_view(folder, base)
+        raise SbgProblem(404, 5002, f"Requested file does not exist: {file_id}")
+
+    def files(self, file_ids: object, base: str) -> list[dict]:
+        if not isinstance(file_ids, list) or not all(isinstance(f, str) for f in file_ids):
+            raise SbgProblem(400, 400, "file_ids must be a list of file ids")
+        if len(file_ids) > MAX_ITEMS:
+            raise SbgProblem(400, 400, f"at most {MAX_ITEMS} file ids per call")
+        items = []
+        for file_id in file_ids:
+            try:
+                items.append({"resource": self.file(file_id, base)})
+            except SbgProblem as exc:
+                items.append({"error": sbg_body(exc)})
+        return items
+
+    def listing(self, project: str | None, parent: str | None, name: str | None,
+                offset: int, limit: int, base: str) -> tuple[dict, int]:
+        """``GET /v2/files?project=|parent=[&name=]``: one page of a folder's names."""
+        if project and parent:
+            raise SbgProblem(400, 5031, "Providing both `parent` and `project` is not allowed")
+        if project:
+            if not PROJECT_RE.match(project.rstrip("/")):
+                raise SbgProblem(400, 3012, "Malformed project id. Expecting `owner/project`")
+            folder = self.folders.root(project.rstrip("/"), create=False)
+        elif parent:
+            folder = self.folders.get(parent)
+            if folder is None:
+                raise SbgProblem(404, 5026, "Destination folder is not found")
+        else:
+            raise SbgProblem(400, 5029, "Missing `parent` or `project`")
+        entries = self.folders.entries(folder["id"]) if folder else []
+        if name is not None:
+            entries = [e for e in entries if e["name"] == name]
+        page = []
+        for entry in entries[offset:offset + limit]:
+            try:
+                page.append(self.file(entry["id"], base))
+            except SbgProblem:
+                page.append({"id": entry["id"], "name": entry["name"], "type": entry["type"]})
+        where = {"project": project} if project else {"parent": parent}
+        if name is not None:
+            where["name"] = name
+        links = []
+        if offset + limit < len(entries):
+            links.append({"href": f"{base}/v2/files?" + urlencode(
+                {**where, "offset": offset + limit, "limit": limit}), "rel": "next",
+                "method": "GET"})
+        href = f"{base}/v2/files?" + urlencode({**where, "offset": offset, "limit": limit})
+        return {"href": href, "items": page, "links": links}, len(entries)
+
+    # ------------------------------------------------------------ audit
+
+    def audit(self) -> dict:
+        """``GET /internal/imports/log``: every create call, admission and job."""
+        def documents(prefix: str) -> Iterator[dict]:
+            for key in self.store.list(prefix):
+                raw = self.store.read(key)
+                if raw is not None:
+                    yield json.loads(raw)
+
+        jobs = [{"id": job["id"], "identity": job["owner"], "state": job["state"],
+                 "history": job["history"], "items": len(job["items"]),
+                 "results": len(job["results"]), "created_on": job["created_on"],
+                 "started_on": job["started_on"], "finished_on": job["finished_on"]}
+                for job in documents("imports/")]
+        return {"limits": {"files": self.limits.files,
+                           "files_window_seconds": self.limits.files_window,
+                           "requests": self.limits.requests,
+                           "requests_window_seconds": self.limits.requests_window,
+                           "items_per_call": MAX_ITEMS},
+                "calls": list(documents("import-calls/")),
+                "admissions": list(documents("import-admissions/")),
+                "jobs": jobs}
+
+    # ------------------------------------------------------------ engine: threads
+
+    def start(self) -> int:
+        """Restore the file budgets, start the workers, resume unfinished jobs (how many)."""
+        shutil.rmtree(self.spool_dir, ignore_errors=True)
+        os.makedirs(self.spool_dir, exist_ok=True)
+        since = _epoch_us(time.time() - self.limits.files_window)
+        for key in self.store.list("import-admissions/", f"import-admissions/{since}"):
+            stamp, owner = key.split("/", 1)[1].split("-")[:2]
+            self.file_budget.restore(owner, (int(stamp) + 1) / 1_000_000)  # never early
+        resumed = 0
+        for key in self.store.list("import-running/"):
+            self._due.put(key.split("/", 1)[1])
+            resumed += 1
+        for thread in self._threads:
+            thread.start()
+        return resumed
+
+    def close(self) -> None:
+        self._stop.set()
+        self._due.wake()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join()
+
+    def _work(self) -> None:
+        while (job_id := self._due.take(self._stop)) is not None:
+            try:
+                again = self._advance(job_id)
+            except _Interrupted:
+                return
+            except HcafsError as exc:  # the store failed: try the job again later
+                log.error("DRS import %s: %s; retrying in %.0fs", job_id, exc, STORE_RETRY)
+                again = time.time() + STORE_RETRY
+            except Exception:
+                log.exception("DRS import %s crashed; retrying in %.0fs", job_id, STORE_RETRY)
+                again = time.time() + STORE_RETRY
+            if again is not None:
+                self._due.put(job_id, again)
+
+    def _load(self, job_id: str) -> dict | None:
+        raw = self.store.read(f"imports/{job_id}")
+        return json.loads(raw) if raw is not None else None
+
+    def _save(self, job: dict) -> None:
+        self.store.write(f"imports/{job['id']}", _dumps(job))
+
+    @staticmethod
+    def _enter(job: dict, state: str) -> None:
+        now = time.time()
+        job["state"] = state
+        job["history"].append({"state": state, "at": _iso(now), "time": now})
+        if state == RESOLVING:
+            job["started_on"] = _iso(now)
+        if state == FINISHED:
+            job["finished_on"] = _iso(now)
+
+    # ------------------------------------------------------------ engine: one job
+
+    def _advance(self, job_id: str) -> float | None:
+        """Move a job on; returns when to come back to it (its budget is spent), or None."""
+        job = self._load(job_id)
+        if job is None or job["state"] == FINISHED:
+            self.store.delete(f"import-running/{job_id}")
+            return None
+        if job["state"] == SUBMITTED:
+            self._enter(job, RESOLVING)
+            self._save(job)
+        if job["state"] == RESOLVING:
+            job["plan"] = self._plan(job)
+            self._enter(job, RUNNING)
+            self._save(job)
+        while len(job["results"]) < len(job["plan"]):
+            try:
+                entry = self._unit(job, len(job["results"]))
+            except _Deferred as deferred:
+                return time.time() + deferred.seconds
+            job["results"].append(entry)
+            self._save(job)
+        self._enter(job, FINISHED)
+        self._save(job)
+        self.store.delete(f"import-running/{job_id}")
+        log.info("DRS import %s finished: %d results", job_id, len(job["results"]))
+        return None
+
+    def _plan(self, job: dict) -> list[dict]:
+        """RESOLVING: every item's destination and DRS object; bundles become members."""
+        units: list[dict] = []
+        for index, item in enumerate(job["items"]):
+            if self._stop.is_set():
+                raise _Interrupted
+            try:
+                folder = self._destination(item)
+                url = self.reader.locate(item["drs_uri"])
+                members = self._members(self.reader.get_object(url), url, item["name"], None)
+            except (DrsError, ItemError, FolderError) as exc:
+                units.append({"item": index, "error": _item_error(exc)})
+                continue
+            units += [dict(member, item=index, folder=folder) for member in members]
+        return units
+
+    def _destination(self, item: dict) -> str:
+        if "project" in item:
+            return self.folders.root(item["project"])["id"]
+        if self.folders.get(item["parent"]) is None:
+            raise ItemError(404, 5026, f"Destination folder {item['parent']} is not found")
+        return item["parent"]
+
+    def _members(self, found: dict, url: str, name: str | None, member: str | None
+                 ) -> list[dict]:
+        """A blob object as one unit; a bundle as one unit per member (recursively).
+
+        A member's unit names the file ``NAME/MEMBER`` (just ``MEMBER`` when the item has no
+        name), where ``MEMBER`` is its path inside the bundle, kept as ``member``.
+        """
+        contents = found.get("contents")
+        if not isinstance(contents, list) or not contents:
+            name = name or _default_name(found)
+            problem = name_error(name)
+            if problem:
+                return [{"error": ItemError(400, 5106, problem).body}]
+            return [{"name": name, "object": url, "member": member}]
+        if member is not None and member.count("/") + 1 >= MAX_DEPTH:
+            return [{"error": ItemError(422, 5105, f"bundles nested deeper than {MAX_DEPTH}"
+                                        " levels").body}]
+        units: list[dict] = []
+        for entry in contents:
+            label = entry.get("name") if isinstance(entry, dict) else None
+            if not isinstance(label, str):
+                units.append({"error": ItemError(422, 5101, f"a member of {url} has no "
+                                                 "name").body})
+                continue
+            path = f"{name}/{label}" if name else label
+            inside = f"{member}/{label}" if member else label
+            try:
+                member_url = self.reader.member_url(url, entry)
+                units += self._members(self.reader.get_object(member_url), member_url, path,
+                                       inside)
+            except DrsError as exc:
+                units.append({"name": path, "member": inside, "error": _item_error(exc)})
+        return units
+
+    def _unit(self, job: dict, index: int) -> dict:
+        unit = job["plan"][index]
+        entry: dict = {"item": unit["item"]}
+        if "error" in unit:
+            if unit.get("member"):
+                entry["member"] = unit["member"]
+            return dict(entry, error=unit["error"])
+        try:
+            return dict(entry, resource=self._import(job, index, unit))
+        except (DrsError, ItemError, FolderError) as exc:
+            return dict(entry, error=_item_error(exc))
+        except (_Deferred, _Interrupted, HcafsError):
+            raise
+        except Exception as exc:
+            log.exception("DRS import %s, unit %d failed", job["id"], index)
+            return dict(entry, error={"status": 500, "code": 500, "message":
+                                      f"{type(exc).__name__}: {exc}", "more_info": MORE_INFO})
+
+    def _import(self, job: dict, index: int, unit: dict) -> dict:
+        """RUNNING, one file: conflicts, admission, fetch and verify, store, name."""
+        resolution = job["conflict_resolution"]
+        file_uuid = str(_uuid.uuid5(_NAMESPACE, f"{job['id']}/{index}"))
+        *parts, leaf = unit["name"].split("/")
+        top = self.folders.get(unit["folder"])
+        if top is None:
+            raise ItemError(404, 5026, f"Destination folder {unit['folder']} is not found")
+        folder = self.folders.descend(top, parts)
+        taken = self.folders.lookup(folder["id"], leaf)
+        if taken and taken["id"].startswith(file_uuid + "."):  # done before a restart
+            raw = self.store.read(f"imported-files/{taken['id']}")
+            if raw is not None:
+                return json.loads(raw)
+        if taken and (resolution == "SKIP" or
+                      (resolution == "OVERWRITE" and taken["type"] == "folder")):
+            raise ItemError(409, 5003, f"Requested file already exists: {unit['name']!r}",
+                            files_href(taken))
+        found = self.reader.get_object(unit["object"])
+        check = ChecksumCheck(found.get("checksums"))
+        self._admit(job, index, unit)
+        url, headers = self.reader.access(found, unit["object"])
+        sums = self._fetch(url, headers, found["size"], check)
+        version = now_version()
+        content_type = (mimetypes.guess_type(leaf)[0] or found.get("mime_type")
+                        or "application/octet-stream")
+        source = Source(url=unit["object"], size=sums.size, content_type=content_type,
+                        checksums={name: getattr(sums, name) for name in TAG_KEYS})
+        self.store.create(f"files/{file_uuid}.{version}",
+                          _dumps(file_document(source, 0, version)))
+        fqid = f"{file_uuid}.{version}"
+        now = _iso(time.time())
+        record = {"id": fqid, "type": "file", "name": leaf, "size": sums.size,
+                  "project": folder["project"], "parent": folder["id"],
+                  "metadata": job["items"][unit["item"]]["metadata"], "tags": job["tags"],
+                  "created_on": now, "modified_on": now,
+                  "dss": {"uuid": file_uuid, "version": version},
+                  "drs_uri": job["items"][unit["item"]]["drs_uri"], "import": job["id"]}
+        if unit.get("member"):
+            record["member"] = unit["member"]
+        self.store.write(f"imported-files/{fqid}", _dumps(record))
+        named = self.folders.bind(folder["id"], leaf, fqid, resolution)
+        if named != leaf:
+            record["name"] = named
+            self.store.write(f"imported-files/{fqid}", _dumps(record))
+        return record
+
+    def _admit(self, job: dict, index: int, unit: dict) -> None:
+        owner = owner_key(job["owner"])
+        when, wait = self.file_budget.take(owner)
+        if when is None:
+            raise _Deferred(wait)
+        record = {"at": _iso(when), "time": when, "identity": job["owner"], "job": job["id"],
+                  "unit": index, "item": unit["item"], "name": unit["name"]}
+        self.store.write(f"import-admissions/{_epoch_us(when)}-{owner}-{job['id']}-"
+                         f"{index:06d}", _dumps(record))
+
+    def _fetch(self, url: str, headers: dict, size: int, check: ChecksumCheck) -> Checksums:
+        """Stream the bytes to a spool file, verify them, and publish them as a blob."""
+        summer = Checksummer(size)
+        fd, path = tempfile.mkstemp(dir=self.spool_dir)
+        try:
+            with os.fdopen(fd, "wb") as spool:
+                received = 0
+                for chunk in self.reader.stream(url, headers):
+                    if self._stop.is_set():
+                        raise _Interrupted
+                    received += len(chunk)
+                    if received > size:
+                        raise DrsError("mismatch", f"more bytes than the {size} the DRS "
+                                       "object says")
+                    summer.update(chunk)
+                    check.update(chunk)
+                    spool.write(chunk)
+            sums = summer.result()
+            if sums.size != size:
+                raise DrsError("mismatch", f"{sums.size} bytes, the DRS object says {size}")
+            check.verify(sums)
+            key = f"blobs/{sums.blob_key()}"
+            if self.store.blob_size(key) != size:
+                self.store.write_blob(key, _file_chunks(path))
+            return sums
+        finally:
+            os.unlink(path)
+
+
+def _file_chunks(path: str) -> Iterator[bytes]:
+    with open(path, "rb") as handle:
+        while chunk := handle.read(4 * 1024 * 1024):
+            yield chunk
+
+
+def _default_name(found: dict) -> str:
+    name = found.get("name")
+    if isinstance(name, str) and name_error(name) is None and "/" not in name:
+        return name
+    return str(found["id"]).rstrip("/").rsplit("/", 1)[-1] or "unnamed"
+
+
+def _with_href(resource: dict, base: str) -> dict:
+    return dict(resource, href=f"{base}/v2/files/{resource['id']}")
+
+
+def _folder_view(folder: dict, base: str) -> dict:
+    return _with_href({"id": folder["id"], "type": "folder", "name": folder["name"],
+                       "project": folder["project"], "parent": folder["parent"]}, base)
+
+
+def _render(entry: dict, base: str) -> dict:
+    if "resource" in entry:
+        return dict(entry, resource=_with_href(entry["resource"], base))
+    error = entry["error"]
+    if error.get("more_info", "").startswith("/v2/"):
+        error = dict(error, more_info=base + error["more_info"])
+    return dict(entry, error=error)
