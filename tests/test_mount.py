@@ -18,6 +18,7 @@ import pytest
 from fixtures import free_port
 from fixtures.dss_server import ADMIN, OTHER, USER, DSSServer
 from fixtures.hcafs_mount import Mount, run_hcafs
+from fixtures.publishing import publish
 
 from hcafs.client import DSSClient
 from hcafs.versions import now_version, version_datetime
@@ -25,24 +26,6 @@ from hcafs.versions import now_version, version_datetime
 MiB = 1024 * 1024
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse") or not shutil.which(
     "fusermount3"), reason="needs /dev/fuse and fuse3")
-
-
-def publish(client: DSSClient, staging: Path, files: dict[str, bytes]) -> tuple[str, dict]:
-    """Register ``files`` through file:// staging and make a bundle of them."""
-    entries, registered = [], {}
-    for name, data in files.items():
-        path = staging / str(uuid.uuid4())
-        path.write_bytes(data)
-        file_uuid, version = str(uuid.uuid4()), now_version()
-        status, _ = client.put_file(file_uuid, version, f"file://{path}")
-        if status == 202:
-            client.wait_file(file_uuid, version)
-        entries.append({"uuid": file_uuid, "version": version, "name": name,
-                        "indexed": name.endswith(".json")})
-        registered[name] = (file_uuid, version)
-    bundle, version = str(uuid.uuid4()), now_version()
-    client.put_bundle(bundle, version, entries)
-    return f"{bundle}.{version}", registered
 
 
 @pytest.fixture(scope="module")
