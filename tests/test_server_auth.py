@@ -184,7 +184,7 @@ def test_a_server_error_is_problem_json_with_retry_after(dss):
 
 def test_unknown_routes_and_methods_are_problem_json(dss):
     assert_problem(dss.server.call("GET", "/nowhere"), 404, "not_found")
-    assert_problem(requests.get(f"{dss.server.url}/v2/files", timeout=30), 404, "not_found")
+    assert_problem(requests.get(f"{dss.server.url}/v3/files", timeout=30), 404, "not_found")
     answer = dss.server.call("POST", f"/files/{UUID}", USER)
     assert answer.status_code == 405
     assert answer.headers["Content-Type"] == "application/problem+json"

@@ -441,7 +441,8 @@ def test_an_idempotency_key_makes_a_repeated_create_return_the_same_job(repo, im
     job, _ = wait_finished(importer, first.json()["id"])
     assert errors(job) == [] and len(job["result"]) == 1  # imported once, not twice
     calls = [c for c in import_log(importer)["calls"] if c["job"] == first.json()["id"]]
-    assert [c["reason"] for c in calls] == [None, "repeated Idempotency-Key"]
+    assert [(c["reason"], c["replay"]) for c in calls] == \
+        [(None, False), ("repeated Idempotency-Key", True)]
 
 
 # ---------------------------------------------------------------- rate limits
@@ -531,5 +532,35 @@ def test_jobs_survive_a_crash_and_resume_within_the_budget(repo, tmp_path):
         assert len(admitted) >= 10 and max_in_window(admitted, 2.0) <= 4
         server.restart()
         assert wait_finished(server, job_id)[0] == job
+    finally:
+        server.stop()
+
+
+def test_import_options_come_from_the_environment_and_the_config_file(repo, tmp_path):
+    """docs/drs.md options: [serve] keys and HCAFS_SERVE_* variables, like the others."""
+    table = tmp_path / "resolver.json"
+    table.write_text(json.dumps({"dg.plain": "http://example.invalid:1"}))
+    config = tmp_path / "config.toml"
+    config.write_text(f"""[serve]
+import-rate-limit = 7
+import_rate_window = 30
+drs-allow-http = true
+drs-resolver = "{table}"
+""")
+    server = DSSServer(str(tmp_path / "configured"), env={
+        "HCAFS_CONFIG": str(config), "HCAFS_SERVE_IMPORT_REQUEST_LIMIT": "40"}).start()
+    try:
+        job = run_import(server, [{"drs_uri": "drs://dg.plain:abc", "project": "tester/cfg"}])
+        # http to a host that is not loopback was allowed: the failure is the unknown host
+        assert errors(job) == [(0, 404, 5102)]
+        limits = import_log(server)["limits"]
+        assert (limits["files"], limits["files_window_seconds"], limits["requests"]) == \
+            (7, 30.0, 40)
+        statuses = [requests.get(f"{server.url}/v2/files/{_uuid.uuid4()}",
+                                 headers={"X-SBG-Auth-Token": USER}, timeout=30)
+                    for _ in range(40)]
+        assert statuses[0].headers["X-RateLimit-Limit"] == "7"  # the file budget
+        assert statuses[-1].status_code == 429
+        assert statuses[-1].headers["X-RateLimit-Limit"] == "40"  # the request budget
     finally:
         server.stop()

@@ -93,10 +93,13 @@ _KINDS = {"malformed": (400, 5101), "unresolvable": (404, 5102), "not_found": (4
 # ==================================================================== errors
 
 
+API_INFO = "docs/drs.md#the-bulk-import-api-v2"
+
+
 class SbgProblem(Problem):
     """An error answer of the import API: SBG ``{status, code, message, more_info}``."""
 
-    def __init__(self, status: int, code: int, message: str, more_info: str = MORE_INFO,
+    def __init__(self, status: int, code: int, message: str, more_info: str = API_INFO,
                  headers: dict | None = None):
         super().__init__(status, str(code), message, headers)
         self.more_info = more_info
@@ -106,7 +109,7 @@ def sbg_body(exc: Problem) -> dict:
     """Any Problem in the SBG shape; codes that are not numbers become the HTTP status."""
     code = int(exc.code) if str(exc.code).isdigit() else exc.status
     return {"status": exc.status, "code": code, "message": exc.title,
-            "more_info": getattr(exc, "more_info", MORE_INFO)}
+            "more_info": getattr(exc, "more_info", API_INFO)}
 
 
 class ItemError(HcafsError):
@@ -297,7 +300,8 @@ class Importer:
             self.log_call(who.email, body, False, exc.title)
             raise
         if earlier is not None:
-            self.log_call(who.email, body, True, "repeated Idempotency-Key", earlier["id"])
+            self.log_call(who.email, body, True, "repeated Idempotency-Key", earlier["id"],
+                          replay=True)
             return self._view(earlier, base)
         job = {"id": job_id, "owner": who.email, "state": SUBMITTED,
                "history": [{"state": SUBMITTED, "at": _iso(now), "time": now}],
@@ -329,13 +333,13 @@ class Importer:
         return job
 
     def log_call(self, email: str | None, body: object, accepted: bool, reason: str | None,
-                 job_id: str | None = None) -> None:
-        """The audit record of one create call."""
+                 job_id: str | None = None, replay: bool = False) -> None:
+        """The audit record of one create call (``replay``: it made no new job)."""
         items = body.get("items") if isinstance(body, dict) else None
         now = time.time()
         record = {"at": _iso(now), "time": now, "identity": email,
                   "items": len(items) if isinstance(items, list) else None,
-                  "accepted": accepted, "reason": reason, "job": job_id}
+                  "accepted": accepted, "reason": reason, "job": job_id, "replay": replay}
         self.store.write(f"import-calls/{_epoch_us(now)}-{secrets.token_hex(4)}",
                          _dumps(record))
 
