@@ -320,7 +320,7 @@ def test_checksums_sizes_and_access_methods_rewritten_by_a_proxy(repo, importer,
     try:
         data = {name: f"payload {name}\n".encode() * 20 for name in
                 ("wrong_sha", "md5_only", "access_id_only", "unknown_sum", "size",
-                 "s3_only", "trunc512")}
+                 "s3_only", "trunc512", "mime_ok", "mime_bad")}
         fqids = {name: repo.put_file(payload) for name, payload in data.items()}
 
         def sums(name: str, body: dict, kinds: list[str]) -> dict:
@@ -340,6 +340,8 @@ def test_checksums_sizes_and_access_methods_rewritten_by_a_proxy(repo, importer,
             "trunc512": lambda b: dict(b, checksums=[{"type": "trunc512", "checksum":
                                                       hashlib.sha512(data["trunc512"])
                                                       .digest()[:24].hex()}]),
+            "mime_ok": lambda b: dict(b, mime_type="text/x-hcafs"),
+            "mime_bad": lambda b: dict(b, mime_type="text/plain\r\nX-Evil: 1"),
         }
         for name, change in changes.items():
             proxy.rewrites[fqids[name].split(".")[0]] = _on_object(change)
@@ -347,8 +349,12 @@ def test_checksums_sizes_and_access_methods_rewritten_by_a_proxy(repo, importer,
         job = run_import(importer, [{"drs_uri": f"drs://{proxy.host}/{fqids[n]}",
                                      "project": where, "name": n} for n in names])
         outcome = {names[r["item"]]: r for r in job["result"]}
-        for name in ("md5_only", "access_id_only", "trunc512"):
+        for name in ("md5_only", "access_id_only", "trunc512", "mime_ok", "mime_bad"):
             assert read_through_dss(importer, outcome[name]["resource"]) == data[name]
+        types = {name: DSSClient(importer.url).head_file(
+            outcome[name]["resource"]["dss"]["uuid"]).content_type
+            for name in ("mime_ok", "mime_bad")}  # names without a known extension
+        assert types == {"mime_ok": "text/x-hcafs", "mime_bad": "application/octet-stream"}
         for name, code in (("wrong_sha", 5104), ("size", 5104), ("unknown_sum", 5105),
                            ("s3_only", 5105)):
             assert outcome[name]["error"]["code"] == code, outcome[name]

@@ -674,8 +674,7 @@ class Importer:
         url, headers = self.reader.access(found, unit["object"])
         sums = self._fetch(url, headers, found["size"], check)
         version = now_version()
-        content_type = (mimetypes.guess_type(leaf)[0] or found.get("mime_type")
-                        or "application/octet-stream")
+        content_type = mimetypes.guess_type(leaf)[0] or _mime_type(found.get("mime_type"))
         source = Source(url=unit["object"], size=sums.size, content_type=content_type,
                         checksums={name: getattr(sums, name) for name in TAG_KEYS})
         self.store.create(f"files/{file_uuid}.{version}",
@@ -740,6 +739,16 @@ def _file_chunks(path: str) -> Iterator[bytes]:
     with open(path, "rb") as handle:
         while chunk := handle.read(4 * 1024 * 1024):
             yield chunk
+
+
+_MIME_RE = re.compile(r"^[A-Za-z0-9][\w.+-]*/[\w.+-]+(\s*;\s*[\w.+-]+=[\w.+-]+)*$")
+
+
+def _mime_type(claimed: object) -> str:
+    """The DRS object's ``mime_type`` if it is a plain one (it becomes an HTTP header)."""
+    if isinstance(claimed, str) and len(claimed) < 200 and _MIME_RE.match(claimed):
+        return claimed
+    return "application/octet-stream"
 
 
 def _default_name(found: dict) -> str:
