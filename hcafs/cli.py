@@ -101,6 +101,8 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
         import_rate_limit=int(pick("import_rate_limit", 500)),
         import_rate_window=float(pick("import_rate_window", 300)),
         drs_resolver=load_resolver(pick("drs_resolver")),
+        drs_resolver_file=os.path.abspath(pick("drs_resolver")) if pick("drs_resolver")
+        else None,
         drs_allow_http=bool(getattr(args, "drs_allow_http", False)),
     )
 

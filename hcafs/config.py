@@ -158,6 +158,7 @@ class MountConfig:
     import_rate_limit: int = 500
     import_rate_window: float = 300.0
     drs_resolver: dict = field(default_factory=dict)  # compact prefix -> https://host
+    drs_resolver_file: str | None = None
     drs_allow_http: bool = False
 
     @property

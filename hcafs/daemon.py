@@ -70,8 +70,9 @@ def _widen_readahead(mountpoint: str) -> None:
 class EmbeddedServer:
     """``hcafs serve`` on 127.0.0.1, owned by the mount daemon."""
 
-    def __init__(self, data_dir: str):
+    def __init__(self, data_dir: str, args: list[str] | None = None):
         self.data_dir = data_dir
+        self.args = args or []
         self.staging_root = os.path.join(data_dir, "staging")
         self.process: subprocess.Popen | None = None
         self.url = ""
@@ -87,7 +88,7 @@ class EmbeddedServer:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "hcafs", "serve", "--host", "127.0.0.1", "--port", "0",
                  "--data-dir", self.data_dir, "--staging-root", self.staging_root,
-                 "--ready-file", ready],
+                 "--ready-file", ready, *self.args],
                 stdin=subprocess.DEVNULL, stdout=log_handle, stderr=log_handle,
                 preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout
@@ -126,7 +127,7 @@ class Daemon:
         self._lock_cache_dir()
         token = config.token
         if config.embedded:
-            self.server = EmbeddedServer(config.data_dir)
+            self.server = EmbeddedServer(config.data_dir, self._server_args())
             self.server.start()
             url = self.server.url
             token = token or first_token(self.server.tokens_file)
@@ -166,6 +167,17 @@ class Daemon:
         elif self.journal.summary()["pending_files"]:
             raise ConfigError(f"{config.cache_dir} holds files not yet synced; mount it with "
                               "the --staging it was written with")
+
+    def _server_args(self) -> list[str]:
+        """The embedded server follows the mount's import settings."""
+        config = self.config
+        args = ["--import-rate-limit", str(config.import_rate_limit),
+                "--import-rate-window", str(config.import_rate_window)]
+        if config.drs_resolver_file:
+            args += ["--drs-resolver", config.drs_resolver_file]
+        if config.drs_allow_http:
+            args.append("--drs-allow-http")
+        return args
 
     def _drs_queue(self, token: str | None, verify: bool) -> DrsQueue:
         config = self.config

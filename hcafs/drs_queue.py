@@ -360,7 +360,6 @@ class DrsQueue:
                 continue
             if job.get("state") == "FINISHED":
                 self._apply(job_id, job.get("result") or [])
-                self._polled.pop(job_id, None)
 
     def _apply(self, job_id: str, results: list[dict]) -> None:
         rows = self.db.execute("select id, bundle, name, drs_file_id, conflict from "
@@ -368,16 +367,14 @@ class DrsQueue:
                                [job_id, SUBMITTED]).fetchall()
         by_item = _results_by_item(results, len(rows))
         for row, result in zip(rows, by_item, strict=True):
-            import_id, bundle, name = row[0], row[1], row[2]
+            bundle, name = row[1], row[2]
             try:
                 self._apply_one(*row, result)
             except Exception as exc:
-                log.warning("applying import result for %s/%s failed (retrying): %s",
-                            bundle, name, exc)
-                self.db.execute("update drs_imports set state = ?, job_id = null, "
-                                "batch = null, submitted_at = null, attempts = attempts + 1, "
-                                "next_try = ? where id = ?",
-                                [QUEUED, time.time() + 10, import_id])
+                # The server has done the import: never submit it again, apply it again.
+                log.warning("applying the result of import job %s for %s/%s failed "
+                            "(will retry): %s", job_id, bundle, name, exc)
+                self._polled[job_id] = time.monotonic() + 10
             self.on_change(bundle)
 
     def _apply_one(self, import_id: int, bundle: str, name: str, drs_file_id: int,
@@ -388,6 +385,15 @@ class DrsQueue:
             error = errors[0]
             status = int(error.get("status") or 0)
             reason = f"{error.get('code')}: {error.get('message')}"
+            if conflict == "SKIP" and str(error.get("code")) == "5003":
+                # SKIP and the name exists: nothing to import, and nothing went wrong.
+                with self.cachedb.atomic() as db:
+                    db.execute("delete from pending_files where id = ?", [drs_file_id])
+                    db.execute("update drs_imports set state = ?, finished_at = ?, error = ? "
+                               "where id = ?", [DONE, time.time(), "skipped: name exists",
+                                                import_id])
+                log.info("import into %s/%s skipped: the name exists", bundle, name)
+                return
             if status >= 500 or status == 429:
                 attempts = self.db.execute("select attempts from drs_imports where id = ?",
                                            [import_id]).fetchone()[0] + 1
