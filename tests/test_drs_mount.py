@@ -129,7 +129,12 @@ def test_drs_files_become_imported_files(world, tmp_path):
 def test_invalid_and_failing_imports_are_visible_and_harm_nothing(world, tmp_path):
     good = random.Random(2).randbytes(MiB)
     external = DSSClient(world.external.url, token=ADMIN)
-    _, files = publish(external, world.external_staging, {"good.bin": good})
+    _, files = publish(external, world.external_staging,
+                       {"good.bin": good, "corrupt.bin": random.Random(3).randbytes(MiB)})
+    info = external.head_file(*files["corrupt.bin"])
+    blob = Path(world.external.data_dir) / "store" / "blobs" / \
+        f"{info.sha256}.{info.sha1}.{info.s3_etag}.{info.crc32c}"
+    blob.write_bytes(bytes(info.size))  # the repository now serves the wrong bytes
     with world.mount(tmp_path / "m") as mount:
         pending = Path(mount.path) / "bundles" / "mixed"
         pending.mkdir()
@@ -139,13 +144,17 @@ def test_invalid_and_failing_imports_are_visible_and_harm_nothing(world, tmp_pat
         (pending / "nohost.drs").write_text("drs://no-such-host.invalid/abc")
         missing = f"{uuid.uuid4()}.{now_version()}"
         (pending / "missing.drs").write_text(world.drs_uri(missing))
+        (pending / "corrupt.bin.drs").write_text(world.drs_uri(files["corrupt.bin"]))
         (pending / "keep.txt").write_text("local file\n")
         wait_until(lambda: (pending / "good.bin").exists(), what="the good import")
         for name in ("junk.drs", "badjson.drs"):
             error = os.getxattr(pending / name, "user.hcafs.error").decode()
             assert "invalid .drs file" in error
-        wait_until(lambda: all(_has_error(pending / n) for n in ("nohost.drs", "missing.drs")),
+        wait_until(lambda: all(_has_error(pending / n) for n in
+                               ("nohost.drs", "missing.drs", "corrupt.bin.drs")),
                    what="per-item errors")
+        assert b"5104" in os.getxattr(pending / "corrupt.bin.drs", "user.hcafs.error")
+        assert not (pending / "corrupt.bin").exists()
         report = json.loads(run_hcafs("status", mount.path, "--json", env=mount.env).stdout)
         errored = {e["path"].rpartition("/")[2] for e in report["import_errors"]}
         assert {"junk.drs", "badjson.drs"} <= errored
@@ -154,7 +163,8 @@ def test_invalid_and_failing_imports_are_visible_and_harm_nothing(world, tmp_pat
         # a commit cannot complete while imports failed: it says why, the bundle stays
         result = run_hcafs("commit", str(pending), env=mount.env)
         assert result.returncode != 0 and "imports failed" in result.stderr
-        for name in ("junk.drs", "badjson.drs", "nohost.drs", "missing.drs"):
+        for name in ("junk.drs", "badjson.drs", "nohost.drs", "missing.drs",
+                     "corrupt.bin.drs"):
             (pending / name).unlink()
         fqid = commit(mount, "mixed")
     assert sorted(bundle_files(world, fqid)) == ["good.bin", "keep.txt"]
