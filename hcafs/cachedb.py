@@ -1,8 +1,10 @@
 """The mount's SQLite database: metadata cache and content-cache index.
 
-One file, ``CACHE_DIR/hcafs.db``, in WAL mode.  Each thread gets its own connection (SQLite
-connections must not be shared across threads), so FUSE worker threads and background
-workers never contend for a Python-level lock; SQLite serialises writers itself.
+One file, ``CACHE_DIR/hcafs.db``, in WAL mode with ``synchronous=NORMAL``: a commit is safe
+from a crash of the daemon at once, and from a power loss after the next checkpoint or
+:meth:`CacheDB.make_durable` (which ``fsync`` through the mount calls).  Each thread gets
+its own connection, so FUSE worker threads and background workers never contend for a
+Python-level lock; SQLite serialises writers itself.
 
 The schema is created and changed only by the migrations below, applied once at open.
 """
@@ -76,25 +78,47 @@ def m004_drs_imports(db: sqlite_utils.Database) -> None:
 
 
 class CacheDB:
-    """Opens ``path`` once per thread; :meth:`db` is this thread's connection."""
+    """:meth:`db` is the calling thread's connection to ``path``.
+
+    Connections are kept per OS thread id.  libfuse starts and ends worker threads as load
+    comes and goes, so connections of threads that have ended are closed when new ones are
+    made (a thread-local would leak one connection per ended thread).
+    """
+
+    SWEEP_AT = 16
 
     def __init__(self, path: str):
         self.path = path
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: dict[int, sqlite_utils.Database] = {}
         migrations.apply(self.db())
 
     def db(self) -> sqlite_utils.Database:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            db = sqlite_utils.Database(conn)
-            self._local.db = db
+        tid = threading.get_native_id()
+        db = self._connections.get(tid)
+        if db is not None:
+            return db
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: every commit survives a crash of the process (kill -9);
+        # only a power loss can undo the latest ones, and fsync() through the mount
+        # closes that gap with make_durable().
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        db = sqlite_utils.Database(conn)
+        with self._lock:
+            if len(self._connections) >= self.SWEEP_AT:
+                self._sweep()
+            self._connections[tid] = db
         return db
+
+    def _sweep(self) -> None:
+        """Close the connections of threads that no longer exist (lock held)."""
+        for tid in list(self._connections):
+            if not os.path.exists(f"/proc/self/task/{tid}"):
+                self._connections.pop(tid).conn.close()
 
     @contextlib.contextmanager
     def atomic(self) -> Iterator[sqlite_utils.Database]:
@@ -116,6 +140,10 @@ class CacheDB:
             db.conn.execute("ROLLBACK")
             raise
         db.conn.execute("COMMIT")
+
+    def make_durable(self) -> None:
+        """Force every commit so far to disk (a checkpoint syncs the WAL and the database)."""
+        self.db().execute("PRAGMA wal_checkpoint(FULL)")
 
     def get_meta(self, key: str) -> str | None:
         row = self.db().execute("select value from meta where key = ?", [key]).fetchone()

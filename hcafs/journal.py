@@ -102,13 +102,18 @@ class Journal:
                               "where name = ?", [name]).fetchone()
         return BundleRow(*row) if row else None
 
-    def files(self, bundle: str, prefix: str = "") -> list[FileRow]:
+    def files(self, bundle: str, prefix: str = "", limit: int | None = None
+              ) -> list[FileRow]:
+        """The bundle's rows (under ``prefix``), by path; an index range, not a scan."""
         sql = f"select {', '.join(_FILE_COLUMNS)} from pending_files where bundle = ?"
         args: list = [bundle]
         if prefix:
-            sql += " and substr(path, 1, ?) = ?"
-            args += [len(prefix), prefix]
-        return [FileRow(*row) for row in self.db.execute(sql + " order by path", args)]
+            sql += " and path >= ? and path < ?"
+            args += [prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)]
+        sql += " order by path"
+        if limit:
+            sql += f" limit {int(limit)}"
+        return [FileRow(*row) for row in self.db.execute(sql, args)]
 
     def file(self, bundle: str, path: str) -> FileRow | None:
         row = self.db.execute(f"select {', '.join(_FILE_COLUMNS)} from pending_files "

@@ -118,7 +118,7 @@ class PendingBundles:
         row = self.journal.file(name, path)
         if row is not None:
             return "dir" if row.kind == DIR else row
-        if self.journal.files(name, path + "/"):
+        if self.journal.files(name, path + "/", limit=1):
             return "dir"
         raise NotFound(f"bundles/{name}/{path}")
 
@@ -293,6 +293,7 @@ class PendingBundles:
             os.fsync(handle.fd)
             if handle.dirty:
                 self.journal.closed(handle.file_id, os.fstat(handle.fd).st_size)
+            self.journal.cachedb.make_durable()
 
     def truncate(self, name: str, path: str, length: int) -> None:
         row = self.lookup(name, path)
