@@ -69,7 +69,8 @@ class Syncer:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._commit_retry: dict[str, float] = {}
+        self._commit_retry: dict[str, float] = {}  # bundle name -> next attempt (epoch)
+        self._commit_attempts: dict[str, int] = {}
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="sync", daemon=True)
@@ -221,11 +222,12 @@ class Syncer:
         self.on_commit(bundle.name, fqid)
         self._adopt(files)
         self._commit_retry.pop(bundle.name, None)
+        self._commit_attempts.pop(bundle.name, None)
         log.info("committed %s as %s (%d files)", bundle.name, fqid, len(files))
 
     def _retry_commit(self, bundle: BundleRow, reason: str) -> None:
-        attempt = self._commit_retry.get(bundle.name + "#", 0) + 1
-        self._commit_retry[bundle.name + "#"] = attempt
+        attempt = self._commit_attempts.get(bundle.name, 0) + 1
+        self._commit_attempts[bundle.name] = attempt
         delay = min(300.0, 2.0 ** min(attempt, 8))
         self._commit_retry[bundle.name] = time.time() + delay
         self.journal.commit_failed(bundle.name, reason, give_up=False)
