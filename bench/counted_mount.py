@@ -3,9 +3,10 @@
 Usage: ``python bench/counted_mount.py COUNTS.json hcafs-argv...``
 
 Every libfuse callback passes through ``mfusepy.FUSE._wrapper``; this wraps it to count
-calls by name (plus the bytes asked of ``read`` and the names asked of ``getxattr``), and a
-thread rewrites COUNTS.json every 0.1 s.  It changes nothing else, so the counts are those
-of the real daemon.  The benchmark times nothing through this mount; it only reads counts.
+calls by name (plus the bytes asked of ``read``, the bytes given to ``write`` and the
+names asked of ``getxattr``), and a thread rewrites COUNTS.json every 0.1 s.  It changes
+nothing else, so the counts are those of the real daemon.  The benchmark times nothing
+through this mount; it only reads counts.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def _counting_wrapper(self, func, *args, **kwargs):
         COUNTS[name] += 1
         if name == "read":
             COUNTS["read_bytes_requested"] += args[2]
+        elif name == "write":
+            COUNTS["write_bytes"] += args[2]
         elif name == "getxattr":
             COUNTS["getxattr " + args[1].decode(errors="replace")] += 1
     return _original(self, func, *args, **kwargs)

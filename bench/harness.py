@@ -90,6 +90,11 @@ class Runs:
         return {"unit": self.unit, "values": self.values, "median": self.median}
 
 
+def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """What changed between two snapshots of callback counts (zeros left out)."""
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+
+
 def timed(command: Sequence[str], env: dict[str, str], timeout: float) -> float:
     """Seconds ``command`` took (stdout to /dev/null); BenchError if it failed."""
     started = time.perf_counter()
@@ -121,7 +126,8 @@ class Cleanup:
         self.mounts: list[str] = []
         self.pids: list[int] = []  # mount daemons started by `hcafs mount`
         self.daemons: list[subprocess.Popen] = []  # mount daemons we started directly
-        self.processes: list[subprocess.Popen] = []  # the server
+        self.processes: list[subprocess.Popen] = []  # the servers
+        self.stoppers: list[Callable[[], None]] = []  # other things to stop (SeaweedFS)
 
     def unmount_and_stop_daemons(self) -> list[str]:
         """Unmount every mount and stop every mount daemon (the server keeps running)."""
@@ -144,6 +150,12 @@ class Cleanup:
         for process in reversed(self.processes):
             stop_process(process)
         self.processes.clear()
+        for stop in reversed(self.stoppers):
+            try:
+                stop()
+            except Exception as exc:  # noqa: BLE001  (keep stopping the rest)
+                problems.append(f"stopping {stop}: {exc}")
+        self.stoppers.clear()
         return problems
 
 
@@ -222,24 +234,31 @@ class Server:
                        "hcafs.server.access" in text and needle in text)
 
 
-def start_server(work: str, token: str, cleanup: Cleanup) -> Server:
-    """``hcafs serve`` on 127.0.0.1 with an ephemeral port and a bench admin token."""
-    data, staging = os.path.join(work, "server"), os.path.join(work, "staging")
+def start_server(work: str, token: str, cleanup: Cleanup, name: str = "server",
+                 env_extra: dict[str, str] | None = None) -> Server:
+    """``hcafs serve`` on 127.0.0.1 with an ephemeral port and a bench admin token.
+
+    ``name`` keeps two servers apart (data in ``work/NAME``, staging root in
+    ``work/staging`` for the first one, ``work/NAME-staging`` otherwise); ``env_extra`` is
+    added to the environment (e.g. the SeaweedFS ``AWS_*`` variables for ``s3://`` sources).
+    """
+    data = os.path.join(work, name)
+    staging = os.path.join(work, "staging" if name == "server" else f"{name}-staging")
     os.makedirs(data, exist_ok=True)
     os.makedirs(staging, exist_ok=True)
-    tokens = os.path.join(work, "tokens.json")
+    tokens = os.path.join(work, f"tokens-{name}.json")
     with open(tokens, "w") as handle:
         json.dump({token: {"email": "bench@example.org", "groups": ["hca"], "admin": True}},
                   handle)
-    ready = os.path.join(work, "server-ready.json")
-    log_file = os.path.join(work, "logs", "server.log")
+    ready = os.path.join(work, f"{name}-ready.json")
+    log_file = os.path.join(work, "logs", f"{name}.log")
     os.makedirs(os.path.dirname(log_file), exist_ok=True)
     with open(log_file, "ab") as log:
         process = subprocess.Popen(
             [PYTHON, "-m", "hcafs", "serve", "--host", "127.0.0.1", "--port", "0",
              "--data-dir", data, "--staging-root", staging, "--ready-file", ready,
              "--tokens", tokens], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-            env=cleanup.env)
+            env={**cleanup.env, **(env_extra or {})})
     cleanup.processes.append(process)
     wait_for(lambda: os.path.exists(ready), 30, "the server to start", process, log_file)
     with open(ready) as handle:
@@ -298,15 +317,18 @@ def record_pid(env: dict[str, str]) -> int:
 
 
 def hcafs_mount(mountpoint: str, cache_dir: str, url: str, token_file: str,
-                cleanup: Cleanup, timeout: float = 120) -> Mount:
-    """``hcafs mount`` (daemonizes, returns once mounted); the mount is registered first."""
+                cleanup: Cleanup, timeout: float = 120, args: Sequence[str] = (),
+                env_extra: dict[str, str] | None = None) -> Mount:
+    """``hcafs mount`` (daemonizes, returns once mounted); the mount is registered first.
+
+    ``args`` are extra mount options; ``env_extra`` is added to the daemon's environment."""
     os.makedirs(mountpoint, exist_ok=True)
     cleanup.mounts.append(mountpoint)
     started = time.perf_counter()
     result = subprocess.run(
         [PYTHON, "-m", "hcafs", "mount", mountpoint, "--dss-url", url, "--token-file",
-         token_file, "--cache-dir", cache_dir], env=cleanup.env, capture_output=True,
-        text=True, timeout=timeout)
+         token_file, "--cache-dir", cache_dir, *args], env={**cleanup.env, **(env_extra or {})},
+        capture_output=True, text=True, timeout=timeout)
     seconds = time.perf_counter() - started
     if result.returncode != 0 or not is_mounted(mountpoint):
         raise BenchError(f"hcafs mount exited {result.returncode}: {result.stderr.strip()}")
