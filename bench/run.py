@@ -42,6 +42,7 @@ from harness import (
     can_drop_caches,
     child_env,
     dd_read,
+    delta,
     drop_caches,
     hcafs_mount,
     hcafs_umount,
@@ -53,6 +54,7 @@ from harness import (
     wait_for,
 )
 from workload import Dataset, local_twin, populate
+from writeback import WriteBench
 
 from hcafs.client import DSSClient
 
@@ -78,6 +80,7 @@ class Bench:
         self.server: Server | None = None
         self.data: Dataset | None = None
         self.read_cache: str | None = None  # the complete cache dir left by (b)
+        self.writes: WriteBench | None = None  # the issue-4 steps
 
     def run(self, name: str) -> Runs:
         return self.runs.setdefault(name, Runs(_UNITS[name]))
@@ -91,10 +94,16 @@ class Bench:
 
     # ------------------------------------------------------------ steps
 
+    def token(self) -> str:
+        """The bench's admin token (made on first use; every server accepts it)."""
+        if not os.path.exists(self.token_file):
+            with open(self.token_file, "w") as handle:
+                handle.write("bench-" + secrets.token_urlsafe(16) + "\n")
+        with open(self.token_file) as handle:
+            return handle.read().strip()
+
     def prepare(self) -> None:
-        token = "bench-" + secrets.token_urlsafe(16)
-        with open(self.token_file, "w") as handle:
-            handle.write(token + "\n")
+        token = self.token()
         started = time.perf_counter()
         self.server = start_server(self.work, token, self.cleanup)
         self.setup["start hcafs serve"] = time.perf_counter() - started
@@ -224,7 +233,9 @@ class Bench:
 
     # ------------------------------------------------------------ callback counts
 
-    def counted_mount(self, cache_dir: str, log_name: str) -> tuple[subprocess.Popen, str]:
+    def counted_mount(self, cache_dir: str, log_name: str, url: str | None = None,
+                      args: tuple[str, ...] = (), env_extra: dict[str, str] | None = None
+                      ) -> tuple[subprocess.Popen, str]:
         """The daemon under ``counted_mount.py``, reporting ready like ``hcafs mount``."""
         counts = os.path.join(self.work, f"counts-{log_name}.json")
         read_end, write_end = os.pipe()
@@ -233,11 +244,11 @@ class Bench:
         with open(log_file, "ab") as log:
             process = subprocess.Popen(
                 [PYTHON, os.path.join(HERE, "counted_mount.py"), counts, "mount", self.mnt,
-                 "--dss-url", self.server.url, "--token-file", self.token_file,
+                 "--dss-url", url or self.server.url, "--token-file", self.token_file,
                  "--cache-dir", cache_dir, "--log-file", log_file, "--foreground",
-                 "--ready-fd", str(write_end)],
+                 "--ready-fd", str(write_end), *args],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(write_end,),
-                env=self.env, start_new_session=True)
+                env={**self.env, **(env_extra or {})}, start_new_session=True)
         os.close(write_end)
         self.cleanup.daemons.append(process)
         # Reap it as soon as it exits: `hcafs umount` waits for the PID to vanish, and an
@@ -251,12 +262,12 @@ class Bench:
                              f"see {log_file}")
         return process, counts
 
-    def _snapshot(self, counts_file: str) -> dict[str, int]:
+    def snapshot(self, counts_file: str) -> dict[str, int]:
         time.sleep(0.3)  # the counter file is rewritten every 0.1 s
         with open(counts_file) as handle:
             return json.load(handle)
 
-    def _stop_counted(self, process: subprocess.Popen) -> None:
+    def stop_counted(self, process: subprocess.Popen) -> None:
         if not unmount(self.mnt, self.env):
             raise BenchError(f"could not unmount {self.mnt}")
         self.cleanup.mounts.remove(self.mnt)
@@ -270,26 +281,26 @@ class Bench:
         process, counts = self.counted_mount(os.path.join(self.work, "cache-ls"), "ls")
         try:
             self.drop_caches()
-            before = self._snapshot(counts)
+            before = self.snapshot(counts)
             self.ls(os.path.join(self.mnt, "bundles"))
-            cold = self._snapshot(counts)
+            cold = self.snapshot(counts)
             self.ls(os.path.join(self.mnt, "bundles"))
-            warm = self._snapshot(counts)
+            warm = self.snapshot(counts)
         finally:
-            self._stop_counted(process)
-        self.counts["cold `ls -l` (fresh mount, cache dir reused)"] = _delta(before, cold)
-        self.counts["warm `ls -l` right after"] = _delta(cold, warm)
+            self.stop_counted(process)
+        self.counts["cold `ls -l` (fresh mount, cache dir reused)"] = delta(before, cold)
+        self.counts["warm `ls -l` right after"] = delta(cold, warm)
         if self.read_cache is None:
             return
         process, counts = self.counted_mount(self.read_cache, "read")
         try:
             self.drop_caches()
-            before = self._snapshot(counts)
+            before = self.snapshot(counts)
             dd_read(os.path.join(self.mnt, self.data.big_path_in_mount), self.env)
-            after = self._snapshot(counts)
+            after = self.snapshot(counts)
         finally:
-            self._stop_counted(process)
-        table = _delta(before, after)
+            self.stop_counted(process)
+        table = delta(before, after)
         reads = table.get("read", 0)
         if reads:
             table["read_bytes_requested"] = table.get("read_bytes_requested", 0)
@@ -313,8 +324,13 @@ class Bench:
                 self.errors.append(f"cleanup after {name}: {problem}")
 
     def results(self, total: float) -> dict:
-        return {"params": {"bundles": self.args.bundles, "big_mib": self.args.big_mib,
-                           "repeats": self.repeats, "drop_caches": self.drop},
+        a = self.args
+        return {"params": {"bundles": a.bundles, "big_mib": a.big_mib,
+                           "repeats": self.repeats, "drop_caches": self.drop,
+                           "cp_mib": a.cp_mib, "tree_big_mib": a.tree_big_mib,
+                           "tree_files": a.tree_files, "tree_repeats": a.tree_repeats,
+                           "only": a.only},
+                "rss_traces": self.writes.rss_series() if self.writes else [],
                 "machine": report.machine(REPO, self.work), "runs": self.runs,
                 "counts": self.counts, "notes": self.notes, "errors": self.errors,
                 "setup": self.setup, "total_seconds": total}
@@ -326,11 +342,12 @@ _UNITS = {
     "cold_read_mount": "MiB/s", "warm_read_mount_dropped": "MiB/s",
     "warm_read_native_dropped": "MiB/s", "warm_read_mount_kept": "MiB/s",
     "warm_read_native_kept": "MiB/s", "peak_rss": "MiB",
+    # issue 4
+    "cp_local": "MiB/s", "cp_mount": "MiB/s", "tree_hcafs": "s", "tree_hcafs_cp": "s",
+    "tree_hcafs_commit": "s", "tree_hca": "s", "tree_rss_peak": "MiB",
+    "tree_rss_start": "MiB", "tree_sync_failures": "count", "wb_peak_rss": "MiB",
+    "wb_mount_seconds": "s",
 }
-
-
-def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -340,6 +357,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--big-mib", type=int, default=512,
                         help="size of the file read in (b) and (c), MiB (default 512)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure (default 3)")
+    parser.add_argument("--cp-mib", type=int, default=1024,
+                        help="size of the file copied in issue 4 (a), MiB (default 1024)")
+    parser.add_argument("--tree-big-mib", type=int, default=512,
+                        help="the big file of the issue-4 (b) tree, MiB (default 512)")
+    parser.add_argument("--tree-files", type=int, default=512,
+                        help="1 MiB files in the issue-4 (b) tree (default 512)")
+    parser.add_argument("--tree-repeats", type=int, default=3,
+                        help="runs of each side of issue 4 (b) (default 3)")
+    parser.add_argument("--only", choices=("all", "reads", "writes"), default="all",
+                        help="run only the issue-3 (reads) or issue-4 (writes) benchmarks")
     parser.add_argument("--ls-timeout", type=float, default=300,
                         help="give up on one ls -l after this many seconds (default 300)")
     parser.add_argument("--output", default=os.path.join(REPO, "docs", "benchmarks.md"),
@@ -378,16 +405,26 @@ def main(argv: list[str] | None = None) -> int:
     bench.say(f"work dir {work}")
     if not bench.drop:
         bench.say("cannot drop the page cache (not root): cold figures will be warm")
+    writes = WriteBench(bench)
+    bench.writes = writes
     try:
-        bench.prepare()
-        bench.step("(a) listing", bench.listing)
-        bench.step("(b)+(c) reads", bench.reads)
-        bench.step("FUSE callback counts", bench.callback_counts)
+        if args.only in ("all", "reads"):
+            bench.prepare()
+            bench.step("(a) listing", bench.listing)
+            bench.step("(b)+(c) reads", bench.reads)
+            bench.step("FUSE callback counts", bench.callback_counts)
+        if args.only in ("all", "writes"):
+            bench.step("issue 4 setup (SeaweedFS, server, data)", writes.prepare)
+            if writes.server is not None:
+                bench.step("issue 4 (a) cp", writes.cp)
+                bench.step("issue 4 (b)+(c) tree to a bundle", writes.trees)
+                bench.step("issue 4 FUSE callback counts", writes.callback_counts)
     finally:
         for problem in cleanup.run():
             bench.errors.append(f"cleanup: {problem}")
         if not args.keep:
-            for name in ("server", "staging", "local", "mnt"):
+            for name in ("server", "staging", "local", "mnt", "server-wb",
+                         "server-wb-staging", "src", "local-cp", "seaweed"):
                 shutil.rmtree(os.path.join(work, name), ignore_errors=True)
             for name in os.listdir(work):
                 if name.startswith("cache-"):
