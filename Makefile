@@ -55,7 +55,7 @@ run: system-deps venv
 	mkdir -p $(MOUNT)
 	$(VENV)/bin/hcafs mount $(MOUNT)
 
-bench: venv
+bench: venv hca-venv
 	$(VENV)/bin/python bench/run.py
 
 lint: venv
