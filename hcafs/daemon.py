@@ -48,6 +48,9 @@ def _die_with_parent() -> None:  # runs in the embedded server's child process
 
 
 READ_AHEAD_KB = 1024
+# Idle FUSE worker threads kept alive.  libfuse 3.14 otherwise ends and starts threads
+# under load (slow writes, and each new thread needs its own SQLite connection).
+MAX_IDLE_THREADS = 32
 
 
 def _widen_readahead(mountpoint: str) -> None:
@@ -280,7 +283,8 @@ class Daemon:
         self.tree.invalidate = operations.invalidate
         try:
             FUSE(operations, config.mountpoint, foreground=True, nothreads=False,
-                 fsname="hcafs", subtype="hcafs", default_permissions=True)
+                 fsname="hcafs", subtype="hcafs", default_permissions=True,
+                 max_idle_threads=MAX_IDLE_THREADS)
         except RuntimeError as exc:
             ready.send(f"ERR 1 mounting {config.mountpoint} failed ({exc}); see {log_file}")
             return 1

@@ -89,7 +89,7 @@ class Operations(fuse.Operations):
         else:
             mode = stat.S_IFREG | (0o644 if attr.writable else 0o444)
         return {"st_mode": mode, "st_nlink": 2 if attr.kind == "dir" else 1,
-                "st_size": attr.size, "st_blocks": -(-attr.size // 512), "st_blksize": 131072,
+                "st_size": attr.size, "st_blocks": -(-attr.size // 512), "st_blksize": 1048576,
                 "st_uid": self._uid, "st_gid": self._gid,
                 "st_mtime": mtime, "st_ctime": mtime, "st_atime": mtime}
 

@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import mimetypes
 import os
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from .checksums import MIN_PART_SIZE, Checksummer, Checksums, part_size
 from .s3 import S3, S3Url
 
 CHUNK = 4 * 1024 * 1024
+PART_WORKERS = 4  # parts of one file uploaded at once (each streams from disk)
 Progress = Callable[[int], None]
 
 
@@ -156,18 +159,29 @@ class S3Stager(Stager):
         return self.source_url(file_uuid, version, name), sums
 
     def _multipart(self, fd: int, size: int, key: str, extra: dict, advance) -> None:
+        """Start, upload the parts (a few at a time, each streamed from disk), complete;
+        abort on any error so that no unfinished upload is left behind."""
         step = part_size(size)
         upload = self.s3.call("create_multipart_upload", Bucket=self.bucket, Key=key,
                               **extra)["UploadId"]
+        lock = threading.Lock()
+
+        def counted(count: int) -> None:
+            with lock:
+                advance(count)
+
+        def part(number: int) -> dict:
+            start = (number - 1) * step
+            length = min(step, size - start)
+            answer = self.s3.call("upload_part", Bucket=self.bucket, Key=key,
+                                  UploadId=upload, PartNumber=number,
+                                  Body=_Slice(fd, start, length, counted),
+                                  ContentLength=length)
+            return {"PartNumber": number, "ETag": answer["ETag"]}
+
         try:
-            parts = []
-            for number, start in enumerate(range(0, size, step), start=1):
-                length = min(step, size - start)
-                answer = self.s3.call("upload_part", Bucket=self.bucket, Key=key,
-                                      UploadId=upload, PartNumber=number,
-                                      Body=_Slice(fd, start, length, advance),
-                                      ContentLength=length)
-                parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+            with ThreadPoolExecutor(PART_WORKERS, thread_name_prefix="part") as pool:
+                parts = list(pool.map(part, range(1, -(-size // step) + 1)))
             self.s3.call("complete_multipart_upload", Bucket=self.bucket, Key=key,
                          UploadId=upload, MultipartUpload={"Parts": parts})
         except BaseException:
