@@ -29,6 +29,7 @@ import threading
 import time
 import traceback
 
+import drs_imports
 import report
 import requests
 from harness import (
@@ -365,8 +366,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="1 MiB files in the issue-4 (b) tree (default 512)")
     parser.add_argument("--tree-repeats", type=int, default=3,
                         help="runs of each side of issue 4 (b) (default 3)")
-    parser.add_argument("--only", choices=("all", "reads", "writes"), default="all",
-                        help="run only the issue-3 (reads) or issue-4 (writes) benchmarks")
+    parser.add_argument("--only", choices=("all", "reads", "writes", "imports"), default="all",
+                        help="run only the issue-3 (reads), issue-4 (writes) or issue-5 "
+                        "(imports) benchmarks")
     parser.add_argument("--ls-timeout", type=float, default=300,
                         help="give up on one ls -l after this many seconds (default 300)")
     parser.add_argument("--output", default=os.path.join(REPO, "docs", "benchmarks.md"),
@@ -407,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.say("cannot drop the page cache (not root): cold figures will be warm")
     writes = WriteBench(bench)
     bench.writes = writes
+    drs: dict = {}
     try:
         if args.only in ("all", "reads"):
             bench.prepare()
@@ -419,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
                 bench.step("issue 4 (a) cp", writes.cp)
                 bench.step("issue 4 (b)+(c) tree to a bundle", writes.trees)
                 bench.step("issue 4 FUSE callback counts", writes.callback_counts)
+        if args.only in ("all", "imports"):
+            bench.step("issue 5 DRS imports (1,000 .drs files)", lambda: drs.update(
+                drs_imports.run(os.path.join(work, "drs"))))
     finally:
         for problem in cleanup.run():
             bench.errors.append(f"cleanup: {problem}")
@@ -431,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
                     shutil.rmtree(os.path.join(work, name), ignore_errors=True)
     results = bench.results(time.perf_counter() - started)
     results["load"] = (load_at_start, report.load_average())
+    results["drs"] = drs
     with open(os.path.join(work, "results.json"), "w") as handle:
         json.dump(results, handle, indent=2, default=lambda o: o.as_dict())
     with open(args.output, "w") as handle:
