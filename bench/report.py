@@ -300,7 +300,10 @@ def _writes_method(r: dict) -> list[str]:
         "`cp` itself does not depend on the delay.",
         "",
         f"(b) A tree of one {p['tree_big_mib']} MiB file and {p['tree_files']} files of "
-        f"1 MiB (random bytes, in `small/`). {p['tree_repeats']} rounds, each: *hcafs*: a "
+        f"1 MiB (random bytes, in `small/`). First, untimed, the same files are uploaded "
+        "to each bucket with boto3 and deleted (SeaweedFS grows a bucket's volumes on first "
+        f"use). Then {p['tree_repeats']} rounds, hcafs first in odd rounds and hca first in "
+        "even ones, each side: *hcafs*: a "
         "fresh mount on an empty cache dir, drop the page cache, read the tree once, then "
         "timed: `mkdir MNT/bundles/tree-N`, `cp -r TREE/. MNT/bundles/tree-N/`, "
         "`python -m hcafs commit MNT/bundles/tree-N --timeout 900` (returns once the bundle "
