@@ -90,7 +90,7 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
         staging=pick("staging"),
         s3_endpoint=pick("s3_endpoint"),
         write_back_delay=float(pick("write_back_delay", 2.0)),
-        upload_workers=int(pick("upload_workers", 4)),
+        upload_workers=int(pick("upload_workers", 8)),
         creator_uid=int(pick("creator_uid", 0)),
         auto_commit=float(pick("auto_commit")) if pick("auto_commit") else None,
         delete_reason=pick("delete_reason", "deleted with hcafs"),
@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sync a file once it is closed and unchanged this long "
                        "(default 2)")
     mount.add_argument("--upload-workers", metavar="N", type=int,
-                       help="files staged and registered in parallel (default 4)")
+                       help="files staged and registered in parallel (default 8)")
     mount.add_argument("--creator-uid", metavar="UID", type=int,
                        help="creator_uid of files and bundles written (default 0)")
     mount.add_argument("--auto-commit", metavar="SECONDS", type=float,

@@ -179,7 +179,7 @@ class DSSClient:
         return response.status_code, response.json()
 
     def wait_file(self, uuid: str, version: str, timeout: float = 3600.0,
-                  interval: float = 1.0) -> FileInfo:
+                  interval: float = 0.5) -> FileInfo:
         """Poll HEAD until an asynchronous copy has finished (404 means not yet)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -189,7 +189,7 @@ class DSSClient:
                 if exc.status != 404 or time.monotonic() > deadline:
                     raise
             time.sleep(interval)
-            interval = min(interval * 1.6, 15.0)
+            interval = min(interval * 1.5, 2.0)  # HEAD is cheap; a commit waits on this
 
     def file_url(self, uuid: str, version: str | None = None, max_wait: float = 3600) -> str:
         """The URL that serves a file's bytes (follows 301 + Retry-After until 302)."""

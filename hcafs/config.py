@@ -148,7 +148,7 @@ class MountConfig:
     staging: str | None = None  # s3://bucket/prefix; the embedded server stages locally
     s3_endpoint: str | None = None
     write_back_delay: float = 2.0
-    upload_workers: int = 4
+    upload_workers: int = 8
     creator_uid: int = 0
     auto_commit: float | None = None
     delete_reason: str = "deleted with hcafs"
