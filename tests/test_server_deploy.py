@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import os
 import re
@@ -14,6 +12,7 @@ import time
 
 import pytest
 import requests
+from fixtures.drs_repo import self_signed_cert
 from fixtures.dss_checks import assert_problem, new_ids
 from fixtures.dss_server import ADMIN, USER, DSSServer, write_tokens
 from fixtures.faults import TcpGate
@@ -170,36 +169,8 @@ def test_a_copy_cut_short_by_a_crash_resumes_after_restart(dss_factory, seaweed,
 # ---------------------------------------------------------------- https
 
 
-def _self_signed(folder) -> tuple[str, str]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
-    with open(cert_path, "wb") as handle:
-        handle.write(cert.public_bytes(serialization.Encoding.PEM))
-    with open(key_path, "wb") as handle:
-        handle.write(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    os.chmod(key_path, 0o600)
-    return cert_path, key_path
-
-
 def test_https_with_a_self_signed_certificate(dss_factory, seaweed, staging_bucket, tmp_path):
-    cert, key = _self_signed(str(tmp_path))
+    cert, key = self_signed_cert(tmp_path)
     server = dss_factory("tls", args=["--tls-cert", cert, "--tls-key", key])
     assert server.url.startswith("https://127.0.0.1:")
 
