@@ -286,7 +286,7 @@ def _writes_method(r: dict) -> list[str]:
         "    # AWS_ENDPOINT_URL(_S3), so it reads s3:// sources from SeaweedFS",
         "python -m hcafs mount MNT --dss-url URL2 --token-file F --cache-dir C \\",
         "    --staging s3://hcafs-bench-staging/PREFIX   # same AWS env; defaults otherwise",
-        "    # (--write-back-delay 2, --upload-workers 4) except where noted",
+        "    # (--write-back-delay 2, --upload-workers 8) except where noted",
         "```",
         "",
         f"(a) `cp` of one {p['cp_mib']} MiB file of random bytes. {p['repeats']} rounds, "
