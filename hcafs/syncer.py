@@ -108,8 +108,14 @@ class Syncer:
                 self._inflight.add(row.id)
             self._pool.submit(self._sync, row)
 
-    def _sync(self, row) -> None:
+    def _sync(self, claimed) -> None:
+        # The row was read before this worker claimed it; another worker may have finished
+        # the file since.  Work from the journal as it is now.
+        row = self.journal.file_by_id(claimed.id)
         try:
+            if row is None or (row.state == SYNCED and
+                               row.synced_generation == row.generation):
+                return  # removed, or synced by another worker meanwhile
             self._sync_file(row)
         except RemoteError as exc:
             delay = self.journal.failed(row.id, row.generation, str(exc))
@@ -124,7 +130,7 @@ class Syncer:
             log.exception("sync of %s/%s crashed", row.bundle, row.path)
         finally:
             with self._lock:
-                self._inflight.discard(row.id)
+                self._inflight.discard(claimed.id)
             self._wake.set()
 
     def _sync_file(self, row) -> None:
