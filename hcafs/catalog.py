@@ -146,41 +146,37 @@ class Catalog:
         return {"uuid": uuid, "version": version, "creator_uid": creator_uid, "files": files}
 
     def _fetch_manifest(self, fqid: str) -> dict:
+        bundle = self._fetch(f"bundle {fqid}", fqid,
+                             lambda client, uuid, version: client.get_bundle(uuid, version))
+        self.db.db()["manifests"].upsert({"fqid": fqid, "creator_uid": bundle["creator_uid"],
+                                          "files": json.dumps(bundle["files"])}, pk="fqid")
+        return self._manifest(fqid, bundle["creator_uid"], bundle["files"])
+
+    def _fetch(self, what: str, fqid: str, call):
+        """One read of an object named by FQID: 404 becomes NotFound, and whether the server
+        answered is recorded in :attr:`health`."""
         parsed = parse_fqid(fqid)
         if parsed is None or self.client is None:
-            raise NotFound(f"no bundle {fqid}")
+            raise NotFound(f"no {what}")
         try:
-            bundle = self.client.get_bundle(*parsed)
+            answer = call(self.client, *parsed)
         except ApiError as exc:
             if exc.status == 404:
-                raise NotFound(f"no bundle {fqid}") from exc
+                raise NotFound(f"no {what}") from exc
             raise
         except Unreachable as exc:
             self.health.failed(exc)
             raise
         self.health.ok()
-        self.db.db()["manifests"].upsert({"fqid": fqid, "creator_uid": bundle["creator_uid"],
-                                          "files": json.dumps(bundle["files"])}, pk="fqid")
-        return self._manifest(fqid, bundle["creator_uid"], bundle["files"])
+        return answer
 
     def file_info(self, fqid: str) -> dict:
         """HEAD /files metadata of one file version (cached for good)."""
         row = self.db.db().execute("select info from files where fqid = ?", [fqid]).fetchone()
         if row is not None:
             return json.loads(row[0])
-        parsed = parse_fqid(fqid)
-        if parsed is None or self.client is None:
-            raise NotFound(f"no file {fqid}")
-        try:
-            info = self.client.head_file(*parsed).__dict__
-        except ApiError as exc:
-            if exc.status == 404:
-                raise NotFound(f"no file {fqid}") from exc
-            raise
-        except Unreachable as exc:
-            self.health.failed(exc)
-            raise
-        self.health.ok()
+        info = self._fetch(f"file {fqid}", fqid,
+                           lambda client, uuid, version: client.head_file(uuid, version).__dict__)
         self.db.db()["files"].upsert({"fqid": fqid, "info": json.dumps(info)}, pk="fqid")
         return info
 
