@@ -30,7 +30,7 @@ import requests
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from hcafs.client import DSSClient  # noqa: E402
+from hcafs.remote.client import DSSClient  # noqa: E402
 from hcafs.versions import now_version  # noqa: E402
 
 ITEMS = 1000

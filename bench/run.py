@@ -57,7 +57,7 @@ from harness import (
 from workload import Dataset, local_twin, populate
 from writeback import WriteBench
 
-from hcafs.client import DSSClient
+from hcafs.remote.client import DSSClient
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE = os.path.dirname(os.path.abspath(__file__))

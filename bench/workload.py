@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from harness import BenchError, MiB
 
-from hcafs.client import DSSClient
+from hcafs.remote.client import DSSClient
 from hcafs.versions import new_uuid, now_version
 
 PUT_THREADS = 8

@@ -38,7 +38,7 @@ from harness import (
 )
 from workload import _write_random
 
-from hcafs.client import DSSClient
+from hcafs.remote.client import DSSClient
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
@@ -272,13 +272,13 @@ class WriteBench:
             self.umount(mount)
             shutil.rmtree(cache, ignore_errors=True)
         with open(self.log_file(f"tree-{round_}"), errors="replace") as handle:
-            failed = [line for line in handle if "hcafs.syncer: sync of " in line]
+            failed = [line for line in handle if "hcafs.sync.syncer: sync of " in line]
         b.run("tree_sync_failures").add(len(failed))
         if failed and not any("failed attempts" in n for n in b.notes):
             b.notes.append(
                 "(b) failed attempts of the sync engine, per hcafs run: see the raw runs; "
                 "the first one in the daemon log read: `" +
-                failed[0].split("hcafs.syncer: ", 1)[1].strip()[:300] + "`")
+                failed[0].split("hcafs.sync.syncer: ", 1)[1].strip()[:300] + "`")
 
     def tree_hca(self) -> None:
         b = self.b

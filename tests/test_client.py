@@ -14,8 +14,8 @@ from fixtures.faults import Fault, FaultyHttpProxy
 from fixtures.ports import free_port
 from fixtures.staging import stage
 
-from hcafs.client import DSSClient, RetryPolicy
 from hcafs.errors import ApiError, Unreachable
+from hcafs.remote.client import DSSClient, RetryPolicy
 
 FAST = RetryPolicy(attempts=4, base_delay=0.05, max_delay=5.0)
 

@@ -23,7 +23,7 @@ from fixtures.faults import Fault, FaultyHttpProxy
 from fixtures.hcafs_mount import Mount, run_hcafs
 from fixtures.publishing import publish
 
-from hcafs.client import DSSClient
+from hcafs.remote.client import DSSClient
 from hcafs.versions import now_version
 
 MiB = 1024 * 1024

@@ -20,7 +20,7 @@ from fixtures.dss_server import ADMIN, OTHER, USER, DSSServer
 from fixtures.hcafs_mount import Mount, run_hcafs
 from fixtures.publishing import publish
 
-from hcafs.client import DSSClient
+from hcafs.remote.client import DSSClient
 from hcafs.versions import now_version, version_datetime
 
 MiB = 1024 * 1024

@@ -18,8 +18,8 @@ from fixtures.dss_server import ADMIN, USER, DSSServer, write_tokens
 from fixtures.faults import TcpGate
 from fixtures.staging import local_snapshot, s3_snapshot, stage
 
-from hcafs.client import DSSClient
 from hcafs.errors import ApiError
+from hcafs.remote.client import DSSClient
 from hcafs.versions import now_version
 
 pytestmark = pytest.mark.s3

@@ -28,7 +28,7 @@ from fixtures.drs_repo import (
 from fixtures.dss_server import ADMIN, OTHER, OUTSIDER, USER, DSSServer
 
 from hcafs.checksums import checksum_bytes
-from hcafs.client import DSSClient
+from hcafs.remote.client import DSSClient
 
 STATES = ["SUBMITTED", "RESOLVING", "RUNNING", "FINISHED"]
 RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")

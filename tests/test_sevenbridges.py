@@ -16,7 +16,7 @@ from fixtures.drs_repo import DrsRepo, self_signed_cert, start_repo
 from fixtures.dss_server import USER, DSSServer
 from sevenbridges.errors import BadRequest, NotFound, SbgError, Unauthorized
 
-from hcafs.client import DSSClient
+from hcafs.remote.client import DSSClient
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from fixtures.dss_server import ADMIN, USER, DSSServer
 from fixtures.faults import Fault, FaultyHttpProxy, TcpGate
 from fixtures.hcafs_mount import Mount, run_hcafs
 
-from hcafs.client import DSSClient
+from hcafs.remote.client import DSSClient
 from hcafs.versions import now_version
 
 MiB = 1024 * 1024

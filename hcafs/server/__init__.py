@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from ..config import ServeConfig, load_resolver
-from ..s3 import S3
+from ..remote.s3 import S3
 from .app import App
 from .auth import Tokens, create_tokens_file
 from .copier import Copier

@@ -44,12 +44,6 @@ def create_tokens_file(path: str) -> str:
     return token
 
 
-def first_token(path: str) -> str:
-    """The first token of a tokens file (what the embedded mount uses)."""
-    with open(path) as handle:
-        tokens = json.load(handle)
-    return next(iter(tokens))
-
 
 class Tokens:
     def __init__(self, path: str):

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from ..checksums import TAG_KEYS, Checksummer, checksum_file
 from ..errors import HcafsError, NotFound, Problem, RemoteError, bad_request
-from ..s3 import S3
+from ..remote.s3 import S3
 from .store import Store
 
 log = logging.getLogger(__name__)

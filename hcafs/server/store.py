@@ -25,7 +25,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 
 from ..errors import ConfigError, NotFound
-from ..s3 import S3, S3Url, rechunk
+from ..remote.s3 import S3, S3Url, rechunk
 
 log = logging.getLogger(__name__)
 

@@ -22,21 +22,21 @@ import sys
 import threading
 import time
 
-from .blobcache import BlobCache
-from .cachedb import CacheDB
-from .catalog import Catalog
-from .client import DSSClient, RetryPolicy
-from .config import MountConfig
-from .drs_queue import BulkImportClient, DrsQueue
-from .errors import ApiError, Busy, ConfigError, Unreachable
-from .journal import Journal
-from .mount import MountRecord
-from .pending import PendingBundles
-from .s3 import S3
-from .server.auth import first_token
-from .staging import LocalStager, S3Stager, Stager
-from .syncer import Syncer
-from .tree import Tree
+from ..cache.blobcache import BlobCache
+from ..cache.cachedb import CacheDB
+from ..cache.catalog import Catalog
+from ..cache.journal import Journal
+from ..config import MountConfig
+from ..errors import ApiError, Busy, ConfigError, Unreachable
+from ..model.pending import PendingBundles
+from ..model.tree import Tree
+from ..remote.client import DSSClient, RetryPolicy
+from ..remote.s3 import S3
+from ..sync.drs_queue import BulkImportClient, DrsQueue
+from ..sync.staging import LocalStager, S3Stager, Stager
+from ..sync.syncer import Syncer
+from ..tokenfile import first_token
+from .control import MountRecord
 
 log = logging.getLogger("hcafs.daemon")
 

@@ -26,10 +26,10 @@ import os
 import threading
 from dataclasses import dataclass
 
-from .blobcache import BlobCache
-from .catalog import Catalog
-from .entries import Attr, DirNode, FileEntry, build_tree, version_mtime
-from .errors import (
+from ..cache.blobcache import BlobCache
+from ..cache.catalog import Catalog
+from ..cache.journal import COMMITTED, DIRTY, DRS, ERROR, LOCAL, SYNCED, FileRow
+from ..errors import (
     AlreadyExists,
     ApiError,
     NotFound,
@@ -38,9 +38,9 @@ from .errors import (
     Unreachable,
     UsageError,
 )
-from .journal import COMMITTED, DIRTY, DRS, ERROR, LOCAL, SYNCED, FileRow
+from ..versions import new_uuid, now_version, parse_fqid
+from .entries import Attr, DirNode, FileEntry, build_tree, version_mtime
 from .pending import PendingBundles
-from .versions import new_uuid, now_version, parse_fqid
 
 log = logging.getLogger(__name__)
 

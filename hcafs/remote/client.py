@@ -26,7 +26,7 @@ from typing import Any
 import requests
 import requests.adapters
 
-from .errors import ApiError, Unreachable
+from ..errors import ApiError, Unreachable
 
 log = logging.getLogger(__name__)
 

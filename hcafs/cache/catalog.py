@@ -21,10 +21,10 @@ import threading
 import time
 from collections import OrderedDict
 
+from ..errors import ApiError, NotFound, RemoteError, Unreachable
+from ..remote.client import DSSClient
+from ..versions import parse_fqid
 from .cachedb import CacheDB
-from .client import DSSClient
-from .errors import ApiError, NotFound, RemoteError, Unreachable
-from .versions import parse_fqid
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from ..versions import new_uuid, now_version
 from .cachedb import CacheDB
-from .versions import new_uuid, now_version
 
 DIRTY, STAGING, REGISTERING, SYNCED, ERROR = "dirty", "staging", "registering", "synced", "error"
 LOCAL, REMOTE, DIR, DRS = "local", "remote", "dir", "drs"  # DRS: a .drs import request

@@ -36,10 +36,10 @@ from dataclasses import dataclass
 
 import requests
 
-from .cachedb import CacheDB
-from .client import DSSClient
-from .errors import ApiError, UsageError
-from .journal import ERROR, REMOTE, SYNCED, Journal
+from ..cache.cachedb import CacheDB
+from ..cache.journal import ERROR, REMOTE, SYNCED, Journal
+from ..errors import ApiError, UsageError
+from ..remote.client import DSSClient
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class BulkImportClient:
             response = self.session.request(method, self.base + path, headers=headers,
                                             timeout=(10, 60), **kwargs)
         except requests.exceptions.RequestException as exc:
-            from .errors import Unreachable
+            from ..errors import Unreachable
 
             raise Unreachable(f"{method} {self.base}{path}: {type(exc).__name__}") from exc
         try:

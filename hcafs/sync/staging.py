@@ -23,8 +23,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from .checksums import MIN_PART_SIZE, Checksummer, Checksums, part_size
-from .s3 import S3, S3Url
+from ..checksums import MIN_PART_SIZE, Checksummer, Checksums, part_size
+from ..remote.s3 import S3, S3Url
 
 CHUNK = 4 * 1024 * 1024
 PART_WORKERS = 4  # parts of one file uploaded at once (each streams from disk)

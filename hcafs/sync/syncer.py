@@ -24,11 +24,9 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .blobcache import BlobCache
-from .catalog import Catalog
-from .client import DSSClient
-from .errors import ApiError, HcafsError, IntegrityError, RemoteError
-from .journal import (
+from ..cache.blobcache import BlobCache
+from ..cache.catalog import Catalog
+from ..cache.journal import (
     COMMIT,
     DIR,
     DRS,
@@ -40,7 +38,9 @@ from .journal import (
     BundleRow,
     Journal,
 )
-from .pending import PendingBundles
+from ..errors import ApiError, HcafsError, IntegrityError, RemoteError
+from ..model.pending import PendingBundles
+from ..remote.client import DSSClient
 from .staging import Stager, content_type
 
 log = logging.getLogger(__name__)

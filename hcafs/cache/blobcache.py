@@ -28,8 +28,8 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+from ..errors import HcafsError, IntegrityError, NoSpace
 from .cachedb import CacheDB
-from .errors import HcafsError, IntegrityError, NoSpace
 
 log = logging.getLogger(__name__)
 

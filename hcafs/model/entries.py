@@ -10,7 +10,7 @@ import functools
 import logging
 from dataclasses import dataclass, field
 
-from .versions import version_datetime
+from ..versions import version_datetime
 
 log = logging.getLogger(__name__)
 

@@ -24,12 +24,23 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 
-from .blobcache import BLOCK, BlobCache
-from .catalog import Catalog
+from ..cache.blobcache import BLOCK, BlobCache
+from ..cache.catalog import Catalog
+from ..cache.journal import (
+    COMMITTED,
+    DIR,
+    DRS,
+    ERROR,
+    LOCAL,
+    OPEN,
+    REMOTE,
+    BundleRow,
+    FileRow,
+    Journal,
+)
+from ..errors import AlreadyExists, NoSpace, NotEmpty, NotFound, PermissionDenied, UsageError
+from ..versions import is_uuid, new_uuid, parse_fqid
 from .entries import FileEntry, version_mtime
-from .errors import AlreadyExists, NoSpace, NotEmpty, NotFound, PermissionDenied, UsageError
-from .journal import COMMITTED, DIR, DRS, ERROR, LOCAL, OPEN, REMOTE, BundleRow, FileRow, Journal
-from .versions import is_uuid, new_uuid, parse_fqid
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from collections.abc import Callable
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 import mfusepy as fuse  # noqa: E402  (the library name must be chosen before import)
 
-from .errors import HcafsError  # noqa: E402
-from .tree import Attr, Tree  # noqa: E402
+from ..errors import HcafsError  # noqa: E402
+from ..model.tree import Attr, Tree  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-from .config import MountConfig, runtime_dir
-from .errors import (
+from ..config import MountConfig, runtime_dir
+from ..errors import (
     Busy,
     ConfigError,
     HcafsError,
@@ -245,8 +245,8 @@ def run_daemon(config: MountConfig, ready_fd: int | None) -> int:
 
 
 def _journal(cache_dir: str):
-    from .cachedb import CacheDB
-    from .journal import Journal
+    from ..cache.cachedb import CacheDB
+    from ..cache.journal import Journal
 
     return Journal(CacheDB(os.path.join(cache_dir, "hcafs.db")))
 

@@ -17,7 +17,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from .errors import NotFound, RemoteError, Unreachable, UsageError
+from ..errors import NotFound, RemoteError, Unreachable, UsageError
 
 log = logging.getLogger(__name__)
 

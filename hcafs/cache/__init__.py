@@ -1,0 +1,3 @@
+"""Local state: SQLite (connections, migrations), the catalog, the content cache and the journal.
+The only SQL.
+"""

@@ -1,0 +1,1 @@
+"""The mounted tree, pending bundles and entries: no FUSE, no errno, no HTTP, no SQL."""
