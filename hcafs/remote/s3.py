@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 _S3_URL_RE = re.compile(r"^s3://(?P<bucket>[^/]+)(?:/(?P<key>.*))?$")
 STREAM_CHUNK = 1024 * 1024
 _MISSING = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
+_PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
+CONFLICT_RETRIES = 5
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,18 @@ class S3Url:
 
     def __str__(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
+
+
+class PreconditionFailed(RemoteError):
+    """A conditional write's condition did not hold (the object exists, or changed)."""
+
+    def __init__(self, message: str, code: str):
+        self.code = code
+        super().__init__(message)
+
+    @property
+    def transient(self) -> bool:
+        return False
 
 
 class S3:
@@ -65,6 +80,8 @@ class S3:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in _MISSING:
                 raise NotFound(f"S3 {operation}: {code}") from exc
+            if code in _PRECONDITION:
+                raise PreconditionFailed(f"S3 {operation}: {code}", code) from exc
             raise RemoteError(f"S3 {operation} failed: {code}") from exc
         except (
             botocore.exceptions.EndpointConnectionError,
@@ -80,6 +97,32 @@ class S3:
 
     def head(self, bucket: str, key: str) -> dict:
         return self.call("head_object", Bucket=bucket, Key=key)
+
+    def put_conditional(self, bucket: str, key: str, body: bytes, *, absent: bool = False,
+                        etag: str | None = None) -> str | None:
+        """PUT an object only if it does not exist yet (``absent``: ``If-None-Match: *``)
+        or still has ``etag`` (``If-Match``); its new ETag, or None if the condition failed.
+
+        S3 answers 409 ``ConditionalRequestConflict`` while another conditional write of
+        the key is in flight; the call is then repeated, and will see that write's outcome.
+        """
+        condition = {"IfNoneMatch": "*"} if absent else {"IfMatch": etag}
+        conflicts = 0
+        while True:
+            try:
+                answer = self.call("put_object", Bucket=bucket, Key=key, Body=body,
+                                   **condition)
+                return answer["ETag"]
+            except PreconditionFailed as exc:
+                if exc.code != "ConditionalRequestConflict":
+                    return None
+                conflicts += 1
+                if conflicts > CONFLICT_RETRIES:
+                    raise RemoteError(f"S3 put_object of s3://{bucket}/{key}: conditional "
+                                      "writes kept conflicting") from exc
+                time.sleep(0.05 * 2 ** conflicts)
+            except NotFound:  # If-Match on a key that is gone
+                return None
 
     def tags(self, bucket: str, key: str) -> dict[str, str]:
         answer = self.call("get_object_tagging", Bucket=bucket, Key=key)

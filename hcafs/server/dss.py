@@ -117,22 +117,10 @@ class DSS:
             raise bad_request("creator_uid is required and must be an integer")
         source = self.copier.inspect(source_url)
         document = file_document(source, creator_uid, version)
-        key = f"files/{uuid}.{version}"
-        existing = self.store.read(key)
-        if existing is not None:
-            if json.loads(existing) == document:
-                return 200, {"version": version}
-            raise Problem(409, "file_already_exists",
-                          f"file {uuid}.{version} already exists with other content")
-        task = self.copier.start(uuid, version, source, document)
+        status, task = self.copier.start(uuid, version, source, document)
         if task is not None:
-            return 202, {"version": version, "task_id": task}
-        if not self.store.create(key, dumps(document)):  # a concurrent PUT won the race
-            if json.loads(self.store.read(key) or b"{}") != document:
-                raise Problem(409, "file_already_exists",
-                              f"file {uuid}.{version} already exists with other content")
-            return 200, {"version": version}
-        return 201, {"version": version}
+            return status, {"version": version, "task_id": task}
+        return status, {"version": version}
 
     # ---------------------------------------------------------------- bundles
 
