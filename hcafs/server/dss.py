@@ -246,9 +246,11 @@ class DSS:
         deadline = time.monotonic() + FILE_WAIT_SECONDS
         files = kept + [self._resolve_entry(e, deadline) for e in add]
         self._no_duplicates(files)
-        new_version = now_version()
-        updated = dict(manifest, version=new_version, files=files)
-        self.store.write(f"bundles/{uuid}.{new_version}", dumps(updated))
+        while True:  # a new version is created once; another PATCH may take the same one
+            new_version = now_version()
+            updated = dict(manifest, version=new_version, files=files)
+            if self.store.create(f"bundles/{uuid}.{new_version}", dumps(updated)):
+                break
         log.info("bundle %s.%s patched into %s by %s", uuid, version, new_version, who.email)
         return {"uuid": uuid, "version": new_version}
 
@@ -321,7 +323,7 @@ class DSS:
         if document.get("owner") != who.email:
             raise Problem(403, "forbidden", "Collection access denied")
 
-    def _check_item(self, item: dict) -> dict:
+    def _check_item(self, item: dict, who: Identity) -> dict:
         if not isinstance(item, dict):
             raise bad_request("contents: every item must be an object")
         for name in ("type", "uuid", "version"):
@@ -333,10 +335,12 @@ class DSS:
         item = dict(item, uuid=uuid)
         if kind in ("file", "bundle", "collection"):
             key = f"{kind}s/{uuid}.{version}"
-            live = self.store.exists(key) and not (
+            raw = self.store.read(key)
+            live = raw is not None and not (
                 kind == "bundle" and self._bundle_dead(uuid, version)) and not (
-                kind == "collection" and self.store.exists(f"collection-tombstones/{uuid}"))
-            if not live:
+                kind == "collection" and (self.store.exists(f"collection-tombstones/{uuid}")
+                                          or json.loads(raw).get("owner") != who.email))
+            if not live:  # another owner's collection reads exactly as a missing one
                 raise Problem(422, "invalid_link", f"Could not find {kind} {uuid}.{version}")
             return item
         pointer = item.get("fragment")
@@ -355,12 +359,12 @@ class DSS:
             raise Problem(422, "invalid_link", f"cannot resolve fragment {pointer!r}") from exc
         return item
 
-    def _contents(self, items: list) -> list[dict]:
+    def _contents(self, items: list, who: Identity) -> list[dict]:
         if not isinstance(items, list):
             raise bad_request("contents must be a list")
         if len(items) > MAX_PATCH_ITEMS:
             raise bad_request(f"more than {MAX_PATCH_ITEMS} items")
-        return [self._check_item(item) for item in items]
+        return [self._check_item(item, who) for item in items]
 
     @staticmethod
     def _dedup(items: list[dict]) -> list[dict]:
@@ -372,6 +376,9 @@ class DSS:
 
     def _save_collection(self, uuid: str, version: str, document: dict) -> None:
         self.store.write(f"collections/{uuid}.{version}", dumps(document))
+        self._index_collection(uuid, version, document)
+
+    def _index_collection(self, uuid: str, version: str, document: dict) -> None:
         self.store.write(f"collection-owners/{self._owner_key(document['owner'])}/"
                          f"{uuid}.{version}", b"{}")
 
@@ -395,7 +402,7 @@ class DSS:
             self._owned(json.loads(self.store.read(previous) or b"{}"), who)
         document = {"name": body["name"], "description": body["description"],
                     "details": body["details"],
-                    "contents": self._dedup(self._contents(body["contents"])),
+                    "contents": self._dedup(self._contents(body["contents"], who)),
                     "owner": who.email}
         self._save_collection(uuid, version, document)
         return {"uuid": uuid, "version": version}
@@ -432,12 +439,14 @@ class DSS:
         remove = body.get("remove_contents") or []
         if not isinstance(remove, list) or len(remove) > MAX_PATCH_ITEMS:
             raise bad_request("remove_contents must be a list of at most 1000 items")
-        add = self._contents(body.get("add_contents") or [])
+        add = self._contents(body.get("add_contents") or [], who)
         kept = [item for item in document["contents"]
                 if not any(_same_item(item, gone) for gone in remove)]
         updated["contents"] = self._dedup(kept + add)
         new_version = now_version()
-        self._save_collection(uuid, new_version, updated)
+        while not self.store.create(f"collections/{uuid}.{new_version}", dumps(updated)):
+            new_version = now_version()  # another PATCH took this version
+        self._index_collection(uuid, new_version, updated)
         return {"uuid": uuid, "version": new_version}
 
     def delete_collection(self, uuid: str, who: Identity) -> dict:

@@ -8,8 +8,9 @@ harmless.  Everything lives in the server's store::
     import-folders/{folder_id}                 a folder: id, name, project, parent, path
     import-names/{folder_id}/{name_hash}       a name in a folder: a file or a folder
 
-A name binding is written create-only, so SKIP and RENAME cannot overwrite one another's
-names (within one store; on S3 a create is a read then a write).
+A name binding is written create-once (:meth:`~.store.Store.create`, atomic on both
+backends), so SKIP and RENAME cannot overwrite one another's names, even when several
+server processes share one store.
 
 Threading: any thread may call any method; all state is in the store.
 """

@@ -320,17 +320,24 @@ class Importer:
         digest = hashlib.sha256(_dumps(body)).hexdigest()
         name = hashlib.sha256(f"{who.email}\n{key}".encode()).hexdigest()[:40]
         record = {"job": job_id, "body": digest}
-        if self.store.create(f"import-keys/{name}", _dumps(record)):
-            return None
-        earlier = json.loads(self.store.read(f"import-keys/{name}") or b"{}")
-        if earlier.get("body") != digest:
-            raise SbgProblem(422, 422, "this Idempotency-Key was used with another request")
-        deadline = time.monotonic() + 5
-        while (job := self._load(earlier["job"])) is None and time.monotonic() < deadline:
-            time.sleep(0.05)  # a concurrent request with the same key is still writing it
-        if job is None:  # the first request died before writing its job: this one counts
-            self.store.write(f"import-keys/{name}", _dumps(record))
-        return job
+        record_key = f"import-keys/{name}"
+        while not self.store.create(record_key, _dumps(record)):
+            found = self.store.read_versioned(record_key)
+            if found is None:
+                continue
+            earlier = json.loads(found[0])
+            if earlier.get("body") != digest:
+                raise SbgProblem(422, 422, "this Idempotency-Key was used with another request")
+            deadline = time.monotonic() + 5
+            while (job := self._load(earlier["job"])) is None and time.monotonic() < deadline:
+                time.sleep(0.05)  # a concurrent request with the same key is still writing it
+            if job is not None:
+                return job
+            # the first request died before writing its job: this one counts, unless another
+            # request took the key over first (then its job is the answer)
+            if self.store.replace(record_key, _dumps(record), found[1]):
+                break
+        return None
 
     def log_call(self, email: str | None, body: object, accepted: bool, reason: str | None,
                  job_id: str | None = None, replay: bool = False) -> None:
