@@ -40,8 +40,9 @@ SETTLE_SECONDS = 60.0
 
 @pytest.fixture(params=["local", "s3"])
 def backend(request, tmp_path: Path, dss_factory, seaweed) -> Backend:
-    """A server on the local store or on ``s3://bucket/prefix`` in SeaweedFS, with a
-    staging root for ``file://`` sources and a --async-threshold of 64 bytes."""
+    """Two server processes sharing one store, the local one (one --data-dir) or
+    ``s3://bucket/prefix`` in SeaweedFS, with a staging root for ``file://`` sources and
+    a --async-threshold of 64 bytes."""
     staging = tmp_path / "staging"
     staging.mkdir()
     args = ["--staging-root", str(staging), "--async-threshold", str(THRESHOLD),
@@ -50,14 +51,17 @@ def backend(request, tmp_path: Path, dss_factory, seaweed) -> Backend:
     if request.param == "s3":
         bucket = seaweed.make_bucket()
         args += ["--store", f"s3://{bucket}/hcafs"]
-    server = dss_factory(request.param, args)
-    return Backend(request.param, server, staging, bucket, seaweed.client())
+    first = dss_factory(f"{request.param}-1", args)
+    second = dss_factory(f"{request.param}-2", [*args, "--data-dir", first.data_dir])
+    return Backend(request.param, [first, second], staging, bucket, seaweed.client())
 
 
 class Backend:
-    def __init__(self, kind: str, server: DSSServer, staging: Path, bucket: str, s3):
+    def __init__(self, kind: str, servers: list[DSSServer], staging: Path, bucket: str,
+                 s3):
         self.kind = kind
-        self.server = server
+        self.servers = servers
+        self.server = servers[0]
         self.staging = staging
         self.bucket = bucket
         self.s3 = s3
@@ -150,15 +154,17 @@ def test_racing_puts_of_one_file_version_have_one_winner(backend):
         uuid, version = str(_uuid.uuid4()), now_version()
         datas = [_content(round_, racer, size) for racer, size in enumerate(_sizes(round_))]
         urls = [backend.stage(data) for data in datas]
-        answers = race(put_file, *((server, uuid, version, url) for url in urls))
+        answers = race(put_file, *((peer, uuid, version, url)
+                                   for peer, url in zip(backend.servers, urls, strict=True)))
         winner = one_winner(answers, {201, 202}, "file_already_exists")
         sha = hashlib.sha256(datas[winner]).hexdigest()
         assert settled_sha256(server, uuid, version) == sha, f"round {round_}"
-        for _ in range(3):
-            assert head_sha256(server, uuid, version) == sha, f"round {round_}"
+        for peer in backend.servers * 2:
+            assert head_sha256(peer, uuid, version) == sha, f"round {round_}"
         expected[uuid, version] = sha
     for (uuid, version), sha in expected.items():  # every background copy is done by now
-        assert head_sha256(server, uuid, version) == sha
+        for peer in backend.servers:
+            assert head_sha256(peer, uuid, version) == sha
 
 
 def test_racing_puts_of_the_same_file_are_idempotent(backend):
@@ -209,15 +215,15 @@ def bundle_names(server: DSSServer, uuid: str, version: str) -> list[str]:
 
 
 def test_racing_puts_of_one_bundle_version_have_one_winner(backend):
-    server = backend.server
     files = _two_files(backend)
     for _ in range(ROUNDS):
         uuid, version = str(_uuid.uuid4()), now_version()
         contents = [[files[0]], [files[1]]]
-        answers = race(put_bundle, *((server, uuid, version, c) for c in contents))
+        answers = race(put_bundle, *((peer, uuid, version, c)
+                                     for peer, c in zip(backend.servers, contents, strict=True)))
         winner = one_winner(answers, {201}, "bundle_already_exists")
-        for _ in range(3):
-            assert bundle_names(server, uuid, version) == [contents[winner][0]["name"]]
+        for peer in backend.servers * 2:
+            assert bundle_names(peer, uuid, version) == [contents[winner][0]["name"]]
 
 
 def delete_bundle(server: DSSServer, uuid: str, version: str, reason: str
@@ -234,7 +240,8 @@ def test_racing_deletes_of_one_bundle_version_store_one_tombstone(backend):
         uuid, version = str(_uuid.uuid4()), now_version()
         assert put_bundle(server, uuid, version, files).status_code == 201
         reasons = [f"reason {round_}.{n}" for n in range(2)]
-        answers = race(delete_bundle, *((server, uuid, version, r) for r in reasons))
+        answers = race(delete_bundle, *((peer, uuid, version, r)
+                                        for peer, r in zip(backend.servers, reasons, strict=True)))
         winner = one_winner(answers, {200}, "bundle_tombstone_already_exists")
         for _ in range(3):
             stone = backend.stored(f"bundle-tombstones/{uuid}.{version}")
@@ -264,12 +271,13 @@ def test_racing_creates_with_one_idempotency_key(backend):
     server = backend.server
     for round_ in range(10):
         key = str(_uuid.uuid4())
-        same = race(create_import, *[(server, _import_body(round_), key)] * 2)
+        same = race(create_import, *((peer, _import_body(round_), key)
+                                     for peer in backend.servers))
         assert [a.status_code for a in same] == [200, 200], [a.text for a in same]
         assert same[0].json()["id"] == same[1].json()["id"]
         key = str(_uuid.uuid4())
         other = race(create_import, (server, _import_body(round_), key),
-                     (server, _import_body(round_ + 100), key))
+                     (backend.servers[1], _import_body(round_ + 100), key))
         statuses = sorted(a.status_code for a in other)
         assert statuses == [200, 422], [a.text for a in other]
         refused = next(a for a in other if a.status_code == 422).json()

@@ -224,6 +224,8 @@ class Copier:
                     break
                 continue
             earlier, tag = json.loads(found[0]), found[1]
+            if earlier.get("task_id") == record["task_id"]:  # a retried create had worked
+                break
             if earlier.get("state") != "running":  # an earlier copy failed: try again
                 if self.store.replace(key, _dumps(record), tag):
                     break
