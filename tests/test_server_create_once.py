@@ -449,3 +449,47 @@ def test_linking_another_owners_collection_reads_as_a_missing_one(tmp_path, dss_
                              params={"version": theirs["version"], "replica": "aws"},
                              json=body)
         assert answer.status_code == 403 and answer.json()["code"] == "forbidden", method
+
+
+# ---------------------------------------------------------------- the store primitives
+
+_COUNTER = """
+import json, sys, time
+from hcafs.remote.s3 import S3
+from hcafs.server.store import LocalStore, S3Store
+kind, where, endpoint, times, start = sys.argv[1:]
+store = LocalStore(where) if kind == "local" else S3Store(where, S3(endpoint))
+time.sleep(max(0.0, float(start) - time.time()))  # every worker starts together
+for _ in range(int(times)):
+    while True:
+        data, tag = store.read_versioned("counter")
+        if store.replace("counter", json.dumps(json.loads(data) + 1).encode(), tag):
+            break
+"""
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_replace_is_a_compare_and_swap_across_processes(kind, tmp_path, seaweed,
+                                                        monkeypatch):
+    from hcafs.remote.s3 import S3
+    from hcafs.server.store import LocalStore, S3Store
+
+    for name, value in seaweed.env().items():
+        monkeypatch.setenv(name, value)
+    where = str(tmp_path / "store") if kind == "local" else \
+        f"s3://{seaweed.make_bucket()}/cas"
+    store = LocalStore(where) if kind == "local" else S3Store(where, S3(seaweed.endpoint))
+    assert store.create("counter", b"0")
+    assert not store.create("counter", b"7")
+    assert store.read("counter") == b"0"
+    _, tag = store.read_versioned("counter")
+    assert not store.replace("missing", b"1", tag)
+    assert store.read("missing") is None
+    times = 200 if kind == "local" else 50
+    start = str(time.time() + 5)
+    workers = [subprocess.Popen([sys.executable, "-c", _COUNTER, kind, where,
+                                 seaweed.endpoint, str(times), start]) for _ in range(4)]
+    assert [worker.wait(timeout=120) for worker in workers] == [0] * 4
+    assert json.loads(store.read("counter")) == 4 * times  # no increment lost
+    assert not store.replace("counter", b"0", tag)  # a stale tag changes nothing
+    assert json.loads(store.read("counter")) == 4 * times
