@@ -8,7 +8,7 @@ Store layout (all keys lower-case)::
 
     files/{uuid}.{version}              file metadata (format 0.0.4)
     blobs/{sha256}.{sha1}.{s3_etag}.{crc32c}   content, shared by every file with it
-    copies/{uuid}.{version}             an asynchronous copy still running (or failed)
+    copies/{uuid}.{version}             the claim on a version being copied (or a failed copy)
     bundles/{uuid}.{version}            bundle manifest (format 0.0.1)
     bundle-tombstones/{uuid}[.{version}]   a deleted bundle (version), with reason and email
     collections/{uuid}.{version}        collection document, with its owner
