@@ -22,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import pytest
@@ -36,6 +37,7 @@ from hcafs.versions import now_version
 ROUNDS = 50
 THRESHOLD = 64  # bytes: sources above it are copied in the background
 SETTLE_SECONDS = 60.0
+T = TypeVar("T")
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -83,12 +85,11 @@ class Backend:
         return json.loads(body.read())
 
 
-def race(call: Callable[..., requests.Response], *arguments: tuple
-         ) -> list[requests.Response]:
+def race(call: Callable[..., T], *arguments: tuple) -> list[T]:
     """``call(*args)`` for each tuple of arguments, all at the same moment, in threads."""
     barrier = threading.Barrier(len(arguments))
 
-    def run(args: tuple) -> requests.Response:
+    def run(args: tuple) -> T:
         barrier.wait()
         return call(*args)
 
@@ -493,3 +494,40 @@ def test_replace_is_a_compare_and_swap_across_processes(kind, tmp_path, seaweed,
     assert json.loads(store.read("counter")) == 4 * times  # no increment lost
     assert not store.replace("counter", b"0", tag)  # a stale tag changes nothing
     assert json.loads(store.read("counter")) == 4 * times
+
+
+def _bind(folders, folder: str, name: str, file_id: str, resolution: str) -> str:
+    """The name ``bind`` used, or how it refused."""
+    from hcafs.server.folders import FolderError
+
+    try:
+        return folders.bind(folder, name, file_id, resolution)
+    except FolderError as exc:
+        return f"refused {exc.body['status']}"
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_racing_skip_and_rename_bindings_never_share_a_name(kind, tmp_path, seaweed,
+                                                            monkeypatch):
+    from hcafs.remote.s3 import S3
+    from hcafs.server.folders import Folders
+    from hcafs.server.store import LocalStore, S3Store
+
+    for name, value in seaweed.env().items():
+        monkeypatch.setenv(name, value)
+    store = LocalStore(str(tmp_path / "store")) if kind == "local" else \
+        S3Store(f"s3://{seaweed.make_bucket()}/names", S3(seaweed.endpoint))
+    folders = Folders(store)
+    folder = folders.root("user/names")["id"]
+    for round_ in range(20):
+        name = f"same-{round_}.txt"
+        ids = [f"{_uuid.uuid4()}.{now_version()}" for _ in range(2)]
+        resolution = "SKIP" if round_ % 2 else "RENAME"
+        named = race(_bind, *((folders, folder, name, i, resolution) for i in ids))
+        if resolution == "SKIP":
+            assert sorted(named) == sorted([name, "refused 409"]), named
+            assert folders.lookup(folder, name)["id"] == ids[named.index(name)]
+        else:
+            assert sorted(named) == sorted([name, f"_1_{name}"]), named
+            for file_id, used in zip(ids, named, strict=True):
+                assert folders.lookup(folder, used)["id"] == file_id
