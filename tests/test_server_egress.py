@@ -3,129 +3,35 @@
 Two tiers.  ``hcafs.server.egress`` in-process, where a resolver stub stands in for DNS and
 every socket ``connect`` is recorded, so a refusal is shown to happen before any connection
 (the stub's addresses are never dialled).  Then real ``hcafs serve`` importers whose DRS
-peer is a hostile DRS server on loopback (:class:`HostileDrs`, a fault injector that
-answers what each test scripts), and whose "target" is a loopback listener that counts the
-requests it gets (:class:`Target`).
+peer is a hostile DRS server on loopback (``fixtures.hostile_drs.HostileDrs``, a fault injector
+that answers what each test scripts), and whose "target" is a loopback listener that counts
+the requests it gets (``Target``).
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import socket
-import threading
 import zlib
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import requests
 from fixtures import free_port
-from fixtures.drs_repo import wait_finished
-from fixtures.dss_server import USER, DSSServer
+from fixtures.dss_server import DSSServer
+from fixtures.hostile_drs import (
+    HostileDrs,
+    Target,
+    only_error,
+    redirect,
+    run_import,
+    start_importer,
+    store_keys,
+)
 
 from hcafs.server import egress
 from hcafs.server.egress import Egress, EgressError, EgressPolicy
-
-# ---------------------------------------------------------------- peers
-
-
-Reply = tuple[int, dict[str, str], bytes]
-
-
-class _Listener:
-    """An HTTP/1.1 server on 127.0.0.1 that records every request (path and headers)."""
-
-    def __init__(self, host: str = "127.0.0.1", port: int = 0):
-        self.requests: list[tuple[str, dict[str, str]]] = []
-        self._lock = threading.Lock()
-        listener = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format, *args):  # noqa: A002 - quiet
-                pass
-
-            def do_GET(self):  # noqa: N802 - http.server's name
-                with listener._lock:
-                    listener.requests.append((self.path, dict(self.headers.items())))
-                status, headers, body = listener.reply(self.path)
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                try:
-                    self.wfile.write(body)
-                except OSError:
-                    pass
-
-        self._http = ThreadingHTTPServer((host, port), Handler)
-        self._http.daemon_threads = True
-        self.port = self._http.server_address[1]
-        self.host = f"{host}:{self.port}"
-        threading.Thread(target=self._http.serve_forever, kwargs={"poll_interval": 0.1},
-                         daemon=True).start()
-
-    def reply(self, path: str) -> Reply:
-        raise NotImplementedError
-
-    def count(self, prefix: str = "/") -> int:
-        with self._lock:
-            return sum(1 for path, _ in self.requests if path.startswith(prefix))
-
-    def close(self) -> None:
-        self._http.shutdown()
-        self._http.server_close()
-
-
-class Target(_Listener):
-    """What an attacker wants read: answers ``secret`` to anything, and counts."""
-
-    SECRET = b"the instance credentials\n"
-
-    def reply(self, path: str) -> Reply:
-        return 200, {"Content-Type": "text/plain"}, self.SECRET
-
-
-class HostileDrs(_Listener):
-    """A DRS server answering from :attr:`routes` (exact path → reply, or a function)."""
-
-    def __init__(self, host: str = "127.0.0.1", port: int = 0):
-        self.routes: dict[str, Reply | Callable[[str], Reply]] = {}
-        super().__init__(host, port)
-
-    def reply(self, path: str) -> Reply:
-        route = self.routes.get(path) or self.routes.get(path.split("?", 1)[0])
-        if route is None:
-            return 404, {"Content-Type": "application/json"}, b'{"msg": "no", "status_code": 404}'
-        return route(path) if callable(route) else route
-
-    def url(self, path: str) -> str:
-        return f"http://{self.host}{path}"
-
-    def uri(self, object_id: str) -> str:
-        return f"drs://{self.host}/{object_id}"
-
-    def blob_object(self, object_id: str, access_url: str, data: bytes = Target.SECRET,
-                    headers: list[str] | None = None, size: int | None = None) -> None:
-        """A blob object whose access URL is ``access_url``, honest about ``data``."""
-        url = {"url": access_url, **({"headers": headers} if headers else {})}
-        self.routes[f"/ga4gh/drs/v1/objects/{object_id}"] = json_reply({
-            "id": object_id, "size": len(data) if size is None else size,
-            "checksums": [{"type": "sha-256", "checksum": hashlib.sha256(data).hexdigest()}],
-            "access_methods": [{"type": "https", "access_url": url}]})
-
-
-def json_reply(body: object, status: int = 200) -> Reply:
-    return status, {"Content-Type": "application/json"}, json.dumps(body).encode()
-
-
-def redirect(location: str) -> Reply:
-    return 302, {"Location": location}, b""
 
 
 @pytest.fixture
@@ -140,30 +46,6 @@ def hostile():
     server = HostileDrs()
     yield server
     server.close()
-
-
-def start_importer(tmp_path: Path, name: str, *allowed: str) -> DSSServer:
-    """An importer under the default policy, opening only the ``HOST:PORT``s given."""
-    args = [a for host in allowed for a in ("--drs-allow-host", host)]
-    return DSSServer(str(tmp_path / name), args=args, loopback_peers=False).start()
-
-
-def run_import(server: DSSServer, items: list[dict], token: str = USER) -> dict:
-    answer = requests.post(f"{server.url}/v2/bulk/drs/imports/create", json={"items": items},
-                           headers={"X-SBG-Auth-Token": token}, timeout=30)
-    assert answer.status_code == 200, answer.text
-    return wait_finished(server, answer.json()["id"], token, timeout=120)[0]
-
-
-def only_error(job: dict) -> dict:
-    [entry] = job["result"]
-    assert "error" in entry, entry
-    return entry["error"]
-
-
-def store_keys(server: DSSServer) -> set[str]:
-    root = Path(server.data_dir) / "store"
-    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
 
 
 # ---------------------------------------------------------------- egress.py in-process
