@@ -279,7 +279,7 @@ class _Reads:
         self.count += 1
         if self.count > self.job_left:
             raise ItemError(422, 5109, f"the job reads more than {MAX_JOB_READS} DRS objects")
-        if self.count > MAX_MEMBERS:
+        if self.count > MAX_MEMBERS + 1:  # the item itself, then its members
             raise ItemError(422, 5109, f"the bundle has more than {MAX_MEMBERS} members")
 
 
