@@ -12,9 +12,17 @@ result; nothing else of the job is lost.  The job's ``result`` holds one entry p
 in item order, and one per member for a bundle item.
 
 Destinations (:mod:`.folders`): ``project`` ``"owner/slug"`` names the root folder of that
-project (created by its first import; there are no per-project permissions), ``parent`` the
-id of a folder this server created (a project root, or a folder made implicitly by a
-``name`` holding ``/``).  Conflict resolution acts on names within the destination folder.
+project (created by its first import, owned by that import's caller), ``parent`` the id of a
+folder this server created (a project root, or a folder made implicitly by a ``name``
+holding ``/``).  Conflict resolution acts on names within the destination folder; OVERWRITE
+only where :meth:`.folders.Folders.may_overwrite` says so.  An imported file's record is
+shown to the identity that imported it (and admins) only.
+
+Bounds: a bundle item reads at most :data:`MAX_MEMBERS` DRS objects below itself, a job at
+most :data:`MAX_JOB_READS`, and a bundle that contains itself fails the item.  A fetch is
+refused before it starts when it would take the job past ``ImportLimits.job_bytes`` or the
+spool past the free disk.  Fetching and the egress policy are :mod:`.drs` and
+:mod:`.egress`.
 
 The file budget (``limit`` files per ``window`` seconds per identity, a sliding window) and
 the request budget are :class:`Budget` objects; admissions are written to the store, so a
@@ -29,7 +37,9 @@ restarted server keeps counting them.  Store layout::
 
 Threading: HTTP threads create jobs (writing the new job and its call record) and read;
 :data:`WORKERS` engine threads take due jobs from :class:`_Due`, which hands a job to at
-most one worker at a time, and only that worker writes the job afterwards.  Budgets lock.
+most one worker at a time, and only that worker writes the job afterwards.  ``_Due`` serves
+owners round-robin and gives one owner at most :data:`PER_OWNER` workers at once, so a slow
+DRS server holds only its own users' jobs.  Budgets and the spool reservation lock.
 The threads start in :meth:`Importer.start` and stop through an Event in :meth:`close`.
 """
 
@@ -728,10 +738,11 @@ class Importer:
             return dict(entry, error=_item_error(exc))
         except (_Deferred, _Interrupted, HcafsError):
             raise
-        except Exception as exc:
+        except Exception:
             log.exception("DRS import %s, unit %d failed", job["id"], index)
             return dict(entry, error={"status": 500, "code": 500, "message":
-                                      f"{type(exc).__name__}: {exc}", "more_info": MORE_INFO})
+                                      "internal error (logged by the server)",
+                                      "more_info": MORE_INFO})
 
     def _import(self, job: dict, index: int, unit: dict) -> dict:
         """RUNNING, one file: conflicts, admission, fetch and verify, store, name."""
