@@ -10,6 +10,7 @@ the requests it gets (``Target``).
 
 from __future__ import annotations
 
+import ast
 import gzip
 import json
 import socket
@@ -49,6 +50,21 @@ def hostile():
 
 
 # ---------------------------------------------------------------- egress.py in-process
+
+
+def test_egress_is_the_only_server_module_that_speaks_http_to_others():
+    server = Path(egress.__file__).parent
+    clients = {"requests", "urllib3", "http.client", "httpx", "aiohttp", "urllib.request"}
+    for path in sorted(server.glob("*.py")):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+        used = {n for n in names if n in clients or n.split(".")[0] in clients - {"http",
+                                                                                   "urllib"}}
+        assert used == set() or path.name == "egress.py", (path.name, used)
 
 
 @pytest.fixture
