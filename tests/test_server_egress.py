@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from fixtures import free_port
+from fixtures.drs_repo import self_signed_cert
 from fixtures.dss_server import DSSServer
 from fixtures.hostile_drs import (
     HostileDrs,
@@ -162,6 +163,27 @@ def test_the_connection_goes_to_the_checked_address_not_a_second_answer(monkeypa
     finally:
         good.close()
         target.close()
+
+
+def test_https_connects_to_the_checked_address_and_verifies_the_certificate_for_the_name(
+        tmp_path, connects):
+    cert, key = self_signed_cert(tmp_path)  # valid for the address 127.0.0.1 only
+    peer = HostileDrs(tls=(cert, key))
+    try:
+        peer.routes["/x"] = (200, {}, b"over tls\n")
+        names = stub({"drs.test": ["127.0.0.1"]})
+        fetch = Egress(EgressPolicy(allow_hosts=[peer.host], resolve=names), ca_bundle=cert)
+        with fetch.get(f"https://{peer.host}/x") as answer:
+            assert b"".join(answer.chunks(100)) == b"over tls\n"
+        # the same address under a name the certificate does not carry: refused by TLS
+        fetch = Egress(EgressPolicy(allow_hosts=["drs.test"], resolve=names), ca_bundle=cert)
+        with pytest.raises(EgressError) as wrong:
+            fetch.get(f"https://drs.test:{peer.port}/x")
+        assert wrong.value.kind == "certificate"
+        assert {address for address in connects} == {("127.0.0.1", peer.port)}
+        assert peer.count("/x") == 1
+    finally:
+        peer.close()
 
 
 def test_redirects_are_checked_at_every_hop_and_capped(connects):
