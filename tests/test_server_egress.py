@@ -14,6 +14,7 @@ import ast
 import gzip
 import json
 import socket
+import threading
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -184,6 +185,33 @@ def test_https_connects_to_the_checked_address_and_verifies_the_certificate_for_
         assert peer.count("/x") == 1
     finally:
         peer.close()
+
+
+def test_an_allowed_target_that_fails_says_only_no_answer():
+    closed = free_port()
+    resetting = socket.create_server(("127.0.0.1", 0))
+    silent = socket.create_server(("127.0.0.1", 0))
+
+    def reset_all():
+        while True:
+            try:
+                client, _ = resetting.accept()
+            except OSError:
+                return
+            client.close()
+
+    threading.Thread(target=reset_all, daemon=True).start()
+    try:
+        fetch = Egress(EgressPolicy(allow_hosts=["127.0.0.1"]), timeout=(2, 1))
+        messages = set()
+        for port in (closed, resetting.getsockname()[1], silent.getsockname()[1]):
+            with pytest.raises(EgressError) as failed:
+                fetch.get(f"http://127.0.0.1:{port}/")
+            messages.add((failed.value.kind, str(failed.value)))
+        assert messages == {("unavailable", "no answer")}
+    finally:
+        resetting.close()
+        silent.close()
 
 
 def test_redirects_are_checked_at_every_hop_and_capped(connects):
