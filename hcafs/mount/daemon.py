@@ -175,7 +175,9 @@ class Daemon:
         """The embedded server follows the mount's import settings."""
         config = self.config
         args = ["--import-rate-limit", str(config.import_rate_limit),
-                "--import-rate-window", str(config.import_rate_window)]
+                "--import-rate-window", str(config.import_rate_window),
+                # a personal server on loopback: its DRS peers may be too
+                "--drs-allow-network", "127.0.0.0/8", "--drs-allow-network", "::1/128"]
         if config.drs_resolver_file:
             args += ["--drs-resolver", config.drs_resolver_file]
         if config.drs_allow_http:
