@@ -74,7 +74,7 @@ def module_name(root: Path, path: Path) -> str:
     return ".".join(parts)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parse(text: str) -> ast.Module:  # the copies share most files: parse each text once
     return ast.parse(text)
 
