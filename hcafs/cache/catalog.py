@@ -242,8 +242,7 @@ class Catalog:
                          "contents": json.dumps(c["contents"])}
                         for d, c in collections.items())
                 stamp = time.time()
-                db["meta"].upsert({"key": "bundles_refreshed_at", "value": str(stamp)},
-                                  pk="key")
+                self.db.set_meta("bundles_refreshed_at", str(stamp))
             fqids.sort()
             with self._lock:
                 self._bundles, self._bundle_set = fqids, set(fqids)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 
 import pytest
+from crashdb import CrashingCacheDB, InjectedCrash
 from fixtures.dss_server import ADMIN, DSSServer
 from fixtures.publishing import publish
 
@@ -89,3 +90,28 @@ def test_a_closed_port_is_unreachable_not_empty(tmp_path):
     with pytest.raises(Unreachable):
         catalog.refresh()
     assert catalog.bundles() == ["u.v"]
+
+
+def test_a_refresh_that_fails_while_writing_changes_nothing(tmp_path, server):
+    dss, staging = server
+    client = DSSClient(dss.url, token=ADMIN, retry=QUICK)
+    first, _ = publish(client, staging, {"a.txt": b"alpha\n"})
+    db = CrashingCacheDB(str(tmp_path / "cache" / "hcafs.db"))
+    catalog = Catalog(db, client, ttl=300)
+    catalog.refresh()
+    publish(client, staging, {"b.txt": b"beta\n"})
+    client.delete_bundle(*first.split(".", 1), reason="test")
+    before, stamp = db.snapshot(), catalog.refreshed_at
+    crash = 1
+    while True:  # a failure before each statement of the refresh, until none is left
+        db.crash_at(crash)
+        try:
+            catalog.refresh()
+        except InjectedCrash:
+            assert db.snapshot() == before, f"statement {crash} left a trace"
+            assert catalog.bundles() == [first] and catalog.refreshed_at == stamp
+            crash += 1
+            continue
+        break
+    assert crash > 3  # the listing's delete and insert, the collections', the timestamp
+    assert first not in catalog.bundles() and db.snapshot() != before
