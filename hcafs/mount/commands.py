@@ -14,7 +14,7 @@ import sys
 import time
 
 from ..cache.cachedb import CacheDB
-from ..cache.journal import Journal
+from ..cache.journal import IMPORTS_ACTIVE, Journal
 from ..config import runtime_dir
 from ..errors import Busy, NotFound, RemoteError, Unreachable, UsageError
 from .records import MountRecord, pid_alive
@@ -34,7 +34,7 @@ def drain(record: MountRecord, timeout: float | None, out=sys.stderr) -> bool:
     while True:
         summary = journal.summary()
         imports = sum(n for state, n in summary["imports"].items()
-                      if state in ("queued", "submitting", "submitted"))
+                      if state in IMPORTS_ACTIVE)
         if not summary["pending_files"] and not summary["commits_pending"] and not imports:
             if shown:
                 print(file=out)
