@@ -108,7 +108,7 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from .mount.control import mount, run_daemon
+    from .mount.launch import mount, run_daemon
 
     config = _mount_config(args)
     if args.ready_fd is not None:
@@ -117,26 +117,26 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from .mount.control import umount
+    from .mount.commands import umount
 
     return umount(args.mountpoint, lazy=args.lazy, wait=not args.no_wait,
                   wait_timeout=args.timeout)
 
 
 def cmd_commit(args: argparse.Namespace) -> int:
-    from .mount.control import commit
+    from .mount.commands import commit
 
     return commit(args.path, args.timeout)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .mount.control import status
+    from .mount.commands import status
 
     return status(args.mountpoint, args.json, args.watch)
 
 
 def cmd_refresh(args: argparse.Namespace) -> int:
-    from .mount.control import refresh
+    from .mount.commands import refresh
 
     return refresh(args.mountpoint)
 
