@@ -47,6 +47,7 @@ OPEN, COMMIT, COMMITTED = "open", "commit", "committed"
 SUBMITTING, SUBMITTED, DONE, FAILED = "submitting", "submitted", "done", "failed"
 IMPORTS_ACTIVE = (QUEUED, SUBMITTING, SUBMITTED)
 MAX_BACKOFF = BACKGROUND.max_delay
+SYNC_NOW_KEY = "sync_now_before"  # meta: files changed before this epoch are due at once
 
 
 @dataclass
@@ -142,13 +143,26 @@ class Journal:
         return FileRow(*row) if row else None
 
     def due(self, now: float, delay: float) -> list[FileRow]:
-        """Local files the sync engine should work on now (open files are filtered later)."""
+        """Local files the sync engine should work on now (open files are filtered later).
+
+        A dirty file is due once it has been idle for ``delay``, at once if its bundle is
+        being committed ("commit" means now), or if it changed before the last
+        :meth:`sync_now` (an unmount drains now); an errored one when its retry is due.
+        """
+        now_before = float(self.cachedb.get_meta(SYNC_NOW_KEY) or 0)
         rows = self.db.execute(
             f"select {', '.join(_FILE_COLUMNS)} from pending_files where kind = ? and ("
-            " (state = ? and changed <= ?) or state in (?, ?) or"
+            " (state = ? and (changed <= ? or changed <= ? or bundle in"
+            "   (select name from pending_bundles where state = ?))) or state in (?, ?) or"
             " (state = ? and coalesce(next_try, 0) <= ?)) order by id",
-            [LOCAL, DIRTY, now - delay, STAGING, REGISTERING, ERROR, now]).fetchall()
+            [LOCAL, DIRTY, now - delay, now_before, COMMIT, STAGING, REGISTERING, ERROR,
+             now]).fetchall()
         return [FileRow(*row) for row in rows]
+
+    def sync_now(self) -> None:
+        """Every file closed until now is due at once, whatever the write-back delay (the
+        drain before an unmount); files written later wait for the delay as usual."""
+        self.cachedb.set_meta(SYNC_NOW_KEY, repr(time.time()))
 
     # ------------------------------------------------------------ bundles
 

@@ -73,6 +73,8 @@ def umount(mountpoint: str, lazy: bool = False, timeout: float = 60.0, wait: boo
     except NotFound:
         if not os.path.ismount(path):
             raise
+    if record is not None and wait:
+        _journal(record.cache_dir).sync_now()  # drain now, not after the write-back delay
     if record is not None and wait and not drain(record, wait_timeout):
         raise Busy(f"{path}: files are still waiting to sync (see `hcafs status {path}`); "
                    "unmount anyway with --no-wait, they resume at the next mount")
