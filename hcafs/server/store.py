@@ -28,6 +28,7 @@ replaced, after checking that it is still the version that was read.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import logging
@@ -35,7 +36,7 @@ import os
 import tempfile
 import uuid as _uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 from ..errors import ConfigError, NotFound, RemoteError
@@ -96,6 +97,12 @@ class Store(ABC):
 
     def exists(self, key: str) -> bool:
         return self.read(key) is not None
+
+    def create_unsynced(self, key: str, data: bytes) -> bool:
+        """:meth:`create`, for a record whose loss in a crash loses nothing acknowledged
+        (a claim made inside a request not yet answered): a backend may skip the flush to
+        disk, so after a crash the record may be missing or empty, never wrong."""
+        return self.create(key, data)
 
 
 class LocalStore(Store):
@@ -248,6 +255,56 @@ class LocalStore(Store):
 
     def write_blob(self, key: str, chunks: Iterable[bytes]) -> None:
         self._publish(self._staged(chunks), key)
+
+    def create_unsynced(self, key: str, data: bytes) -> bool:
+        fd, tmp = tempfile.mkstemp(dir=self._tmp)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        path = self._path(key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+
+    def moving_path(self, path: str) -> str:
+        """Where :meth:`move_blob` keeps the file at ``path`` while it moves in."""
+        return os.path.join(self._tmp, "move-" + hashlib.sha256(path.encode()).hexdigest())
+
+    def move_blob(self, path: str, key: str, check: Callable[[int], None]) -> bool:
+        """Publish the file at ``path`` as blob ``key`` by renaming it (no byte copied).
+
+        The file is first renamed to :meth:`moving_path` (so a crash leaves it there, found
+        again by the next attempt, which may also start from there), then ``check(fd)``
+        runs on it and may raise to refuse it (it is then renamed back); it is fsynced,
+        and renamed into place.  False, with nothing moved, if ``path`` is on another
+        filesystem; NotFound if neither ``path`` nor its moving copy exists.
+        """
+        moving = self.moving_path(path)
+        try:
+            os.replace(path, moving)
+        except FileNotFoundError:
+            if not os.path.exists(moving):
+                raise NotFound(f"{path} does not exist") from None
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:
+                return False
+            raise
+        fd = os.open(moving, os.O_RDONLY)
+        try:
+            try:
+                check(fd)
+            except BaseException:
+                os.replace(moving, path)
+                raise
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._publish(moving, key)
+        return True
 
 
 def _tag(data: bytes) -> str:
