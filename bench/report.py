@@ -20,6 +20,8 @@ GOAL_PEAK_RSS_MIB = 150.0
 GOAL_CP_RATIO = 0.60
 GOAL_TREE_SPEEDUP = 2.0
 GOAL_TREE_RSS_MIB = 200.0
+GOAL_TREE_RSS_GROWTH_MIB = 64.0  # peak minus idle
+GOAL_INGEST_SPEEDUP = 3.0  # this tree's files/s against the baseline tree's
 # "Flat": the peak of the second half of a run is at most this far above the first half's.
 FLAT_MARGIN_MIB = 16.0
 
@@ -182,12 +184,13 @@ def render(results: dict) -> str:
         f"{_met(None if peak is None else peak <= GOAL_PEAK_RSS_MIB)} |",
         "",
     ]
-    lines += _writes_results(r) + _drs_results(r.get("drs") or {})
+    lines += _writes_results(r) + _write_path_results(r) + _drs_results(r.get("drs") or {})
     if r["errors"]:
         lines += ["**Some benchmarks could not be run:**", ""]
         lines += [f"- {e}" for e in r["errors"]]
         lines.append("")
     lines += _machine_section(r) + _method_section(r) + _writes_method(r) + \
+        _write_path_method(r) + \
         _raw_section(r) + _rss_section(r) + _counts_section(r) + _setup_section(r)
     return "\n".join(lines) + "\n"
 
@@ -245,6 +248,115 @@ def _writes_results(r: dict) -> list[str]:
         f"{'n/a' if growth is None else f'{growth:+.0f} MiB'} vs first half, worst run) | – | "
         f"– | flat (≤ {FLAT_MARGIN_MIB:.0f} MiB growth), ≤ {GOAL_TREE_RSS_MIB:.0f} MiB | "
         f"{_met(rss_ok)} |",
+        "",
+    ]
+
+
+def _write_path_results(r: dict) -> list[str]:
+    """The write path's figures: overwrites, failures, memory, ingest, bytes per byte."""
+    p = r["params"]
+    over_mount, over_local = _runs(r, "cp_mount_over"), _runs(r, "cp_local_over")
+    failures = _runs(r, "tree_sync_failures")
+    peaks, starts = _runs(r, "tree_rss_peak"), _runs(r, "tree_rss_start")
+    if not (over_mount.values or failures.values or _runs(r, "ingest_s3_this").values):
+        return []
+    growth = max((a - b for a, b in zip(peaks.values, starts.values, strict=False)),
+                 default=None)
+    peak = max(peaks.values, default=None)
+    rss_ok = None if growth is None else (growth <= GOAL_TREE_RSS_GROWTH_MIB
+                                          and peak <= GOAL_TREE_RSS_MIB)
+    base = p.get("baseline_ref", "main")
+    over = _ratio(over_mount.median, over_local.median)
+    lines = [
+        "## Results, the write path (ingest, overwrites, failures, bytes per byte)",
+        "",
+        "| benchmark | this tree | baseline | ratio | goal | verdict |",
+        "|---|---|---|---|---|---|",
+        f"| `cp` overwriting the {p['cp_mib']} MiB file in a pending bundle (interleaved "
+        f"with a local overwrite) | {over_mount.spread(0)} | local overwrite: "
+        f"{over_local.spread(0)} | {_pct(over)} | no regression | reported |",
+        f"| failed sync attempts in the daemon log during (b) | "
+        f"{', '.join(_num(v) for v in failures.values) or 'n/a'} | – | – | 0 | "
+        f"{_met(None if not failures.values else max(failures.values) == 0)} |",
+        f"| daemon RSS during (b): peak minus idle (worst run), peak | "
+        f"{'n/a' if growth is None else f'{growth:.0f} MiB'}, "
+        f"{'n/a' if peak is None else f'{peak:.0f} MiB'} | – | – | ≤ "
+        f"{GOAL_TREE_RSS_GROWTH_MIB:.0f} MiB, ≤ {GOAL_TREE_RSS_MIB:.0f} MiB | "
+        f"{_met(rss_ok)} |",
+    ]
+    n = p.get("ingest_files", 0)
+    raw = _runs(r, "ingest_raw_s3")
+    for kind, what in (("s3", f"{n} × 1 MiB from `s3://` sources"),
+                       ("file", f"{n} × 1 MiB from `file://` sources (staging root)")):
+        this, then = _runs(r, f"ingest_{kind}_this"), _runs(r, f"ingest_{kind}_base")
+        if not this.values:
+            continue
+        speedup = _ratio(this.median, then.median)
+        lines.append(
+            f"| server ingest, {what}, 8 PUT /files at a time (files/s) | {this.spread(1)} | "
+            f"`{base}`: {then.spread(1)} | "
+            f"{'n/a' if speedup is None else f'{speedup:.2f}×'} | ≥ {GOAL_INGEST_SPEEDUP:.0f}× "
+            f"`{base}` | {_met(None if speedup is None else speedup >= GOAL_INGEST_SPEEDUP)} |")
+        if kind == "s3" and raw.values:
+            lines.append(f"| … against raw S3 PUTs of {n} × 1 MiB to the same SeaweedFS "
+                         f"(files/s) | {this.spread(1)} | raw PUTs: {raw.spread(1)} | "
+                         f"{_pct(_ratio(this.median, raw.median))} | reported | – |")
+    this, then = _runs(r, "embedded_files_this"), _runs(r, "embedded_files_base")
+    if this.values:
+        speedup = _ratio(this.median, then.median)
+        lines.append(
+            f"| tree (b) on the embedded default (local staging), files/s over `cp -r` + "
+            f"`hcafs commit` | {this.spread(1)} | `{base}`: {then.spread(1)} | "
+            f"{'n/a' if speedup is None else f'{speedup:.2f}×'} | ≥ {GOAL_INGEST_SPEEDUP:.0f}× "
+            f"`{base}` | {_met(None if speedup is None else speedup >= GOAL_INGEST_SPEEDUP)} |")
+    lines += ["", "Bytes read from / written to the disk per byte ingested (`/proc/PID/io` "
+              "`read_bytes`/`write_bytes`, the process and its children), median of runs:",
+              "", "| step | process | read | written |", "|---|---|---|---|"]
+    rows = [("tree (b), S3 staging", "mount daemon", "tree_daemon"),
+            ("tree (b), S3 staging", "hcafs serve", "tree_server")]
+    for side, label in (("this", "this tree"), ("base", f"`{base}`")):
+        rows += [(f"ingest, `s3://` sources, {label}", "hcafs serve", f"ingest_s3_{side}"),
+                 (f"ingest, `file://` sources, {label}", "hcafs serve",
+                  f"ingest_file_{side}"),
+                 (f"tree on the embedded default, {label}", "daemon + embedded server",
+                  f"embedded_{side}")]
+    for step, who, key in rows:
+        read = _runs(r, f"{key}_read_bytes" if key.startswith("tree_") else f"{key}_read")
+        wrote = _runs(r, f"{key}_write_bytes" if key.startswith("tree_") else f"{key}_write")
+        if read.values or wrote.values:
+            lines.append(f"| {step} | {who} | {_num(read.median or 0)} | "
+                         f"{_num(wrote.median or 0)} |")
+    return lines + [""]
+
+
+def _write_path_method(r: dict) -> list[str]:
+    p = r["params"]
+    if p.get("only") == "reads" or not p.get("ingest_files"):
+        return []
+    base = p.get("baseline_ref", "main")
+    return [
+        f"The write path's ingest figures compare this tree with `{base}`: `git archive "
+        f"{base} hcafs` is extracted to WORK/baseline-{base} and put first on `PYTHONPATH` "
+        "of that side's processes (`python -m hcafs` runs from the work dir, so the "
+        "checkout does not shadow it). Rounds alternate which side goes first.",
+        "",
+        "```",
+        "python -m hcafs serve --host 127.0.0.1 --port 0 --data-dir D --staging-root S "
+        "--tokens T   # one per side and round, same AWS env as above",
+        f"# s3: {p['ingest_files']} tagged 1 MiB objects in s3://hcafs-bench-ingest (untimed);"
+        " timed: PUT /v1/files/UUID?version=V {source_url: s3://...}, 8 at a time",
+        f"# file: {p['ingest_files']} 1 MiB files in S (untimed, then sync); timed: the same "
+        "PUTs with file://S/... sources",
+        f"# raw: {p['ingest_files']} boto3 put_object of 1 MiB, 8 at a time, same SeaweedFS",
+        "python -m hcafs mount MNT --cache-dir C --log-file L   # embedded default: no "
+        "--dss-url, no --staging",
+        "mkdir MNT/bundles/embedded-N; cp -r TREE/. MNT/bundles/embedded-N/; "
+        "python -m hcafs commit MNT/bundles/embedded-N --timeout 900   # timed together",
+        "```",
+        "",
+        "Overwrite pairs in (a): after each fresh `cp`, the page cache is dropped and the "
+        "source read again, then `cp SRC LOCAL/one.bin` over a local copy (timed), then the "
+        "same onto the file just written in the pending bundle (timed).",
         "",
     ]
 

@@ -330,6 +330,7 @@ class Bench:
                            "repeats": self.repeats, "drop_caches": self.drop,
                            "cp_mib": a.cp_mib, "tree_big_mib": a.tree_big_mib,
                            "tree_files": a.tree_files, "tree_repeats": a.tree_repeats,
+                           "ingest_files": a.ingest_files, "baseline_ref": a.baseline_ref,
                            "only": a.only},
                 "rss_traces": self.writes.rss_series() if self.writes else [],
                 "machine": report.machine(REPO, self.work), "runs": self.runs,
@@ -366,6 +367,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="1 MiB files in the issue-4 (b) tree (default 512)")
     parser.add_argument("--tree-repeats", type=int, default=3,
                         help="runs of each side of issue 4 (b) (default 3)")
+    parser.add_argument("--ingest-files", type=int, default=256,
+                        help="1 MiB files per ingest run (default 256)")
+    parser.add_argument("--baseline-ref", default="main",
+                        help="git revision whose hcafs the ingest figures compare with")
     parser.add_argument("--only", choices=("all", "reads", "writes", "imports"), default="all",
                         help="run only the issue-3 (reads), issue-4 (writes) or issue-5 "
                         "(imports) benchmarks")
@@ -422,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
                 bench.step("issue 4 (a) cp", writes.cp)
                 bench.step("issue 4 (b)+(c) tree to a bundle", writes.trees)
                 bench.step("issue 4 FUSE callback counts", writes.callback_counts)
+                bench.step("write path ingest (d)-(f), against the baseline tree",
+                           writes.ingest)
         if args.only in ("all", "imports"):
             bench.step("issue 5 DRS imports (1,000 .drs files)", lambda: drs.update(
                 drs_imports.run(os.path.join(work, "drs"))))

@@ -68,6 +68,10 @@ class S3:
             connect_timeout=10,
             read_timeout=60,
             s3={"addressing_style": "path"},
+            # The DSS checksums every byte itself (hcafs.checksums): no extra CRC pass over
+            # each upload and download unless the operation requires one.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
         )
         self.client = boto3.session.Session().client(
             "s3", endpoint_url=endpoint_url or None, config=config

@@ -223,18 +223,24 @@ class Copier:
             if _stamp(os.fstat(fd)) != source.stamp:
                 raise _Changed
 
+        # Recorded before the move, so that a PUT of this source racing this one always
+        # finds the file (at its path, in the store's .tmp/, or as this record with its
+        # blob).  Unsynced: if a crash loses it, a repeated PUT is 404 and the file is
+        # staged again; nothing acknowledged depends on it.
+        marker = _moved_key(source.path)
+        self.store.create_unsynced(marker, _dumps(source.__dict__))
         try:
             moved = self.store.move_blob(source.path, key, unchanged)
         except _Changed:
             log.info("%s changed after it was inspected; copying it instead", source.url)
-            return False
+            moved = False
         except NotFound as exc:
+            self.store.delete(marker)
             raise Problem(404, "not_found", f"source {source.url} vanished") from exc
         if moved:
             self.moved += 1
-            # Unsynced: if a crash loses it, a repeated PUT is 404 and the file is staged
-            # again; nothing acknowledged depends on it.
-            self.store.create_unsynced(_moved_key(source.path), _dumps(source.__dict__))
+        else:
+            self.store.delete(marker)
         return moved
 
     def start(self, uuid: str, version: str, source: Source, document: dict
