@@ -137,6 +137,9 @@ class Copier:
                 sums = checksum_file(handle, before.st_size)
                 stamp = _stamp(os.fstat(handle.fileno()))
         except (FileNotFoundError, IsADirectoryError) as exc:
+            moved = self._moved(path)  # a racing PUT of it moved it in meanwhile
+            if moved is not None:
+                return moved
             raise Problem(404, "not_found", f"source file {url} does not exist") from exc
         if stamp != _stamp(before):
             raise Problem(409, "source_changed", f"source file {url} changed while it was read")
