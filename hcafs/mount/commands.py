@@ -53,7 +53,7 @@ def drain(record: MountRecord, timeout: float | None, out=sys.stderr) -> bool:
         if deadline is not None and time.monotonic() > deadline:
             print(file=out)
             return False
-        time.sleep(0.5)
+        time.sleep(0.2)
 
 
 def _size(count: int) -> str:
