@@ -77,6 +77,15 @@ def m004_drs_imports(db: sqlite_utils.Database) -> None:
     db["drs_imports"].create_index(["batch"])
 
 
+@migrations()
+def m005_block_checksums(db: sqlite_utils.Database) -> None:
+    # crc32c of each present block (4 bytes per block, big-endian, in block order), taken
+    # from the bytes as they were fetched: a block whose bytes on disk no longer match is
+    # refetched instead of served.  Blocks cached before this column existed have no sum
+    # and count as absent.
+    db["blobs"].add_column("crcs", bytes)
+
+
 class CacheDB:
     """:meth:`db` is the calling thread's connection to ``path``.
 

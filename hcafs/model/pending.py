@@ -273,10 +273,16 @@ class PendingBundles:
         return self._handles[number]
 
     def read(self, number: int, size: int, offset: int) -> bytes:
+        fd, start, length = self.read_span(number, size, offset)
+        return os.pread(fd, length, start) if length else b""
+
+    def read_span(self, number: int, size: int, offset: int) -> tuple[int, int, int]:
+        """``(fd, offset, length)`` holding the bytes: the local file, or the cached
+        blob of a file not yet rewritten."""
         handle = self._handles[number]
         if handle.blob is not None:
-            return self.blobs.read(handle.blob, offset, size, self._fetcher(handle.entry))
-        return os.pread(handle.fd, size, offset)
+            return self.blobs.span(handle.blob, offset, size, self._fetcher(handle.entry))
+        return handle.fd, offset, size
 
     def write(self, number: int, data: bytes, offset: int) -> int:
         handle = self._handles[number]

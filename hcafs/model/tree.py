@@ -332,8 +332,15 @@ class Tree:
         return bool(self._handles[handle].blob.verified)
 
     def read(self, handle: int, size: int, offset: int) -> bytes:
+        fd, start, length = self.read_span(handle, size, offset)
+        return os.pread(fd, length, start) if length else b""
+
+    def read_span(self, handle: int, size: int, offset: int) -> tuple[int, int, int]:
+        """``(fd, offset, length)`` of a local file holding the bytes asked for, once they
+        are there and checked (see :meth:`BlobCache.span`): the adapter hands the kernel
+        the file descriptor, so the bytes never pass through Python."""
         if handle >= PENDING_HANDLES:
-            return self.pending.read(handle - PENDING_HANDLES, size, offset)
+            return self.pending.read_span(handle - PENDING_HANDLES, size, offset)
         state = self._handles[handle]
         if abs(offset - state.next_offset) > SEQUENTIAL_SLACK:
             # Random access: fetch just what is asked.  (The kernel's read-ahead sends
@@ -342,11 +349,11 @@ class Tree:
         # Read ahead as far as the reader has already read in sequence, up to the cap:
         # a long sequential read gets large windows, a short one costs little extra.
         readahead = min(state.streak, self.max_readahead)
-        data = self.blobs.read(state.blob, offset, size, self.fetcher(state.entry),
+        span = self.blobs.span(state.blob, offset, size, self.fetcher(state.entry),
                                readahead=readahead)
-        state.next_offset = max(state.next_offset, offset + len(data))
-        state.streak += len(data)
-        return data
+        state.next_offset = max(state.next_offset, offset + span[2])
+        state.streak += span[2]
+        return span
 
     def fetcher(self, entry: FileEntry):
         """``fetch(start, end)`` for one remote file: its bytes from the server."""
