@@ -84,6 +84,8 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
         refresh_ttl=float(pick("refresh_ttl", 300)),
         entry_timeout=float(pick("entry_timeout", 30)),
         attr_timeout=float(pick("attr_timeout", 30)),
+        read_streams=int(pick("read_streams", 4)),
+        read_chunk=parse_size(pick("read_chunk", "8M")),
         log_file=os.path.abspath(log_file) if log_file else None,
         data_dir=os.path.abspath(pick("data_dir", ServeConfig().data_dir)),
         insecure_tls=bool(getattr(args, "insecure", False)),
@@ -241,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="kernel attribute cache time (default 30)")
     mount.add_argument("--entry-timeout", metavar="SECONDS", type=float,
                        help="kernel name lookup cache time (default 30)")
+    mount.add_argument("--read-streams", metavar="N", type=int,
+                       help="parallel ranged fetches ahead of a sequential reader (default 4)")
+    mount.add_argument("--read-chunk", metavar="SIZE",
+                       help="bytes per ranged fetch of those streams (default 8M)")
     mount.add_argument("--log-file", metavar="FILE", help="daemon log (default "
                        "CACHE_DIR/hcafs.log)")
     mount.add_argument("--data-dir", help="the embedded server's data dir")

@@ -142,6 +142,8 @@ class MountConfig:
     attr_timeout: float = 30.0
     negative_timeout: float = 2.0
     max_readahead: int = 64 * MiB
+    read_streams: int = 4  # parallel ranged fetches ahead of a sequential reader
+    read_chunk: int = 8 * MiB  # bytes per ranged fetch of those streams
     log_file: str | None = None
     data_dir: str = field(default_factory=lambda: os.path.join(xdg_dir("data"), "server"))
     insecure_tls: bool = False
@@ -178,6 +180,8 @@ class MountConfig:
             raise ConfigError("--import-conflict must be SKIP, RENAME or OVERWRITE")
         if self.import_rate_limit < 1 or self.import_rate_window <= 0:
             raise ConfigError("--import-rate-limit and --import-rate-window must be positive")
+        if self.read_streams < 1 or self.read_chunk < MiB:
+            raise ConfigError("--read-streams must be at least 1 and --read-chunk at least 1M")
         if self.upload_workers < 1:
             raise ConfigError("--upload-workers must be at least 1")
         if self.write_back_delay < 0:

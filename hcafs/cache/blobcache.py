@@ -39,13 +39,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import crc32c as _crc32c
 
-from ..errors import HcafsError, IntegrityError, NoSpace
+from ..errors import HcafsError, IntegrityError, NoSpace, Unreachable
 from .cachedb import CacheDB
 
 log = logging.getLogger(__name__)
 
 BLOCK = 1024 * 1024
 CRC = 4  # bytes of crc32c per block
+RESUMES = 3  # broken fetches in a row, with nothing gained, before a read fails
 Fetch = Callable[[int, int], Iterator[bytes]]  # bytes [start, end) of the blob
 
 
@@ -143,11 +144,16 @@ class BlobCache:
     def release(self, blob: _Blob) -> None:
         with self._lock:
             blob.users -= 1
-            last = blob.users == 0
+            if blob.users:
+                return
+        # Record the bitmap before the blob leaves _open: a new acquire in between either
+        # finds this object still open, or loads what was just recorded, never older state.
+        self._persist(blob)
+        with self._lock:
+            last = blob.users == 0 and self._open.get(blob.sha256) is blob
             if last:
-                self._open.pop(blob.sha256, None)
+                self._open.pop(blob.sha256)
         if last:
-            self._persist(blob)
             os.close(blob.fd)
 
     def _persist(self, blob: _Blob) -> None:
@@ -282,7 +288,12 @@ class BlobCache:
             self.release(blob)
 
     def _ensure(self, blob: _Blob, first: int, last: int, fetch: Fetch) -> None:
-        """Make blocks ``first..last`` present, fetching what nobody else is fetching."""
+        """Make blocks ``first..last`` present, fetching what nobody else is fetching.
+
+        A fetch that breaks off keeps the blocks it wrote and resumes at the first missing
+        one; after ``RESUMES`` breaks in a row with no block gained, the read fails.
+        """
+        fruitless = 0
         while True:
             with blob.cond:
                 if blob.failed is not None:
@@ -300,7 +311,15 @@ class BlobCache:
                     stop += 1
                 for b in range(start, stop + 1):
                     blob.inflight[b] = 1
-            self._fetch(blob, start, stop, fetch)
+            try:
+                self._fetch(blob, start, stop, fetch)
+            except Unreachable as exc:
+                gained = bool(blob.present[start])
+                fruitless = 0 if gained else fruitless + 1
+                if fruitless >= RESUMES:
+                    raise
+                log.info("fetch of %s broke off (%s); resuming at the first missing block",
+                         blob.sha256[:12], exc)
 
     def _fetch(self, blob: _Blob, first: int, last: int, fetch: Fetch) -> None:
         """Fetch blocks ``first..last`` (already claimed) and write them in place."""

@@ -147,7 +147,8 @@ class Daemon:
         self.catalog = Catalog(self.db, self.client, config.refresh_ttl, quick=quick)
         self._first_contact(quick)
         self.blobs = BlobCache(os.path.join(config.cache_dir, "blobs"), self.db,
-                               config.cache_size, max_readahead=config.max_readahead)
+                               config.cache_size, streams=config.read_streams,
+                               max_readahead=config.max_readahead, chunk=config.read_chunk)
         self.journal = Journal(self.db)
         self.tree = Tree(self.catalog, self.blobs, None, config.max_readahead,
                          config.delete_reason)
