@@ -206,6 +206,9 @@ class BlobCache:
         if blob.checked[first:last + 1].count(1) == last - first + 1:
             return
         for block in range(first, last + 1):
+            with blob.cond:
+                while blob.inflight[block] and blob.present[block] and not blob.checked[block]:
+                    blob.cond.wait(1)  # a read-ahead stream is checking it
             if blob.checked[block]:
                 continue
             start, stop = blob.span(block)
@@ -246,23 +249,27 @@ class BlobCache:
             blob.users += 1
         self._pool.submit(self._stream, blob, fetch)
 
-    def _next_chunk(self, blob: _Blob, claim: bool) -> tuple[int, int] | None:
-        """The next run of missing, unclaimed blocks inside the reader's window (cond held)."""
+    def _next_chunk(self, blob: _Blob, claim: bool) -> tuple[int, int, bool] | None:
+        """The next run of blocks inside the reader's window that needs work (cond held):
+        ``(first, last, fetch)``, either missing blocks to fetch or present blocks not yet
+        checked since they were loaded (checked ahead of the reader, off its path)."""
         window = max(1, self.max_readahead // BLOCK)
         first = blob.read_pos + 1
         stop = min(blob.nblocks, blob.read_pos + 1 + window)
-        while first < stop and (blob.present[first] or blob.inflight[first]):
+        while first < stop and (blob.inflight[first] or blob.checked[first]):
             first += 1
         if first >= stop:
             return None
+        fetch = not blob.present[first]
         last = first
         while last + 1 < min(stop, first + self.chunk_blocks) and \
-                not blob.present[last + 1] and not blob.inflight[last + 1]:
+                not blob.inflight[last + 1] and not blob.checked[last + 1] and \
+                (not blob.present[last + 1]) == fetch:
             last += 1
         if claim:
             for b in range(first, last + 1):
                 blob.inflight[b] = 1
-        return first, last
+        return first, last, fetch
 
     def _stream(self, blob: _Blob, fetch: Fetch) -> None:
         try:
@@ -277,7 +284,10 @@ class BlobCache:
                             for b in range(run[0], run[1] + 1):
                                 blob.inflight[b] = 0
                         return
-                self._fetch(blob, run[0], run[1], fetch)
+                if run[2]:
+                    self._fetch(blob, run[0], run[1], fetch)
+                else:
+                    self._check_ahead(blob, run[0], run[1])
         except HcafsError as exc:
             log.debug("read-ahead of %s stopped: %s", blob.sha256[:12], exc)
         except Exception:
@@ -286,6 +296,24 @@ class BlobCache:
             with blob.cond:
                 blob.streams -= 1
             self.release(blob)
+
+    def _check_ahead(self, blob: _Blob, first: int, last: int) -> None:
+        """Check claimed present blocks ahead of a reader; a bad one is dropped quietly
+        for the reader to fetch again (it never sees the bad bytes)."""
+        try:
+            for block in range(first, last + 1):
+                with blob.cond:
+                    blob.inflight[block] = 0  # released block by block as checked
+                    blob.cond.notify_all()
+                try:
+                    self._check(blob, block, block)
+                except IntegrityError:
+                    pass  # logged and dropped by _check
+        finally:
+            with blob.cond:
+                for b in range(first, last + 1):
+                    blob.inflight[b] = 0
+                blob.cond.notify_all()
 
     def _ensure(self, blob: _Blob, first: int, last: int, fetch: Fetch) -> None:
         """Make blocks ``first..last`` present, fetching what nobody else is fetching.
