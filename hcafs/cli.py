@@ -110,7 +110,7 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from .mount.control import mount, run_daemon
+    from .mount.launch import mount, run_daemon
 
     config = _mount_config(args)
     if args.ready_fd is not None:
@@ -119,26 +119,26 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from .mount.control import umount
+    from .mount.commands import umount
 
     return umount(args.mountpoint, lazy=args.lazy, wait=not args.no_wait,
                   wait_timeout=args.timeout)
 
 
 def cmd_commit(args: argparse.Namespace) -> int:
-    from .mount.control import commit
+    from .mount.commands import commit
 
     return commit(args.path, args.timeout)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .mount.control import status
+    from .mount.commands import status
 
     return status(args.mountpoint, args.json, args.watch)
 
 
 def cmd_refresh(args: argparse.Namespace) -> int:
-    from .mount.control import refresh
+    from .mount.commands import refresh
 
     return refresh(args.mountpoint)
 
@@ -162,8 +162,17 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         import_request_limit=int(pick("import_request_limit", 1000)),
         import_request_window=float(pick("import_request_window", 300)),
         drs_allow_http=parse_bool(pick("drs_allow_http", False)),
+        drs_allow_hosts=_list(pick("drs_allow_host", ())),
+        drs_allow_networks=_list(pick("drs_allow_network", ())),
         drs_resolver=pick("drs_resolver"),
     )
+
+
+def _list(value: object) -> tuple[str, ...]:
+    """A repeated option: a list (command line, config file) or a comma-separated string
+    (environment)."""
+    items = value.split(",") if isinstance(value, str) else value
+    return tuple(str(item).strip() for item in items if str(item).strip())
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -216,8 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--import-request-window", metavar="SECONDS", type=float,
                        help="the sliding window of --import-request-limit (default 300)")
     serve.add_argument("--drs-allow-http", action="store_const", const=True,
-                       help="let imports fetch plain http from any host (default: "
-                       "loopback only)")
+                       help="let imports fetch plain http from any host the egress policy "
+                       "allows (default: loopback only)")
+    serve.add_argument("--drs-allow-host", metavar="HOST[:PORT]", action="append",
+                       help="let imports fetch from this host (every port, or PORT only) "
+                       "even at a loopback, private or link-local address; repeatable")
+    serve.add_argument("--drs-allow-network", metavar="CIDR", action="append",
+                       help="let imports fetch from addresses in this network; repeatable")
     serve.add_argument("--drs-resolver", metavar="FILE",
                        help='compact DRS prefixes, JSON {"prefix": "https://host:port"}')
     serve.set_defaults(func=cmd_serve)

@@ -6,6 +6,7 @@ then the config file (``$XDG_CONFIG_HOME/hcafs/config.toml``), then the default.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -96,6 +97,8 @@ class ServeConfig:
     import_request_limit: int = 1000
     import_request_window: float = 300.0
     drs_allow_http: bool = False
+    drs_allow_hosts: tuple[str, ...] = ()  # HOST or HOST:PORT the egress policy opens
+    drs_allow_networks: tuple[str, ...] = ()  # CIDR ranges the egress policy opens
     drs_resolver: str | None = None
 
     @property
@@ -120,7 +123,21 @@ class ServeConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
         if self.drs_resolver and not os.path.isfile(self.drs_resolver):
             raise ConfigError(f"DRS resolver table {self.drs_resolver} does not exist")
+        for network in self.drs_allow_networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError as exc:
+                raise ConfigError(f"--drs-allow-network {network!r} is not a CIDR "
+                                  "network") from exc
+        for host in self.drs_allow_hosts:
+            if not _ALLOW_HOST_RE.match(host):
+                raise ConfigError(f"--drs-allow-host {host!r} is not HOST or HOST:PORT")
         return self
+
+
+_ALLOW_HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)"
+                            r"(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}"
+                            r"|655[0-2][0-9]|6553[0-5]))?$")
 
 
 DEFAULT_CACHE_SIZE = "10G"

@@ -22,6 +22,10 @@ from sqlite_utils.migrations import Migrations
 
 migrations = Migrations("hcafs")
 
+# What a statement raises when the database cannot take it now (locked, disk full): callers
+# outside this package catch this name, not sqlite3's.
+DatabaseError = sqlite3.OperationalError
+
 
 @migrations()
 def m001_metadata(db: sqlite_utils.Database) -> None:

@@ -21,7 +21,7 @@ import threading
 import time
 from collections import OrderedDict
 
-from ..errors import ApiError, NotFound, RemoteError, Unreachable
+from ..errors import NotFound, PermissionDenied, RemoteError, Unreachable
 from ..remote.client import DSSClient
 from ..versions import parse_fqid
 from .cachedb import CacheDB
@@ -153,17 +153,13 @@ class Catalog:
         return self._manifest(fqid, bundle["creator_uid"], bundle["files"])
 
     def _fetch(self, what: str, fqid: str, call):
-        """One read of an object named by FQID: 404 becomes NotFound, and whether the server
-        answered is recorded in :attr:`health`."""
+        """One read of an object named by FQID (a 404 comes out as NotFound); whether the
+        server answered is recorded in :attr:`health`."""
         parsed = parse_fqid(fqid)
         if parsed is None or self.client is None:
             raise NotFound(f"no {what}")
         try:
             answer = call(self.client, *parsed)
-        except ApiError as exc:
-            if exc.status == 404:
-                raise NotFound(f"no {what}") from exc
-            raise
         except Unreachable as exc:
             self.health.failed(exc)
             raise
@@ -185,10 +181,8 @@ class Catalog:
         try:
             answer = self.client.request("GET", f"/bundles/{uuid}", params={
                 "replica": self.client.replica, "per_page": 10})
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        except NotFound:
+            return None
         return answer.json()["bundle"]["version"]
 
     def add_bundle(self, fqid: str) -> None:
@@ -248,8 +242,7 @@ class Catalog:
                          "contents": json.dumps(c["contents"])}
                         for d, c in collections.items())
                 stamp = time.time()
-                db["meta"].upsert({"key": "bundles_refreshed_at", "value": str(stamp)},
-                                  pk="key")
+                self.db.set_meta("bundles_refreshed_at", str(stamp))
             fqids.sort()
             with self._lock:
                 self._bundles, self._bundle_set = fqids, set(fqids)
@@ -263,10 +256,8 @@ class Catalog:
         """The caller's collections (latest version of each), or None without a token."""
         try:
             listed = client.list_collections()
-        except ApiError as exc:
-            if exc.status in (401, 403):
-                return None
-            raise
+        except PermissionDenied:
+            return None
         latest: dict[str, str] = {}
         for item in listed:
             if item["version"] > latest.get(item["uuid"], ""):
@@ -280,10 +271,8 @@ class Catalog:
             else:
                 try:
                     body = client.get_collection(uuid, version)
-                except ApiError as exc:
-                    if exc.status in (403, 404):
-                        continue
-                    raise
+                except (PermissionDenied, NotFound):
+                    continue
                 document = {"uuid": uuid, "version": version, "name": body.get("name", ""),
                             "contents": body.get("contents", [])}
             documents.append(document)

@@ -12,7 +12,8 @@ Layout::
 
 Changes map onto the DSS: ``mkdir``/``rmdir`` of a collection are put/delete-collection,
 ``ln -s``/``rm`` inside one are patch-collection, ``rmdir bundles/<fqid>`` is delete-bundle.
-Pending bundles are handled by :mod:`hcafs.pending` and synced by :mod:`hcafs.syncer`.
+Pending bundles are handled by :mod:`hcafs.model.pending` and synced by
+:mod:`hcafs.sync.syncer`.
 
 Errors are raised from the :mod:`hcafs.errors` tree; the FUSE adapter maps them to errno.
 """
@@ -31,7 +32,6 @@ from ..cache.catalog import Catalog
 from ..cache.journal import COMMITTED, DIRTY, DRS, ERROR, LOCAL, SYNCED, FileRow
 from ..errors import (
     AlreadyExists,
-    ApiError,
     NotFound,
     PermissionDenied,
     ReadOnly,
@@ -502,12 +502,8 @@ class Tree:
             raise ReadOnly("no server")
         try:
             return call(client)
-        except ApiError as exc:
-            if exc.status in (401, 403):
-                log.warning("the server refused: %s", exc.title)
-                raise PermissionDenied(f"the server refused: {exc.title}") from exc
-            if exc.status == 404:
-                raise NotFound(exc.title) from exc
+        except PermissionDenied as exc:
+            log.warning("the server refused: %s", exc)
             raise
 
     def _delete_bundle(self, fqid: str) -> None:

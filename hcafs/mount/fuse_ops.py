@@ -1,6 +1,6 @@
-"""The FUSE adapter: translates mfusepy callbacks into calls on :class:`~hcafs.tree.Tree`.
+"""The FUSE adapter: translates mfusepy callbacks into calls on :class:`~hcafs.model.tree.Tree`.
 
-A protocol adapter only: what the mount looks like is decided in ``tree.py``.  Each callback
+A protocol adapter only: what the mount looks like is decided in ``model/tree.py``.  Each callback
 resolves a path, calls the model, and turns the answer into a stat dict or bytes.  Errors
 become errno in one place, :func:`_errno`: an :class:`~hcafs.errors.HcafsError` carries
 its own errno, anything unexpected is logged with its traceback and becomes EIO (never

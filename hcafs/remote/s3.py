@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import boto3
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 _S3_URL_RE = re.compile(r"^s3://(?P<bucket>[^/]+)(?:/(?P<key>.*))?$")
 STREAM_CHUNK = 1024 * 1024
 _MISSING = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
+_PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
+CONFLICT_RETRIES = 5
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,18 @@ class S3Url:
 
     def __str__(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
+
+
+class PreconditionFailed(RemoteError):
+    """A conditional write's condition did not hold (the object exists, or changed)."""
+
+    def __init__(self, message: str, code: str):
+        self.code = code
+        super().__init__(message)
+
+    @property
+    def transient(self) -> bool:
+        return False
 
 
 class S3:
@@ -65,6 +81,8 @@ class S3:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in _MISSING:
                 raise NotFound(f"S3 {operation}: {code}") from exc
+            if code in _PRECONDITION:
+                raise PreconditionFailed(f"S3 {operation}: {code}", code) from exc
             raise RemoteError(f"S3 {operation} failed: {code}") from exc
         except (
             botocore.exceptions.EndpointConnectionError,
@@ -80,6 +98,32 @@ class S3:
 
     def head(self, bucket: str, key: str) -> dict:
         return self.call("head_object", Bucket=bucket, Key=key)
+
+    def put_conditional(self, bucket: str, key: str, body: bytes, *, absent: bool = False,
+                        etag: str | None = None) -> str | None:
+        """PUT an object only if it does not exist yet (``absent``: ``If-None-Match: *``)
+        or still has ``etag`` (``If-Match``); its new ETag, or None if the condition failed.
+
+        S3 answers 409 ``ConditionalRequestConflict`` while another conditional write of
+        the key is in flight; the call is then repeated, and will see that write's outcome.
+        """
+        condition = {"IfNoneMatch": "*"} if absent else {"IfMatch": etag}
+        conflicts = 0
+        while True:
+            try:
+                answer = self.call("put_object", Bucket=bucket, Key=key, Body=body,
+                                   **condition)
+                return answer["ETag"]
+            except PreconditionFailed as exc:
+                if exc.code != "ConditionalRequestConflict":
+                    return None
+                conflicts += 1
+                if conflicts > CONFLICT_RETRIES:
+                    raise RemoteError(f"S3 put_object of s3://{bucket}/{key}: conditional "
+                                      "writes kept conflicting") from exc
+                time.sleep(0.05 * 2 ** conflicts)
+            except NotFound:  # If-Match on a key that is gone
+                return None
 
     def tags(self, bucket: str, key: str) -> dict[str, str]:
         answer = self.call("get_object_tagging", Bucket=bucket, Key=key)
@@ -120,8 +164,7 @@ class S3:
                      tags: dict[str, str] | None = None) -> str:
         """Upload an object whose parts arrive in order; returns its ETag.
 
-        One part goes up as a plain PUT; more go through multipart (start, parts, then
-        complete, or abort on any error so no orphan upload is left behind).
+        One part goes up as a plain PUT; more go through :meth:`multipart`.
         """
         tagging = "&".join(f"{k}={v}" for k, v in (tags or {}).items())
         extra = {"ContentType": content_type}
@@ -133,14 +176,33 @@ class S3:
         if second is None:
             answer = self.call("put_object", Bucket=bucket, Key=key, Body=first, **extra)
             return answer["ETag"].strip('"')
+        return self.multipart(bucket, key, _chain(first, second, iterator), extra)
+
+    def multipart(self, bucket: str, key: str, parts: Iterable, extra: dict | None = None,
+                  workers: int = 1) -> str:
+        """The one multipart upload: start, send the parts, complete; on any error abort,
+        so that no unfinished upload is left behind.  Returns the object's ETag.
+
+        ``parts`` are the part bodies in order: bytes, or readable objects with a length
+        (read when sent, so a part can stream from disk).  With ``workers`` > 1 that many
+        parts are sent at once, and ``parts`` is read ahead (give a list of lazy bodies).
+        """
         upload_id = self.call("create_multipart_upload", Bucket=bucket, Key=key,
-                              **extra)["UploadId"]
+                              **(extra or {}))["UploadId"]
+
+        def send(numbered: tuple[int, object]) -> dict:
+            number, body = numbered
+            answer = self.call("upload_part", Bucket=bucket, Key=key, UploadId=upload_id,
+                               PartNumber=number, Body=body, ContentLength=len(body))
+            return {"PartNumber": number, "ETag": answer["ETag"]}
+
         try:
-            done = []
-            for number, body in enumerate(_chain(first, second, iterator), start=1):
-                answer = self.call("upload_part", Bucket=bucket, Key=key, UploadId=upload_id,
-                                   PartNumber=number, Body=body)
-                done.append({"PartNumber": number, "ETag": answer["ETag"]})
+            numbered = enumerate(parts, start=1)
+            if workers > 1:
+                with ThreadPoolExecutor(workers, thread_name_prefix="part") as pool:
+                    done = list(pool.map(send, numbered))
+            else:
+                done = [send(item) for item in numbered]
             answer = self.call("complete_multipart_upload", Bucket=bucket, Key=key,
                                UploadId=upload_id, MultipartUpload={"Parts": done})
             return answer["ETag"].strip('"')

@@ -19,6 +19,7 @@ from .auth import Tokens, create_tokens_file
 from .copier import Copier
 from .drs import DrsReader, Resolver
 from .dss import DSS
+from .egress import Egress, EgressPolicy
 from .imports import Importer, ImportLimits
 from .store import LocalStore, S3Store, Store
 
@@ -86,8 +87,9 @@ def build(config: ServeConfig) -> Server:
     tokens = Tokens(tokens_file)
     copier = Copier(store, s3, config.staging_root, config.async_threshold,
                     config.copy_workers)
-    reader = DrsReader(Resolver(load_resolver(config.drs_resolver),
-                                config.drs_allow_http))
+    egress = Egress(EgressPolicy(config.drs_allow_hosts, config.drs_allow_networks,
+                                 config.drs_allow_http))
+    reader = DrsReader(Resolver(load_resolver(config.drs_resolver)), egress)
     limits = ImportLimits(config.import_rate_limit, config.import_rate_window,
                           config.import_request_limit, config.import_request_window)
     importer = Importer(store, reader, limits, os.path.join(config.data_dir, "import-spool"))

@@ -357,9 +357,9 @@ class App:
             self.imports.count_request(who)
             response = getattr(self, f"on_{endpoint}")(request, who, **args)
         except Problem as exc:
-            if endpoint == "import_create" and (who is None or exc.status == 429):
-                self.imports.log_call(who.email if who else None, _json_or_none(request),
-                                      False, exc.title)
+            if endpoint == "import_create" and who is not None and exc.status == 429:
+                # an unidentified caller is not recorded: it could fill the store
+                self.imports.log_call(who.email, _json_or_none(request), False, exc.title)
             response = self._error(request, exc)
         if response.status_code != 429:  # a 429 shows the request budget instead
             response.headers.update(self.imports.headers(who))
@@ -375,18 +375,18 @@ class App:
 
     def on_import_files_get(self, request: Request, who: Identity) -> Response:
         ids = self.body(request).get("file_ids")
-        items = self.imports.files(ids, request.host_url.rstrip("/"))
+        items = self.imports.files(ids, who, request.host_url.rstrip("/"))
         return _json_response({"items": items})
 
     def on_import_file(self, request: Request, who: Identity, file_id: str) -> Response:
-        return _json_response(self.imports.file(file_id, request.host_url.rstrip("/")))
+        return _json_response(self.imports.file(file_id, who, request.host_url.rstrip("/")))
 
     def on_import_files(self, request: Request, who: Identity) -> Response:
         offset = self.int_param(request, "offset", 0, 0)
         limit = self.int_param(request, "limit", 50, 1, 100)
         body, total = self.imports.listing(request.args.get("project"),
                                            request.args.get("parent"),
-                                           request.args.get("name"), offset, limit,
+                                           request.args.get("name"), offset, limit, who,
                                            request.host_url.rstrip("/"))
         return _json_response(body, headers={"X-Total-Matching-Query": str(total)})
 

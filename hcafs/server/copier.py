@@ -7,8 +7,12 @@ is checksummed on the way; a blob is published under its content key only when a
 checksums and the size match, so a bad copy never becomes visible.
 
 Copies up to ``async_threshold`` bytes run inside the request; larger ones answer 202 and run
-on a pool.  A running copy is recorded in the store (``copies/{uuid}.{version}``) so that any
-server process can see it, and a restarted server resumes the copies it finds.
+on a pool.  Either way the version is first *claimed*: its copy record
+(``copies/{uuid}.{version}``, with the file document it will publish) is created once, so of
+two requests racing on one version with different files exactly one goes ahead and the other
+is answered 409 at once.  The file document is then published create-once too, so a version
+never changes after it first appeared.  Any server process sees the records, and a restarted
+server resumes the copies it finds running.
 
 Threading: the pool's workers each own one copy; they write only the copy's blob, its file
 document and its ``copies/`` record.
@@ -22,6 +26,7 @@ import mimetypes
 import os
 import re
 import threading
+import time
 import uuid as _uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +47,8 @@ _FORMATS = {
     "s3_etag": re.compile(r"^[a-z0-9]{32}(-([2-9]|[1-9][0-9]{1,3}|10000))?$"),
 }
 READ_CHUNK = 4 * 1024 * 1024
+CLAIM_WAIT_SECONDS = 20.0
+CLAIM_POLL_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -172,30 +179,88 @@ class Copier:
             raise Problem(502, "source_unavailable", f"copy of {source.url} failed: {exc}") \
                 from exc
 
-    def start(self, uuid: str, version: str, source: Source, document: dict) -> str | None:
-        """Copy now (None) or in the background (the task id) depending on size.
+    def start(self, uuid: str, version: str, source: Source, document: dict
+              ) -> tuple[int, str | None]:
+        """Bring ``document``'s file in as ``uuid.version``: the answer's status, and the
+        task id when the copy runs in the background.
 
-        A copy of this uuid+version already running answers with its task id when it
-        brings the same file, and 409 ``file_already_exists`` when it brings another.
+        201: copied and published now; 200: that version already holds this file; 202: the
+        copy runs in the background (the task id).  A version that holds, or is being
+        copied with, another file is 409 ``file_already_exists``, in this request's own
+        answer: the version is claimed (``copies/{uuid}.{version}``, created once) before
+        anything is copied or answered.  The same file as a running claim joins it: it
+        waits for a copy made inside another request, or answers a background copy's id.
         """
-        record_key = f"copies/{uuid}.{version}"
-        raw = self.store.read(record_key)
-        record = json.loads(raw) if raw is not None else {}
-        if record.get("state") == "running":
-            if record.get("document") != document:
-                raise Problem(409, "file_already_exists",
-                              f"file {uuid}.{version} is being copied with other content")
-            self._submit(uuid, version, record)
-            return record["task_id"]
-        if source.size <= self.async_threshold or \
-                self.store.blob_size(source.blob_key()) == source.size:
-            self.copy(source)
-            return None
+        name = f"{uuid}.{version}"
+        background = (source.size > self.async_threshold
+                      and self.store.blob_size(source.blob_key()) != source.size)
         record = {"task_id": str(_uuid.uuid4()), "state": "running", "document": document,
-                  "source": source.__dict__}
-        self.store.write(record_key, json.dumps(record).encode())
-        self._submit(uuid, version, record)
-        return record["task_id"]
+                  "source": source.__dict__, "sync": not background}
+        joined = self._claim(name, record)
+        if joined is not None:
+            return joined
+        if background:
+            self._submit(uuid, version, record)
+            return 202, record["task_id"]
+        try:
+            self.copy(source)
+            created = self._publish(name, document)
+        finally:
+            self.store.delete(f"copies/{name}")
+        return (201 if created else 200), None
+
+    def _claim(self, name: str, record: dict) -> tuple[int, str | None] | None:
+        """Make ``record`` the claim on ``name``: None once it is, or the answer to give
+        instead (200 published, 202 joined a background copy; 409 raised)."""
+        key = f"copies/{name}"
+        document = record["document"]
+        deadline = time.monotonic() + CLAIM_WAIT_SECONDS
+        while True:
+            if self._published(name, document):
+                return 200, None
+            found = self.store.read_versioned(key)
+            if found is None:
+                if self.store.create(key, _dumps(record)):
+                    break
+                continue
+            earlier, tag = json.loads(found[0]), found[1]
+            if earlier.get("task_id") == record["task_id"]:  # a retried create had worked
+                break
+            if earlier.get("state") != "running":  # an earlier copy failed: try again
+                if self.store.replace(key, _dumps(record), tag):
+                    break
+                continue
+            if earlier.get("document") != document:
+                raise _conflict(name, "is being copied with other content")
+            if not earlier.get("sync") or time.monotonic() > deadline:
+                uuid, _, version = name.partition(".")
+                self._submit(uuid, version, earlier)
+                return 202, earlier["task_id"]
+            time.sleep(CLAIM_POLL_SECONDS)  # another request is copying it right now
+        try:  # a claim that published and went away just before this one was made
+            published = self._published(name, document)
+        except Problem:
+            self.store.delete(key)
+            raise
+        if published:
+            self.store.delete(key)
+            return 200, None
+        return None
+
+    def _published(self, name: str, document: dict) -> bool:
+        """True if ``files/{name}`` holds ``document``, False if absent; 409 otherwise."""
+        raw = self.store.read(f"files/{name}")
+        if raw is None:
+            return False
+        if json.loads(raw) != document:
+            raise _conflict(name, "already exists with other content")
+        return True
+
+    def _publish(self, name: str, document: dict) -> bool:
+        """Create ``files/{name}`` once; False if it already held ``document``."""
+        if self.store.create(f"files/{name}", _dumps(document)):
+            return True
+        return not self._published(name, document)
 
     def _submit(self, uuid: str, version: str, record: dict) -> None:
         name = f"{uuid}.{version}"
@@ -209,15 +274,14 @@ class Copier:
         name = f"{uuid}.{version}"
         try:
             self.copy(Source(**record["source"]))
-            self.store.write(f"files/{name}", json.dumps(
-                record["document"], sort_keys=True, separators=(",", ":")).encode())
+            self._publish(name, record["document"])
             self.store.delete(f"copies/{name}")
             log.info("async copy of %s done", name)
         except Problem as exc:
             log.warning("async copy of %s failed: %s", name, exc.title)
             failed = dict(record, state="failed", status=exc.status, code=exc.code,
                           title=exc.title)
-            self.store.write(f"copies/{name}", json.dumps(failed).encode())
+            self.store.write(f"copies/{name}", _dumps(failed))
         except HcafsError as exc:  # store trouble: leave the record running, resume later
             log.error("async copy of %s interrupted: %s", name, exc)
         except Exception:
@@ -227,8 +291,13 @@ class Copier:
                 self._active.discard(name)
 
     def running(self, uuid: str, version: str) -> bool:
+        """True while a background copy of ``uuid.version`` runs (a copy made inside a
+        request is not announced: the file does not exist until that request answers)."""
         raw = self.store.read(f"copies/{uuid}.{version}")
-        return raw is not None and json.loads(raw).get("state") == "running"
+        if raw is None:
+            return False
+        record = json.loads(raw)
+        return record.get("state") == "running" and not record.get("sync")
 
     def raise_if_failed(self, uuid: str, version: str) -> None:
         raw = self.store.read(f"copies/{uuid}.{version}")
@@ -255,6 +324,14 @@ class Copier:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)
+
+
+def _dumps(document: dict) -> bytes:
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _conflict(name: str, what: str) -> Problem:
+    return Problem(409, "file_already_exists", f"file {name} {what}")
 
 
 def _claimed(claims: dict[str, str]) -> dict[str, str]:

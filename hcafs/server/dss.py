@@ -8,7 +8,7 @@ Store layout (all keys lower-case)::
 
     files/{uuid}.{version}              file metadata (format 0.0.4)
     blobs/{sha256}.{sha1}.{s3_etag}.{crc32c}   content, shared by every file with it
-    copies/{uuid}.{version}             an asynchronous copy still running (or failed)
+    copies/{uuid}.{version}             the claim on a version being copied (or a failed copy)
     bundles/{uuid}.{version}            bundle manifest (format 0.0.1)
     bundle-tombstones/{uuid}[.{version}]   a deleted bundle (version), with reason and email
     collections/{uuid}.{version}        collection document, with its owner
@@ -117,22 +117,10 @@ class DSS:
             raise bad_request("creator_uid is required and must be an integer")
         source = self.copier.inspect(source_url)
         document = file_document(source, creator_uid, version)
-        key = f"files/{uuid}.{version}"
-        existing = self.store.read(key)
-        if existing is not None:
-            if json.loads(existing) == document:
-                return 200, {"version": version}
-            raise Problem(409, "file_already_exists",
-                          f"file {uuid}.{version} already exists with other content")
-        task = self.copier.start(uuid, version, source, document)
+        status, task = self.copier.start(uuid, version, source, document)
         if task is not None:
-            return 202, {"version": version, "task_id": task}
-        if not self.store.create(key, dumps(document)):  # a concurrent PUT won the race
-            if json.loads(self.store.read(key) or b"{}") != document:
-                raise Problem(409, "file_already_exists",
-                              f"file {uuid}.{version} already exists with other content")
-            return 200, {"version": version}
-        return 201, {"version": version}
+            return status, {"version": version, "task_id": task}
+        return status, {"version": version}
 
     # ---------------------------------------------------------------- bundles
 
@@ -258,9 +246,11 @@ class DSS:
         deadline = time.monotonic() + FILE_WAIT_SECONDS
         files = kept + [self._resolve_entry(e, deadline) for e in add]
         self._no_duplicates(files)
-        new_version = now_version()
-        updated = dict(manifest, version=new_version, files=files)
-        self.store.write(f"bundles/{uuid}.{new_version}", dumps(updated))
+        while True:  # a new version is created once; another PATCH may take the same one
+            new_version = now_version()
+            updated = dict(manifest, version=new_version, files=files)
+            if self.store.create(f"bundles/{uuid}.{new_version}", dumps(updated)):
+                break
         log.info("bundle %s.%s patched into %s by %s", uuid, version, new_version, who.email)
         return {"uuid": uuid, "version": new_version}
 
@@ -333,7 +323,7 @@ class DSS:
         if document.get("owner") != who.email:
             raise Problem(403, "forbidden", "Collection access denied")
 
-    def _check_item(self, item: dict) -> dict:
+    def _check_item(self, item: dict, who: Identity) -> dict:
         if not isinstance(item, dict):
             raise bad_request("contents: every item must be an object")
         for name in ("type", "uuid", "version"):
@@ -345,10 +335,12 @@ class DSS:
         item = dict(item, uuid=uuid)
         if kind in ("file", "bundle", "collection"):
             key = f"{kind}s/{uuid}.{version}"
-            live = self.store.exists(key) and not (
+            raw = self.store.read(key)
+            live = raw is not None and not (
                 kind == "bundle" and self._bundle_dead(uuid, version)) and not (
-                kind == "collection" and self.store.exists(f"collection-tombstones/{uuid}"))
-            if not live:
+                kind == "collection" and (self.store.exists(f"collection-tombstones/{uuid}")
+                                          or json.loads(raw).get("owner") != who.email))
+            if not live:  # another owner's collection reads exactly as a missing one
                 raise Problem(422, "invalid_link", f"Could not find {kind} {uuid}.{version}")
             return item
         pointer = item.get("fragment")
@@ -367,12 +359,12 @@ class DSS:
             raise Problem(422, "invalid_link", f"cannot resolve fragment {pointer!r}") from exc
         return item
 
-    def _contents(self, items: list) -> list[dict]:
+    def _contents(self, items: list, who: Identity) -> list[dict]:
         if not isinstance(items, list):
             raise bad_request("contents must be a list")
         if len(items) > MAX_PATCH_ITEMS:
             raise bad_request(f"more than {MAX_PATCH_ITEMS} items")
-        return [self._check_item(item) for item in items]
+        return [self._check_item(item, who) for item in items]
 
     @staticmethod
     def _dedup(items: list[dict]) -> list[dict]:
@@ -384,6 +376,9 @@ class DSS:
 
     def _save_collection(self, uuid: str, version: str, document: dict) -> None:
         self.store.write(f"collections/{uuid}.{version}", dumps(document))
+        self._index_collection(uuid, version, document)
+
+    def _index_collection(self, uuid: str, version: str, document: dict) -> None:
         self.store.write(f"collection-owners/{self._owner_key(document['owner'])}/"
                          f"{uuid}.{version}", b"{}")
 
@@ -407,7 +402,7 @@ class DSS:
             self._owned(json.loads(self.store.read(previous) or b"{}"), who)
         document = {"name": body["name"], "description": body["description"],
                     "details": body["details"],
-                    "contents": self._dedup(self._contents(body["contents"])),
+                    "contents": self._dedup(self._contents(body["contents"], who)),
                     "owner": who.email}
         self._save_collection(uuid, version, document)
         return {"uuid": uuid, "version": version}
@@ -444,12 +439,14 @@ class DSS:
         remove = body.get("remove_contents") or []
         if not isinstance(remove, list) or len(remove) > MAX_PATCH_ITEMS:
             raise bad_request("remove_contents must be a list of at most 1000 items")
-        add = self._contents(body.get("add_contents") or [])
+        add = self._contents(body.get("add_contents") or [], who)
         kept = [item for item in document["contents"]
                 if not any(_same_item(item, gone) for gone in remove)]
         updated["contents"] = self._dedup(kept + add)
         new_version = now_version()
-        self._save_collection(uuid, new_version, updated)
+        while not self.store.create(f"collections/{uuid}.{new_version}", dumps(updated)):
+            new_version = now_version()  # another PATCH took this version
+        self._index_collection(uuid, new_version, updated)
         return {"uuid": uuid, "version": new_version}
 
     def delete_collection(self, uuid: str, who: Identity) -> dict:

@@ -3,7 +3,8 @@
 A store holds two kinds of object under string keys:
 
 * small documents (JSON manifests, file metadata, tombstones, task records): :meth:`read`,
-  :meth:`write`, :meth:`create`, :meth:`delete`, :meth:`list`;
+  :meth:`write`, :meth:`create`, :meth:`delete`, :meth:`list`, and for read-modify-write
+  :meth:`read_versioned` with :meth:`replace`;
 * blobs (file content, content-addressed by their checksums): :meth:`blob_size`,
   :meth:`read_blob`, :meth:`write_blob`.
 
@@ -14,23 +15,38 @@ from a name; :meth:`list` lists one prefix level in key order.
 is fsynced and renamed into place, so a crash leaves the old object or the new, never a torn
 one.  :class:`S3Store` keeps *all* state in one bucket (under an optional prefix), so any
 number of ``hcafs serve`` processes can serve the same bucket.
+
+Immutable keys (file, bundle and tombstone versions, claims, idempotency keys, names) are
+written with :meth:`Store.create`, which is atomic on both backends: of two racing creates
+of one key exactly one succeeds, across threads and processes.  Locally it is a hard link
+of a finished temporary file, which fails if the name exists; on S3 it is a PUT with
+``If-None-Match: *``, and :meth:`S3Store.check` refuses a store that does not honour it.
+:meth:`Store.replace` is the compare-and-swap for records that change: on S3 a PUT with
+``If-Match`` on the ETag, locally a rename made while holding an ``flock`` on the file being
+replaced, after checking that it is still the version that was read.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
 import os
 import tempfile
+import uuid as _uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
-from ..errors import ConfigError, NotFound
+from ..errors import ConfigError, NotFound, RemoteError
 from ..remote.s3 import S3, S3Url, rechunk
 
 log = logging.getLogger(__name__)
 
 BLOB_PART = 16 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
+PROBE_PREFIX = "probes/conditional-put-"  # S3Store.check writes and deletes one such key
+STALE_ETAG = '"00000000000000000000000000000000"'
 
 
 class Store(ABC):
@@ -49,7 +65,16 @@ class Store(ABC):
 
     @abstractmethod
     def create(self, key: str, data: bytes) -> bool:
-        """Write ``key`` only if absent; False if it was already there."""
+        """Write ``key`` only if absent, atomically; False if it was already there."""
+
+    @abstractmethod
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """The document at ``key`` and a tag naming this version of it, or None."""
+
+    @abstractmethod
+    def replace(self, key: str, data: bytes, tag: str) -> bool:
+        """Replace ``key`` only if it still holds the version ``tag`` names; False if not
+        (another writer changed or deleted it since it was read)."""
 
     @abstractmethod
     def delete(self, key: str) -> None: ...
@@ -132,17 +157,55 @@ class LocalStore(Store):
             os.close(dir_fd)
         return True
 
+    @contextmanager
+    def _locked(self, path: str) -> Iterator[int | None]:
+        """The file now at ``path``, open and ``flock``-ed (None when there is none).
+
+        A rename replaces the file, not its lock, so after the lock is granted the path
+        must still name the locked file; if a writer renamed over it meanwhile, lock the
+        new one.  While the lock is held no other writer can replace or delete the file.
+        """
+        while True:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                yield None
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    current = os.stat(path)
+                except FileNotFoundError:
+                    current = None
+                if current is not None and os.path.samestat(current, os.fstat(fd)):
+                    yield fd
+                    return
+            finally:
+                os.close(fd)
+
     def write(self, key: str, data: bytes) -> None:
-        self._publish(self._staged([data]), key)
+        with self._locked(self._path(key)):
+            self._publish(self._staged([data]), key)
 
     def create(self, key: str, data: bytes) -> bool:
         return self._publish(self._staged([data]), key, replace=False)
 
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        data = self.read(key)
+        return None if data is None else (data, _tag(data))
+
+    def replace(self, key: str, data: bytes, tag: str) -> bool:
+        with self._locked(self._path(key)) as fd:
+            if fd is None or _tag(_read_fd(fd)) != tag:
+                return False
+            self._publish(self._staged([data]), key)
+            return True
+
     def delete(self, key: str) -> None:
-        try:
-            os.unlink(self._path(key))
-        except FileNotFoundError:
-            pass
+        path = self._path(key)
+        with self._locked(path) as fd:
+            if fd is not None:
+                os.unlink(path)
 
     def list(self, prefix: str, start_after: str = "") -> Iterator[str]:
         folder, _, start = prefix.rpartition("/")
@@ -187,6 +250,16 @@ class LocalStore(Store):
         self._publish(self._staged(chunks), key)
 
 
+def _tag(data: bytes) -> str:
+    """A local document's version: a digest of its bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_fd(fd: int) -> bytes:
+    with os.fdopen(os.dup(fd), "rb") as handle:
+        return handle.read()
+
+
 class S3Store(Store):
     """All state in ``s3://bucket/prefix``: documents as small objects, blobs as objects."""
 
@@ -202,31 +275,58 @@ class S3Store(Store):
         return f"s3://{self.bucket}/{self.prefix}"
 
     def check(self) -> None:
-        """Fail early, with a clear message, if the bucket cannot be reached."""
+        """Fail early, with a clear message, if the bucket cannot be reached or does not
+        honour conditional writes (create-once would silently become last-writer-wins)."""
         try:
             self.s3.call("head_bucket", Bucket=self.bucket)
         except NotFound as exc:
             raise ConfigError(f"S3 bucket {self.bucket!r} does not exist") from exc
+        probe = f"{self.prefix}{PROBE_PREFIX}{_uuid.uuid4().hex}"
+        try:
+            first = self.s3.put_conditional(self.bucket, probe, b"1", absent=True)
+            second = self.s3.put_conditional(self.bucket, probe, b"2", absent=True)
+            stale = self.s3.put_conditional(self.bucket, probe, b"3", etag=STALE_ETAG)
+        except RemoteError as exc:
+            raise ConfigError(f"cannot check conditional writes on {self.describe()}: "
+                              f"{exc}") from exc
+        finally:
+            self.s3.call("delete_object", Bucket=self.bucket, Key=probe)
+        if first is None:
+            raise ConfigError(f"the S3 store {self.describe()} refused to create a new key "
+                              "with If-None-Match: *")
+        if second is not None:
+            raise ConfigError(
+                f"the S3 store {self.describe()} does not honour If-None-Match: * (a second "
+                "create of one key was accepted); hcafs serve needs conditional PUTs to keep "
+                "versions immutable")
+        if stale is not None:
+            raise ConfigError(
+                f"the S3 store {self.describe()} does not honour If-Match (a PUT with a "
+                "wrong ETag was accepted); hcafs serve needs conditional PUTs to update "
+                "records safely")
 
     def read(self, key: str) -> bytes | None:
+        found = self.read_versioned(key)
+        return None if found is None else found[0]
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
         try:
             answer = self.s3.call("get_object", Bucket=self.bucket, Key=self.prefix + key)
         except NotFound:
             return None
         with answer["Body"] as body:
-            return body.read()
+            return body.read(), answer["ETag"]
 
     def write(self, key: str, data: bytes) -> None:
         self.s3.call("put_object", Bucket=self.bucket, Key=self.prefix + key, Body=data)
 
     def create(self, key: str, data: bytes) -> bool:
-        # S3 stores of this generation do not all honour If-None-Match; a read first is the
-        # portable way.  Two servers racing on one new key both "create" the same content in
-        # practice, because keys are named by content or by client-chosen uuid+version.
-        if self.read(key) is not None:
-            return False
-        self.write(key, data)
-        return True
+        return self.s3.put_conditional(self.bucket, self.prefix + key, data,
+                                       absent=True) is not None
+
+    def replace(self, key: str, data: bytes, tag: str) -> bool:
+        return self.s3.put_conditional(self.bucket, self.prefix + key, data,
+                                       etag=tag) is not None
 
     def delete(self, key: str) -> None:
         self.s3.call("delete_object", Bucket=self.bucket, Key=self.prefix + key)

@@ -1,253 +1,28 @@
-"""``hcafs mount`` and ``hcafs umount``: checks, the embedded server, the daemon.
+"""``hcafs umount``, ``refresh``, ``commit`` and ``status``: commands on a running mount.
 
-``hcafs mount`` checks everything it can before mounting (``/dev/fuse``, libfuse3,
-``fusermount3``, the mountpoint, the server and the token) and fails with a one-line reason.
-By default it then starts the daemon as a child process (``--foreground`` in a new session,
-its output going to the log file) and returns once the daemon reports that the filesystem
-is mounted, or prints the daemon's reason for failing.
-
-A running mount leaves ``RUNTIME_DIR/<hash of mountpoint>.json`` (pid, cache dir, log file,
-server URL) so that ``umount``, ``refresh`` and ``status`` can find it.
+They talk to the mount through the filesystem itself (xattrs) and read its journal directly
+(``status`` and the drain before ``umount`` need no daemon); the runtime record says where.
 """
 
 from __future__ import annotations
 
-import ctypes.util
 import errno
-import hashlib
 import json
-import logging
 import os
-import select
-import signal
-import stat
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 
-from ..config import MountConfig, runtime_dir
-from ..errors import (
-    Busy,
-    ConfigError,
-    HcafsError,
-    NotFound,
-    RemoteError,
-    Unreachable,
-    UsageError,
-)
-
-log = logging.getLogger("hcafs.mount")
-
-READY_TIMEOUT = 60.0
-
-
-# ---------------------------------------------------------------- preflight
-
-
-def check_fuse() -> None:
-    """FUSE is usable here: the device, the library and the setuid helper."""
-    try:
-        mode = os.stat("/dev/fuse").st_mode
-    except FileNotFoundError:
-        mode = 0
-    if not stat.S_ISCHR(mode):
-        raise ConfigError("/dev/fuse is missing: this machine (or container) has no FUSE "
-                          "device; load the fuse module or pass --device /dev/fuse")
-    library = os.environ.get("FUSE_LIBRARY_PATH")
-    if library and not os.path.exists(library):
-        raise ConfigError(f"libfuse3 not found at FUSE_LIBRARY_PATH={library}; "
-                          "install it with: apt-get install fuse3")
-    if not library and ctypes.util.find_library("fuse3") is None:
-        raise ConfigError("libfuse3 is not installed; install it with: apt-get install fuse3")
-    if not any(os.access(os.path.join(d, "fusermount3"), os.X_OK)
-               for d in os.environ.get("PATH", "/usr/bin:/bin").split(":")):
-        raise ConfigError("fusermount3 is missing; install it with: apt-get install fuse3")
-
-
-def check_mountpoint(path: str) -> str:
-    path = os.path.abspath(path)
-    if not os.path.exists(path):
-        raise NotFound(f"mountpoint {path} does not exist (mkdir -p {path})")
-    if not os.path.isdir(path):
-        raise ConfigError(f"mountpoint {path} is not a directory")
-    if os.path.ismount(path):
-        raise Busy(f"mountpoint {path} is busy: something is already mounted there")
-    return path
-
-
-# ---------------------------------------------------------------- runtime records
-
-
-@dataclass(frozen=True)
-class MountRecord:
-    mountpoint: str
-    pid: int
-    cache_dir: str
-    log_file: str
-    dss_url: str
-
-    @staticmethod
-    def path_for(mountpoint: str) -> str:
-        digest = hashlib.sha256(os.path.abspath(mountpoint).encode()).hexdigest()[:16]
-        return os.path.join(runtime_dir(), f"{digest}.json")
-
-    def save(self) -> None:
-        path = self.path_for(self.mountpoint)
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        with open(path + ".tmp", "w") as handle:
-            json.dump(self.__dict__, handle)
-        os.replace(path + ".tmp", path)
-
-    @classmethod
-    def load(cls, mountpoint: str) -> MountRecord:
-        try:
-            with open(cls.path_for(mountpoint)) as handle:
-                return cls(**json.load(handle))
-        except FileNotFoundError as exc:
-            raise NotFound(f"no hcafs mount at {os.path.abspath(mountpoint)}") from exc
-
-    def remove(self) -> None:
-        try:
-            os.unlink(self.path_for(self.mountpoint))
-        except FileNotFoundError:
-            pass
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-# ---------------------------------------------------------------- mount
-
-
-def mount(config: MountConfig, argv: list[str]) -> int:
-    """``hcafs mount``: run in the foreground, or start the daemon and wait for it."""
-    config.validate()
-    check_fuse()
-    check_mountpoint(config.mountpoint)
-    if config.foreground:
-        return run_daemon(config, ready_fd=None)
-    return _spawn(config, argv)
-
-
-def _spawn(config: MountConfig, argv: list[str]) -> int:
-    read_end, write_end = os.pipe()
-    log_file = config.log_file or os.path.join(config.cache_dir, "hcafs.log")
-    os.makedirs(os.path.dirname(log_file), exist_ok=True)
-    env = dict(os.environ)
-    child_argv = _without_token(argv)
-    if config.token:
-        env["HCAFS_TOKEN"] = config.token  # never on a command line
-    command = [sys.executable, "-m", "hcafs", *child_argv[:1], "--foreground",
-               "--ready-fd", str(write_end), *child_argv[1:]]
-    with open(log_file, "ab") as log_handle:
-        child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_handle,
-                                 stderr=log_handle, pass_fds=(write_end,), env=env,
-                                 start_new_session=True)
-    os.close(write_end)
-    message = _read_ready(read_end, child)
-    if message.startswith("OK "):
-        print(message[3:], file=sys.stderr)
-        return 0
-    if message.startswith("ERR "):
-        code, _, text = message[4:].partition(" ")
-        print(f"hcafs mount: {text}", file=sys.stderr)
-        return int(code) if code.isdigit() else 1
-    print(f"hcafs mount: the daemon exited before mounting; see {log_file}:", file=sys.stderr)
-    print(_tail(log_file), file=sys.stderr)
-    return 1
-
-
-def _without_token(argv: list[str]) -> list[str]:
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        if arg == "--token":
-            skip = True
-            continue
-        if arg.startswith("--token="):
-            continue
-        out.append(arg)
-    return out
-
-
-def _read_ready(fd: int, child: subprocess.Popen) -> str:
-    """The daemon's first line on the pipe ("" if it exited without one)."""
-    deadline = time.monotonic() + READY_TIMEOUT
-    data = b""
-    with os.fdopen(fd, "rb", buffering=0) as pipe:
-        while time.monotonic() < deadline:
-            readable, _, _ = select.select([pipe], [], [], 0.5)
-            if not readable:
-                continue
-            chunk = pipe.read(4096)
-            if not chunk:  # every write end closed: the daemon is gone
-                return data.decode(errors="replace")
-            data += chunk
-            if b"\n" in data:
-                return data.split(b"\n", 1)[0].decode(errors="replace")
-    child.send_signal(signal.SIGTERM)
-    return "ERR 1 the daemon did not report ready in time"
-
-
-def _tail(path: str, lines: int = 15) -> str:
-    try:
-        with open(path, errors="replace") as handle:
-            return "".join(handle.readlines()[-lines:]).rstrip()
-    except OSError:
-        return ""
-
-
-class _Ready:
-    """The daemon's one-line report to the waiting ``hcafs mount`` (if any)."""
-
-    def __init__(self, fd: int | None):
-        self.fd = fd
-
-    def send(self, line: str) -> None:
-        if self.fd is None:
-            print(line.split(" ", 1)[1] if line.startswith("OK ") else line, file=sys.stderr)
-            return
-        try:
-            os.write(self.fd, (line + "\n").encode())
-            os.close(self.fd)
-        except OSError:
-            pass
-        self.fd = None
-
-
-def run_daemon(config: MountConfig, ready_fd: int | None) -> int:
-    """Mount and serve until unmounted.  Reports OK/ERR through ``ready_fd``."""
-    from .daemon import Daemon
-
-    ready = _Ready(ready_fd)
-    os.chdir("/")  # every path in config is absolute; do not pin the caller's directory
-    try:
-        daemon = Daemon(config)
-        daemon.prepare()
-    except HcafsError as exc:
-        ready.send(f"ERR {exc.exit_code} {exc}")
-        log.error("%s", exc)
-        return exc.exit_code
-    return daemon.serve(ready)
-
+from ..cache.cachedb import CacheDB
+from ..cache.journal import IMPORTS_ACTIVE, Journal
+from ..config import runtime_dir
+from ..errors import Busy, NotFound, RemoteError, Unreachable, UsageError
+from .records import MountRecord, pid_alive
 
 # ---------------------------------------------------------------- umount, refresh
 
 
-def _journal(cache_dir: str):
-    from ..cache.cachedb import CacheDB
-    from ..cache.journal import Journal
-
+def _journal(cache_dir: str) -> Journal:
     return Journal(CacheDB(os.path.join(cache_dir, "hcafs.db")))
 
 
@@ -259,7 +34,7 @@ def drain(record: MountRecord, timeout: float | None, out=sys.stderr) -> bool:
     while True:
         summary = journal.summary()
         imports = sum(n for state, n in summary["imports"].items()
-                      if state in ("queued", "submitting", "submitted"))
+                      if state in IMPORTS_ACTIVE)
         if not summary["pending_files"] and not summary["commits_pending"] and not imports:
             if shown:
                 print(file=out)
