@@ -6,21 +6,19 @@ from __future__ import annotations
 import errno
 import os
 import random
-import shutil
 import threading
 from pathlib import Path
 
 import pytest
 from fixtures.dss_server import USER, DSSServer
 from fixtures.faults import Fault, FaultyHttpProxy
-from fixtures.hcafs_mount import Mount
+from fixtures.hcafs_mount import Mount, needs_fuse
 from fixtures.publishing import publish
 
 from hcafs.remote.client import DSSClient
 
 MiB = 1024 * 1024
-pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse") or not shutil.which(
-    "fusermount3"), reason="needs /dev/fuse and fuse3")
+pytestmark = needs_fuse
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +96,7 @@ def test_readers_racing_one_cold_fetch_all_get_the_right_bytes(world, tmp_path):
         assert results == {n: True for n in range(6)}
 
 
+@pytest.mark.allow_daemon_errors(r"does not match its checksum", r"cached bytes of \w+ are corrupt")
 def test_a_block_corrupted_in_the_cache_is_never_served(world, tmp_path):
     data = world["data"]
     with Mount(str(tmp_path), world["server"].url, token=USER) as mount:
