@@ -11,7 +11,8 @@ tolerated (the first one counts), because the ``hca`` CLI repeats them when it f
 
 Two answers come from the HTTP layer itself, before any handler runs, and are
 ``application/problem+json`` on every path: **413** for a request body over its limit
-(``--max-json-body`` for the methods that take JSON, nothing for GET and HEAD), decided from
+(``--max-json-body`` for the methods that take JSON; a few ignored bytes for GET and HEAD,
+since ``sevenbridges-python`` sends ``null`` with every GET), decided from
 ``Content-Length`` before reading and enforced while reading a chunked body; and **500** for
 an unexpected exception, which carries an ``error_id`` and never a traceback (the traceback
 goes to the log under that id).
@@ -52,6 +53,7 @@ access_log = logging.getLogger("hcafs.server.access")
 _BLOB_RE = re.compile(r"^[0-9a-f]{64}\.[0-9a-f]{40}\.[0-9a-f]{32}(-\d+)?\.[0-9a-f]{8}$")
 RETRY_AFTER = "10"
 _NO_BODY_METHODS = ("GET", "HEAD", "OPTIONS")
+_IGNORED_BODY = 64  # bytes a GET may carry (and that nobody reads)
 _READ_CHUNK = 64 * 1024
 
 
@@ -101,7 +103,7 @@ class App:
         started = time.monotonic()
         request = Request(environ)
         try:
-            _buffer_body(environ, 0 if request.method in _NO_BODY_METHODS
+            _buffer_body(environ, _IGNORED_BODY if request.method in _NO_BODY_METHODS
                          else self.max_json_body)
             response = self.dispatch(request)
         except Problem as exc:
@@ -440,7 +442,7 @@ def _internal_error(request: Request, exc: Exception) -> Response:
 
 
 def _too_large(limit: int) -> Problem:
-    if limit == 0:
+    if limit == _IGNORED_BODY:
         return Problem(413, "payload_too_large", "this request takes no body")
     return Problem(413, "payload_too_large", f"the request body is over {limit} bytes")
 
