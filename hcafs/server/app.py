@@ -483,7 +483,7 @@ def _buffer_body(environ: dict, limit: int) -> None:
 def _json_or_none(request: Request) -> object:
     try:
         return json.loads(request.get_data(cache=True) or b"null")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
 
 
