@@ -4,8 +4,9 @@
 bundles, ranged blob reads), writes (PUT /files from ``file://`` sources, PUT /bundles) and
 bulk DRS imports from a second ``hcafs serve`` on loopback.  Meanwhile a holder keeps 200
 connections open that never send a byte (and reopens those the header timeout closes).
-The real clients must see no error; their latencies are printed and recorded (the figures
-in docs/benchmarks.md come from this test), not asserted.
+The real clients must see no error; their latencies are printed and recorded, not
+asserted.  With ``HCAFS_LOAD_FIGURES=FILE`` the figures are also written to FILE as JSON:
+``bench/http_load.py`` runs this test that way for docs/benchmarks.md.
 
 Each client runs at least OPS_PER_CLIENT operations, and goes on until MIN_SECONDS have
 passed (longer than the default header timeout, so the held connections are closed and
@@ -16,6 +17,7 @@ the default import rate limits are not what is measured.  Every request has a ti
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import socket
@@ -248,6 +250,16 @@ def test_64_clients_beside_200_idle_connections_under_the_default_limits(rig,
                          f" p99={_percentile(times, 0.99) * 1000:7.1f}ms")
     print("\n".join(lines))
     record_property("load", " | ".join(lines))
+    if os.environ.get("HCAFS_LOAD_FIGURES"):
+        with open(os.environ["HCAFS_LOAD_FIGURES"], "w") as handle:
+            json.dump({"clients": CLIENTS, "idle": IDLE, "requests": len(every),
+                       "seconds": elapsed, "errors": len(errors), "threads": threads_seen,
+                       "reopened": holder.reopened,
+                       "latency_ms": {kind: {"n": len(times),
+                                             "p50": statistics.median(times) * 1000,
+                                             "p99": _percentile(times, 0.99) * 1000}
+                                      for kind, times in [("all", every), *latencies.items()]
+                                      if times}}, handle, indent=2)
     assert errors == [], errors[:5]
     assert len(every) >= CLIENTS * OPS_PER_CLIENT
     assert threads_seen < 32 + 40  # the default request threads and the engines, no more
