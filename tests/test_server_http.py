@@ -297,3 +297,33 @@ def test_sigterm_stops_supervisor_and_worker(serve):
     assert "hcafs serve: stopped" in server.log()
     server.process = None
 
+
+
+# ---------------------------------------------------------------- the hca CLI over https
+
+
+@pytest.mark.hca_cli
+def test_the_hca_cli_downloads_a_bundle_over_https(serve, hca_cli, tmp_path):
+    cert, key = self_signed_cert(tmp_path)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    server = serve("hca-tls", "--tls-cert", cert, "--tls-key", key,
+                   "--staging-root", str(staging))
+    data = os.urandom(3 * MiB + 5)
+    (staging / "reads.bin").write_bytes(data)
+    file_uuid, bundle_uuid = "0b6c1f1e-3d1a-4a7e-9c55-0d5f3e7a9b01", \
+        "0b6c1f1e-3d1a-4a7e-9c55-0d5f3e7a9b02"
+    version = "2026-01-01T000000.000000Z"
+    tls = {"verify": cert, "headers": {"Authorization": f"Bearer {USER}"}, "timeout": 60}
+    assert requests.put(f"{server.api}/files/{file_uuid}", params={"version": version},
+                        json={"source_url": f"file://{staging / 'reads.bin'}",
+                              "creator_uid": 0}, **tls).status_code == 201
+    assert requests.put(f"{server.api}/bundles/{bundle_uuid}",
+                        params={"version": version, "replica": "aws"},
+                        json={"creator_uid": 0, "files": [
+                            {"uuid": file_uuid, "version": version, "name": "reads.bin",
+                             "indexed": False}]}, **tls).status_code == 201
+    cli = hca_cli(server.url, USER, env_extra={"REQUESTS_CA_BUNDLE": cert})
+    cli.run("dss", "download", "--bundle-uuid", bundle_uuid, "--replica", "aws",
+            "--download-dir", str(tmp_path / "dl"))
+    assert (tmp_path / "dl" / f"{bundle_uuid}.{version}" / "reads.bin").read_bytes() == data
