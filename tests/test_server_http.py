@@ -213,6 +213,38 @@ def test_a_300_mib_body_is_refused_before_it_is_read(serve, framing, record_prop
     assert requests.get(f"{server.url}/internal/health", timeout=30).status_code == 200
 
 
+def test_a_200_mib_blob_streams_whole_and_ranged(serve, tmp_path, record_property):
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    server = serve("blob", "--staging-root", str(staging), "--async-threshold", "1G")
+    source = staging / "big.bin"
+    with open(source, "wb") as handle:
+        for n in range(200):
+            handle.write(bytes([n]) * MiB)
+    uuid, version = "0b6c1f1e-3d1a-4a7e-9c55-0d5f3e7a9b03", "2026-01-01T000000.000000Z"
+    assert server.call("PUT", f"/files/{uuid}", USER, params={"version": version},
+                       json={"source_url": f"file://{source}", "creator_uid": 0}
+                       ).status_code == 201
+    blob = server.call("GET", f"/files/{uuid}", params={"replica": "aws", "version": version}
+                       ).headers["Location"]
+    worker = _worker(server)
+    before = _memory(worker)["VmRSS"]
+    received = 0
+    with requests.get(blob, stream=True, timeout=60) as answer:
+        assert answer.status_code == 200
+        assert answer.headers["Content-Length"] == str(200 * MiB)
+        for chunk in answer.iter_content(MiB):
+            received += len(chunk)
+    assert received == 200 * MiB
+    ranged = requests.get(blob, headers={"Range": f"bytes={150 * MiB - 2}-{150 * MiB + 1}"},
+                          timeout=60)
+    assert ranged.status_code == 206 and ranged.content == bytes([149, 149, 150, 150])
+    growth = _memory(worker)["VmHWM"] - before
+    record_property("rss_growth_mib", round(growth / MiB, 1))
+    print(f"200 MiB blob streamed; worker RSS growth {growth / MiB:.1f} MiB")
+    assert growth <= 50 * MiB
+
+
 def test_json_bodies_have_a_limit_and_get_and_head_take_none(serve):
     server = serve("limits", "--max-json-body", "1K")
     small = {"bulk_object_ids": ["x"]}
