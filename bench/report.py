@@ -183,7 +183,8 @@ def render(results: dict) -> str:
         "",
     ]
     lines += _read_path_results(r)
-    lines += _writes_results(r) + _drs_results(r.get("drs") or {})
+    lines += _writes_results(r) + _drs_results(r.get("drs") or {}) + \
+        http_results(r.get("http") or {})
     if r["errors"]:
         lines += ["**Some benchmarks could not be run:**", ""]
         lines += [f"- {e}" for e in r["errors"]]
@@ -539,3 +540,33 @@ def _drs_results(d: dict) -> list[str]:
         f"≤ {d['limit']} | {_met(d['busiest_window'] <= d['limit'])} |",
         "",
     ]
+
+
+def http_results(d: dict) -> list[str]:
+    """``hcafs serve`` under load with its default limits (bench/http_load.py)."""
+    if not d:
+        return []
+    lines = [
+        "## HTTP front under load",
+        "",
+        f"`{d['command']}`: `hcafs serve` with its default limits (32 threads, 1024 "
+        f"connections, 10 s header timeout, 1 MiB JSON bodies); {d['clients']} clients, "
+        "each with its own keep-alive session, mix reads (GET /files, GET /bundles, 4 KiB "
+        "ranged blob reads), writes (PUT /files from `file://` sources of 64 KiB, "
+        "PUT /bundles) and bulk DRS imports from a second `hcafs serve` on loopback, for at "
+        f"least 15 s, while {d['idle']} connections are held open (half silent, half "
+        "trickling a header line a second, reopened when the header timeout closes them). "
+        "The clients are threads of the test process, on the same 2 cores as the server. "
+        "Latencies are not goals.",
+        "",
+        f"{d['requests']:,} requests in {d['seconds']:.1f} s, **{d['errors']} errors**, "
+        f"server threads at most {d['threads']}, {d['reopened']} held connections closed "
+        "by the header timeout and reopened.",
+        "",
+        "| requests | n | p50 | p99 |",
+        "|---|---|---|---|",
+    ]
+    for kind, figures in d["latency_ms"].items():
+        lines.append(f"| {kind} | {figures['n']:,} | {figures['p50']:.0f} ms | "
+                     f"{figures['p99']:.0f} ms |")
+    return lines + [""]

@@ -33,6 +33,7 @@ import time
 import traceback
 
 import drs_imports
+import http_load
 import report
 import requests
 from harness import (
@@ -444,9 +445,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="1 MiB files in the issue-4 (b) tree (default 512)")
     parser.add_argument("--tree-repeats", type=int, default=3,
                         help="runs of each side of issue 4 (b) (default 3)")
-    parser.add_argument("--only", choices=("all", "reads", "writes", "imports"), default="all",
+    parser.add_argument("--only", choices=("all", "reads", "writes", "imports", "http"),
+                        default="all",
                         help="run only the issue-3 (reads), issue-4 (writes) or issue-5 "
-                        "(imports) benchmarks")
+                        "(imports) benchmarks, or the HTTP front under load (http)")
     parser.add_argument("--ls-timeout", type=float, default=300,
                         help="give up on one ls -l after this many seconds (default 300)")
     parser.add_argument("--output", default=os.path.join(REPO, "docs", "benchmarks.md"),
@@ -488,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     writes = WriteBench(bench)
     bench.writes = writes
     drs: dict = {}
+    http: dict = {}
     try:
         if args.only in ("all", "reads"):
             bench.prepare()
@@ -504,6 +507,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in ("all", "imports"):
             bench.step("issue 5 DRS imports (1,000 .drs files)", lambda: drs.update(
                 drs_imports.run(os.path.join(work, "drs"))))
+        if args.only in ("all", "http"):
+            bench.step("HTTP front under load", lambda: http.update(
+                http_load.run(os.path.join(work, "http"))))
     finally:
         for problem in cleanup.run():
             bench.errors.append(f"cleanup: {problem}")
@@ -517,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     results = bench.results(time.perf_counter() - started)
     results["load"] = (load_at_start, report.load_average())
     results["drs"] = drs
+    results["http"] = http
     with open(os.path.join(work, "results.json"), "w") as handle:
         json.dump(results, handle, indent=2, default=lambda o: o.as_dict())
     with open(args.output, "w") as handle:

@@ -14,7 +14,11 @@ import sys
 from . import __version__
 from .config import (
     DEFAULT_CACHE_SIZE,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_JSON_BODY,
     DEFAULT_PORT,
+    DEFAULT_THREADS,
     MountConfig,
     ServeConfig,
     config_file_values,
@@ -153,6 +157,10 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         tokens_file=pick("tokens"),
         tls_cert=pick("tls_cert"),
         tls_key=pick("tls_key"),
+        threads=int(pick("threads", DEFAULT_THREADS)),
+        max_connections=int(pick("max_connections", DEFAULT_MAX_CONNECTIONS)),
+        header_timeout=float(pick("header_timeout", DEFAULT_HEADER_TIMEOUT)),
+        max_json_body=parse_size(pick("max_json_body", DEFAULT_MAX_JSON_BODY)),
         staging_root=pick("staging_root"),
         s3_endpoint=pick("s3_endpoint"),
         async_threshold=parse_size(pick("async_threshold", 64 * 1024 * 1024)),
@@ -204,7 +212,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tokens", metavar="FILE", help="tokens file (default "
                        "DATA_DIR/tokens.json, created with one local admin token if absent)")
     serve.add_argument("--tls-cert", metavar="FILE", help="serve https with this certificate")
-    serve.add_argument("--tls-key", metavar="FILE", help="the certificate's private key")
+    serve.add_argument("--tls-key", metavar="FILE",
+                       help="the certificate's private key (PEM, PKCS#8)")
+    serve.add_argument("--threads", metavar="N", type=int,
+                       help=f"threads answering requests (default {DEFAULT_THREADS})")
+    serve.add_argument("--max-connections", metavar="N", type=int,
+                       help="open connections at most; more wait to be accepted "
+                       f"(default {DEFAULT_MAX_CONNECTIONS})")
+    serve.add_argument("--header-timeout", metavar="SECONDS", type=float,
+                       help="close a connection that has not sent a whole request head this "
+                       "long after it opened or after its previous answer (default "
+                       f"{DEFAULT_HEADER_TIMEOUT:g})")
+    serve.add_argument("--max-json-body", metavar="SIZE",
+                       help="largest request body (all bodies are JSON; GET and HEAD take "
+                       "none), 413 past it (default 1M)")
     serve.add_argument("--staging-root", metavar="DIR",
                        help="accept file:// sources inside this directory")
     serve.add_argument("--s3-endpoint", metavar="URL",

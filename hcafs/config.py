@@ -19,6 +19,10 @@ from .errors import ConfigError
 MiB = 1024 * 1024
 DEFAULT_PORT = 8440
 DEFAULT_ASYNC_THRESHOLD = 64 * MiB
+DEFAULT_THREADS = 32
+DEFAULT_MAX_CONNECTIONS = 1024
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_MAX_JSON_BODY = MiB
 
 
 def xdg_dir(kind: str) -> str:
@@ -87,6 +91,10 @@ class ServeConfig:
     tokens_file: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    threads: int = DEFAULT_THREADS  # request threads per worker process
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # open connections per worker process
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT  # seconds for a request head, idle included
+    max_json_body: int = DEFAULT_MAX_JSON_BODY  # bytes of a JSON request body
     staging_root: str | None = None
     s3_endpoint: str | None = None
     async_threshold: int = DEFAULT_ASYNC_THRESHOLD
@@ -115,6 +123,16 @@ class ServeConfig:
             raise ConfigError(f"--store takes s3://bucket/prefix, not {self.store_url!r}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port {self.port} is not a TCP port")
+        if self.tls_key:
+            _check_pkcs8(self.tls_key)
+        if not 1 <= self.threads <= 1024:
+            raise ConfigError("--threads must be between 1 and 1024")
+        if not 1 <= self.max_connections <= 65536:
+            raise ConfigError("--max-connections must be between 1 and 65536")
+        if not 0.001 <= self.header_timeout <= 60:
+            raise ConfigError("--header-timeout must be between 0.001 and 60 seconds")
+        if self.max_json_body < 1:
+            raise ConfigError("--max-json-body must be at least one byte")
         if self.staging_root and not os.path.isdir(self.staging_root):
             raise ConfigError(f"staging root {self.staging_root} is not a directory")
         for name in ("import_rate_limit", "import_rate_window", "import_request_limit",
@@ -138,6 +156,18 @@ class ServeConfig:
 _ALLOW_HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)"
                             r"(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}"
                             r"|655[0-2][0-9]|6553[0-5]))?$")
+
+
+def _check_pkcs8(path: str) -> None:
+    """The HTTP front reads PEM PKCS#8 keys only; say so before it fails obscurely."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError as exc:
+        raise ConfigError(f"cannot read TLS key {path}: {exc.strerror}") from exc
+    if b"-----BEGIN PRIVATE KEY-----" not in head:
+        raise ConfigError(f"TLS key {path} is not a PEM PKCS#8 key (BEGIN PRIVATE KEY); "
+                          "convert it with: openssl pkcs8 -topk8 -nocrypt -in OLD -out NEW")
 
 
 DEFAULT_CACHE_SIZE = "10G"
