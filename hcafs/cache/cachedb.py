@@ -81,6 +81,21 @@ def m004_drs_imports(db: sqlite_utils.Database) -> None:
     db["drs_imports"].create_index(["batch"])
 
 
+@migrations()
+def m005_refusals(db: sqlite_utils.Database) -> None:
+    # The latest refusals of the mount (see mount/refusals.py), for `hcafs status`.
+    db["refusals"].create({"id": int, "at": float, "operation": str, "path": str,
+                           "errno": str, "reason": str}, pk="id")
+    # Names this mount gave collection items (`ln -s TARGET collections/C/NAME`): the
+    # server keeps only the item, so the name lives here, per collection and item.
+    db["collection_names"].create({"collection": str, "kind": str, "fqid": str,
+                                   "name": str}, pk=("collection", "kind", "fqid"))
+    db["collection_names"].create_index(["collection", "name"], unique=True)
+
+
+REFUSALS_KEPT = 50
+
+
 class CacheDB:
     """:meth:`db` is the calling thread's connection to ``path``.
 
@@ -155,3 +170,19 @@ class CacheDB:
 
     def set_meta(self, key: str, value: str) -> None:
         self.db()["meta"].upsert({"key": key, "value": value}, pk="key")
+
+    def add_refusal(self, at: float, operation: str, path: str, errno: str,
+                    reason: str) -> None:
+        """Keep one refusal; only the latest :data:`REFUSALS_KEPT` are kept."""
+        with self.atomic() as db:
+            db["refusals"].insert({"at": at, "operation": operation, "path": path,
+                                   "errno": errno, "reason": reason})
+            db.execute("delete from refusals where id <= (select max(id) from refusals) - ?",
+                       [REFUSALS_KEPT])
+
+    def refusals(self, limit: int = 5) -> list[dict]:
+        """The latest refusals, oldest first."""
+        rows = self.db().execute("select at, operation, path, errno, reason from refusals "
+                                 "order by id desc limit ?", [limit]).fetchall()
+        return [{"at": r[0], "operation": r[1], "path": r[2], "errno": r[3], "reason": r[4]}
+                for r in reversed(rows)]

@@ -32,6 +32,7 @@ from ..cache.catalog import Catalog
 from ..cache.journal import COMMITTED, DIRTY, DRS, ERROR, LOCAL, SYNCED, FileRow
 from ..errors import (
     AlreadyExists,
+    NotADirectory,
     NotFound,
     PermissionDenied,
     ReadOnly,
@@ -239,7 +240,7 @@ class Tree:
         if node.kind == "bundle":
             tree = self._bundle_tree(node.name) if not node.path else node.value
             return [(name, child.attr) for name, child in sorted(tree.children.items())]
-        raise UsageError(f"{path} is not a directory")
+        raise NotADirectory(f"{path} is not a directory")
 
     def readlink(self, path: str) -> str:
         node = self.resolve(path)
@@ -404,7 +405,11 @@ class Tree:
         where = self._in_pending(parent, leaf)
         if where:
             self.pending.mkdir(*where)
-        elif parent.kind == "top" and parent.name == "bundles" and self.pending is not None:
+        elif parent.kind == "top" and parent.name == "bundles":
+            if self.pending is None:
+                raise ReadOnly(f"{path}: this mount cannot write bundles: it was mounted "
+                               "without a staging target; mount again with --staging "
+                               "s3://BUCKET/PREFIX (a bucket the DSS can read)")
             self.pending.create_bundle(leaf)
         elif parent.kind == "top" and parent.name == "collections":
             self._create_collection(leaf)

@@ -37,6 +37,7 @@ from ..sync.staging import LocalStager, S3Stager, Stager
 from ..sync.syncer import Syncer
 from ..tokenfile import first_token
 from .records import MountRecord
+from .refusals import Refusals
 
 log = logging.getLogger("hcafs.daemon")
 
@@ -266,7 +267,8 @@ class Daemon:
             self.blobs.close()
 
         operations = Operations(self.tree, (config.entry_timeout, config.attr_timeout,
-                                            config.negative_timeout), on_init, on_destroy)
+                                            config.negative_timeout), on_init, on_destroy,
+                                Refusals(self.db))
         self.tree.invalidate = operations.invalidate
         try:
             FUSE(operations, config.mountpoint, foreground=True, nothreads=False,
