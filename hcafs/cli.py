@@ -84,6 +84,7 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
         refresh_ttl=float(pick("refresh_ttl", 300)),
         entry_timeout=float(pick("entry_timeout", 30)),
         attr_timeout=float(pick("attr_timeout", 30)),
+        negative_timeout=float(pick("negative_timeout", 2)),
         log_file=os.path.abspath(log_file) if log_file else None,
         data_dir=os.path.abspath(pick("data_dir", ServeConfig().data_dir)),
         insecure_tls=bool(getattr(args, "insecure", False)),
@@ -255,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="kernel attribute cache time (default 30)")
     mount.add_argument("--entry-timeout", metavar="SECONDS", type=float,
                        help="kernel name lookup cache time (default 30)")
+    mount.add_argument("--negative-timeout", metavar="SECONDS", type=float,
+                       help="kernel cache time of a name that does not exist (default 2; "
+                       "the daemon itself remembers a server's 404 for --entry-timeout)")
     mount.add_argument("--log-file", metavar="FILE", help="daemon log (default "
                        "CACHE_DIR/hcafs.log)")
     mount.add_argument("--data-dir", help="the embedded server's data dir")

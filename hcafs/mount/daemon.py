@@ -131,7 +131,8 @@ class Daemon:
         self._check_cache_owner("embedded" if config.embedded else url)
         quick = DSSClient(url, token=token, replica=config.replica, verify=verify,
                           retry=RetryPolicy(attempts=2, base_delay=0.2))
-        self.catalog = Catalog(self.db, self.client, config.refresh_ttl, quick=quick)
+        self.catalog = Catalog(self.db, self.client, config.refresh_ttl, quick=quick,
+                               negative_ttl=config.entry_timeout)
         self._first_contact(quick)
         self.blobs = BlobCache(os.path.join(config.cache_dir, "blobs"), self.db,
                                config.cache_size, max_readahead=config.max_readahead)
