@@ -96,6 +96,20 @@ def m005_refusals(db: sqlite_utils.Database) -> None:
 REFUSALS_KEPT = 50
 
 
+def _private_file(path: str) -> None:
+    """The database holds the caller's collections (owner-private on the server): create it
+    0600 whatever the umask, and narrow an older one (SQLite makes its -wal and -shm files
+    with the database's own mode)."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+    for name in (path, path + "-wal", path + "-shm"):
+        try:
+            info = os.lstat(name)
+        except FileNotFoundError:
+            continue
+        if info.st_mode & 0o077 and info.st_uid == os.geteuid():
+            os.chmod(name, 0o600)
+
+
 class CacheDB:
     """:meth:`db` is the calling thread's connection to ``path``.
 
@@ -109,6 +123,7 @@ class CacheDB:
     def __init__(self, path: str):
         self.path = path
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        _private_file(path)
         self._lock = threading.Lock()
         self._connections: dict[int, sqlite_utils.Database] = {}
         migrations.apply(self.db())

@@ -257,7 +257,8 @@ class PendingBundles:
     def _materialize(self, row: FileRow, empty: bool) -> None:
         """Copy a remote (working copy) file into a local data file before it changes."""
         path = self.data_path(row.id)
-        with open(path + ".part", "wb") as out:
+        fd = os.open(path + ".part", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
             if not empty and row.size:
                 entry = _remote_entry(row)
                 blob = self.blobs.acquire(entry.sha256, entry.size)

@@ -24,7 +24,7 @@ from ..cache.blobcache import BlobCache
 from ..cache.cachedb import CacheDB
 from ..cache.catalog import Catalog
 from ..cache.journal import Journal
-from ..config import MountConfig
+from ..config import MountConfig, ensure_runtime_dir, private_dir
 from ..errors import ApiError, ApiUnauthorized, Busy, ConfigError, PermissionDenied, Unreachable
 from ..model.pending import PendingBundles
 from ..model.tree import Tree
@@ -113,7 +113,8 @@ class Daemon:
 
     def prepare(self) -> None:
         config = self.config
-        os.makedirs(config.cache_dir, exist_ok=True)
+        private_dir(config.cache_dir, "the cache dir")
+        ensure_runtime_dir()
         self._lock_cache_dir()
         token = config.token
         if config.embedded:
