@@ -114,7 +114,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     config = _mount_config(args)
     if args.ready_fd is not None:
         return run_daemon(config, args.ready_fd)
-    return mount(config, sys.argv[1:])
+    return mount(config, args.argv)
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
@@ -332,9 +332,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _mount_options() -> dict[str, bool]:
+    """``hcafs mount``'s long options (without ``--``): True for those taking a value."""
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    options = {}
+    for action in commands.choices["mount"]._actions:
+        for string in action.option_strings:
+            if string.startswith("--"):
+                options[string[2:]] = action.nargs != 0
+    return options
+
+
+def fstab_main(argv: list[str] | None = None) -> int:
+    """``mount.fuse.hcafs SOURCE MOUNTPOINT -o OPTIONS``: what mount(8) runs for a
+    ``fuse.hcafs`` fstab line (see hcafs/mount/fstab.py and docs/mount.md)."""
+    from .mount.fstab import become, mount_command
+
+    try:
+        command, user = mount_command(sys.argv[1:] if argv is None else argv,
+                                      _mount_options())
+        if user:
+            become(user)
+    except HcafsError as exc:
+        print(f"mount.fuse.hcafs: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return main(command)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the daemon's child repeats it
     _setup_logging(args.log_level)
     try:
         return args.func(args)
