@@ -7,6 +7,7 @@ a loopback relay that records every request (:class:`FaultyHttpProxy` with no fa
 
 from __future__ import annotations
 
+import errno
 import time
 
 import pytest
@@ -17,7 +18,14 @@ from fixtures.publishing import publish
 from hcafs.cache.blobcache import BlobCache
 from hcafs.cache.cachedb import CacheDB
 from hcafs.cache.catalog import Catalog
-from hcafs.errors import AlreadyExists, NotEmpty, NotFound, ReadOnly, UsageError
+from hcafs.errors import (
+    AlreadyExists,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
+    ReadOnly,
+    UsageError,
+)
 from hcafs.model.tree import Tree
 from hcafs.remote.client import DSSClient, RetryPolicy
 
@@ -132,6 +140,13 @@ def test_a_missing_fqid_costs_one_request_until_it_expires(world):
     with pytest.raises(NotFound):
         tree.getattr(f"/files/{missing}")
     assert len(_requests(world, mark)) == 3
+
+
+def test_a_file_listed_as_a_directory_is_enotdir_not_einval(world):
+    tree = _tree(world)
+    with pytest.raises(NotADirectory) as raised:
+        tree.listdir(f"/bundles/{world['fqid']}/a.txt")
+    assert raised.value.errno == errno.ENOTDIR
 
 
 def test_mkdir_of_a_bundle_without_staging_says_what_to_pass(world):
