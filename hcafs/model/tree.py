@@ -7,7 +7,8 @@ Layout::
                                     to the committed <uuid>.<version>
     /collections/<NAME>/            the caller's collections (NAME.UUID where names clash);
                                     items are symlinks to ../../bundles/<fqid> or
-                                    ../../files/<fqid>
+                                    ../../files/<fqid>, named by their FQID or by the
+                                    name this mount gave them (see Catalog.item_names)
     /files/<uuid>.<version>         any file by FQID: lookup only, not listed
 
 Changes map onto the DSS: ``mkdir``/``rmdir`` of a collection are put/delete-collection,
