@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,36 @@ def test_each_refusal_is_explained_once_and_shown_by_status(mount_world, mounted
     # ENOENT is an answer, not a refusal: not logged, not shown
     assert _refused(lambda: os.stat(root / "bundles" / "nope")) == errno.ENOENT
     assert "/bundles/nope" not in mounted.log()
+
+
+def test_a_full_cache_disk_is_explained_once(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(small)],
+                   check=True)
+    try:
+        env = {"XDG_DATA_HOME": str(tmp_path / "data"), "XDG_CACHE_HOME": str(tmp_path / "x")}
+        mount = Mount(str(tmp_path), None, env=env)
+        # the cache on the small disk; the log where the fixture reads it (not on the disk)
+        mount.args = ["--cache-dir", str(small / "cache"), "--log-file", mount.log_file]
+        with mount:
+            pending = Path(mount.path) / "bundles" / "tight"
+            pending.mkdir()
+            with pytest.raises(OSError) as full:
+                with open(pending / "huge.bin", "wb") as handle:
+                    for _ in range(64):
+                        handle.write(os.urandom(1024 * 1024))
+                        handle.flush()
+            assert full.value.errno == errno.ENOSPC
+            lines = [line for line in mount.log().splitlines()
+                     if "refused with ENOSPC" in line]
+            assert len(lines) == 1 and "/bundles/tight/huge.bin" in lines[0], lines
+            assert "the cache disk is full" in lines[0]
+            report = json.loads(run_hcafs("status", mount.path, "--json",
+                                          env=mount.env).stdout)
+            assert [r["errno"] for r in report["refusals"]] == ["ENOSPC"]
+            (pending / "huge.bin").unlink()
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
