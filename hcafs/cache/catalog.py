@@ -98,6 +98,7 @@ class Catalog:
         self._bundle_set = set(self._bundles)
         self._collections = self._load_collections()
         self._names = self._load_names()
+        self._changes = 0  # collection changes this mount made (a refresh in flight keeps them)
         self._manifests: OrderedDict[str, dict] = OrderedDict()
         stamp = db.get_meta("bundles_refreshed_at")
         self.refreshed_at = float(stamp) if stamp else 0.0
@@ -282,6 +283,7 @@ class Catalog:
                                           "contents": json.dumps(c["contents"])})
         with self._lock:
             self._collections = named
+            self._changes += 1
             if gone:
                 self._names.pop(gone, None)
 
@@ -323,6 +325,8 @@ class Catalog:
         if client is None:
             return
         with self._refresh_lock:
+            with self._lock:
+                changes = self._changes
             try:
                 fqids = [f"{u}.{v}" for u, v in client.iter_bundles()]
                 collections = self._fetch_collections(client)
@@ -330,6 +334,9 @@ class Catalog:
                 self.health.failed(exc)
                 raise
             self.health.ok()
+            with self._lock:
+                if self._changes != changes:  # this mount changed one while we listed:
+                    collections = None  # keep its rows; the next refresh brings the rest
             db = self.db.db()
             with self.db.atomic():
                 db.execute("delete from bundles")
