@@ -138,6 +138,9 @@ def refresh(mountpoint: str) -> int:
     try:
         os.setxattr(path, "user.hcafs.refresh", b"1")
     except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            raise Busy("the listing is taking long; it goes on refreshing in the "
+                       "background") from exc
         raise Unreachable(f"refresh failed: {os.strerror(exc.errno)}") from exc
     print(f"refreshed {path}", file=sys.stderr)
     return 0
