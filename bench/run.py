@@ -34,6 +34,7 @@ import traceback
 
 import drs_imports
 import http_load
+import metadata_latency
 import report
 import requests
 from harness import (
@@ -445,7 +446,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="1 MiB files in the issue-4 (b) tree (default 512)")
     parser.add_argument("--tree-repeats", type=int, default=3,
                         help="runs of each side of issue 4 (b) (default 3)")
-    parser.add_argument("--only", choices=("all", "reads", "writes", "imports", "http"),
+    parser.add_argument("--meta-versions", type=int, default=100_000,
+                        help="bundle versions behind the metadata-callback figures (100000)")
+    parser.add_argument("--only", choices=("all", "reads", "writes", "imports", "http",
+                                           "metadata"),
                         default="all",
                         help="run only the issue-3 (reads), issue-4 (writes) or issue-5 "
                         "(imports) benchmarks, or the HTTP front under load (http)")
@@ -491,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.writes = writes
     drs: dict = {}
     http: dict = {}
+    meta: dict = {}
     try:
         if args.only in ("all", "reads"):
             bench.prepare()
@@ -510,12 +515,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in ("all", "http"):
             bench.step("HTTP front under load", lambda: http.update(
                 http_load.run(os.path.join(work, "http"))))
+        if args.only in ("all", "metadata"):
+            bench.step("metadata callbacks", lambda: meta.update(metadata_latency.run(
+                work, args.meta_versions, cleanup=cleanup)))
     finally:
         for problem in cleanup.run():
             bench.errors.append(f"cleanup: {problem}")
         if not args.keep:
             for name in ("server", "staging", "local", "mnt", "server-wb",
-                         "server-wb-staging", "src", "local-cp", "seaweed"):
+                         "server-wb-staging", "src", "local-cp", "seaweed", "server-meta",
+                         "mnt-meta"):
                 shutil.rmtree(os.path.join(work, name), ignore_errors=True)
             for name in os.listdir(work):
                 if name.startswith("cache-"):
@@ -527,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(os.path.join(work, "results.json"), "w") as handle:
         json.dump(results, handle, indent=2, default=lambda o: o.as_dict())
     with open(args.output, "w") as handle:
-        handle.write(report.render(results))
+        handle.write(report.render(results) + metadata_latency.render(meta))
     bench.say(f"wrote {args.output}; logs and results.json in {work}")
     return 1 if bench.errors else 0
 

@@ -90,6 +90,7 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
         attr_timeout=float(pick("attr_timeout", 30)),
         read_streams=int(pick("read_streams", 4)),
         read_chunk=parse_size(pick("read_chunk", "8M")),
+        negative_timeout=float(pick("negative_timeout", 2)),
         log_file=os.path.abspath(log_file) if log_file else None,
         data_dir=os.path.abspath(pick("data_dir", ServeConfig().data_dir)),
         insecure_tls=bool(getattr(args, "insecure", False)),
@@ -119,7 +120,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     config = _mount_config(args)
     if args.ready_fd is not None:
         return run_daemon(config, args.ready_fd)
-    return mount(config, sys.argv[1:])
+    return mount(config, args.argv)
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
@@ -282,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="parallel ranged fetches ahead of a sequential reader (default 4)")
     mount.add_argument("--read-chunk", metavar="SIZE",
                        help="bytes per ranged fetch of those streams (default 8M)")
+    mount.add_argument("--negative-timeout", metavar="SECONDS", type=float,
+                       help="kernel cache time of a name that does not exist (default 2; "
+                       "the daemon itself remembers a server's 404 for --entry-timeout)")
     mount.add_argument("--log-file", metavar="FILE", help="daemon log (default "
                        "CACHE_DIR/hcafs.log)")
     mount.add_argument("--data-dir", help="the embedded server's data dir")
@@ -355,9 +359,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _mount_options() -> dict[str, bool]:
+    """``hcafs mount``'s long options (without ``--``): True for those taking a value."""
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    options = {}
+    for action in commands.choices["mount"]._actions:
+        for string in action.option_strings:
+            if string.startswith("--"):
+                options[string[2:]] = action.nargs != 0
+    return options
+
+
+def fstab_main(argv: list[str] | None = None) -> int:
+    """``mount.fuse.hcafs SOURCE MOUNTPOINT -o OPTIONS``: what mount(8) runs for a
+    ``fuse.hcafs`` fstab line (see hcafs/mount/fstab.py and docs/mount.md)."""
+    from .mount.fstab import become, mount_command
+
+    try:
+        command, user = mount_command(sys.argv[1:] if argv is None else argv,
+                                      _mount_options())
+        if user:
+            become(user)
+    except HcafsError as exc:
+        print(f"mount.fuse.hcafs: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return main(command)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the daemon's child repeats it
     _setup_logging(args.log_level)
     try:
         return args.func(args)

@@ -10,6 +10,7 @@ import ipaddress
 import json
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
@@ -247,9 +248,49 @@ def default_cache_dir(dss_url: str | None) -> str:
 
 
 def runtime_dir() -> str:
-    """Where running mounts leave their pid and paths (``$XDG_RUNTIME_DIR/hcafs``)."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or os.path.join("/tmp", f"hcafs-{os.getuid()}")
-    return os.path.join(base, "hcafs")
+    """Where running mounts leave their pid and paths (``$XDG_RUNTIME_DIR/hcafs``; without
+    XDG_RUNTIME_DIR, ``/tmp/hcafs-UID/hcafs``, whose owner and mode
+    :func:`ensure_runtime_dir` checks because anyone may create it first)."""
+    return os.path.join(_runtime_base(), "hcafs")
+
+
+def _runtime_base() -> str:
+    return os.environ.get("XDG_RUNTIME_DIR") or os.path.join("/tmp", f"hcafs-{os.getuid()}")
+
+
+def private_dir(path: str, what: str) -> str:
+    """``path`` as a directory only this user may enter: made (mode 0700) if missing,
+    refused with the reason if it is a symlink, not a directory, someone else's, or open
+    to others.  The check uses ``lstat``, so a planted symlink is never followed."""
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ConfigError(f"cannot create {what} {path}: {exc.strerror}") from exc
+    info = os.lstat(path)
+    me = os.geteuid()
+    if stat.S_ISLNK(info.st_mode):
+        raise ConfigError(f"{what} {path} is a symbolic link; hcafs uses only a real "
+                          "directory there (remove the link)")
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"{what} {path} is not a directory")
+    if info.st_uid != me:
+        raise ConfigError(f"{what} {path} belongs to uid {info.st_uid}, not to you (uid "
+                          f"{me}); someone else may have made it: remove it, or choose "
+                          "another place")
+    if info.st_mode & 0o077:
+        raise ConfigError(f"{what} {path} is open to other users (mode "
+                          f"{stat.S_IMODE(info.st_mode):04o}); run: chmod 700 {path}")
+    return path
+
+
+def ensure_runtime_dir() -> str:
+    """:func:`runtime_dir`, made private and checked (and its /tmp parent, when used)."""
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        private_dir(_runtime_base(), "the runtime dir")
+    return private_dir(runtime_dir(), "the runtime dir")
 
 
 def load_resolver(path: str | None) -> dict[str, str]:

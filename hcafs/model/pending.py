@@ -37,7 +37,15 @@ from ..cache.journal import (
     FileRow,
     Journal,
 )
-from ..errors import AlreadyExists, NoSpace, NotEmpty, NotFound, PermissionDenied, UsageError
+from ..errors import (
+    AlreadyExists,
+    NoSpace,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
+    PermissionDenied,
+    UsageError,
+)
 from ..versions import is_uuid, new_uuid, parse_fqid
 from .entries import FileEntry, version_mtime
 
@@ -144,13 +152,13 @@ class PendingBundles:
             else:
                 children[head] = row
         if path and not children and self.lookup(name, path) != "dir":
-            raise UsageError(f"bundles/{name}/{path} is not a directory")
+            raise NotADirectory(f"bundles/{name}/{path} is not a directory")
         return sorted(children.items())
 
     def _parent_exists(self, name: str, path: str) -> None:
         parent = path.rpartition("/")[0]
         if parent and self.lookup(name, parent) != "dir":
-            raise NotFound(f"bundles/{name}/{parent} is not a directory")
+            raise NotADirectory(f"bundles/{name}/{parent} is not a directory")
 
     def _free(self, name: str, path: str) -> None:
         try:
@@ -167,7 +175,7 @@ class PendingBundles:
 
     def rmdir(self, name: str, path: str) -> None:
         if self.lookup(name, path) != "dir":
-            raise UsageError(f"bundles/{name}/{path} is not a directory")
+            raise NotADirectory(f"bundles/{name}/{path} is not a directory")
         if self.listdir(name, path):
             raise NotEmpty(f"bundles/{name}/{path} is not empty")
         row = self.journal.file(name, path)
@@ -249,7 +257,8 @@ class PendingBundles:
     def _materialize(self, row: FileRow, empty: bool) -> None:
         """Copy a remote (working copy) file into a local data file before it changes."""
         path = self.data_path(row.id)
-        with open(path + ".part", "wb") as out:
+        fd = os.open(path + ".part", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
             if not empty and row.size:
                 entry = _remote_entry(row)
                 blob = self.blobs.acquire(entry.sha256, entry.size)

@@ -27,6 +27,7 @@ LEAVES = {
     errors.NotFound("x"): errno.ENOENT,
     errors.AlreadyExists("x"): errno.EEXIST,
     errors.NotEmpty("x"): errno.ENOTEMPTY,
+    errors.NotADirectory("x"): errno.ENOTDIR,
     errors.ReadOnly("x"): errno.EROFS,
     errors.PermissionDenied("x"): errno.EACCES,
     errors.NoSpace("x"): errno.ENOSPC,
