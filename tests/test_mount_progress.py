@@ -23,6 +23,21 @@ def _piped(command: str, env: dict) -> subprocess.CompletedProcess:
                           env={**os.environ, **env}, timeout=120)
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the embedded server is a supervisor with workers)."""
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True
+                              ).stdout.split()
+    return [pid, *(p for child in children for p in _tree(int(child)))]
+
+
+def _signal(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
 def test_umount_and_status_watch_write_whole_lines_to_a_pipe(tmp_path):
     env = {"XDG_DATA_HOME": str(tmp_path / "data"), "XDG_CACHE_HOME": str(tmp_path / "xdg")}
     mount = Mount(str(tmp_path), None, env=env, args=["--write-back-delay", "0.2"])
@@ -31,9 +46,9 @@ def test_umount_and_status_watch_write_whole_lines_to_a_pipe(tmp_path):
     try:
         record = next((Path(mount.env["XDG_RUNTIME_DIR"]) / "hcafs").glob("*.json"))
         daemon = json.loads(record.read_text())["pid"]
-        server = int(subprocess.run(["pgrep", "-P", str(daemon)], capture_output=True,
-                                    text=True, check=True).stdout.split()[0])
-        os.kill(server, signal.SIGSTOP)  # the embedded server: nothing can sync now
+        server = _tree(int(subprocess.run(["pgrep", "-P", str(daemon)], capture_output=True,
+                                          text=True, check=True).stdout.split()[0]))
+        _signal(server, signal.SIGSTOP)  # the embedded server: nothing can sync now
         os.mkdir(Path(mount.path) / "bundles" / "piped")
         (Path(mount.path) / "bundles" / "piped" / "a.txt").write_text("a\n")
         watch = subprocess.Popen([sys.executable, "-m", "hcafs", "status", "--watch",
@@ -54,7 +69,7 @@ def test_umount_and_status_watch_write_whole_lines_to_a_pipe(tmp_path):
         assert lines[-1].startswith("hcafs umount: ") and "still waiting" in lines[-1]
         assert all(line.startswith("waiting for ") for line in lines[:-1]), waited.stdout
 
-        os.kill(server, signal.SIGCONT)
+        _signal(server, signal.SIGCONT)
         server = None
         done = _piped(f"{sys.executable} -m hcafs umount {mount.path}", mount.env)
         assert done.returncode == 0, done.stdout
@@ -64,5 +79,5 @@ def test_umount_and_status_watch_write_whole_lines_to_a_pipe(tmp_path):
         assert all(line.startswith("waiting for ") for line in lines[:-1]), done.stdout
     finally:
         if server is not None:
-            os.kill(server, signal.SIGCONT)
+            _signal(server, signal.SIGCONT)
         mount.stop()
