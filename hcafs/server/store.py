@@ -13,6 +13,9 @@ from a name; :meth:`list` lists one prefix level in key order, and :meth:`scan` 
 under a prefix, at any depth, in key order from a starting key.  A scan costs what it
 returns, not what the prefix holds, when the keys are sharded into small folders (locally
 each folder on its path is read once; on S3 it is ``ListObjectsV2`` with ``StartAfter``).
+Under a scanned prefix no name may be both a folder and the start of another name at the
+same level (``a/x`` beside ``a.b``): S3 servers that keep folders, such as SeaweedFS, list
+the folder first rather than in byte order.
 
 :class:`LocalStore` keeps everything in a directory: each write goes to a temporary file that
 is fsynced and renamed into place, so a crash leaves the old object or the new, never a torn
