@@ -65,6 +65,8 @@ def test_scan_gives_every_key_under_a_prefix_in_order_from_any_start(store):
         assert list(store.scan("idx/", after)) == [k for k in under if k > after], after
     lazy = store.scan("idx/", under[4])
     assert [next(lazy), next(lazy)] == under[5:7]
+    assert store.mark("idx/3f/00/marked") and not store.mark("idx/3f/00/marked")
+    assert store.read("idx/3f/00/marked") == b""
 
 
 # ---------------------------------------------------------------- /bundles/all

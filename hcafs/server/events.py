@@ -15,7 +15,8 @@ cursor" opens a few small folders, at any size of the journal)::
     events/{YYYY-MM-DD}/{HHMM}/{SS}/{cursor}.delete.{uuid}             every version deleted
     events/{YYYY-MM-DD}/{HHMM}/{SS}/{cursor}.journal      many events (bulk loads, migration)
 
-A single event is all in its key, so a page of them costs one listing and no reads; a
+A single event is all in its key (an empty document, :meth:`~.store.Store.mark`), so a page
+of them costs one listing and no reads; a
 ``.journal`` document holds ``{"events": [{"type", "uuid", "version"}, …]}``.  Keys are
 written with :meth:`~.store.Store.create`, so any number of servers can record into one
 store: two events never share a key, and none is overwritten.
@@ -107,7 +108,7 @@ class Journal:
         while True:
             started = time.monotonic()
             cursor = new_cursor()
-            if not self.store.create(f"{cursor_key(cursor)}.{suffix}", b"{}"):
+            if not self.store.mark(f"{cursor_key(cursor)}.{suffix}"):
                 continue  # the same microsecond and random digits: draw again
             if time.monotonic() - started <= LATE_SECONDS:
                 return cursor

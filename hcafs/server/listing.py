@@ -5,7 +5,7 @@
 a million versions, and deleted versions are not in it (a delete removes its entries), so no
 page entry needs a tombstone lookup.  Store layout::
 
-    bundle-index/{uuid[0:2]}/{uuid[2:4]}/{uuid}.{version}    an empty document
+    bundle-index/{uuid[0:2]}/{uuid[2:4]}/{uuid}.{version}    empty (``Store.mark``)
     layout            {"bundle_index": 1} once an older store is indexed (0 while it is)
 
 The shard folders are prefixes of the uuid, so key order is FQID order.  Writers keep the
@@ -54,7 +54,7 @@ class BundleIndex:
 
     def add(self, uuid: str, version: str) -> bool:
         """Index a version; False if it already was."""
-        return self.store.create(_shard(f"{uuid}.{version}"), b"{}")
+        return self.store.mark(_shard(f"{uuid}.{version}"))
 
     def has(self, uuid: str, version: str) -> bool:
         return self.store.exists(_shard(f"{uuid}.{version}"))

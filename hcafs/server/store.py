@@ -73,6 +73,11 @@ class Store(ABC):
     def create(self, key: str, data: bytes) -> bool:
         """Write ``key`` only if absent, atomically; False if it was already there."""
 
+    def mark(self, key: str) -> bool:
+        """Create the empty document ``key`` only if absent, atomically (False if it was
+        there): a key whose name is all it says, such as an index entry."""
+        return self.create(key, b"")
+
     @abstractmethod
     def read_versioned(self, key: str) -> tuple[bytes, str] | None:
         """The document at ``key`` and a tag naming this version of it, or None."""
@@ -207,6 +212,22 @@ class LocalStore(Store):
 
     def create(self, key: str, data: bytes) -> bool:
         return self._publish(self._staged([data]), key, replace=False)
+
+    def mark(self, key: str) -> bool:
+        """``O_EXCL``: an empty file needs no staging, and only its folder an fsync."""
+        path = self._path(key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            return False
+        if self.durable:
+            dir_fd = os.open(os.path.dirname(path), os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        return True
 
     def read_versioned(self, key: str) -> tuple[bytes, str] | None:
         data = self.read(key)
