@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 from fixtures.dss_checks import assert_problem, new_ids
-from fixtures.dss_server import ADMIN, USER, DSSServer
+from fixtures.dss_server import ADMIN, OTHER, USER, DSSServer
 
 from hcafs.server.events import JOURNAL_EVENTS
 from hcafs.versions import VERSION_FORMAT, now_version
@@ -173,3 +173,30 @@ def test_event_document_of_a_bundle_version(dss):
     assert_problem(dss.server.call("GET", f"/events/{uuid}",
                                    params={"replica": "aws", "version": version}),
                    404, "not_found")
+
+
+def test_collections_carry_a_mark_that_changes_with_each_change_of_the_owner(dss):
+    def mark(token: str) -> str:
+        answer = dss.server.call("GET", "/collections", token, params={"per_page": 10})
+        assert answer.status_code in (200, 206), answer.text
+        return answer.headers["X-HCAFS-Collections-Mark"]
+
+    body = {"name": "c", "description": "d", "details": {}, "contents": []}
+    uuid, version = new_ids()
+    seen = [mark(USER)]
+    others = mark(OTHER)
+    assert mark(USER) == seen[-1]  # reading changes nothing
+    answer = dss.server.call("PUT", "/collections", USER, json=body,
+                             params={"replica": "aws", "uuid": uuid, "version": version})
+    assert answer.status_code == 201, answer.text
+    seen.append(mark(USER))
+    answer = dss.server.call("PATCH", f"/collections/{uuid}", USER, json={"name": "e"},
+                             params={"replica": "aws", "version": version})
+    assert answer.status_code == 200, answer.text
+    seen.append(mark(USER))
+    answer = dss.server.call("DELETE", f"/collections/{uuid}", USER,
+                             params={"replica": "aws"})
+    assert answer.status_code == 200, answer.text
+    seen.append(mark(USER))
+    assert len(set(seen)) == 4, seen
+    assert mark(OTHER) == others  # another owner's changes do not touch it

@@ -330,10 +330,13 @@ class App:
             return _json_response(answer, 201)
         per_page = self.int_param(request, "per_page", 500, 10, 500)
         start_at = self.int_param(request, "start_at", 0, 0)
+        mark = self.dss.collections_mark(who)  # before the listing: a change after it shows
         page = self.dss.list_collections(who, start_at, per_page)
         next_args = [("per_page", per_page), ("start_at", start_at + per_page)]
-        return self.paged(request, {"collections": page.items}, page, "collections",
-                          next_args)
+        response = self.paged(request, {"collections": page.items}, page, "collections",
+                              next_args)
+        response.headers["X-HCAFS-Collections-Mark"] = mark
+        return response
 
     def on_collection(self, request: Request, uuid: str) -> Response:
         who = self.identify(request)

@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import re
+import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -430,6 +431,19 @@ class DSS:
     def _index_collection(self, uuid: str, version: str, document: dict) -> None:
         self.store.write(f"collection-owners/{self._owner_key(document['owner'])}/"
                          f"{uuid}.{version}", b"{}")
+        self._touch_collections(document["owner"])
+
+    def _touch_collections(self, email: str) -> None:
+        """Change the owner's mark, after the change it stands for is stored."""
+        self.store.write(f"collection-marks/{self._owner_key(email)}", secrets.token_hex(8)
+                         .encode())
+
+    def collections_mark(self, who: Identity) -> str:
+        """A token that changes whenever the caller's collections change ("0" before the
+        first change): read it before the listing, compare it next time."""
+        require_group(who)
+        raw = self.store.read(f"collection-marks/{self._owner_key(who.email)}")
+        return raw.decode() if raw else "0"
 
     def put_collection(self, uuid: str | None, version: str | None, body: dict,
                        who: Identity) -> dict:
@@ -507,6 +521,7 @@ class DSS:
         owner = self._owner_key(who.email)
         for key in list(self.store.list(f"collection-owners/{owner}/{uuid}.")):
             self.store.delete(key)
+        self._touch_collections(who.email)
         return {}
 
     # ---------------------------------------------------------------- blobs
