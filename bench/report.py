@@ -10,6 +10,7 @@ import os
 import platform
 import subprocess
 
+import scale
 from harness import Runs
 
 GOAL_LS_WARM_S = 0.25
@@ -182,7 +183,8 @@ def render(results: dict) -> str:
         f"{_met(None if peak is None else peak <= GOAL_PEAK_RSS_MIB)} |",
         "",
     ]
-    lines += _writes_results(r) + _drs_results(r.get("drs") or {})
+    lines += _writes_results(r) + _drs_results(r.get("drs") or {}) + \
+        scale.section(r.get("scale") or {})
     if r["errors"]:
         lines += ["**Some benchmarks could not be run:**", ""]
         lines += [f"- {e}" for e in r["errors"]]

@@ -32,6 +32,7 @@ import traceback
 import drs_imports
 import report
 import requests
+import scale
 from harness import (
     PYTHON,
     BenchError,
@@ -366,7 +367,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="1 MiB files in the issue-4 (b) tree (default 512)")
     parser.add_argument("--tree-repeats", type=int, default=3,
                         help="runs of each side of issue 4 (b) (default 3)")
-    parser.add_argument("--only", choices=("all", "reads", "writes", "imports"), default="all",
+    parser.add_argument("--only", choices=("all", "reads", "writes", "imports", "scale"),
+                        default="all",
                         help="run only the issue-3 (reads), issue-4 (writes) or issue-5 "
                         "(imports) benchmarks")
     parser.add_argument("--ls-timeout", type=float, default=300,
@@ -410,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     writes = WriteBench(bench)
     bench.writes = writes
     drs: dict = {}
+    scaled: dict = {}
     try:
         if args.only in ("all", "reads"):
             bench.prepare()
@@ -425,12 +428,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in ("all", "imports"):
             bench.step("issue 5 DRS imports (1,000 .drs files)", lambda: drs.update(
                 drs_imports.run(os.path.join(work, "drs"))))
+        if args.only in ("all", "scale"):
+            bench.step("scale (100,000 and 1,000,000 bundle versions)", lambda: scaled.update(
+                scale.run(os.path.join(work, "scale"))))
     finally:
         for problem in cleanup.run():
             bench.errors.append(f"cleanup: {problem}")
         if not args.keep:
             for name in ("server", "staging", "local", "mnt", "server-wb",
-                         "server-wb-staging", "src", "local-cp", "seaweed"):
+                         "server-wb-staging", "src", "local-cp", "seaweed", "scale"):
                 shutil.rmtree(os.path.join(work, name), ignore_errors=True)
             for name in os.listdir(work):
                 if name.startswith("cache-"):
@@ -438,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     results = bench.results(time.perf_counter() - started)
     results["load"] = (load_at_start, report.load_average())
     results["drs"] = drs
+    results["scale"] = scaled
     with open(os.path.join(work, "results.json"), "w") as handle:
         json.dump(results, handle, indent=2, default=lambda o: o.as_dict())
     with open(args.output, "w") as handle:
