@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import time
 import uuid as _uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +19,9 @@ import requests
 from fixtures.dss_checks import assert_problem, new_ids
 from fixtures.dss_server import ADMIN, OTHER, USER, DSSServer
 
+from hcafs.server import events as events_module
 from hcafs.server.events import JOURNAL_EVENTS
+from hcafs.server.store import LocalStore
 from hcafs.versions import VERSION_FORMAT, now_version
 
 pytestmark = pytest.mark.s3
@@ -200,3 +203,35 @@ def test_collections_carry_a_mark_that_changes_with_each_change_of_the_owner(dss
     seen.append(mark(USER))
     assert len(set(seen)) == 4, seen
     assert mark(OTHER) == others  # another owner's changes do not touch it
+
+
+class _SlowOnce(LocalStore):
+    """A store whose first event write stalls (a fault: a slow disk or S3 PUT)."""
+
+    stall = 0.0
+
+    def mark(self, key: str) -> bool:
+        done = super().mark(key)
+        if key.startswith("events/") and self.stall:
+            time.sleep(self.stall)
+            self.stall = 0.0
+        return done
+
+
+def test_an_event_whose_recording_was_slow_is_filed_again_under_a_later_cursor(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(events_module, "LATE_SECONDS", 0.2)
+    store = _SlowOnce(str(tmp_path / "store"))
+    journal = events_module.Journal(store)
+    before = journal.record("create", str(_uuid.uuid4()), now_version())
+    store.stall = 0.5
+    uuid, version = str(_uuid.uuid4()), now_version()
+    started = now_version()
+    cursor = journal.record("create", uuid, version)
+    assert cursor[:25] >= events_module.shift(started, -0.5)  # filed after the stall
+    found = [e for events, _ in journal.since(before) for e in events]
+    assert [(e.fqid, e.cursor == cursor) for e in found] == [(f"{uuid}.{version}", False),
+                                                             (f"{uuid}.{version}", True)]
+    # a reader that had already passed the first cursor still gets the second
+    assert [e.fqid for events, _ in journal.since(found[0].cursor) for e in events] == [
+        f"{uuid}.{version}"]
