@@ -191,7 +191,7 @@ def put_rate(work: str) -> dict:
 
 def run(work: str, counts: tuple[int, ...] = (100_000, 1_000_000)) -> dict:
     os.makedirs(work, exist_ok=True)
-    results: dict = {"put": put_rate(work), "sizes": []}
+    results: dict = {"load_at_start": os.getloadavg(), "put": put_rate(work), "sizes": []}
     data_dir = os.path.join(work, "scale")
     have = 0
     for count in counts:
@@ -201,6 +201,7 @@ def run(work: str, counts: tuple[int, ...] = (100_000, 1_000_000)) -> dict:
         figures = measure(data_dir, work, count)
         figures["seed"] = seeded
         results["sizes"].append(figures)
+    results["load_at_end"] = os.getloadavg()
     return results
 
 
@@ -210,7 +211,8 @@ def section(d: dict) -> list[str]:
         return []
     sizes = d["sizes"]
     lines = [HEADING, "",
-             "`python bench/scale.py` (also a step of `make bench`): one local store seeded "
+             "`python bench/scale.py` (or `python bench/run.py --only scale`; also a step of "
+             "`make bench`): one local store seeded "
              "with `bench/seed.py --fast` (the server's own write path through "
              "`DSS.import_bundles`, no fsync, one worker process per core), measured with "
              "`hcafs serve` on it; page cache warm. A page is `GET /v1/bundles/all?"
@@ -234,6 +236,13 @@ def section(d: dict) -> list[str]:
                   f"{ratio:.2f}× in-process, {server_ratio:.2f}× in the access log "
                   f"(goal ≤ {GOAL_RATIO}×: {verdict}; the access log counts whole "
                   "milliseconds)."]
+    total = sum(s["seed"]["seconds"] for s in sizes)
+    lines += ["", f"Seeding {sizes[-1]['count']:,} versions from an empty store took "
+              f"{total:.0f} s in all."]
+    if d.get("load_at_start"):
+        lines += ["", "Load average (1, 5, 15 min) at the start: "
+                  f"{' '.join(f'{x:.2f}' for x in d['load_at_start'])}; at the end: "
+                  f"{' '.join(f'{x:.2f}' for x in d['load_at_end'])}."]
     put = d.get("put")
     if put:
         lines += ["", f"HTTP bundle PUT rate (fresh local store, durable): {put['puts']:,} "
