@@ -72,11 +72,15 @@ def test_scan_gives_every_key_under_a_prefix_in_order_from_any_start(store):
 # ---------------------------------------------------------------- /bundles/all
 
 
-@pytest.fixture
-def server(tmp_path: Path, dss_factory) -> tuple[DSSServer, list[dict]]:
+@pytest.fixture(params=["local", "s3"])
+def server(request, tmp_path: Path, dss_factory, seaweed) -> tuple[DSSServer, list[dict]]:
     staging = tmp_path / "staging"
     staging.mkdir()
-    server = dss_factory("listing", ["--staging-root", str(staging)])
+    args = ["--staging-root", str(staging)]
+    if request.param == "s3":
+        args += ["--store", f"s3://{seaweed.make_bucket()}/hcafs",
+                 "--s3-endpoint", seaweed.endpoint]
+    server = dss_factory("listing", args)
     return server, [_register(server, staging, b"listed")]
 
 
