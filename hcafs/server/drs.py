@@ -17,21 +17,21 @@ Serving (:class:`DrsObjects`, no HTTP in here: ``app.py`` renders):
 
 Reading (:class:`Resolver`, :class:`DrsReader`):
 
-* ``drs://host[:port]/id`` becomes ``https://host[:port]/ga4gh/drs/v1/objects/id``.  Plain
-  http is tried (after https fails at the TLS level) only for loopback hosts (127.0.0.0/8,
-  ::1, localhost) unless ``allow_http`` is set; the same rule holds for access URLs.
+* ``drs://host[:port]/id`` becomes ``https://host[:port]/ga4gh/drs/v1/objects/id``.  Every
+  fetch (objects, access URLs, each redirect hop) goes through :class:`~.egress.Egress`,
+  whose policy decides which addresses may be reached and where plain http may be used.
 * Compact ids ``drs://prefix:accession`` (also ``drs://provider/prefix:accession``, and
   ``drs://prefix/accession`` when ``prefix`` is in the table) go through the resolver table
   ``{"prefix": "https://host:port"}`` (or a URL pattern holding ``{id}``).
-* Every failure is a :class:`DrsError` whose ``kind`` says what went wrong; requests'
-  exceptions are translated here and nowhere else.  Certificates are verified against
-  requests' CA bundle, or ``REQUESTS_CA_BUNDLE`` when set.
+* Every failure is a :class:`DrsError` whose ``kind`` says what went wrong; its message
+  names what was being read, never what a refused or failed fetch returned.  A DRS JSON
+  document is read up to :data:`~.egress.JSON_CAP` (decoded), a blob up to its declared
+  size.
 """
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import logging
 import re
 import time
@@ -39,20 +39,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
-import requests
-import urllib3
-
 from .. import __version__
 from ..errors import Problem, RemoteError, not_found
 from ..versions import is_uuid, parse_fqid, version_datetime
 from .dss import DSS, blob_key
+from .egress import JSON_CAP, REFUSED, Answer, Egress, EgressError, credential_headers
 
 log = logging.getLogger(__name__)
 
 API_PATH = "/ga4gh/drs/v1"
 ACCESS_ID = "https"
 MAX_BULK = 1000
-READ_CHUNK = 1024 * 1024
 MAX_ACCEPTED_RETRIES = 5
 
 
@@ -184,8 +181,9 @@ class DrsObjects:
 
 class DrsError(RemoteError):
     """A DRS object could not be read.  ``kind`` is one of ``malformed``, ``unresolvable``
-    (unknown host or prefix), ``not_found``, ``denied``, ``unavailable`` (connection, 5xx,
-    bad answer), ``unsupported`` (no usable access method or checksum), ``mismatch``."""
+    (unknown host or prefix), ``not_found``, ``denied``, ``refused`` (the egress policy),
+    ``unavailable`` (connection, 5xx, bad answer), ``too_large``, ``unsupported`` (no usable
+    access method or checksum), ``mismatch``."""
 
     def __init__(self, kind: str, message: str):
         self.kind = kind
@@ -198,25 +196,12 @@ _HOSTNAME_URI = re.compile(
 _SAFE_ID = "/%:@-._~!$&'()*+,;="
 
 
-def is_loopback(host: str) -> bool:
-    host = host.strip("[]").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class Resolver:
-    """Turns ``drs://`` URIs into object URLs; decides where plain http is allowed."""
+    """Turns ``drs://`` URIs into object URLs (where they are fetched from is
+    :class:`~.egress.EgressPolicy`'s business)."""
 
-    def __init__(self, table: dict[str, str] | None = None, allow_http: bool = False):
+    def __init__(self, table: dict[str, str] | None = None):
         self.table = {k.lower(): v for k, v in (table or {}).items()}
-        self.allow_http = allow_http
-
-    def http_allowed(self, url: str) -> bool:
-        return self.allow_http or is_loopback(urlsplit(url).hostname or "")
 
     def object_url(self, uri: str) -> str:
         if not isinstance(uri, str) or not uri[:6].lower() == "drs://":
@@ -249,101 +234,79 @@ class Resolver:
         return f"{base.rstrip('/')}{API_PATH}/objects/{encoded}"
 
 
-def _http_fallback_allowed(exc: requests.exceptions.RequestException) -> bool:
-    """An https attempt that failed at the TLS level (not on the certificate): the peer may
-    speak plain http."""
-    text = str(exc)
-    if "CERTIFICATE_VERIFY_FAILED" in text or isinstance(exc, requests.exceptions.Timeout):
-        return False
-    return isinstance(exc, requests.exceptions.SSLError | requests.exceptions.ConnectionError) \
-        and not _name_unknown(exc)
-
-
-def _name_unknown(exc: BaseException) -> bool:
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    return isinstance(reason, urllib3.exceptions.NameResolutionError) or \
-        "Name or service not known" in str(exc) or "Failed to resolve" in str(exc)
+# EgressError kind → DrsError kind (the rest keep their name).
+_EGRESS_KINDS = {"tls": "unavailable", "certificate": "unavailable",
+                 "redirects": "unavailable"}
 
 
 class DrsReader:
-    """Reads DRS objects and their bytes over http(s).
+    """Reads DRS objects and their bytes, every fetch through one :class:`Egress`.
 
-    Threading: safe to share; the only shared state is requests' connection pool and the
-    remembered scheme of loopback peers (a dict written with single assignments).
+    A ``drs://host/id`` URI names an https URL; a peer whose https attempt fails at the
+    TLS level (not on its certificate) is tried again over plain http when the egress
+    policy lets plain http reach it, and remembered as plain.
+
+    Threading: safe to share; the only shared state is the remembered scheme of plain
+    http peers (a dict written with single assignments).
     """
 
-    def __init__(self, resolver: Resolver, timeout: tuple[float, float] = (10, 60)):
+    def __init__(self, resolver: Resolver, egress: Egress):
         self.resolver = resolver
-        self.timeout = timeout
-        self.session = requests.Session()
+        self.egress = egress
         self._plain: dict[str, bool] = {}  # netloc → peer speaks plain http
 
     # ------------------------------------------------------------ transport
 
-    def _send(self, url: str, headers: dict | None = None, stream: bool = False
-              ) -> requests.Response:
-        parts = urlsplit(url)
-        if parts.scheme == "http" and not self.resolver.http_allowed(url):
-            raise DrsError("unsupported", f"plain http is refused for {parts.netloc} "
-                           "(only loopback, or --drs-allow-http)")
-        if parts.scheme not in ("http", "https"):
-            raise DrsError("unsupported", f"cannot fetch {parts.scheme}:// URLs")
-        if parts.scheme == "https" and self._plain.get(parts.netloc):
-            url = "http" + url[5:]
+    def _send(self, url: str, what: str, headers: dict[str, str] | None = None,
+              credentials: dict[str, str] | None = None) -> Answer:
+        netloc = urlsplit(url).netloc
+        if url[:8].lower() == "https://" and self._plain.get(netloc):
+            url = "http://" + url[8:]
         try:
-            return self._get(url, headers, stream)
-        except requests.exceptions.RequestException as exc:
-            if parts.scheme == "https" and not self._plain.get(parts.netloc) and \
-                    self.resolver.http_allowed(url) and _http_fallback_allowed(exc):
-                try:
-                    answer = self._get("http" + url[5:], headers, stream)
-                except requests.exceptions.RequestException:
-                    raise self._translate(url, exc) from exc
-                self._plain[parts.netloc] = True
+            try:
+                return self.egress.get(url, headers, credentials)
+            except EgressError as exc:
+                if exc.kind != "tls" or not url[:8].lower() == "https://":
+                    raise
+                answer = self._fallback("http://" + url[8:], headers, credentials, exc)
+                self._plain[netloc] = True
                 return answer
-            raise self._translate(url, exc) from exc
+        except EgressError as exc:
+            raise _translate(exc, what) from exc
 
-    def _get(self, url: str, headers: dict | None, stream: bool) -> requests.Response:
-        return self.session.get(url, headers=headers, timeout=self.timeout, stream=stream)
-
-    @staticmethod
-    def _translate(url: str, exc: requests.exceptions.RequestException) -> DrsError:
-        where = urlsplit(url).netloc
-        if _name_unknown(exc):
-            return DrsError("unresolvable", f"unknown host {urlsplit(url).hostname}")
-        if isinstance(exc, requests.exceptions.SSLError):
-            return DrsError("unavailable", f"TLS failure talking to {where}")
-        return DrsError("unavailable", f"no answer from {where}: {type(exc).__name__}")
-
-    @staticmethod
-    def _status_error(response: requests.Response, what: str) -> DrsError:
+    def _fallback(self, url: str, headers, credentials, first: EgressError) -> Answer:
         try:
-            detail = response.json().get("msg") or ""
-        except (ValueError, AttributeError):
-            detail = ""
-        detail = f": {detail}" if detail else ""
-        status = response.status_code
+            target = self.egress.policy.check(url)
+        except EgressError:
+            raise first from None
+        if not self.egress.policy.http_allowed(target.addresses):
+            raise first
+        return self.egress.get(url, headers, credentials)
+
+    @staticmethod
+    def _status_error(status: int, what: str) -> DrsError:
+        """An answer other than 200; the peer's own words are not repeated."""
         if status == 404:
-            return DrsError("not_found", f"{what} does not exist (404{detail})")
+            return DrsError("not_found", f"{what} does not exist (404)")
         if status in (401, 403):
-            return DrsError("denied", f"{what}: access denied ({status}{detail})")
+            return DrsError("denied", f"{what}: access denied ({status})")
         if status == 400:
-            return DrsError("malformed", f"{what}: the DRS server refused the id (400{detail})")
-        return DrsError("unavailable", f"{what}: the DRS server answered {status}{detail}")
+            return DrsError("malformed", f"{what}: the DRS server refused the id (400)")
+        return DrsError("unavailable", f"{what}: the DRS server answered {status}")
 
     def _json(self, url: str, what: str) -> dict:
         for _ in range(MAX_ACCEPTED_RETRIES):
-            response = self._send(url)
-            with response:
-                if response.status_code == 202:
-                    time.sleep(min(_seconds(response.headers.get("Retry-After")), 10.0))
+            with self._send(url, what, {"Accept": "application/json",
+                                        "Accept-Encoding": "gzip, deflate"}) as answer:
+                if answer.status == 202:
+                    time.sleep(min(_seconds(answer.headers.get("Retry-After")), 10.0))
                     continue
-                if response.status_code != 200:
-                    raise self._status_error(response, what)
+                if answer.status != 200:
+                    raise self._status_error(answer.status, what)
                 try:
-                    body = response.json()
-                except ValueError as exc:
-                    raise DrsError("unavailable", f"{what}: the answer is not JSON") from exc
+                    body = answer.json(JSON_CAP)
+                except EgressError as exc:
+                    raise _translate(exc, what) from exc
             if not isinstance(body, dict):
                 raise DrsError("unavailable", f"{what}: the answer is not a JSON object")
             return body
@@ -356,9 +319,10 @@ class DrsReader:
         return self.resolver.object_url(uri)
 
     def get_object(self, object_url: str) -> dict:
-        found = self._json(object_url, f"DRS object {object_url}")
-        if not isinstance(found.get("id"), str) or not isinstance(found.get("size"), int):
-            raise DrsError("unavailable", f"DRS object {object_url} has no id or size")
+        found = self._json(object_url, f"DRS object {_strip(object_url)}")
+        if not isinstance(found.get("id"), str) or not isinstance(found.get("size"), int) \
+                or found["size"] < 0:
+            raise DrsError("unavailable", f"DRS object {_strip(object_url)} has no id or size")
         return found
 
     def member_url(self, bundle_url: str, member: dict) -> str:
@@ -375,42 +339,57 @@ class DrsReader:
         return f"{base}/objects/{quote(member['id'], safe='')}"
 
     def access(self, found: dict, object_url: str) -> tuple[str, dict[str, str]]:
-        """The URL (and headers) to fetch a blob object's bytes from."""
+        """The URL (and credential headers) to fetch a blob object's bytes from."""
         methods = [m for m in found.get("access_methods") or [] if isinstance(m, dict)]
         usable = [m for m in methods if str(m.get("type", "")).lower() in ("https", "http")]
         for method in usable:
             access_url = method.get("access_url")
             if isinstance(access_url, dict) and isinstance(access_url.get("url"), str):
-                return access_url["url"], _headers(access_url.get("headers"))
+                return access_url["url"], credential_headers(access_url.get("headers"))
         for method in usable:
             if isinstance(method.get("access_id"), str):
                 where = f"{object_url}/access/{quote(method['access_id'], safe='')}"
-                answer = self._json(where, f"access URL {where}")
+                answer = self._json(where, f"access URL {_strip(where)}")
                 if not isinstance(answer.get("url"), str):
-                    raise DrsError("unavailable", f"access URL {where} gave no url")
-                return answer["url"], _headers(answer.get("headers"))
-        kinds = sorted({str(m.get("type")) for m in methods}) or ["none"]
-        raise DrsError("unsupported", f"DRS object {object_url} has no https access method "
-                       f"(it offers {', '.join(kinds)})")
+                    raise DrsError("unavailable", f"access URL {_strip(where)} gave no url")
+                return answer["url"], credential_headers(answer.get("headers"))
+        kinds = sorted({str(m.get("type"))[:40] for m in methods}) or ["none"]
+        raise DrsError("unsupported", f"DRS object {_strip(object_url)} has no https access "
+                       f"method (it offers {', '.join(kinds)})")
 
-    def stream(self, url: str, headers: dict[str, str]) -> Iterator[bytes]:
-        """The bytes at an access URL, in chunks; failures become :class:`DrsError`."""
-        response = self._send(url, headers, stream=True)
-        with response:
-            if response.status_code != 200:
-                raise self._status_error(response, f"access URL {_strip(url)}")
+    def stream(self, url: str, credentials: dict[str, str], cap: int) -> Iterator[bytes]:
+        """The bytes at an access URL, in chunks, at most ``cap`` of them; failures
+        become :class:`DrsError`."""
+        what = "the access URL"
+        with self._send(url, what, {"Accept-Encoding": "identity"}, credentials) as answer:
+            if answer.status != 200:
+                raise self._status_error(answer.status, what)
             try:
-                yield from response.iter_content(READ_CHUNK)
-            except requests.exceptions.RequestException as exc:
-                raise DrsError("unavailable", f"reading {_strip(url)} failed: "
-                               f"{type(exc).__name__}") from exc
+                yield from answer.chunks(cap)
+            except EgressError as exc:
+                if exc.kind == "too_large":
+                    raise DrsError("mismatch", f"more bytes than the {cap} the DRS object "
+                                   "says") from exc
+                raise _translate(exc, what) from exc
+
+
+def _translate(exc: EgressError, what: str) -> DrsError:
+    """An egress failure in the words of the DRS reader (it names ``what``, never the
+    address that was refused or failed)."""
+    if exc.kind == "refused":
+        return DrsError("refused", f"{what}: {REFUSED}")
+    if exc.kind == "unavailable" and str(exc) == "no answer":
+        return DrsError("unavailable", f"{what}: no answer")
+    return DrsError(_EGRESS_KINDS.get(exc.kind, exc.kind), f"{what}: {exc}")
 
 
 # ------------------------------------------------------------ checksums
 
-# Strongest first; the first one an object offers is the one verified.
-_PREFERENCE = ("sha-256", "sha-512", "sha-384", "sha-224", "trunc512", "sha-1", "md5",
+# The first one an object offers is the one verified: sha-256 (what the DSS keeps), then
+# the other SHA-2 sums, then the weak ones, whose results say "verified by KIND only".
+_PREFERENCE = ("sha-256", "sha-512", "sha-384", "trunc512", "sha-224", "sha-1", "md5",
                "crc32c", "etag")
+STRONG = frozenset(("sha-256", "sha-512", "sha-384", "trunc512", "sha-224"))
 _ALIASES = {"sha256": "sha-256", "sha512": "sha-512", "sha384": "sha-384",
             "sha224": "sha-224", "sha1": "sha-1"}
 _HASHLIB = {"sha-256": "sha256", "sha-512": "sha512", "sha-384": "sha384",
@@ -421,7 +400,8 @@ class ChecksumCheck:
     """Verifies the strongest checksum a DRS object offers, fed chunk by chunk.
 
     ``crc32c`` and a multipart ``etag`` are compared with the DSS checksums of the bytes
-    (:class:`~hcafs.checksums.Checksums`); a plain ``etag`` is an MD5.
+    (:class:`~hcafs.checksums.Checksums`); a plain ``etag`` is an MD5.  :attr:`label` says
+    what the bytes were checked against (``"verified by md5 only"`` for a weak sum).
     """
 
     def __init__(self, checksums: object):
@@ -452,19 +432,13 @@ class ChecksumCheck:
                 got = self._hash.digest()[:24].hex()
         else:
             got = sums.crc32c if self.kind == "crc32c" else sums.s3_etag
-        if got != self.expected:
-            raise DrsError("mismatch", f"{self.kind} of the bytes is {got}, the DRS object "
-                           f"says {self.expected}")
+        if got != self.expected:  # what the bytes hash to is not said: they are not ours
+            raise DrsError("mismatch", f"the bytes do not match the {self.kind} the DRS "
+                           "object gives")
 
-
-def _headers(raw: object) -> dict[str, str]:
-    """DRS headers are a list of ``"Name: value"`` strings."""
-    headers = {}
-    for line in raw if isinstance(raw, list) else []:
-        if isinstance(line, str) and ":" in line:
-            name, _, value = line.partition(":")
-            headers[name.strip()] = value.strip()
-    return headers
+    @property
+    def label(self) -> str:
+        return f"verified by {self.kind}" + ("" if self.kind in STRONG else " only")
 
 
 def _seconds(value: str | None) -> float:

@@ -1,7 +1,9 @@
 """Where imported files are named: projects, folders and the names in them.
 
-A project ``owner/slug`` has a root folder; a folder holds names, each bound to an imported
-file (its FQID) or to a sub-folder.  Folder ids are 24 hex digits derived from the project
+A project ``owner/slug`` has a root folder, which records the identity whose import made it
+(``owner``) and a ``members`` list of emails: only they may replace names in it
+(OVERWRITE, :meth:`Folders.may_overwrite`).  A folder holds names, each bound to an
+imported file (its FQID) or to a sub-folder.  Folder ids are 24 hex digits derived from the project
 and the folder's path, so the same folder always gets the same id and creating it twice is
 harmless.  Everything lives in the server's store::
 
@@ -68,14 +70,27 @@ class Folders:
         raw = self.store.read(f"import-folders/{fid}") if FOLDER_RE.match(fid) else None
         return json.loads(raw) if raw is not None else None
 
-    def root(self, project: str, create: bool = True) -> dict | None:
+    def root(self, project: str, create: bool = True, owner: str | None = None
+             ) -> dict | None:
+        """A project's root folder; made (owned by ``owner``, an email) if missing."""
         fid = folder_id(project, "")
         found = self.get(fid)
         if found is None and create:
             found = {"id": fid, "type": "folder", "name": project.split("/")[1],
-                     "project": project, "parent": None, "path": ""}
-            self.store.create(f"import-folders/{fid}", dumps(found))
+                     "project": project, "parent": None, "path": "", "owner": owner,
+                     "members": []}
+            if not self.store.create(f"import-folders/{fid}", dumps(found)):
+                found = self.get(fid) or found
         return found
+
+    def may_overwrite(self, email: str, project: str) -> bool:
+        """Whether ``email`` may replace names in ``project``: its root names ``email`` as
+        its ``owner`` (whose import made it) or among its ``members``.  A root made before
+        roots had owners belongs to the email whose user part is the project's owner part."""
+        root = self.root(project, create=False) or {}
+        if root.get("owner") is None:
+            return project.split("/", 1)[0].lower() == email.rpartition("@")[0].lower()
+        return email == root["owner"] or email in (root.get("members") or [])
 
     @staticmethod
     def _key(fid: str, name: str) -> str:

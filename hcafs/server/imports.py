@@ -12,9 +12,17 @@ result; nothing else of the job is lost.  The job's ``result`` holds one entry p
 in item order, and one per member for a bundle item.
 
 Destinations (:mod:`.folders`): ``project`` ``"owner/slug"`` names the root folder of that
-project (created by its first import; there are no per-project permissions), ``parent`` the
-id of a folder this server created (a project root, or a folder made implicitly by a
-``name`` holding ``/``).  Conflict resolution acts on names within the destination folder.
+project (created by its first import, owned by that import's caller), ``parent`` the id of a
+folder this server created (a project root, or a folder made implicitly by a ``name``
+holding ``/``).  Conflict resolution acts on names within the destination folder; OVERWRITE
+only where :meth:`.folders.Folders.may_overwrite` says so.  An imported file's record is
+shown to the identity that imported it (and admins) only.
+
+Bounds: a bundle item reads at most :data:`MAX_MEMBERS` DRS objects below itself, a job at
+most :data:`MAX_JOB_READS`, and a bundle that contains itself fails the item.  A fetch is
+refused before it starts when it would take the job past ``ImportLimits.job_bytes`` or the
+spool past the free disk.  Fetching and the egress policy are :mod:`.drs` and
+:mod:`.egress`.
 
 The file budget (``limit`` files per ``window`` seconds per identity, a sliding window) and
 the request budget are :class:`Budget` objects; admissions are written to the store, so a
@@ -29,7 +37,9 @@ restarted server keeps counting them.  Store layout::
 
 Threading: HTTP threads create jobs (writing the new job and its call record) and read;
 :data:`WORKERS` engine threads take due jobs from :class:`_Due`, which hands a job to at
-most one worker at a time, and only that worker writes the job afterwards.  Budgets lock.
+most one worker at a time, and only that worker writes the job afterwards.  ``_Due`` serves
+owners round-robin and gives one owner at most :data:`PER_OWNER` workers at once, so a slow
+DRS server holds only its own users' jobs.  Budgets and the spool reservation lock.
 The threads start in :meth:`Importer.start` and stop through an Event in :meth:`close`.
 """
 
@@ -51,6 +61,7 @@ import time
 import uuid as _uuid
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlencode
@@ -77,9 +88,14 @@ log = logging.getLogger(__name__)
 
 MAX_ITEMS = 100
 MAX_DEPTH = 8
+MAX_MEMBERS = 1000  # DRS objects read below one item (files and nested bundles)
+MAX_JOB_READS = 10_000  # DRS objects read for one job
+JOB_BYTES = 1 << 40  # bytes one job may fetch
+SPOOL_RESERVE = 256 * 1024 * 1024  # free disk the spool leaves alone
 RESOLUTIONS = ("SKIP", "RENAME", "OVERWRITE")
 SUBMITTED, RESOLVING, RUNNING, FINISHED = "SUBMITTED", "RESOLVING", "RUNNING", "FINISHED"
 WORKERS = 4
+PER_OWNER = 2  # engine threads one owner's jobs may hold at once
 STORE_RETRY = 10.0
 _NAMESPACE = _uuid.UUID("5c1f0a52-3d59-4d38-9b57-2a4e1f0c6b7d")
 _JOB_RE = re.compile(r"^\d{1,30}$")
@@ -87,7 +103,7 @@ _JOB_RE = re.compile(r"^\d{1,30}$")
 # DrsError kind → (HTTP status, code) of the item's error result.
 _KINDS = {"malformed": (400, 5101), "unresolvable": (404, 5102), "not_found": (404, 5002),
           "denied": (403, 5001), "unavailable": (502, 5103), "mismatch": (422, 5104),
-          "unsupported": (422, 5105)}
+          "unsupported": (422, 5105), "refused": (403, 5107), "too_large": (422, 5108)}
 
 
 # ==================================================================== errors
@@ -202,36 +218,79 @@ def owner_key(email: str) -> str:
 
 
 class _Due:
-    """Job ids and when each may next run; a job is queued at most once."""
+    """Job ids, by owner, and when each may next run; a job is queued at most once.
 
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, str]] = []
+    :meth:`take` serves owners round-robin and passes over an owner whose jobs already
+    hold ``per_owner`` engine threads, so one owner's slow sources cannot hold them all.
+    """
+
+    def __init__(self, per_owner: int = PER_OWNER) -> None:
+        self.per_owner = per_owner
+        self._heaps: dict[str, list[tuple[float, str]]] = {}
+        self._owners: deque[str] = deque()
+        self._running: dict[str, int] = {}
         self._queued: set[str] = set()
         self._cond = threading.Condition()
 
-    def put(self, job_id: str, when: float = 0.0) -> None:
+    def put(self, job_id: str, owner: str, when: float = 0.0) -> None:
         with self._cond:
             if job_id in self._queued:
                 return
             self._queued.add(job_id)
-            heapq.heappush(self._heap, (when, job_id))
+            if owner not in self._heaps:
+                self._heaps[owner] = []
+                self._owners.append(owner)
+            heapq.heappush(self._heaps[owner], (when, job_id))
             self._cond.notify()
 
-    def take(self, stop: threading.Event) -> str | None:
+    def take(self, stop: threading.Event) -> tuple[str, str] | None:
+        """The next due job and its owner; call :meth:`done` when the work is over."""
         with self._cond:
             while not stop.is_set():
-                now = time.time()
-                if self._heap and self._heap[0][0] <= now:
-                    _, job_id = heapq.heappop(self._heap)
+                now, wait = time.time(), 1.0
+                for _ in range(len(self._owners)):
+                    owner = self._owners[0]
+                    self._owners.rotate(-1)
+                    heap = self._heaps[owner]
+                    if not heap or self._running.get(owner, 0) >= self.per_owner:
+                        continue
+                    if heap[0][0] > now:
+                        wait = min(wait, heap[0][0] - now)
+                        continue
+                    _, job_id = heapq.heappop(heap)
                     self._queued.discard(job_id)
-                    return job_id
-                wait = self._heap[0][0] - now if self._heap else 1.0
-                self._cond.wait(min(wait, 1.0))
+                    self._running[owner] = self._running.get(owner, 0) + 1
+                    return job_id, owner
+                self._cond.wait(max(wait, 0.01))
             return None
+
+    def done(self, owner: str) -> None:
+        with self._cond:
+            self._running[owner] -= 1
+            if not self._running[owner]:
+                del self._running[owner]
+                if not self._heaps[owner]:
+                    del self._heaps[owner]
+                    self._owners.remove(owner)
+            self._cond.notify_all()
 
     def wake(self) -> None:
         with self._cond:
             self._cond.notify_all()
+
+
+class _Reads:
+    """The DRS objects one item may read below itself, and what its job has left."""
+
+    def __init__(self, job_left: int):
+        self.count, self.job_left = 0, job_left
+
+    def take(self) -> None:
+        self.count += 1
+        if self.count > self.job_left:
+            raise ItemError(422, 5109, f"the job reads more than {MAX_JOB_READS} DRS objects")
+        if self.count > MAX_MEMBERS + 1:  # the item itself, then its members
+            raise ItemError(422, 5109, f"the bundle has more than {MAX_MEMBERS} members")
 
 
 # ==================================================================== the importer
@@ -243,6 +302,7 @@ class ImportLimits:
     files_window: float = 300.0
     requests: int = 1000
     requests_window: float = 300.0
+    job_bytes: int = JOB_BYTES
 
 
 class Importer:
@@ -258,6 +318,8 @@ class Importer:
         self.file_budget = Budget(limits.files, limits.files_window)
         self.request_budget = Budget(limits.requests, limits.requests_window)
         self._due = _Due()
+        self._spooling = 0  # bytes reserved by fetches in flight
+        self._spool_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._work, name=f"drs-import-{n}",
                                           daemon=True) for n in range(workers)]
@@ -311,7 +373,7 @@ class Importer:
         self.store.write(f"import-running/{job_id}", b"{}")
         self._save(job)
         self.log_call(who.email, body, True, None, job_id)
-        self._due.put(job_id)
+        self._due.put(job_id, who.email)
         log.info("DRS import %s: %d items from %s", job_id, len(items), who.email)
         return self._view(job, base)
 
@@ -416,16 +478,25 @@ class Importer:
 
     # ------------------------------------------------------------ files and folders
 
-    def file(self, file_id: str, base: str) -> dict:
+    def file(self, file_id: str, who: Identity, base: str) -> dict:
+        """An imported file's record (its importer's and the admins' only: to anyone else
+        it does not exist), or a folder."""
         if parse_fqid(file_id):
             raw = self.store.read(f"imported-files/{file_id}")
-            if raw is not None:
-                return _with_href(json.loads(raw), base)
+            if raw is not None and self._readable(record := json.loads(raw), who):
+                return _with_href(record, base)
         elif (folder := self.folders.get(file_id)) is not None:
             return _folder_view(folder, base)
         raise SbgProblem(404, 5002, f"Requested file does not exist: {file_id}")
 
-    def files(self, file_ids: object, base: str) -> list[dict]:
+    def _readable(self, record: dict, who: Identity) -> bool:
+        owner = record.get("owner")
+        job_id = str(record.get("import", ""))
+        if owner is None and _JOB_RE.match(job_id):  # an older record: its job names it
+            owner = (self._load(job_id) or {}).get("owner")
+        return who.admin or owner == who.email
+
+    def files(self, file_ids: object, who: Identity, base: str) -> list[dict]:
         if not isinstance(file_ids, list) or not all(isinstance(f, str) for f in file_ids):
             raise SbgProblem(400, 400, "file_ids must be a list of file ids")
         if len(file_ids) > MAX_ITEMS:
@@ -433,14 +504,15 @@ class Importer:
         items = []
         for file_id in file_ids:
             try:
-                items.append({"resource": self.file(file_id, base)})
+                items.append({"resource": self.file(file_id, who, base)})
             except SbgProblem as exc:
                 items.append({"error": sbg_body(exc)})
         return items
 
     def listing(self, project: str | None, parent: str | None, name: str | None,
-                offset: int, limit: int, base: str) -> tuple[dict, int]:
-        """``GET /v2/files?project=|parent=[&name=]``: one page of a folder's names."""
+                offset: int, limit: int, who: Identity, base: str) -> tuple[dict, int]:
+        """``GET /v2/files?project=|parent=[&name=]``: one page of a folder's names: its
+        folders, and the files the caller may read."""
         if project and parent:
             raise SbgProblem(400, 5031, "Providing both `parent` and `project` is not allowed")
         if project:
@@ -456,12 +528,14 @@ class Importer:
         entries = self.folders.entries(folder["id"]) if folder else []
         if name is not None:
             entries = [e for e in entries if e["name"] == name]
-        page = []
-        for entry in entries[offset:offset + limit]:
+        shown = []
+        for entry in entries:
             try:
-                page.append(self.file(entry["id"], base))
+                shown.append(self.file(entry["id"], who, base))
             except SbgProblem:
-                page.append({"id": entry["id"], "name": entry["name"], "type": entry["type"]})
+                if entry["type"] == "folder":
+                    shown.append({"id": entry["id"], "name": entry["name"], "type": "folder"})
+        entries, page = shown, shown[offset:offset + limit]
         where = {"project": project} if project else {"parent": parent}
         if name is not None:
             where["name"] = name
@@ -509,7 +583,8 @@ class Importer:
             self.file_budget.restore(owner, (int(stamp) + 1) / 1_000_000)  # never early
         resumed = 0
         for key in self.store.list("import-running/"):
-            self._due.put(key.split("/", 1)[1])
+            job_id = key.split("/", 1)[1]
+            self._due.put(job_id, (self._load(job_id) or {}).get("owner", ""))
             resumed += 1
         for thread in self._threads:
             thread.start()
@@ -523,7 +598,8 @@ class Importer:
                 thread.join()
 
     def _work(self) -> None:
-        while (job_id := self._due.take(self._stop)) is not None:
+        while (taken := self._due.take(self._stop)) is not None:
+            job_id, owner = taken
             try:
                 again = self._advance(job_id)
             except _Interrupted:
@@ -534,8 +610,10 @@ class Importer:
             except Exception:
                 log.exception("DRS import %s crashed; retrying in %.0fs", job_id, STORE_RETRY)
                 again = time.time() + STORE_RETRY
+            finally:
+                self._due.done(owner)
             if again is not None:
-                self._due.put(job_id, again)
+                self._due.put(job_id, owner, again)
 
     def _load(self, job_id: str) -> dict | None:
         raw = self.store.read(f"imports/{job_id}")
@@ -585,32 +663,41 @@ class Importer:
     def _plan(self, job: dict) -> list[dict]:
         """RESOLVING: every item's destination and DRS object; bundles become members."""
         units: list[dict] = []
+        job_reads = 0
         for index, item in enumerate(job["items"]):
             if self._stop.is_set():
                 raise _Interrupted
+            reads = _Reads(MAX_JOB_READS - job_reads)
             try:
-                folder = self._destination(item)
+                folder = self._destination(item, job["owner"])
                 url = self.reader.locate(item["drs_uri"])
-                members = self._members(self.reader.get_object(url), url, item["name"], None)
+                reads.take()
+                found = self.reader.get_object(url)
+                members = self._members(found, url, item["name"], None, reads,
+                                        _bundle_keys(found, url))
             except (DrsError, ItemError, FolderError) as exc:
                 units.append({"item": index, "error": _item_error(exc)})
                 continue
+            finally:
+                job_reads += reads.count
             units += [dict(member, item=index, folder=folder) for member in members]
         return units
 
-    def _destination(self, item: dict) -> str:
+    def _destination(self, item: dict, owner: str) -> str:
         if "project" in item:
-            return self.folders.root(item["project"])["id"]
+            return self.folders.root(item["project"], owner=owner)["id"]
         if self.folders.get(item["parent"]) is None:
             raise ItemError(404, 5026, f"Destination folder {item['parent']} is not found")
         return item["parent"]
 
-    def _members(self, found: dict, url: str, name: str | None, member: str | None
-                 ) -> list[dict]:
+    def _members(self, found: dict, url: str, name: str | None, member: str | None,
+                 reads: _Reads, above: frozenset) -> list[dict]:
         """A blob object as one unit; a bundle as one unit per member (recursively).
 
         A member's unit names the file ``NAME/MEMBER`` (just ``MEMBER`` when the item has no
-        name), where ``MEMBER`` is its path inside the bundle, kept as ``member``.
+        name), where ``MEMBER`` is its path inside the bundle, kept as ``member``.  A bundle
+        that contains itself (by URL, or by id on the same server: ``above`` holds the
+        bundles on the way down) and a bundle past the read budget fail the whole item.
         """
         contents = found.get("contents")
         if not isinstance(contents, list) or not contents:
@@ -633,8 +720,14 @@ class Importer:
             inside = f"{member}/{label}" if member else label
             try:
                 member_url = self.reader.member_url(url, entry)
-                units += self._members(self.reader.get_object(member_url), member_url, path,
-                                       inside)
+                if member_url in above:
+                    raise ItemError(422, 5110, f"the bundle contains itself (at {inside!r})")
+                reads.take()
+                child = self.reader.get_object(member_url)
+                keys = _bundle_keys(child, member_url)
+                if keys & above:
+                    raise ItemError(422, 5110, f"the bundle contains itself (at {inside!r})")
+                units += self._members(child, member_url, path, inside, reads, above | keys)
             except DrsError as exc:
                 units.append({"name": path, "member": inside, "error": _item_error(exc)})
         return units
@@ -652,10 +745,11 @@ class Importer:
             return dict(entry, error=_item_error(exc))
         except (_Deferred, _Interrupted, HcafsError):
             raise
-        except Exception as exc:
+        except Exception:
             log.exception("DRS import %s, unit %d failed", job["id"], index)
             return dict(entry, error={"status": 500, "code": 500, "message":
-                                      f"{type(exc).__name__}: {exc}", "more_info": MORE_INFO})
+                                      "internal error (logged by the server)",
+                                      "more_info": MORE_INFO})
 
     def _import(self, job: dict, index: int, unit: dict) -> dict:
         """RUNNING, one file: conflicts, admission, fetch and verify, store, name."""
@@ -665,6 +759,10 @@ class Importer:
         top = self.folders.get(unit["folder"])
         if top is None:
             raise ItemError(404, 5026, f"Destination folder {unit['folder']} is not found")
+        if resolution == "OVERWRITE" and not self.folders.may_overwrite(job["owner"],
+                                                                          top["project"]):
+            raise ItemError(403, 5001, f"OVERWRITE is allowed only in your own projects and "
+                            f"the ones shared with you, not in {top['project']!r}")
         folder = self.folders.descend(top, parts)
         taken = self.folders.lookup(folder["id"], leaf)
         if taken and taken["id"].startswith(file_uuid + "."):  # done before a restart
@@ -679,7 +777,7 @@ class Importer:
         check = ChecksumCheck(found.get("checksums"))
         self._admit(job, index, unit)
         url, headers = self.reader.access(found, unit["object"])
-        sums = self._fetch(url, headers, found["size"], check)
+        sums = self._fetch(job, url, headers, found["size"], check)
         version = now_version()
         content_type = mimetypes.guess_type(leaf)[0] or _mime_type(found.get("mime_type"))
         source = Source(url=unit["object"], size=sums.size, content_type=content_type,
@@ -693,7 +791,8 @@ class Importer:
                   "metadata": job["items"][unit["item"]]["metadata"], "tags": job["tags"],
                   "created_on": now, "modified_on": now,
                   "dss": {"uuid": file_uuid, "version": version},
-                  "drs_uri": job["items"][unit["item"]]["drs_uri"], "import": job["id"]}
+                  "drs_uri": job["items"][unit["item"]]["drs_uri"], "import": job["id"],
+                  "verified": check.label, "owner": job["owner"]}
         if unit.get("member"):
             record["member"] = unit["member"]
         self.store.write(f"imported-files/{fqid}", _dumps(record))
@@ -713,33 +812,59 @@ class Importer:
         self.store.write(f"import-admissions/{_epoch_us(when)}-{owner}-{job['id']}-"
                          f"{index:06d}", _dumps(record))
 
-    def _fetch(self, url: str, headers: dict, size: int, check: ChecksumCheck) -> Checksums:
+    def _fetch(self, job: dict, url: str, headers: dict, size: int, check: ChecksumCheck
+               ) -> Checksums:
         """Stream the bytes to a spool file, verify them, and publish them as a blob."""
-        summer = Checksummer(size)
-        fd, path = tempfile.mkstemp(dir=self.spool_dir)
+        with self._spool_space(job, size):
+            summer = Checksummer(size)
+            fd, path = tempfile.mkstemp(dir=self.spool_dir)
+            try:
+                with os.fdopen(fd, "wb") as spool:
+                    for chunk in self.reader.stream(url, headers, size):
+                        if self._stop.is_set():
+                            raise _Interrupted
+                        summer.update(chunk)
+                        check.update(chunk)
+                        spool.write(chunk)
+                sums = summer.result()
+                if sums.size != size:
+                    raise DrsError("mismatch", f"fewer bytes than the {size} the DRS object "
+                                   "says")
+                check.verify(sums)
+                key = f"blobs/{sums.blob_key()}"
+                if self.store.blob_size(key) != size:
+                    self.store.write_blob(key, _file_chunks(path))
+                return sums
+            finally:
+                os.unlink(path)
+
+    @contextmanager
+    def _spool_space(self, job: dict, size: int) -> Iterator[None]:
+        """Reserve ``size`` bytes of spool for one fetch, or refuse it before it starts:
+        past the job's byte quota, or past the free disk (less what fetches in flight
+        have reserved and :data:`SPOOL_RESERVE`)."""
+        fetched = sum(e["resource"]["size"] for e in job["results"] if "resource" in e)
+        if fetched + size > self.limits.job_bytes:
+            raise ItemError(507, 5111, f"the job would fetch more than its quota of "
+                            f"{self.limits.job_bytes} bytes")
+        with self._spool_lock:
+            free = shutil.disk_usage(self.spool_dir).free - self._spooling - SPOOL_RESERVE
+            if size > free:
+                raise ItemError(507, 5111, f"not enough free disk to spool {size} bytes")
+            self._spooling += size
         try:
-            with os.fdopen(fd, "wb") as spool:
-                received = 0
-                for chunk in self.reader.stream(url, headers):
-                    if self._stop.is_set():
-                        raise _Interrupted
-                    received += len(chunk)
-                    if received > size:
-                        raise DrsError("mismatch", f"more bytes than the {size} the DRS "
-                                       "object says")
-                    summer.update(chunk)
-                    check.update(chunk)
-                    spool.write(chunk)
-            sums = summer.result()
-            if sums.size != size:
-                raise DrsError("mismatch", f"{sums.size} bytes, the DRS object says {size}")
-            check.verify(sums)
-            key = f"blobs/{sums.blob_key()}"
-            if self.store.blob_size(key) != size:
-                self.store.write_blob(key, _file_chunks(path))
-            return sums
+            yield
         finally:
-            os.unlink(path)
+            with self._spool_lock:
+                self._spooling -= size
+
+
+def _bundle_keys(found: dict, url: str) -> frozenset:
+    """What names a bundle on the way down: its URL and its id on its server (a blob
+    object names nothing: the same file twice in a bundle is no cycle)."""
+    if not isinstance(found.get("contents"), list) or not found["contents"]:
+        return frozenset()
+    return frozenset((url, (url.rsplit("/objects/", 1)[0], found["id"])))
 
 
 def _file_chunks(path: str) -> Iterator[bytes]:
@@ -766,7 +891,8 @@ def _default_name(found: dict) -> str:
 
 
 def _with_href(resource: dict, base: str) -> dict:
-    return dict(resource, href=f"{base}/v2/files/{resource['id']}")
+    shown = {k: v for k, v in resource.items() if k != "owner"}
+    return dict(shown, href=f"{base}/v2/files/{resource['id']}")
 
 
 def _folder_view(folder: dict, base: str) -> dict:

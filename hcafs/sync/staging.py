@@ -21,7 +21,6 @@ import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from ..checksums import MIN_PART_SIZE, Checksummer, Checksums, part_size
 from ..remote.s3 import S3, S3Url
@@ -159,38 +158,18 @@ class S3Stager(Stager):
         return self.source_url(file_uuid, version, name), sums
 
     def _multipart(self, fd: int, size: int, key: str, extra: dict, advance) -> None:
-        """Start, upload the parts (a few at a time, each streamed from disk), complete;
-        abort on any error so that no unfinished upload is left behind."""
+        """The file in parts of the DSS part size, a few at a time, each streamed from
+        disk, through the one multipart path (:meth:`S3.multipart`)."""
         step = part_size(size)
-        upload = self.s3.call("create_multipart_upload", Bucket=self.bucket, Key=key,
-                              **extra)["UploadId"]
         lock = threading.Lock()
 
         def counted(count: int) -> None:
             with lock:
                 advance(count)
 
-        def part(number: int) -> dict:
-            start = (number - 1) * step
-            length = min(step, size - start)
-            answer = self.s3.call("upload_part", Bucket=self.bucket, Key=key,
-                                  UploadId=upload, PartNumber=number,
-                                  Body=_Slice(fd, start, length, counted),
-                                  ContentLength=length)
-            return {"PartNumber": number, "ETag": answer["ETag"]}
-
-        try:
-            with ThreadPoolExecutor(PART_WORKERS, thread_name_prefix="part") as pool:
-                parts = list(pool.map(part, range(1, -(-size // step) + 1)))
-            self.s3.call("complete_multipart_upload", Bucket=self.bucket, Key=key,
-                         UploadId=upload, MultipartUpload={"Parts": parts})
-        except BaseException:
-            try:
-                self.s3.call("abort_multipart_upload", Bucket=self.bucket, Key=key,
-                             UploadId=upload)
-            except Exception:  # the original error matters more
-                pass
-            raise
+        parts = [_Slice(fd, start, min(step, size - start), counted)
+                 for start in range(0, size, step)]
+        self.s3.multipart(self.bucket, key, parts, extra, workers=PART_WORKERS)
 
     def discard(self, file_uuid: str, version: str, name: str) -> None:
         try:

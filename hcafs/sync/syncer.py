@@ -3,8 +3,9 @@
 A file is picked up once it is closed and has not changed for the write-back delay.  Its
 uuid and version are fixed in the journal before the first attempt, so every retry (after
 a 5xx, a reset, a timeout, or a crash and remount) registers the same uuid and version and
-the server answers 200 to the repeat.  Failures are retried with capped backoff and never
-drop anything: the bytes stay in the cache dir until the server has them.
+the server answers 200 to the repeat.  Failures are retried with capped backoff
+(:data:`~hcafs.retry.BACKGROUND`) and never drop anything: the bytes stay in the cache dir
+until the server has them.
 
 A commit waits until every file of the bundle is registered, then calls put-bundle with a
 version chosen once (so a repeat is a 200), or, for a working copy, patch-bundle.  PATCH
@@ -41,6 +42,7 @@ from ..cache.journal import (
 from ..errors import ApiError, HcafsError, IntegrityError, RemoteError
 from ..model.pending import PendingBundles
 from ..remote.client import DSSClient
+from ..retry import BACKGROUND
 from .staging import Stager, content_type
 
 log = logging.getLogger(__name__)
@@ -234,7 +236,7 @@ class Syncer:
     def _retry_commit(self, bundle: BundleRow, reason: str) -> None:
         attempt = self._commit_attempts.get(bundle.name, 0) + 1
         self._commit_attempts[bundle.name] = attempt
-        delay = min(300.0, 2.0 ** min(attempt, 8))
+        delay = BACKGROUND.backoff(attempt)
         self._commit_retry[bundle.name] = time.time() + delay
         self.journal.commit_failed(bundle.name, reason, give_up=False)
         log.warning("commit of %s failed (retry in %.0fs): %s", bundle.name, delay, reason)
