@@ -198,7 +198,7 @@ def test_a_store_written_by_the_previous_release_is_listed_read_and_journalled(
     staging = tmp_path / "staging"
     staging.mkdir()
     args = ["--staging-root", str(staging)]
-    old = DSSServer(str(tmp_path / "old"), args=args,
+    old = DSSServer(str(tmp_path / "old"), args=args, loopback_peers=False,  # older options
                     env={"PYTHONPATH": str(previous_release), "PYTHONSAFEPATH": "1"})
     old.start()
     try:
