@@ -10,6 +10,7 @@ import os
 import platform
 import subprocess
 
+import scale
 from harness import Runs
 
 GOAL_LS_WARM_S = 0.25
@@ -184,7 +185,7 @@ def render(results: dict) -> str:
     ]
     lines += _read_path_results(r)
     lines += _writes_results(r) + _drs_results(r.get("drs") or {}) + \
-        http_results(r.get("http") or {})
+        http_results(r.get("http") or {}) + scale.section(r.get("scale") or {})
     if r["errors"]:
         lines += ["**Some benchmarks could not be run:**", ""]
         lines += [f"- {e}" for e in r["errors"]]

@@ -37,6 +37,7 @@ import http_load
 import metadata_latency
 import report
 import requests
+import scale
 from harness import (
     PYTHON,
     BenchError,
@@ -449,7 +450,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--meta-versions", type=int, default=100_000,
                         help="bundle versions behind the metadata-callback figures (100000)")
     parser.add_argument("--only", choices=("all", "reads", "writes", "imports", "http",
-                                           "metadata"),
+                                           "metadata", "scale"),
                         default="all",
                         help="run only the issue-3 (reads), issue-4 (writes) or issue-5 "
                         "(imports) benchmarks, or the HTTP front under load (http)")
@@ -494,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     writes = WriteBench(bench)
     bench.writes = writes
     drs: dict = {}
+    scaled: dict = {}
     http: dict = {}
     meta: dict = {}
     try:
@@ -512,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in ("all", "imports"):
             bench.step("issue 5 DRS imports (1,000 .drs files)", lambda: drs.update(
                 drs_imports.run(os.path.join(work, "drs"))))
+        if args.only in ("all", "scale"):
+            bench.step("scale (100,000 and 1,000,000 bundle versions)", lambda: scaled.update(
+                scale.run(os.path.join(work, "scale"))))
         if args.only in ("all", "http"):
             bench.step("HTTP front under load", lambda: http.update(
                 http_load.run(os.path.join(work, "http"))))
@@ -524,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             for name in ("server", "staging", "local", "mnt", "server-wb",
                          "server-wb-staging", "src", "local-cp", "seaweed", "server-meta",
-                         "mnt-meta"):
+                         "mnt-meta", "scale"):
                 shutil.rmtree(os.path.join(work, name), ignore_errors=True)
             for name in os.listdir(work):
                 if name.startswith("cache-"):
@@ -532,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     results = bench.results(time.perf_counter() - started)
     results["load"] = (load_at_start, report.load_average())
     results["drs"] = drs
+    results["scale"] = scaled
     results["http"] = http
     with open(os.path.join(work, "results.json"), "w") as handle:
         json.dump(results, handle, indent=2, default=lambda o: o.as_dict())

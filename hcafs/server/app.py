@@ -45,6 +45,7 @@ from .auth import Identity, Tokens, require_admin
 from .drs import API_PATH as DRS_PATH
 from .drs import Base, DrsObjects
 from .dss import DSS, Page, blob_key, check_replica, check_uuid
+from .events import events_body
 from .imports import Importer, sbg_body
 
 log = logging.getLogger("hcafs.server")
@@ -78,6 +79,8 @@ class App:
             Rule("/v1/bundles/all", endpoint="bundles_all", methods=["GET"]),
             Rule("/v1/bundles/<uuid>", endpoint="bundles",
                  methods=["GET", "PUT", "PATCH", "DELETE"]),
+            Rule("/v1/events", endpoint="events", methods=["GET"]),
+            Rule("/v1/events/<uuid>", endpoint="event", methods=["GET"]),
             Rule("/v1/collections", endpoint="collections", methods=["GET", "PUT"]),
             Rule("/v1/collections/<uuid>", endpoint="collection",
                  methods=["GET", "PATCH", "DELETE"]),
@@ -330,6 +333,23 @@ class App:
                         link=f"{request.base_url}?{urlencode(next_args)}")
         return self.paged(request, body, page, "bundles", next_args)
 
+    def on_events(self, request: Request) -> Response:
+        replica = check_replica(request.args.get("replica"))
+        per_page = self.int_param(request, "per_page", 1, 1, 10)
+        since = request.args.get("since") or request.args.get("token")
+        journals, more = self.dss.events(since, request.args.get("from_date"),
+                                         request.args.get("to_date"), per_page)
+        body = events_body(journals, since or request.args.get("from_date") or "")
+        next_args = [("replica", replica), ("per_page", per_page), ("since", body["cursor"]),
+                     ("token", body["cursor"])]
+        if request.args.get("to_date"):
+            next_args.append(("to_date", request.args["to_date"]))
+        return self.paged(request, body, Page(journals, more), "event_streams", next_args)
+
+    def on_event(self, request: Request, uuid: str) -> Response:
+        check_replica(request.args.get("replica"))
+        return _json_response(self.dss.event_document(uuid, request.args.get("version")))
+
     # ------------------------------------------------------------ collections
 
     def on_collections(self, request: Request) -> Response:
@@ -342,10 +362,13 @@ class App:
             return _json_response(answer, 201)
         per_page = self.int_param(request, "per_page", 500, 10, 500)
         start_at = self.int_param(request, "start_at", 0, 0)
+        mark = self.dss.collections_mark(who)  # before the listing: a change after it shows
         page = self.dss.list_collections(who, start_at, per_page)
         next_args = [("per_page", per_page), ("start_at", start_at + per_page)]
-        return self.paged(request, {"collections": page.items}, page, "collections",
-                          next_args)
+        response = self.paged(request, {"collections": page.items}, page, "collections",
+                              next_args)
+        response.headers["X-HCAFS-Collections-Mark"] = mark
+        return response
 
     def on_collection(self, request: Request, uuid: str) -> Response:
         who = self.identify(request)
