@@ -10,6 +10,7 @@ import os
 import platform
 import subprocess
 
+import scale
 from harness import Runs
 
 GOAL_LS_WARM_S = 0.25
@@ -184,7 +185,9 @@ def render(results: dict) -> str:
         f"{_met(None if peak is None else peak <= GOAL_PEAK_RSS_MIB)} |",
         "",
     ]
-    lines += _writes_results(r) + _write_path_results(r) + _drs_results(r.get("drs") or {})
+    lines += _read_path_results(r)
+    lines += _writes_results(r) + _write_path_results(r) + _drs_results(r.get("drs") or {}) + \
+        http_results(r.get("http") or {}) + scale.section(r.get("scale") or {})
     if r["errors"]:
         lines += ["**Some benchmarks could not be run:**", ""]
         lines += [f"- {e}" for e in r["errors"]]
@@ -193,6 +196,50 @@ def render(results: dict) -> str:
         _write_path_method(r) + \
         _raw_section(r) + _rss_section(r) + _counts_section(r) + _setup_section(r)
     return "\n".join(lines) + "\n"
+
+
+def _read_path_results(r: dict) -> list[str]:
+    """The read path's goals: verified cold reads, zero-copy warm reads, random reads."""
+    size_mib = r["params"]["big_mib"]
+    cold = _runs(r, "cold_read_mount")
+    plain, verifying = _runs(r, "cold_read_direct"), _runs(r, "cold_read_direct_sha256")
+    warm, native = _runs(r, "warm_read_mount_dropped"), _runs(r, "warm_read_native_dropped")
+    hot, hot_native = _runs(r, "warm_read_mount_kept"), _runs(r, "warm_read_native_kept")
+    growth = _runs(r, "cold_read_rss_growth")
+    rand, ranged = _runs(r, "random_read_mount"), _runs(r, "random_read_ranged_get")
+    fetched = _runs(r, "random_read_fetched_per_read")
+    vs_verifying = _ratio(cold.median, verifying.median)
+    vs_plain = _ratio(cold.median, plain.median)
+    warm_ratio = _ratio(warm.median, native.median)
+    worst_growth = max(growth.values) if growth.values else None
+    rand_ratio = _ratio(rand.median, ranged.median)
+    random_mib = r["params"].get("random_mib", 1024)
+    return [
+        "## Results, the read path (zero-copy serving, verified bytes, parallel ranges)",
+        "",
+        "| measure | hcafs | against | hcafs / against | goal | verdict |",
+        "|---|---|---|---|---|---|",
+        f"| cold sequential read of {size_mib} MiB through the mount | {cold.spread(0)} | "
+        f"direct single-stream GET that computes sha256: {verifying.spread(0)} | "
+        f"{_pct(vs_verifying)} | ≥ 110 % | "
+        f"{_met(None if vs_verifying is None else vs_verifying >= 1.10)} |",
+        f"| the same cold read | {cold.spread(0)} | plain single-stream GET (no hashing): "
+        f"{plain.spread(0)} | {_pct(vs_plain)} | ≥ 70 % | "
+        f"{_met(None if vs_plain is None else vs_plain >= 0.70)} |",
+        f"| warm re-read, page cache dropped | {warm.spread(0)} | cached blob file read "
+        f"natively: {native.spread(0)} | {_pct(warm_ratio)} | ≥ 90 % | "
+        f"{_met(None if warm_ratio is None else warm_ratio >= 0.90)} |",
+        f"| warm re-read, page cache kept | {hot.spread(0)} | native, page cache kept: "
+        f"{hot_native.spread(0)} | {_pct(_ratio(hot.median, hot_native.median))} | "
+        "reported | – |",
+        f"| random 1 MiB reads of a cold {random_mib} MiB file | {rand.spread(0)} | the same "
+        f"reads as ranged GETs: {ranged.spread(0)} | {_pct(rand_ratio)} | reported "
+        f"(bytes fetched per byte read: {fetched.spread(2)}) | – |",
+        f"| daemon RSS during the cold read, peak minus idle | "
+        f"{'n/a' if worst_growth is None else f'{worst_growth:.1f} MiB'} (worst run) | – | – "
+        f"| ≤ 64 MiB | {_met(None if worst_growth is None else worst_growth <= 64)} |",
+        "",
+    ]
 
 
 def _flatness(trace: list) -> tuple[float, float, float]:
@@ -606,3 +653,33 @@ def _drs_results(d: dict) -> list[str]:
         f"≤ {d['limit']} | {_met(d['busiest_window'] <= d['limit'])} |",
         "",
     ]
+
+
+def http_results(d: dict) -> list[str]:
+    """``hcafs serve`` under load with its default limits (bench/http_load.py)."""
+    if not d:
+        return []
+    lines = [
+        "## HTTP front under load",
+        "",
+        f"`{d['command']}`: `hcafs serve` with its default limits (32 threads, 1024 "
+        f"connections, 10 s header timeout, 1 MiB JSON bodies); {d['clients']} clients, "
+        "each with its own keep-alive session, mix reads (GET /files, GET /bundles, 4 KiB "
+        "ranged blob reads), writes (PUT /files from `file://` sources of 64 KiB, "
+        "PUT /bundles) and bulk DRS imports from a second `hcafs serve` on loopback, for at "
+        f"least 15 s, while {d['idle']} connections are held open (half silent, half "
+        "trickling a header line a second, reopened when the header timeout closes them). "
+        "The clients are threads of the test process, on the same 2 cores as the server. "
+        "Latencies are not goals.",
+        "",
+        f"{d['requests']:,} requests in {d['seconds']:.1f} s, **{d['errors']} errors**, "
+        f"server threads at most {d['threads']}, {d['reopened']} held connections closed "
+        "by the header timeout and reopened.",
+        "",
+        "| requests | n | p50 | p99 |",
+        "|---|---|---|---|",
+    ]
+    for kind, figures in d["latency_ms"].items():
+        lines.append(f"| {kind} | {figures['n']:,} | {figures['p50']:.0f} ms | "
+                     f"{figures['p99']:.0f} ms |")
+    return lines + [""]

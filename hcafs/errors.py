@@ -10,6 +10,7 @@ FUSE adapter and the CLI each map errors in exactly one place::
     ├── NotFound                    ENOENT  exit 3
     ├── AlreadyExists               EEXIST  exit 1
     ├── NotEmpty                    ENOTEMPTY exit 1
+    ├── NotADirectory               ENOTDIR exit 1
     ├── ReadOnly                    EROFS   exit 1
     ├── PermissionDenied            EACCES  exit 4
     ├── NoSpace                     ENOSPC  exit 1
@@ -63,6 +64,10 @@ class AlreadyExists(HcafsError):
 
 class NotEmpty(HcafsError):
     errno = _errno.ENOTEMPTY
+
+
+class NotADirectory(HcafsError):
+    errno = _errno.ENOTDIR
 
 
 class ReadOnly(HcafsError):

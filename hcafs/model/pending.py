@@ -37,7 +37,15 @@ from ..cache.journal import (
     FileRow,
     Journal,
 )
-from ..errors import AlreadyExists, NoSpace, NotEmpty, NotFound, PermissionDenied, UsageError
+from ..errors import (
+    AlreadyExists,
+    NoSpace,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
+    PermissionDenied,
+    UsageError,
+)
 from ..versions import is_uuid, new_uuid, parse_fqid
 from .entries import FileEntry, version_mtime
 
@@ -144,13 +152,13 @@ class PendingBundles:
             else:
                 children[head] = row
         if path and not children and self.lookup(name, path) != "dir":
-            raise UsageError(f"bundles/{name}/{path} is not a directory")
+            raise NotADirectory(f"bundles/{name}/{path} is not a directory")
         return sorted(children.items())
 
     def _parent_exists(self, name: str, path: str) -> None:
         parent = path.rpartition("/")[0]
         if parent and self.lookup(name, parent) != "dir":
-            raise NotFound(f"bundles/{name}/{parent} is not a directory")
+            raise NotADirectory(f"bundles/{name}/{parent} is not a directory")
 
     def _free(self, name: str, path: str) -> None:
         try:
@@ -167,7 +175,7 @@ class PendingBundles:
 
     def rmdir(self, name: str, path: str) -> None:
         if self.lookup(name, path) != "dir":
-            raise UsageError(f"bundles/{name}/{path} is not a directory")
+            raise NotADirectory(f"bundles/{name}/{path} is not a directory")
         if self.listdir(name, path):
             raise NotEmpty(f"bundles/{name}/{path} is not empty")
         row = self.journal.file(name, path)
@@ -249,7 +257,8 @@ class PendingBundles:
     def _materialize(self, row: FileRow, empty: bool) -> None:
         """Copy a remote (working copy) file into a local data file before it changes."""
         path = self.data_path(row.id)
-        with open(path + ".part", "wb") as out:
+        fd = os.open(path + ".part", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
             if not empty and row.size:
                 entry = _remote_entry(row)
                 blob = self.blobs.acquire(entry.sha256, entry.size)
@@ -269,10 +278,16 @@ class PendingBundles:
         return self._handles[number]
 
     def read(self, number: int, size: int, offset: int) -> bytes:
+        fd, start, length = self.read_span(number, size, offset)
+        return os.pread(fd, length, start) if length else b""
+
+    def read_span(self, number: int, size: int, offset: int) -> tuple[int, int, int]:
+        """``(fd, offset, length)`` holding the bytes: the local file, or the cached
+        blob of a file not yet rewritten."""
         handle = self._handles[number]
         if handle.blob is not None:
-            return self.blobs.read(handle.blob, offset, size, self._fetcher(handle.entry))
-        return os.pread(handle.fd, size, offset)
+            return self.blobs.span(handle.blob, offset, size, self._fetcher(handle.entry))
+        return handle.fd, offset, size
 
     def write(self, number: int, data: bytes, offset: int) -> int:
         handle = self._handles[number]

@@ -19,6 +19,8 @@ from ..config import runtime_dir
 from ..errors import Busy, NotFound, RemoteError, Unreachable, UsageError
 from .records import MountRecord, pid_alive
 
+REFUSALS_SHOWN = 5
+
 # ---------------------------------------------------------------- umount, refresh
 
 
@@ -26,20 +28,49 @@ def _journal(cache_dir: str) -> Journal:
     return Journal(CacheDB(os.path.join(cache_dir, "hcafs.db")))
 
 
-def drain(record: MountRecord, timeout: float | None, out=sys.stderr) -> bool:
+class Progress:
+    """One status line that changes: redrawn in place on a terminal; on a pipe or a file,
+    each new state is a whole line of its own, so ``hcafs umount ... | cat`` and logs read
+    line by line."""
+
+    WIDTH = 150
+
+    def __init__(self, out=None):
+        self.out = out or sys.stderr
+        self.tty = bool(getattr(self.out, "isatty", lambda: False)())
+        self.shown = ""
+
+    def show(self, line: str) -> None:
+        line = line[:self.WIDTH]
+        if line == self.shown:
+            return
+        if self.tty:
+            print("\r" + line.ljust(len(self.shown)), end="", file=self.out, flush=True)
+        else:
+            print(line, file=self.out, flush=True)
+        self.shown = line
+
+    def end(self) -> None:
+        """Close the line (on a terminal) before anything else is printed."""
+        if self.shown and self.tty:
+            print(file=self.out, flush=True)
+        self.shown = ""
+
+
+def drain(record: MountRecord, timeout: float | None, out=None) -> bool:
     """Wait until nothing is left to sync or commit; True if drained."""
     journal = _journal(record.cache_dir)
     deadline = None if not timeout else time.monotonic() + timeout
-    shown = ""
+    progress = Progress(out)
     while True:
         summary = journal.summary()
         imports = sum(n for state, n in summary["imports"].items()
                       if state in IMPORTS_ACTIVE)
         if not summary["pending_files"] and not summary["commits_pending"] and not imports:
-            if shown:
-                print(file=out)
+            progress.end()
             return True
         if not pid_alive(record.pid):
+            progress.end()
             return False
         line = (f"waiting for {summary['pending_files']} files "
                 f"({_size(summary['pending_bytes'])}) and {summary['commits_pending']} "
@@ -47,11 +78,9 @@ def drain(record: MountRecord, timeout: float | None, out=sys.stderr) -> bool:
                 + (f", {imports} DRS imports to finish" if imports else ""))
         if summary["errors"]:
             line += f"; last error: {summary['errors'][-1]['error']}"
-        if line != shown:
-            print("\r" + line[:150].ljust(len(shown)), end="", file=out, flush=True)
-            shown = line[:150]
+        progress.show(line)
         if deadline is not None and time.monotonic() > deadline:
-            print(file=out)
+            progress.end()
             return False
         time.sleep(0.2)
 
@@ -111,6 +140,9 @@ def refresh(mountpoint: str) -> int:
     try:
         os.setxattr(path, "user.hcafs.refresh", b"1")
     except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            raise Busy("the listing is taking long; it goes on refreshing in the "
+                       "background") from exc
         raise Unreachable(f"refresh failed: {os.strerror(exc.errno)}") from exc
     print(f"refreshed {path}", file=sys.stderr)
     return 0
@@ -132,14 +164,13 @@ def commit(path: str, timeout: float | None) -> int:
                    errno.ENOTSUP: f"{path} is not on an hcafs mount"}
         raise UsageError(reasons.get(exc.errno, f"{path}: {os.strerror(exc.errno)}")) from exc
     deadline = None if not timeout else time.monotonic() + timeout
-    shown = ""
+    progress = Progress()
     glitches = 0
     while True:
         try:
             if os.path.islink(path):  # committed: NAME now links to <uuid>.<version>
                 fqid = os.readlink(path)
-                if shown:
-                    print(file=sys.stderr)
+                progress.end()
                 print(fqid)
                 return 0
             state = os.getxattr(path, "user.hcafs.state", follow_symlinks=False).decode()
@@ -154,8 +185,7 @@ def commit(path: str, timeout: float | None) -> int:
             time.sleep(0.1)
             continue
         if state == "open" and summary.get("error"):
-            if shown:
-                print(file=sys.stderr)
+            progress.end()
             raise RemoteError(f"commit refused: {summary['error']} (the pending bundle is "
                               "kept; fix the cause and commit again)")
         line = (f"committing: {summary['waiting_files']} files "
@@ -164,11 +194,9 @@ def commit(path: str, timeout: float | None) -> int:
                                                   else [])
         if problems:
             line += f"; retrying after: {problems[-1]}"
-        if line != shown:
-            print("\r" + line[:150].ljust(len(shown)), end="", file=sys.stderr, flush=True)
-            shown = line[:150]
+        progress.show(line)
         if deadline is not None and time.monotonic() > deadline:
-            print(file=sys.stderr)
+            progress.end()
             raise RemoteError(f"commit of {path} not done after {timeout:.0f}s; it stays "
                               "queued and completes in the background")
         time.sleep(0.3)
@@ -187,20 +215,23 @@ def status(mountpoint: str | None, as_json: bool, watch: bool) -> int:
                     records.append(MountRecord(**json.load(handle)))
         if not records:
             raise NotFound("no hcafs mounts are running")
+    terminal = sys.stdout.isatty()
     while True:
         reports = []
         for record in records:
-            summary = _journal(record.cache_dir).summary()
+            journal = _journal(record.cache_dir)
+            summary = journal.summary()
             summary.update(mountpoint=record.mountpoint, server=record.dss_url,
-                           pid=record.pid, running=pid_alive(record.pid))
+                           pid=record.pid, running=pid_alive(record.pid),
+                           refusals=journal.cachedb.refusals(REFUSALS_SHOWN))
             reports.append(summary)
         if as_json:
-            print(json.dumps(reports if not mountpoint else reports[0], indent=2))
+            print(json.dumps(reports if not mountpoint else reports[0], indent=2), flush=True)
         else:
-            if watch:
+            if watch and terminal:  # a pipe gets each report whole, one after the other
                 print("\033[2J\033[H", end="")
             for report in reports:
-                print(_render(report))
+                print(_render(report), flush=True)
         if not watch:
             return 0
         time.sleep(1)
@@ -230,4 +261,8 @@ def _render(report: dict) -> str:
     for error in report["errors"]:
         lines.append(f"  error {error['bundle']}/{error['path']} (attempt "
                      f"{error['attempts']}): {error['error']}")
+    for refusal in report.get("refusals", []):
+        when = time.strftime("%H:%M:%S", time.localtime(refusal["at"]))
+        lines.append(f"  refused {when} {refusal['operation']} {refusal['path']}: "
+                     f"{refusal['errno']} {refusal['reason']}")
     return "\n".join(lines)

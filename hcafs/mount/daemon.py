@@ -24,7 +24,7 @@ from ..cache.blobcache import BlobCache
 from ..cache.cachedb import CacheDB
 from ..cache.catalog import Catalog
 from ..cache.journal import Journal
-from ..config import MountConfig
+from ..config import MountConfig, ensure_runtime_dir, private_dir
 from ..errors import ApiError, ApiUnauthorized, Busy, ConfigError, PermissionDenied, Unreachable
 from ..model.pending import PendingBundles
 from ..model.tree import Tree
@@ -37,6 +37,7 @@ from ..sync.staging import LocalStager, S3Stager, Stager
 from ..sync.syncer import Syncer
 from ..tokenfile import first_token
 from .records import MountRecord
+from .refusals import Refusals
 
 log = logging.getLogger("hcafs.daemon")
 
@@ -112,7 +113,8 @@ class Daemon:
 
     def prepare(self) -> None:
         config = self.config
-        os.makedirs(config.cache_dir, exist_ok=True)
+        private_dir(config.cache_dir, "the cache dir")
+        ensure_runtime_dir()
         self._lock_cache_dir()
         token = config.token
         if config.embedded:
@@ -130,10 +132,12 @@ class Daemon:
         self._check_cache_owner("embedded" if config.embedded else url)
         quick = DSSClient(url, token=token, replica=config.replica, verify=verify,
                           retry=RetryPolicy(attempts=2, base_delay=0.2))
-        self.catalog = Catalog(self.db, self.client, config.refresh_ttl, quick=quick)
+        self.catalog = Catalog(self.db, self.client, config.refresh_ttl, quick=quick,
+                               negative_ttl=config.entry_timeout)
         self._first_contact(quick)
         self.blobs = BlobCache(os.path.join(config.cache_dir, "blobs"), self.db,
-                               config.cache_size, max_readahead=config.max_readahead)
+                               config.cache_size, streams=config.read_streams,
+                               max_readahead=config.max_readahead, chunk=config.read_chunk)
         self.journal = Journal(self.db)
         self.tree = Tree(self.catalog, self.blobs, None, config.max_readahead,
                          config.delete_reason)
@@ -266,7 +270,8 @@ class Daemon:
             self.blobs.close()
 
         operations = Operations(self.tree, (config.entry_timeout, config.attr_timeout,
-                                            config.negative_timeout), on_init, on_destroy)
+                                            config.negative_timeout), on_init, on_destroy,
+                                Refusals(self.db))
         self.tree.invalidate = operations.invalidate
         try:
             FUSE(operations, config.mountpoint, foreground=True, nothreads=False,

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from ..config import MountConfig
+from ..config import MountConfig, ensure_runtime_dir, private_dir
 from ..errors import Busy, ConfigError, HcafsError, NotFound
 from .daemon import Daemon
 
@@ -61,6 +61,20 @@ def check_mountpoint(path: str) -> str:
     return path
 
 
+def check_private_dirs(config: MountConfig) -> None:
+    """The cache dir and the runtime dir: this user's alone (0700), or a clear refusal."""
+    private_dir(config.cache_dir, "the cache dir")
+    ensure_runtime_dir()
+
+
+def open_log(path: str) -> int:
+    """The daemon log, appended to; 0600 whatever the umask (it names paths and servers)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    if os.fstat(fd).st_mode & 0o077:
+        os.fchmod(fd, 0o600)
+    return fd
+
+
 # ---------------------------------------------------------------- mount
 
 
@@ -69,6 +83,7 @@ def mount(config: MountConfig, argv: list[str]) -> int:
     config.validate()
     check_fuse()
     check_mountpoint(config.mountpoint)
+    check_private_dirs(config)
     if config.foreground:
         return run_daemon(config, ready_fd=None)
     return _spawn(config, argv)
@@ -84,10 +99,13 @@ def _spawn(config: MountConfig, argv: list[str]) -> int:
         env["HCAFS_TOKEN"] = config.token  # never on a command line
     command = [sys.executable, "-m", "hcafs", *child_argv[:1], "--foreground",
                "--ready-fd", str(write_end), *child_argv[1:]]
-    with open(log_file, "ab") as log_handle:
-        child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_handle,
-                                 stderr=log_handle, pass_fds=(write_end,), env=env,
+    log_fd = open_log(log_file)
+    try:
+        child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_fd,
+                                 stderr=log_fd, pass_fds=(write_end,), env=env,
                                  start_new_session=True)
+    finally:
+        os.close(log_fd)
     os.close(write_end)
     message = _read_ready(read_end, child)
     if message.startswith("OK "):

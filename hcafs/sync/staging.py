@@ -73,7 +73,8 @@ class LocalStager(Stager):
               progress: Progress) -> tuple[str, Checksums]:
         target = self._path(file_uuid, version, name)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(path, "rb") as source, open(target + ".part", "wb") as out:
+        with open(path, "rb") as source, os.fdopen(os.open(
+                target + ".part", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
             size = os.fstat(source.fileno()).st_size
             summer = Checksummer(size)
             sent = 0

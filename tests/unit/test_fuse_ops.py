@@ -27,6 +27,7 @@ LEAVES = {
     errors.NotFound("x"): errno.ENOENT,
     errors.AlreadyExists("x"): errno.EEXIST,
     errors.NotEmpty("x"): errno.ENOTEMPTY,
+    errors.NotADirectory("x"): errno.ENOTDIR,
     errors.ReadOnly("x"): errno.EROFS,
     errors.PermissionDenied("x"): errno.EACCES,
     errors.NoSpace("x"): errno.ENOSPC,
@@ -76,6 +77,7 @@ CALLBACKS = [
     ("statfs", ("/p",), "statfs"),
     ("open", ("/p", _fi()), "open"),
     ("read", ("/p", 4096, 0, _fi()), "read"),
+    ("read_buf", ("/p", None, 4096, 0, _fi()), "read_span"),
     ("write", ("/p", b"data", 0, _fi()), "write"),
     ("fsync", ("/p", 0, _fi()), "fsync"),
     ("release", ("/p", _fi()), "release"),
@@ -162,3 +164,37 @@ def test_open_passes_the_access_mode_and_truncation():
     assert _operations(Model()).open("/p", fi) == 0
     assert seen == {"path": "/p", "write": True, "truncate": True}
     assert (fi.fh, fi.keep_cache) == (42, 1)
+
+
+class SpanModel:
+    """A model whose read_span names a real local file (the adapter's happy path)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def read_span(self, handle: int, size: int, offset: int) -> tuple[int, int, int]:
+        return self.fd, offset, size
+
+
+def test_read_buf_hands_libfuse_a_malloced_fd_vector(tmp_path):
+    import ctypes
+
+    from hcafs.mount.bufvec import FUSE_BUF_FD_SEEK, FUSE_BUF_IS_FD, FuseBufvec, free_bufvec
+
+    path = tmp_path / "blob"
+    path.write_bytes(b"x" * 10000)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        ops = fuse_ops.Operations(SpanModel(fd), (1.0, 1.0, 1.0), lambda: None, lambda: None)
+        slot = (ctypes.POINTER(fuse_ops.fuse.fuse_bufvec) * 1)()
+        assert ops.read_buf("/p", slot, 4096, 1234, _fi()) == 0
+        address = ctypes.cast(slot[0], ctypes.c_void_p).value
+        vec = FuseBufvec.from_address(address)
+        buf = vec.buf[0]
+        assert (vec.count, vec.idx, vec.off) == (1, 0, 0)
+        assert (buf.fd, buf.pos, buf.size) == (fd, 1234, 4096)
+        assert buf.flags & FUSE_BUF_IS_FD and buf.flags & FUSE_BUF_FD_SEEK
+        assert not buf.mem
+        free_bufvec(address)  # what libfuse does with it after replying
+    finally:
+        os.close(fd)
