@@ -44,6 +44,15 @@ def _write_random(path: str, size: int) -> None:
             handle.write((os.urandom(16) + block[16:])[:min(MiB, size - index * MiB)])
 
 
+def _discard(path: str) -> None:
+    """Remove a staged source the server has ingested; a server that moved it into its
+    store (a ``file://`` source on the same filesystem) has already taken it."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def _put_file(client: DSSClient, path: str) -> tuple[str, str, str]:
     uuid, version = new_uuid(), now_version()
     status, _ = client.put_file(uuid, version, "file://" + path)
@@ -63,7 +72,7 @@ def populate(client: DSSClient, staging: str, bundles: int, big_size: int) -> Da
 
     started = time.perf_counter()
     big_uuid, big_version, big_sha256 = _put_file(client, big_path)
-    os.unlink(big_path)  # the server holds its own copy now
+    _discard(big_path)  # the server holds its own copy now (it may have moved this one in)
     seconds["PUT /files big file (incl. async copy)"] = time.perf_counter() - started
 
     tiny_path = os.path.join(staging, "tiny.txt")
@@ -97,7 +106,7 @@ def publish_one(client: DSSClient, staging: str, name: str, size: int
     path = os.path.join(staging, name)
     _write_random(path, size)
     uuid, version, sha256 = _put_file(client, path)
-    os.unlink(path)
+    _discard(path)
     bundle, bundle_version = new_uuid(), now_version()
     status, _ = client.put_bundle(bundle, bundle_version, [
         {"uuid": uuid, "version": version, "name": name, "indexed": False}])
