@@ -17,7 +17,7 @@ import jwt
 import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
-from fixtures.drs_repo import start_repo, wait_finished
+from fixtures.drs_repo import DrsRepo, start_repo, wait_finished
 from fixtures.dss_server import OTHER, USER, DSSServer
 from fixtures.relay import CountingRelay
 from test_drs_bulk import read_back, submit, write_credentials
@@ -242,3 +242,45 @@ def test_a_cut_connection_resumes_with_a_range_and_fetches_little_twice(tmp_path
         importer.stop()
         relay.close()
         repo.server.stop()
+
+
+@pytest.mark.s3
+def test_an_s3_access_method_is_fetched_with_the_entrys_keys_through_the_egress_check(
+        tmp_path, seaweed):
+    """A peer on a SeaweedFS store offers an s3 method beside https; an importer whose
+    credentials entry holds s3 keys reads the bytes from the bucket, not from the peer;
+    one whose policy does not open the s3 endpoint is refused before reading."""
+    bucket = seaweed.make_bucket("drs-s3-peer")
+    staging = tmp_path / "s3-staging"
+    staging.mkdir()
+    peer = DSSServer(str(tmp_path / "s3-peer"), env=seaweed.env(), args=[
+        "--store", f"s3://{bucket}/peer", "--staging-root", str(staging)]).start()
+    relay = CountingRelay(peer.url)
+    repo = DrsRepo(peer, staging)
+    data = os.urandom(256 * 1024 + 9)
+    fqid = repo.put_file(data)
+    methods = repo.drs(fqid)["access_methods"]
+    assert [m["type"] for m in methods] == ["https", "s3"]
+    assert methods[1]["access_url"]["url"].startswith(f"s3://{bucket}/peer/blobs/")
+    keys = {"endpoint_url": seaweed.endpoint, "access_key_id": seaweed.access_key,
+            "secret_access_key": seaweed.secret_key}
+    entry = {"match": relay.host, "s3": keys, "users": ["user@example.org"]}
+    importer = importer_with(tmp_path, "s3", [entry])
+    closed = DSSServer(str(tmp_path / "s3-closed"), loopback_peers=False, args=[
+        "--drs-credentials", write_credentials(tmp_path / "closed-credentials.json",
+                                               [entry]),
+        "--drs-allow-host", relay.host]).start()
+    try:
+        [done] = run(importer, [f"drs://{relay.host}/{fqid}"])
+        assert "resource" in done, done
+        assert read_back(importer, done["resource"]) == data
+        assert relay.count("GET", "/blobs/") == 0  # the bytes came from the bucket
+        [refused] = run(closed, [f"drs://{relay.host}/{fqid}"])
+        assert refused["error"]["code"] == 5107, refused
+        assert seaweed.secret_key not in json.dumps(refused)
+    finally:
+        importer.stop()
+        closed.stop()
+        relay.close()
+        peer.stop()
+    secrets_absent([seaweed.secret_key], tmp_path / "s3", tmp_path / "s3-closed")
