@@ -419,7 +419,6 @@ class DrsReader:
         self._types: dict[str, list[str] | None] = {}  # DRS base → supported auth types
         self._gates: dict[str, threading.BoundedSemaphore] = {}
         self._lock = threading.Lock()
-        self.calls: dict[str, int] = {}  # what was asked of DRS servers, for the bench
 
     # ------------------------------------------------------------ transport
 
@@ -430,9 +429,6 @@ class DrsReader:
             if gate is None:
                 gate = self._gates[netloc] = threading.BoundedSemaphore(self.per_host)
             return gate
-
-    def _count(self, name: str) -> None:
-        self.calls[name] = self.calls.get(name, 0) + 1
 
     def _send(self, url: str, what: str, headers: dict[str, str] | None = None,
               credentials: dict[str, str] | None = None, method: str = "GET",
@@ -539,7 +535,6 @@ class DrsReader:
             return self._bulk[base]
         length = None
         try:
-            self._count("service-info")
             info = self._json(f"{base}/service-info", f"DRS service-info of {base}")
             found = info.get("maxBulkRequestLength")
             if found is None and isinstance(info.get("drs"), dict):
@@ -563,7 +558,6 @@ class DrsReader:
             return self._types[base]
         types = None
         try:
-            self._count("options")
             with self._gate(object_url), self._send(
                     object_url, "DRS authorizations", {"Accept": "application/json"},
                     None, "OPTIONS") as answer:
@@ -601,7 +595,6 @@ class DrsReader:
 
     def get_object(self, object_url: str, auth: Auth = NO_AUTH) -> dict:
         what = f"DRS object {_strip(object_url)}"
-        self._count("get")
         if auth.kind == "PassportAuth":
             found = self._json(object_url, what, auth, "POST",
                                {"passports": list(auth.passports)})
@@ -618,7 +611,6 @@ class DrsReader:
         payload: dict = {"bulk_object_ids": ids}
         if auth.kind == "PassportAuth":
             payload["passports"] = list(auth.passports)
-        self._count("bulk")
         answer = self._json(f"{base}/objects", f"DRS bulk request to {base}", auth,
                             "POST", payload)
         unresolved: dict[str, int] = {}
@@ -656,7 +648,6 @@ class DrsReader:
             {"bulk_object_id": o, "bulk_access_ids": a} for o, a in grouped.items()]}
         if auth.kind == "PassportAuth":
             payload["passports"] = list(auth.passports)
-        self._count("bulk-access")
         answer = self._json(f"{base}/objects/access", f"DRS bulk access request to {base}",
                             auth, "POST", payload)
         found = {}
@@ -714,7 +705,6 @@ class DrsReader:
             raise DrsError("unsupported", f"DRS object {_strip(object_url)}: its access "
                            "method has neither access_url nor access_id")
         where = f"{object_url}/access/{quote(method['access_id'], safe='')}"
-        self._count("access")
         if auth.kind == "PassportAuth":
             answer = self._json(where, f"access URL {_strip(where)}", auth, "POST",
                                 {"passports": list(auth.passports)})

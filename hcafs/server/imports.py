@@ -870,10 +870,10 @@ class Importer:
         unit order, and ``wait`` or None."""
         entries: dict[int, dict] = {}
         ready: list[tuple[int, dict]] = []
-        wait, taken, planned = None, 0, 0
+        wait, planned = None, 0
         fetched = sum(e["resource"]["size"] for e in job["results"] if "resource" in e)
         index = first
-        while index < len(job["plan"]) and index - first < BATCH and taken < BATCH_BYTES:
+        while index < len(job["plan"]) and index - first < BATCH and planned < BATCH_BYTES:
             if self._stop.is_set():
                 raise _Interrupted
             unit = job["plan"][index]
@@ -903,7 +903,6 @@ class Importer:
                 index += 1
                 continue
             planned += size
-            taken += size
             ready.append((index, work))
             index += 1
         self._give_access([work for _, work in ready])
