@@ -418,6 +418,7 @@ class DrsReader:
         self._bulk: dict[str, int | None] = {}  # DRS base → maxBulkRequestLength
         self._types: dict[str, list[str] | None] = {}  # DRS base → supported auth types
         self._gates: dict[str, threading.BoundedSemaphore] = {}
+        self._asking: dict[str, threading.Lock] = {}  # DRS base → its service-info read
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ transport
@@ -533,6 +534,14 @@ class DrsReader:
         it offers no bulk calls."""
         if base in self._bulk:
             return self._bulk[base]
+        with self._lock:
+            asking = self._asking.setdefault(base, threading.Lock())
+        with asking:  # one read per server, however many jobs ask at once
+            if base not in self._bulk:
+                self._bulk[base] = self._read_bulk(base)
+        return self._bulk[base]
+
+    def _read_bulk(self, base: str) -> int | None:
         length = None
         try:
             info = self._json(f"{base}/service-info", f"DRS service-info of {base}")
@@ -544,7 +553,6 @@ class DrsReader:
         except DrsError as exc:
             log.info("DRS server %s: no service-info (%s); resolving one at a time",
                      base, exc.kind)
-        self._bulk[base] = length
         return length
 
     def no_bulk(self, base: str) -> None:

@@ -108,6 +108,8 @@ BATCH_BYTES = 1 << 30  # ... unless their bytes pass this (access URLs stay fres
 BULK_TRIES = 3  # rounds of POST /objects for ids left unresolved with a transient code
 RESUMES = 8  # times one range of a transfer is taken up again after a cut
 REFRESHES = 2  # times one fetch gets a new access URL after a 401/403
+AHEAD_FILES = 1000  # files fetched but not admitted yet, all jobs together
+AHEAD_BYTES = 4 << 30  # ... and their bytes
 PARALLEL_MIN = 64 * 1024 * 1024  # objects this large are fetched in parallel ranges
 PARTS = 4
 _NAMESPACE = _uuid.UUID("5c1f0a52-3d59-4d38-9b57-2a4e1f0c6b7d")
@@ -330,6 +332,9 @@ class Importer:
         self.spool_dir = spool_dir
         self.credentials = credentials or Credentials()
         self._fetchers = ThreadPoolExecutor(FETCHERS, thread_name_prefix="drs-fetch")
+        self._ahead: dict[tuple[str, int], Checksums] = {}  # fetched, not admitted yet
+        self._ahead_bytes = 0
+        self._ahead_lock = threading.Lock()
         self._s3: dict[int, S3] = {}  # credentials entry → its S3 client
         self.folders = Folders(store)
         self.file_budget = Budget(limits.files, limits.files_window)
@@ -863,68 +868,111 @@ class Importer:
     # ------------------------------------------------------------ engine: RUNNING
 
     def _batch(self, job: dict, first: int) -> tuple[list[dict], float | None]:
-        """Units from ``first`` on, at most :data:`BATCH` (and :data:`BATCH_BYTES`):
-        each is checked and admitted in order, until the file budget is spent (then
-        ``wait`` says for how long); the admitted ones get their access URLs together,
-        just before their fetches, which run in parallel.  Returns the results, in
-        unit order, and ``wait`` or None."""
+        """Units from ``first`` on, at most :data:`BATCH` (and :data:`BATCH_BYTES`).
+
+        Each is checked (destination, conflicts, checksum, the job's byte quota); the
+        ones not fetched yet get their access URLs together and are fetched in parallel,
+        as far as the room :data:`AHEAD_FILES`/:data:`AHEAD_BYTES` allows (fetched bytes
+        wait there, as verified blobs, for their admission); then, in unit order, each
+        fetched unit is admitted against the file budget and stored and named, until the
+        budget is spent (``wait`` says for how long) or a unit is not fetched yet
+        (``wait`` 0).  Returns the results, in unit order, and ``wait`` or None."""
         entries: dict[int, dict] = {}
-        ready: list[tuple[int, dict]] = []
-        wait, planned = None, 0
+        ready: dict[int, dict] = {}
+        planned = 0
         fetched = sum(e["resource"]["size"] for e in job["results"] if "resource" in e)
         index = first
         while index < len(job["plan"]) and index - first < BATCH and planned < BATCH_BYTES:
             if self._stop.is_set():
                 raise _Interrupted
             unit = job["plan"][index]
-            entry: dict = {"item": unit["item"]}
-            if "error" in unit:
-                if unit.get("member"):
-                    entry["member"] = unit["member"]
-                entries[index] = dict(entry, error=unit["error"])
-                index += 1
-                continue
+            entry = _entry(unit)
             try:
+                if "error" in unit:
+                    entries[index] = dict(entry, error=unit["error"])
+                    continue
                 work = self._prepare(job, index, unit)
                 if "record" in work:
                     entries[index] = dict(entry, resource=work["record"])
-                    index += 1
                     continue
                 size = work["found"]["size"]
                 if fetched + planned + size > self.limits.job_bytes:
                     raise ItemError(507, 5111, f"the job would fetch more than its quota "
                                     f"of {self.limits.job_bytes} bytes")
-                self._admit(job, index, unit)
-            except _Deferred as deferred:
-                wait = deferred.seconds
-                break
+                planned += size
+                ready[index] = work
             except (DrsError, ItemError, FolderError) as exc:
                 entries[index] = dict(entry, error=_item_error(exc))
+            finally:
+                if index in entries:
+                    self._drop_ahead(job["id"], index)
                 index += 1
+        self._fetch_ahead(job, ready, entries)
+        cut, wait = index, None
+        for i in range(first, index):
+            if i in entries:
                 continue
-            planned += size
-            ready.append((index, work))
-            index += 1
-        self._give_access([work for _, work in ready])
-        futures = [(i, self._fetchers.submit(self._complete, job, i, work))
-                   for i, work in ready]
+            with self._ahead_lock:
+                sums = self._ahead.get((job["id"], i))
+            if sums is None:  # no room to fetch it yet
+                cut, wait = i, 0.0
+                break
+            try:
+                self._admit(job, i, job["plan"][i])
+            except _Deferred as deferred:
+                cut, wait = i, deferred.seconds
+                break
+            try:
+                record = self._record(job, ready[i], sums)
+                entries[i] = dict(_entry(job["plan"][i]), resource=self._name(job, record))
+            except (DrsError, ItemError, FolderError) as exc:
+                entries[i] = dict(_entry(job["plan"][i]), error=_item_error(exc))
+            self._drop_ahead(job["id"], i)
+        return [entries[i] for i in range(first, cut)], wait
+
+    def _fetch_ahead(self, job: dict, ready: dict[int, dict], entries: dict) -> None:
+        """Fetch the ready units that are not fetched yet, in parallel, as far as the
+        room ahead of admission allows (the first one always); each fetched unit's
+        checksums wait in :attr:`_ahead`, its failure in ``entries``."""
+        with self._ahead_lock:
+            files, size = len(self._ahead), self._ahead_bytes
+        todo = []
+        for i, work in ready.items():
+            if (job["id"], i) in self._ahead:
+                continue
+            size += work["found"]["size"]
+            if todo and (files + len(todo) >= AHEAD_FILES or size > AHEAD_BYTES):
+                break
+            todo.append((i, work))
+        self._give_access([work for _, work in todo])
+        futures = [(i, self._fetchers.submit(self._stage, job, work)) for i, work in todo]
         failure = None
         for i, future in futures:
-            entry = {"item": job["plan"][i]["item"]}
             try:
-                entries[i] = dict(entry, resource=self._name(job, future.result()))
+                sums = future.result()
             except (DrsError, ItemError, FolderError) as exc:
-                entries[i] = dict(entry, error=_item_error(exc))
+                entries[i] = dict(_entry(job["plan"][i]), error=_item_error(exc))
+                continue
             except (_Interrupted, HcafsError) as exc:
                 failure = failure or exc  # the rest still finish; the job is redone
+                continue
             except Exception:
                 log.exception("DRS import %s, unit %d failed", job["id"], i)
-                entries[i] = dict(entry, error={"status": 500, "code": 500, "message":
-                                                "internal error (logged by the server)",
-                                                "more_info": MORE_INFO})
+                entries[i] = dict(_entry(job["plan"][i]), error={
+                    "status": 500, "code": 500, "message": "internal error (logged by the "
+                    "server)", "more_info": MORE_INFO})
+                continue
+            with self._ahead_lock:
+                self._ahead[(job["id"], i)] = sums
+                self._ahead_bytes += sums.size
         if failure is not None:
             raise failure
-        return [entries[i] for i in range(first, index)], wait
+
+    def _drop_ahead(self, job_id: str, index: int) -> None:
+        with self._ahead_lock:
+            sums = self._ahead.pop((job_id, index), None)
+            if sums is not None:
+                self._ahead_bytes -= sums.size
 
     def _prepare(self, job: dict, index: int, unit: dict) -> dict:
         """Before admission: the destination, conflicts, the object and its checksum.
@@ -998,15 +1046,20 @@ class Importer:
         found = self.reader.get_object(work["unit"]["object"], work["auth"])
         return self.reader.access(found, work["unit"]["object"], work["auth"])
 
-    def _complete(self, job: dict, index: int, work: dict) -> dict:
-        """After admission, one file: fetch and verify, store (in parallel with the
-        batch's other units); it is named afterwards, in unit order (:meth:`_name`)."""
-        unit, found, leaf = work["unit"], work["found"], work["leaf"]
+    def _stage(self, job: dict, work: dict) -> Checksums:
+        """One file's bytes, fetched, verified and kept as a blob (in parallel with the
+        batch's other units)."""
+        unit, found = work["unit"], work["found"]
         if work["access"] is None:
             method = self.reader.method(found, work["auth"])
             work["access"] = self._refresh(work) if method.get("headers_dropped") else \
                 self.reader.access(found, unit["object"], work["auth"])
-        sums = self._fetch(job, work)
+        return self._fetch(job, work)
+
+    def _record(self, job: dict, work: dict, sums: Checksums) -> dict:
+        """After admission: the DSS file of fetched bytes, and its record (named next,
+        by :meth:`_name`)."""
+        unit, found, leaf = work["unit"], work["found"], work["leaf"]
         version = now_version()
         content_type = mimetypes.guess_type(leaf)[0] or _mime_type(found.get("mime_type"))
         source = Source(url=unit["object"], size=sums.size, content_type=content_type,
@@ -1200,6 +1253,12 @@ class Importer:
         finally:
             with self._spool_lock:
                 self._spooling -= size
+
+
+def _entry(unit: dict) -> dict:
+    """The start of a unit's result: its item, and its member in a bundle."""
+    return {"item": unit["item"], **({"member": unit["member"]} if "error" in unit and
+                                     unit.get("member") else {})}
 
 
 def _attempt(call: Callable, *args) -> object:
