@@ -159,13 +159,6 @@ def _item_error(exc: DrsError | ItemError | FolderError) -> dict:
     return {"status": status, "code": code, "message": str(exc), "more_info": MORE_INFO}
 
 
-class _Deferred(Exception):
-    """The caller's file budget is spent: try again in ``seconds``."""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-
-
 class _Interrupted(Exception):
     """The server is stopping; the unit is done again at the next start."""
 
@@ -909,6 +902,7 @@ class Importer:
                 index += 1
         self._fetch_ahead(job, ready, entries)
         cut, wait = index, None
+        admitted = []
         for i in range(first, index):
             if i in entries:
                 continue
@@ -917,18 +911,44 @@ class Importer:
             if sums is None:  # no room to fetch it yet
                 cut, wait = i, 0.0
                 break
-            try:
-                self._admit(job, i, job["plan"][i])
-            except _Deferred as deferred:
-                cut, wait = i, deferred.seconds
+            when, seconds = self.file_budget.take(owner_key(job["owner"]))
+            if when is None:
+                cut, wait = i, seconds
                 break
+            admitted.append((i, when, sums))
+        landed = self._in_parallel(job, [(i, self._land, job, i, ready[i], when, sums)
+                                         for i, when, sums in admitted], entries)
+        for i, record in landed:  # names are bound in unit order (RENAME, SKIP)
             try:
-                record = self._record(job, ready[i], sums)
                 entries[i] = dict(_entry(job["plan"][i]), resource=self._name(job, record))
             except (DrsError, ItemError, FolderError) as exc:
                 entries[i] = dict(_entry(job["plan"][i]), error=_item_error(exc))
+        for i, _, _ in admitted:
             self._drop_ahead(job["id"], i)
         return [entries[i] for i in range(first, cut)], wait
+
+    def _in_parallel(self, job: dict, calls: list[tuple], entries: dict
+                     ) -> list[tuple[int, object]]:
+        """``(unit, function, *args)`` calls on the fetch threads: the results of those
+        that worked, in unit order; the item errors of the others go to ``entries``.  A
+        store failure or a stop is raised once all have ended (the job is redone)."""
+        futures = [(i, self._fetchers.submit(call, *args)) for i, call, *args in calls]
+        done, failure = [], None
+        for i, future in futures:
+            try:
+                done.append((i, future.result()))
+            except (DrsError, ItemError, FolderError) as exc:
+                entries[i] = dict(_entry(job["plan"][i]), error=_item_error(exc))
+            except (_Interrupted, HcafsError) as exc:
+                failure = failure or exc
+            except Exception:
+                log.exception("DRS import %s, unit %d failed", job["id"], i)
+                entries[i] = dict(_entry(job["plan"][i]), error={
+                    "status": 500, "code": 500, "message": "internal error (logged by the "
+                    "server)", "more_info": MORE_INFO})
+        if failure is not None:
+            raise failure
+        return done
 
     def _fetch_ahead(self, job: dict, ready: dict[int, dict], entries: dict) -> None:
         """Fetch the ready units that are not fetched yet, in parallel, as far as the
@@ -945,28 +965,11 @@ class Importer:
                 break
             todo.append((i, work))
         self._give_access([work for _, work in todo])
-        futures = [(i, self._fetchers.submit(self._stage, job, work)) for i, work in todo]
-        failure = None
-        for i, future in futures:
-            try:
-                sums = future.result()
-            except (DrsError, ItemError, FolderError) as exc:
-                entries[i] = dict(_entry(job["plan"][i]), error=_item_error(exc))
-                continue
-            except (_Interrupted, HcafsError) as exc:
-                failure = failure or exc  # the rest still finish; the job is redone
-                continue
-            except Exception:
-                log.exception("DRS import %s, unit %d failed", job["id"], i)
-                entries[i] = dict(_entry(job["plan"][i]), error={
-                    "status": 500, "code": 500, "message": "internal error (logged by the "
-                    "server)", "more_info": MORE_INFO})
-                continue
+        for i, sums in self._in_parallel(job, [(i, self._stage, job, work)
+                                               for i, work in todo], entries):
             with self._ahead_lock:
                 self._ahead[(job["id"], i)] = sums
                 self._ahead_bytes += sums.size
-        if failure is not None:
-            raise failure
 
     def _drop_ahead(self, job_id: str, index: int) -> None:
         with self._ahead_lock:
@@ -1056,9 +1059,11 @@ class Importer:
                 self.reader.access(found, unit["object"], work["auth"])
         return self._fetch(job, work)
 
-    def _record(self, job: dict, work: dict, sums: Checksums) -> dict:
-        """After admission: the DSS file of fetched bytes, and its record (named next,
-        by :meth:`_name`)."""
+    def _land(self, job: dict, index: int, work: dict, when: float, sums: Checksums
+              ) -> dict:
+        """After admission (at ``when``): the admission's record, the DSS file of the
+        fetched bytes, and the file's record (named next, by :meth:`_name`)."""
+        self._admission(job, index, work["unit"], when)
         unit, found, leaf = work["unit"], work["found"], work["leaf"]
         version = now_version()
         content_type = mimetypes.guess_type(leaf)[0] or _mime_type(found.get("mime_type"))
@@ -1070,7 +1075,7 @@ class Importer:
         fqid = f"{file_uuid}.{version}"
         now = _iso(time.time())
         folder = work["folder"]
-        return {"id": fqid, "type": "file", "name": leaf, "size": sums.size,
+        record = {"id": fqid, "type": "file", "name": leaf, "size": sums.size,
                   "project": folder["project"], "parent": folder["id"],
                   "metadata": job["items"][unit["item"]]["metadata"], "tags": job["tags"],
                   "created_on": now, "modified_on": now,
@@ -1078,22 +1083,20 @@ class Importer:
                   "drs_uri": job["items"][unit["item"]]["drs_uri"], "import": job["id"],
                   "verified": work["check"].label, "owner": job["owner"],
                   **({"member": unit["member"]} if unit.get("member") else {})}
+        self.store.write(f"imported-files/{fqid}", _dumps(record))
+        return record
 
     def _name(self, job: dict, record: dict) -> dict:
-        """Record an imported file and bind its name in its folder."""
+        """Bind an imported file's name in its folder (its record is written already)."""
         fqid, leaf = record["id"], record["name"]
-        self.store.write(f"imported-files/{fqid}", _dumps(record))
         named = self.folders.bind(record["parent"], leaf, fqid, job["conflict_resolution"])
         if named != leaf:
             record["name"] = named
             self.store.write(f"imported-files/{fqid}", _dumps(record))
         return record
 
-    def _admit(self, job: dict, index: int, unit: dict) -> None:
+    def _admission(self, job: dict, index: int, unit: dict, when: float) -> None:
         owner = owner_key(job["owner"])
-        when, wait = self.file_budget.take(owner)
-        if when is None:
-            raise _Deferred(wait)
         record = {"at": _iso(when), "time": when, "identity": job["owner"], "job": job["id"],
                   "unit": index, "item": unit["item"], "name": unit["name"]}
         self.store.write(f"import-admissions/{_epoch_us(when)}-{owner}-{job['id']}-"
