@@ -11,6 +11,8 @@ gets 1,000 ``.drs`` files written into one pending bundle at once.  Measured:
 * the largest call (items) and the number of rejected calls, from the server's audit record.
 
 Run alone with ``python bench/drs_imports.py`` (prints JSON), or from ``bench/run.py``.
+``python bench/drs_imports.py --direct`` measures the server alone (:func:`run_direct`):
+items submitted straight to the create call, so its figures do not depend on the mount.
 """
 
 from __future__ import annotations
@@ -82,7 +84,9 @@ def _publish(url: str, token: str, staging: str, count: int) -> list[str]:
 
 
 def run(work: str | None = None, items: int = ITEMS, limit: int = LIMIT,
-        window: float = WINDOW) -> dict:
+        window: float = WINDOW, direct_too: bool = True) -> dict:
+    """Through the mount; with ``direct_too``, also the server's own figures
+    (:func:`run_direct`) under ``server_direct``."""
     work = work or tempfile.mkdtemp(prefix="hcafs-bench-drs-")
     env = {**os.environ, "XDG_DATA_HOME": os.path.join(work, "data"),
            "XDG_CACHE_HOME": os.path.join(work, "cache"),
@@ -138,6 +142,8 @@ def run(work: str | None = None, items: int = ITEMS, limit: int = LIMIT,
     busiest = max(sum(1 for t in admissions if start <= t < start + window)
                   for start in admissions)
     return {
+        "server_direct": run_direct(os.path.join(work, "direct"), items, 5 * items, limit,
+                                    window) if direct_too else None,
         "items": items, "limit": limit, "window": window,
         "write_seconds": written - started,
         "wall_seconds": landed - started,
