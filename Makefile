@@ -16,7 +16,7 @@ HCA_REQS := requirements/hca-cli.txt
 # `hca` downloads the DSS swagger at start-up; this spec lets `hca dss --help` run offline.
 HCA_OFFLINE_SPEC := tests/fixtures/hca_offline_spec.json
 
-.PHONY: venv hca-venv test run bench lint clean system-deps
+.PHONY: venv hca-venv test test-fast run bench lint clean system-deps
 
 venv: $(VENV)/.stamp
 hca-venv: $(HCA_VENV)/.stamp
@@ -43,6 +43,10 @@ test: venv hca-venv
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
 
+# The model and FUSE-adapter tiers and the import contract: no FUSE, no S3, seconds.
+test-fast: venv
+	$(VENV)/bin/python -m pytest -q tests/unit $(PYTEST_ARGS)
+
 # `make run`: mount the DSS at $(MOUNT), on the embedded server unless HCAFS_DSS_URL is set.
 MOUNT ?= $(HOME)/hca
 
@@ -59,7 +63,7 @@ bench: venv hca-venv
 	$(VENV)/bin/python bench/run.py
 
 lint: venv
-	$(VENV)/bin/ruff check hcafs tests
+	$(VENV)/bin/ruff check hcafs tests bench
 
 clean:
 	rm -rf $(VENV) $(HCA_VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -32,6 +32,7 @@ import requests
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from hcafs import readyfile  # noqa: E402
 from hcafs.remote.client import DSSClient  # noqa: E402
 from hcafs.versions import now_version  # noqa: E402
 
@@ -50,18 +51,9 @@ def _start_external(work: str) -> tuple[subprocess.Popen, str, str]:
     staging = os.path.join(work, "external-staging")
     os.makedirs(staging, exist_ok=True)
     ready = os.path.join(work, "external.json")
-    log = open(os.path.join(work, "external.log"), "ab")
-    process = subprocess.Popen([sys.executable, "-m", "hcafs", "serve", "--host", "127.0.0.1",
-                                "--port", "0", "--data-dir", data, "--staging-root", staging,
-                                "--ready-file", ready], stdout=log, stderr=log,
-                               stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while not os.path.exists(ready):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the external server did not start")
-        time.sleep(0.05)
-    with open(ready) as handle:
-        info = json.load(handle)
+    process, info = readyfile.start_server(
+        ["--host", "127.0.0.1", "--port", "0", "--data-dir", data, "--staging-root", staging],
+        ready, log_path=os.path.join(work, "external.log"))
     with open(info["tokens_file"] if os.path.isabs(info["tokens_file"])
               else os.path.join(data, "tokens.json")) as handle:
         token = next(iter(json.load(handle)))

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from hcafs import readyfile
+
 PYTHON = sys.executable
 MiB = 1024 * 1024
 
@@ -253,29 +255,23 @@ def start_server(work: str, token: str, cleanup: Cleanup, name: str = "server",
     ready = os.path.join(work, f"{name}-ready.json")
     log_file = os.path.join(work, "logs", f"{name}.log")
     os.makedirs(os.path.dirname(log_file), exist_ok=True)
-    with open(log_file, "ab") as log:
-        process = subprocess.Popen(
-            [PYTHON, "-m", "hcafs", "serve", "--host", "127.0.0.1", "--port", "0",
-             "--data-dir", data, "--staging-root", staging, "--ready-file", ready,
-             "--tokens", tokens], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-            env={**cleanup.env, **(env_extra or {})})
+    try:
+        process, info = readyfile.start_server(
+            ["--host", "127.0.0.1", "--port", "0", "--data-dir", data, "--staging-root",
+             staging, "--tokens", tokens], ready, log_path=log_file,
+            env={**cleanup.env, **(env_extra or {})}, python=PYTHON)
+    except readyfile.NotReady as exc:
+        raise BenchError(f"{exc}; see {log_file}") from exc
     cleanup.processes.append(process)
-    wait_for(lambda: os.path.exists(ready), 30, "the server to start", process, log_file)
-    with open(ready) as handle:
-        info = json.load(handle)
     return Server(info["url"], info["pid"], log_file, process)
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str,
              process: subprocess.Popen | None = None, log_file: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if process is not None and process.poll() is not None:
-            raise BenchError(f"waiting for {what}: the process exited "
-                             f"{process.returncode}; see {log_file}")
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    try:
+        readyfile.wait_for(check, timeout, what, process)
+    except readyfile.NotReady as exc:
+        raise BenchError(f"{exc}" + (f"; see {log_file}" if log_file else "")) from exc
 
 
 # ---------------------------------------------------------------- mounts

@@ -10,6 +10,7 @@ import os
 import platform
 import subprocess
 
+import scale
 from harness import Runs
 
 GOAL_LS_WARM_S = 0.25
@@ -20,6 +21,8 @@ GOAL_PEAK_RSS_MIB = 150.0
 GOAL_CP_RATIO = 0.60
 GOAL_TREE_SPEEDUP = 2.0
 GOAL_TREE_RSS_MIB = 200.0
+GOAL_TREE_RSS_GROWTH_MIB = 64.0  # peak minus idle
+GOAL_INGEST_SPEEDUP = 3.0  # this tree's files/s against the baseline tree's
 # "Flat": the peak of the second half of a run is at most this far above the first half's.
 FLAT_MARGIN_MIB = 16.0
 
@@ -182,14 +185,61 @@ def render(results: dict) -> str:
         f"{_met(None if peak is None else peak <= GOAL_PEAK_RSS_MIB)} |",
         "",
     ]
-    lines += _writes_results(r) + _drs_results(r.get("drs") or {})
+    lines += _read_path_results(r)
+    lines += _writes_results(r) + _write_path_results(r) + _drs_results(r.get("drs") or {}) + \
+        http_results(r.get("http") or {}) + scale.section(r.get("scale") or {})
     if r["errors"]:
         lines += ["**Some benchmarks could not be run:**", ""]
         lines += [f"- {e}" for e in r["errors"]]
         lines.append("")
     lines += _machine_section(r) + _method_section(r) + _writes_method(r) + \
+        _write_path_method(r) + \
         _raw_section(r) + _rss_section(r) + _counts_section(r) + _setup_section(r)
     return "\n".join(lines) + "\n"
+
+
+def _read_path_results(r: dict) -> list[str]:
+    """The read path's goals: verified cold reads, zero-copy warm reads, random reads."""
+    size_mib = r["params"]["big_mib"]
+    cold = _runs(r, "cold_read_mount")
+    plain, verifying = _runs(r, "cold_read_direct"), _runs(r, "cold_read_direct_sha256")
+    warm, native = _runs(r, "warm_read_mount_dropped"), _runs(r, "warm_read_native_dropped")
+    hot, hot_native = _runs(r, "warm_read_mount_kept"), _runs(r, "warm_read_native_kept")
+    growth = _runs(r, "cold_read_rss_growth")
+    rand, ranged = _runs(r, "random_read_mount"), _runs(r, "random_read_ranged_get")
+    fetched = _runs(r, "random_read_fetched_per_read")
+    vs_verifying = _ratio(cold.median, verifying.median)
+    vs_plain = _ratio(cold.median, plain.median)
+    warm_ratio = _ratio(warm.median, native.median)
+    worst_growth = max(growth.values) if growth.values else None
+    rand_ratio = _ratio(rand.median, ranged.median)
+    random_mib = r["params"].get("random_mib", 1024)
+    return [
+        "## Results, the read path (zero-copy serving, verified bytes, parallel ranges)",
+        "",
+        "| measure | hcafs | against | hcafs / against | goal | verdict |",
+        "|---|---|---|---|---|---|",
+        f"| cold sequential read of {size_mib} MiB through the mount | {cold.spread(0)} | "
+        f"direct single-stream GET that computes sha256: {verifying.spread(0)} | "
+        f"{_pct(vs_verifying)} | ≥ 110 % | "
+        f"{_met(None if vs_verifying is None else vs_verifying >= 1.10)} |",
+        f"| the same cold read | {cold.spread(0)} | plain single-stream GET (no hashing): "
+        f"{plain.spread(0)} | {_pct(vs_plain)} | ≥ 70 % | "
+        f"{_met(None if vs_plain is None else vs_plain >= 0.70)} |",
+        f"| warm re-read, page cache dropped | {warm.spread(0)} | cached blob file read "
+        f"natively: {native.spread(0)} | {_pct(warm_ratio)} | ≥ 90 % | "
+        f"{_met(None if warm_ratio is None else warm_ratio >= 0.90)} |",
+        f"| warm re-read, page cache kept | {hot.spread(0)} | native, page cache kept: "
+        f"{hot_native.spread(0)} | {_pct(_ratio(hot.median, hot_native.median))} | "
+        "reported | – |",
+        f"| random 1 MiB reads of a cold {random_mib} MiB file | {rand.spread(0)} | the same "
+        f"reads as ranged GETs: {ranged.spread(0)} | {_pct(rand_ratio)} | reported "
+        f"(bytes fetched per byte read: {fetched.spread(2)}) | – |",
+        f"| daemon RSS during the cold read, peak minus idle | "
+        f"{'n/a' if worst_growth is None else f'{worst_growth:.1f} MiB'} (worst run) | – | – "
+        f"| ≤ 64 MiB | {_met(None if worst_growth is None else worst_growth <= 64)} |",
+        "",
+    ]
 
 
 def _flatness(trace: list) -> tuple[float, float, float]:
@@ -245,6 +295,115 @@ def _writes_results(r: dict) -> list[str]:
         f"{'n/a' if growth is None else f'{growth:+.0f} MiB'} vs first half, worst run) | – | "
         f"– | flat (≤ {FLAT_MARGIN_MIB:.0f} MiB growth), ≤ {GOAL_TREE_RSS_MIB:.0f} MiB | "
         f"{_met(rss_ok)} |",
+        "",
+    ]
+
+
+def _write_path_results(r: dict) -> list[str]:
+    """The write path's figures: overwrites, failures, memory, ingest, bytes per byte."""
+    p = r["params"]
+    over_mount, over_local = _runs(r, "cp_mount_over"), _runs(r, "cp_local_over")
+    failures = _runs(r, "tree_sync_failures")
+    peaks, starts = _runs(r, "tree_rss_peak"), _runs(r, "tree_rss_start")
+    if not (over_mount.values or failures.values or _runs(r, "ingest_s3_this").values):
+        return []
+    growth = max((a - b for a, b in zip(peaks.values, starts.values, strict=False)),
+                 default=None)
+    peak = max(peaks.values, default=None)
+    rss_ok = None if growth is None else (growth <= GOAL_TREE_RSS_GROWTH_MIB
+                                          and peak <= GOAL_TREE_RSS_MIB)
+    base = p.get("baseline_ref", "main")
+    over = _ratio(over_mount.median, over_local.median)
+    lines = [
+        "## Results, the write path (ingest, overwrites, failures, bytes per byte)",
+        "",
+        "| benchmark | this tree | baseline | ratio | goal | verdict |",
+        "|---|---|---|---|---|---|",
+        f"| `cp` overwriting the {p['cp_mib']} MiB file in a pending bundle (interleaved "
+        f"with a local overwrite) | {over_mount.spread(0)} | local overwrite: "
+        f"{over_local.spread(0)} | {_pct(over)} | no regression | reported |",
+        f"| failed sync attempts in the daemon log during (b) | "
+        f"{', '.join(_num(v) for v in failures.values) or 'n/a'} | – | – | 0 | "
+        f"{_met(None if not failures.values else max(failures.values) == 0)} |",
+        f"| daemon RSS during (b): peak minus idle (worst run), peak | "
+        f"{'n/a' if growth is None else f'{growth:.0f} MiB'}, "
+        f"{'n/a' if peak is None else f'{peak:.0f} MiB'} | – | – | ≤ "
+        f"{GOAL_TREE_RSS_GROWTH_MIB:.0f} MiB, ≤ {GOAL_TREE_RSS_MIB:.0f} MiB | "
+        f"{_met(rss_ok)} |",
+    ]
+    n = p.get("ingest_files", 0)
+    raw = _runs(r, "ingest_raw_s3")
+    for kind, what in (("s3", f"{n} × 1 MiB from `s3://` sources"),
+                       ("file", f"{n} × 1 MiB from `file://` sources (staging root)")):
+        this, then = _runs(r, f"ingest_{kind}_this"), _runs(r, f"ingest_{kind}_base")
+        if not this.values:
+            continue
+        speedup = _ratio(this.median, then.median)
+        lines.append(
+            f"| server ingest, {what}, 8 PUT /files at a time (files/s) | {this.spread(1)} | "
+            f"`{base}`: {then.spread(1)} | "
+            f"{'n/a' if speedup is None else f'{speedup:.2f}×'} | ≥ {GOAL_INGEST_SPEEDUP:.0f}× "
+            f"`{base}` | {_met(None if speedup is None else speedup >= GOAL_INGEST_SPEEDUP)} |")
+        if kind == "s3" and raw.values:
+            lines.append(f"| … against raw S3 PUTs of {n} × 1 MiB to the same SeaweedFS "
+                         f"(files/s) | {this.spread(1)} | raw PUTs: {raw.spread(1)} | "
+                         f"{_pct(_ratio(this.median, raw.median))} | reported | – |")
+    this, then = _runs(r, "embedded_files_this"), _runs(r, "embedded_files_base")
+    if this.values:
+        speedup = _ratio(this.median, then.median)
+        lines.append(
+            f"| tree (b) on the embedded default (local staging), files/s over `cp -r` + "
+            f"`hcafs commit` | {this.spread(1)} | `{base}`: {then.spread(1)} | "
+            f"{'n/a' if speedup is None else f'{speedup:.2f}×'} | ≥ {GOAL_INGEST_SPEEDUP:.0f}× "
+            f"`{base}` | {_met(None if speedup is None else speedup >= GOAL_INGEST_SPEEDUP)} |")
+    lines += ["", "Bytes read from / written to the disk per byte ingested (`/proc/PID/io` "
+              "`read_bytes`/`write_bytes`, the process and its children), median of runs:",
+              "", "| step | process | read | written |", "|---|---|---|---|"]
+    rows = [("tree (b), S3 staging", "mount daemon", "tree_daemon"),
+            ("tree (b), S3 staging", "hcafs serve", "tree_server")]
+    for side, label in (("this", "this tree"), ("base", f"`{base}`")):
+        rows += [(f"ingest, `s3://` sources, {label}", "hcafs serve", f"ingest_s3_{side}"),
+                 (f"ingest, `file://` sources, {label}", "hcafs serve",
+                  f"ingest_file_{side}"),
+                 (f"tree on the embedded default, {label}", "daemon + embedded server",
+                  f"embedded_{side}")]
+    for step, who, key in rows:
+        read = _runs(r, f"{key}_read_bytes" if key.startswith("tree_") else f"{key}_read")
+        wrote = _runs(r, f"{key}_write_bytes" if key.startswith("tree_") else f"{key}_write")
+        if read.values or wrote.values:
+            lines.append(f"| {step} | {who} | {_num(read.median or 0)} | "
+                         f"{_num(wrote.median or 0)} |")
+    return lines + [""]
+
+
+def _write_path_method(r: dict) -> list[str]:
+    p = r["params"]
+    if p.get("only") == "reads" or not p.get("ingest_files"):
+        return []
+    base = p.get("baseline_ref", "main")
+    return [
+        f"The write path's ingest figures compare this tree with `{base}`: `git archive "
+        f"{base} hcafs` is extracted to WORK/baseline-{base} and put first on `PYTHONPATH` "
+        "of that side's processes (`python -m hcafs` runs from the work dir, so the "
+        "checkout does not shadow it). Rounds alternate which side goes first.",
+        "",
+        "```",
+        "python -m hcafs serve --host 127.0.0.1 --port 0 --data-dir D --staging-root S "
+        "--tokens T   # one per side and round, same AWS env as above",
+        f"# s3: {p['ingest_files']} tagged 1 MiB objects in s3://hcafs-bench-ingest (untimed);"
+        " timed: PUT /v1/files/UUID?version=V {source_url: s3://...}, 8 at a time",
+        f"# file: {p['ingest_files']} 1 MiB files in S (untimed, then sync); timed: the same "
+        "PUTs with file://S/... sources",
+        f"# raw: {p['ingest_files']} boto3 put_object of 1 MiB, 8 at a time, same SeaweedFS",
+        "python -m hcafs mount MNT --cache-dir C --log-file L   # embedded default: no "
+        "--dss-url, no --staging",
+        "mkdir MNT/bundles/embedded-N; cp -r TREE/. MNT/bundles/embedded-N/; "
+        "python -m hcafs commit MNT/bundles/embedded-N --timeout 900   # timed together",
+        "```",
+        "",
+        "Overwrite pairs in (a): after each fresh `cp`, the page cache is dropped and the "
+        "source read again, then `cp SRC LOCAL/one.bin` over a local copy (timed), then the "
+        "same onto the file just written in the pending bundle (timed).",
         "",
     ]
 
@@ -494,3 +653,33 @@ def _drs_results(d: dict) -> list[str]:
         f"≤ {d['limit']} | {_met(d['busiest_window'] <= d['limit'])} |",
         "",
     ]
+
+
+def http_results(d: dict) -> list[str]:
+    """``hcafs serve`` under load with its default limits (bench/http_load.py)."""
+    if not d:
+        return []
+    lines = [
+        "## HTTP front under load",
+        "",
+        f"`{d['command']}`: `hcafs serve` with its default limits (32 threads, 1024 "
+        f"connections, 10 s header timeout, 1 MiB JSON bodies); {d['clients']} clients, "
+        "each with its own keep-alive session, mix reads (GET /files, GET /bundles, 4 KiB "
+        "ranged blob reads), writes (PUT /files from `file://` sources of 64 KiB, "
+        "PUT /bundles) and bulk DRS imports from a second `hcafs serve` on loopback, for at "
+        f"least 15 s, while {d['idle']} connections are held open (half silent, half "
+        "trickling a header line a second, reopened when the header timeout closes them). "
+        "The clients are threads of the test process, on the same 2 cores as the server. "
+        "Latencies are not goals.",
+        "",
+        f"{d['requests']:,} requests in {d['seconds']:.1f} s, **{d['errors']} errors**, "
+        f"server threads at most {d['threads']}, {d['reopened']} held connections closed "
+        "by the header timeout and reopened.",
+        "",
+        "| requests | n | p50 | p99 |",
+        "|---|---|---|---|",
+    ]
+    for kind, figures in d["latency_ms"].items():
+        lines.append(f"| {kind} | {figures['n']:,} | {figures['p50']:.0f} ms | "
+                     f"{figures['p99']:.0f} ms |")
+    return lines + [""]

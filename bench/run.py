@@ -16,12 +16,15 @@ unmounted and every process stopped by PID, also when a step fails (see ``harnes
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import random
 import secrets
 import select
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -30,8 +33,11 @@ import time
 import traceback
 
 import drs_imports
+import http_load
+import metadata_latency
 import report
 import requests
+import scale
 from harness import (
     PYTHON,
     BenchError,
@@ -54,7 +60,7 @@ from harness import (
     unmount,
     wait_for,
 )
-from workload import Dataset, local_twin, populate
+from workload import Dataset, local_twin, populate, publish_one
 from writeback import WriteBench
 
 from hcafs.remote.client import DSSClient
@@ -170,9 +176,11 @@ class Bench:
             self.say(f"(a) round {round_ + 1}: cold {self.runs['ls_cold'].values[-1]:.2f} s, "
                      f"warm {self.runs['ls_warm'].values[-1]:.2f} s")
 
-    def direct_read(self) -> float:
-        """Seconds for GET /files → 302 → stream the Location in 1 MiB chunks."""
+    def direct_read(self, verify: bool = False) -> float:
+        """Seconds for GET /files → 302 → stream the Location in 1 MiB chunks (hashing
+        every chunk with sha256 and checking the digest when ``verify``)."""
         data = self.data
+        hasher = hashlib.sha256() if verify else None
         with requests.Session() as session:
             started = time.perf_counter()
             answer = session.get(f"{self.server.url}/v1/files/{data.big_uuid}",
@@ -185,6 +193,10 @@ class Bench:
                 blob.raise_for_status()
                 for chunk in blob.iter_content(MiB):
                     got += len(chunk)
+                    if hasher is not None:
+                        hasher.update(chunk)
+            if hasher is not None and hasher.hexdigest() != data.big_sha256:
+                raise BenchError("direct GET: the bytes do not match their sha256")
             seconds = time.perf_counter() - started
         if got != data.big_size:
             raise BenchError(f"direct GET gave {got} bytes, not {data.big_size}")
@@ -200,13 +212,18 @@ class Bench:
             for round_ in range(self.repeats):
                 self.drop_caches()
                 self.run("cold_read_direct").add(mib / self.direct_read())
+                self.drop_caches()
+                self.run("cold_read_direct_sha256").add(mib / self.direct_read(verify=True))
                 cache = os.path.join(self.work, f"cache-read-{round_}")
                 mount = self.mount(cache)
                 self.drop_caches()
+                idle = mount.rss_mib()
                 self.run("cold_read_mount").add(mib / dd_read(big, self.env))
+                self.run("cold_read_rss_growth").add(mount.peak_rss_mib() - idle)
                 self.say(f"(b) round {round_ + 1}: direct "
-                         f"{self.runs['cold_read_direct'].values[-1]:.0f} MiB/s, mount "
-                         f"{self.runs['cold_read_mount'].values[-1]:.0f} MiB/s")
+                         f"{self.runs['cold_read_direct'].values[-1]:.0f} MiB/s, verifying "
+                         f"direct {self.runs['cold_read_direct_sha256'].values[-1]:.0f} "
+                         f"MiB/s, mount {self.runs['cold_read_mount'].values[-1]:.0f} MiB/s")
                 if round_ + 1 < self.repeats:
                     self.umount(mount)
                     mount = None
@@ -231,6 +248,56 @@ class Bench:
         finally:
             if mount is not None:
                 self.umount(mount)
+
+    def random_reads(self) -> None:
+        """Random 1 MiB reads of a cold file through the mount, against the same reads as
+        ranged GETs; and the bytes the mount fetched per byte read."""
+        size = self.args.random_mib * MiB
+        staging = os.path.join(self.work, "staging")
+        client = DSSClient(self.server.url, token=self.token())
+        uuid, version, sha256, fqid = publish_one(client, staging, "random.bin", size)
+        path = os.path.join(self.mnt, "bundles", fqid, "random.bin")
+        rng = random.Random(42)
+        offsets = [rng.randrange(0, size - MiB) for _ in range(self.args.random_reads)]
+        read_mib = len(offsets)
+        with requests.Session() as session:
+            answer = session.get(f"{self.server.url}/v1/files/{uuid}",
+                                 params={"replica": "aws", "version": version},
+                                 allow_redirects=False, timeout=60)
+            location = answer.headers["Location"]
+            for round_ in range(self.repeats):
+                self.drop_caches()
+                started = time.perf_counter()
+                for offset in offsets:
+                    got = session.get(location, timeout=60, headers={
+                        "Range": f"bytes={offset}-{offset + MiB - 1}"}).content
+                    if len(got) != MiB:
+                        raise BenchError(f"ranged GET gave {len(got)} bytes")
+                self.run("random_read_ranged_get").add(
+                    read_mib / (time.perf_counter() - started))
+                cache = os.path.join(self.work, f"cache-random-{round_}")
+                mount = self.mount(cache)
+                try:
+                    self.drop_caches()
+                    started = time.perf_counter()
+                    fd = os.open(path, os.O_RDONLY)
+                    try:
+                        for offset in offsets:
+                            if len(os.pread(fd, MiB, offset)) != MiB:
+                                raise BenchError("short read through the mount")
+                    finally:
+                        os.close(fd)
+                    self.run("random_read_mount").add(
+                        read_mib / (time.perf_counter() - started))
+                finally:
+                    self.umount(mount)
+                fetched = _cached_bytes(cache, sha256)
+                self.run("random_read_fetched_per_read").add(fetched / (read_mib * MiB))
+                shutil.rmtree(cache, ignore_errors=True)
+        self.say(f"random 1 MiB reads: mount {self.runs['random_read_mount'].median:.0f} "
+                 f"MiB/s, ranged GETs {self.runs['random_read_ranged_get'].median:.0f} "
+                 f"MiB/s, {self.runs['random_read_fetched_per_read'].median:.2f} bytes "
+                 "fetched per byte read")
 
     # ------------------------------------------------------------ callback counts
 
@@ -330,6 +397,7 @@ class Bench:
                            "repeats": self.repeats, "drop_caches": self.drop,
                            "cp_mib": a.cp_mib, "tree_big_mib": a.tree_big_mib,
                            "tree_files": a.tree_files, "tree_repeats": a.tree_repeats,
+                           "ingest_files": a.ingest_files, "baseline_ref": a.baseline_ref,
                            "only": a.only},
                 "rss_traces": self.writes.rss_series() if self.writes else [],
                 "machine": report.machine(REPO, self.work), "runs": self.runs,
@@ -343,12 +411,22 @@ _UNITS = {
     "cold_read_mount": "MiB/s", "warm_read_mount_dropped": "MiB/s",
     "warm_read_native_dropped": "MiB/s", "warm_read_mount_kept": "MiB/s",
     "warm_read_native_kept": "MiB/s", "peak_rss": "MiB",
+    "cold_read_direct_sha256": "MiB/s", "cold_read_rss_growth": "MiB",
+    "random_read_mount": "MiB/s", "random_read_ranged_get": "MiB/s",
+    "random_read_fetched_per_read": "x",
     # issue 4
     "cp_local": "MiB/s", "cp_mount": "MiB/s", "tree_hcafs": "s", "tree_hcafs_cp": "s",
     "tree_hcafs_commit": "s", "tree_hca": "s", "tree_rss_peak": "MiB",
     "tree_rss_start": "MiB", "tree_sync_failures": "count", "wb_peak_rss": "MiB",
     "wb_mount_seconds": "s",
 }
+
+
+def _cached_bytes(cache_dir: str, sha256: str) -> int:
+    """Bytes of one blob that the mount's content cache holds (what it fetched)."""
+    with sqlite3.connect(os.path.join(cache_dir, "hcafs.db")) as db:
+        row = db.execute("select present from blobs where sha256 = ?", [sha256]).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -358,6 +436,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--big-mib", type=int, default=512,
                         help="size of the file read in (b) and (c), MiB (default 512)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure (default 3)")
+    parser.add_argument("--random-mib", type=int, default=1024,
+                        help="size of the file read at random offsets, MiB (default 1024)")
+    parser.add_argument("--random-reads", type=int, default=64,
+                        help="random 1 MiB reads per run (default 64)")
     parser.add_argument("--cp-mib", type=int, default=1024,
                         help="size of the file copied in issue 4 (a), MiB (default 1024)")
     parser.add_argument("--tree-big-mib", type=int, default=512,
@@ -366,9 +448,17 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="1 MiB files in the issue-4 (b) tree (default 512)")
     parser.add_argument("--tree-repeats", type=int, default=3,
                         help="runs of each side of issue 4 (b) (default 3)")
-    parser.add_argument("--only", choices=("all", "reads", "writes", "imports"), default="all",
+    parser.add_argument("--ingest-files", type=int, default=256,
+                        help="1 MiB files per ingest run (default 256)")
+    parser.add_argument("--baseline-ref", default="main",
+                        help="git revision whose hcafs the ingest figures compare with")
+    parser.add_argument("--meta-versions", type=int, default=100_000,
+                        help="bundle versions behind the metadata-callback figures (100000)")
+    parser.add_argument("--only", choices=("all", "reads", "writes", "imports", "http",
+                                           "metadata", "scale"),
+                        default="all",
                         help="run only the issue-3 (reads), issue-4 (writes) or issue-5 "
-                        "(imports) benchmarks")
+                        "(imports) benchmarks, or the HTTP front under load (http)")
     parser.add_argument("--ls-timeout", type=float, default=300,
                         help="give up on one ls -l after this many seconds (default 300)")
     parser.add_argument("--output", default=os.path.join(REPO, "docs", "benchmarks.md"),
@@ -410,11 +500,15 @@ def main(argv: list[str] | None = None) -> int:
     writes = WriteBench(bench)
     bench.writes = writes
     drs: dict = {}
+    scaled: dict = {}
+    http: dict = {}
+    meta: dict = {}
     try:
         if args.only in ("all", "reads"):
             bench.prepare()
             bench.step("(a) listing", bench.listing)
             bench.step("(b)+(c) reads", bench.reads)
+            bench.step("random 1 MiB reads", bench.random_reads)
             bench.step("FUSE callback counts", bench.callback_counts)
         if args.only in ("all", "writes"):
             bench.step("issue 4 setup (SeaweedFS, server, data)", writes.prepare)
@@ -422,15 +516,27 @@ def main(argv: list[str] | None = None) -> int:
                 bench.step("issue 4 (a) cp", writes.cp)
                 bench.step("issue 4 (b)+(c) tree to a bundle", writes.trees)
                 bench.step("issue 4 FUSE callback counts", writes.callback_counts)
+                bench.step("write path ingest (d)-(f), against the baseline tree",
+                           writes.ingest)
         if args.only in ("all", "imports"):
             bench.step("issue 5 DRS imports (1,000 .drs files)", lambda: drs.update(
                 drs_imports.run(os.path.join(work, "drs"))))
+        if args.only in ("all", "scale"):
+            bench.step("scale (100,000 and 1,000,000 bundle versions)", lambda: scaled.update(
+                scale.run(os.path.join(work, "scale"))))
+        if args.only in ("all", "http"):
+            bench.step("HTTP front under load", lambda: http.update(
+                http_load.run(os.path.join(work, "http"))))
+        if args.only in ("all", "metadata"):
+            bench.step("metadata callbacks", lambda: meta.update(metadata_latency.run(
+                work, args.meta_versions, cleanup=cleanup)))
     finally:
         for problem in cleanup.run():
             bench.errors.append(f"cleanup: {problem}")
         if not args.keep:
             for name in ("server", "staging", "local", "mnt", "server-wb",
-                         "server-wb-staging", "src", "local-cp", "seaweed"):
+                         "server-wb-staging", "src", "local-cp", "seaweed", "server-meta",
+                         "mnt-meta", "scale"):
                 shutil.rmtree(os.path.join(work, name), ignore_errors=True)
             for name in os.listdir(work):
                 if name.startswith("cache-"):
@@ -438,10 +544,12 @@ def main(argv: list[str] | None = None) -> int:
     results = bench.results(time.perf_counter() - started)
     results["load"] = (load_at_start, report.load_average())
     results["drs"] = drs
+    results["scale"] = scaled
+    results["http"] = http
     with open(os.path.join(work, "results.json"), "w") as handle:
         json.dump(results, handle, indent=2, default=lambda o: o.as_dict())
     with open(args.output, "w") as handle:
-        handle.write(report.render(results))
+        handle.write(report.render(results) + metadata_latency.render(meta))
     bench.say(f"wrote {args.output}; logs and results.json in {work}")
     return 1 if bench.errors else 0
 

@@ -91,6 +91,21 @@ def populate(client: DSSClient, staging: str, bundles: int, big_size: int) -> Da
                    seconds)
 
 
+def publish_one(client: DSSClient, staging: str, name: str, size: int
+                ) -> tuple[str, str, str, str]:
+    """One file of random bytes in a bundle of its own: (uuid, version, sha256, fqid)."""
+    path = os.path.join(staging, name)
+    _write_random(path, size)
+    uuid, version, sha256 = _put_file(client, path)
+    os.unlink(path)
+    bundle, bundle_version = new_uuid(), now_version()
+    status, _ = client.put_bundle(bundle, bundle_version, [
+        {"uuid": uuid, "version": version, "name": name, "indexed": False}])
+    if status not in (200, 201):
+        raise BenchError(f"PUT /bundles answered {status}")
+    return uuid, version, sha256, f"{bundle}.{bundle_version}"
+
+
 def local_twin(root: str, names: list[str]) -> str:
     """A local directory with one empty subdirectory per name (the ``ls -l`` baseline)."""
     os.makedirs(root, exist_ok=True)

@@ -30,12 +30,14 @@ from harness import (
     PYTHON,
     BenchError,
     Mount,
+    Runs,
     delta,
     hcafs_mount,
     hcafs_umount,
     start_server,
     timed,
 )
+from ingest import IngestBench, io_delta, proc_io
 from workload import _write_random
 
 from hcafs.remote.client import DSSClient
@@ -223,6 +225,16 @@ class WriteBench:
                 b.run("cp_mount").add(mib / timed(["cp", self.big_file, target], b.env, 300))
                 if os.path.getsize(target) != mib * MiB:
                     raise BenchError(f"{target} has {os.path.getsize(target)} bytes")
+                # Overwrite pairs: cp onto the file just written, on each side.
+                local = os.path.join(local_dir, "one.bin")
+                shutil.copyfile(self.big_file, local)
+                self.fresh()
+                self._run("cp_local_over", "MiB/s").add(
+                    mib / timed(["cp", self.big_file, local], b.env, 300))
+                os.unlink(local)
+                self.fresh()
+                self._run("cp_mount_over", "MiB/s").add(
+                    mib / timed(["cp", self.big_file, target], b.env, 300))
                 os.unlink(target)
                 b.say(f"(4a) round {round_ + 1}: local {b.runs['cp_local'].values[-1]:.0f} "
                       f"MiB/s, mount {b.runs['cp_mount'].values[-1]:.0f} MiB/s")
@@ -230,6 +242,9 @@ class WriteBench:
         finally:
             self.umount(mount)
             shutil.rmtree(cache, ignore_errors=True)
+
+    def _run(self, name: str, unit: str) -> Runs:
+        return self.b.runs.setdefault(name, Runs(unit))
 
     # ------------------------------------------------------------ (b)+(c) tree to a bundle
 
@@ -249,6 +264,7 @@ class WriteBench:
         pending = os.path.join(self.mnt, "bundles", f"tree-{round_}")
         try:
             self.fresh()
+            io_before = proc_io(mount.pid), proc_io(self.server.pid)
             with RssTrace(mount.pid) as trace:
                 started = time.perf_counter()
                 os.mkdir(pending)
@@ -257,6 +273,11 @@ class WriteBench:
                     [PYTHON, "-m", "hcafs", "commit", pending, "--timeout", "900"],
                     env=b.env, capture_output=True, text=True, timeout=960)
                 total = time.perf_counter() - started
+            daemon_io = io_delta(io_before[0], proc_io(mount.pid))
+            server_io = io_delta(io_before[1], proc_io(self.server.pid))
+            for who, io in (("daemon", daemon_io), ("server", server_io)):
+                for what in ("read_bytes", "write_bytes"):
+                    self._run(f"tree_{who}_{what}", "B/B").add(io[what] / self.tree_bytes)
             if result.returncode != 0:
                 raise BenchError(f"hcafs commit exited {result.returncode}: "
                                  f"{result.stderr.strip()[-500:]}")
@@ -272,7 +293,13 @@ class WriteBench:
             self.umount(mount)
             shutil.rmtree(cache, ignore_errors=True)
         with open(self.log_file(f"tree-{round_}"), errors="replace") as handle:
-            failed = [line for line in handle if "hcafs.sync.syncer: sync of " in line]
+            lines = handle.readlines()
+        failed = [line for line in lines if "hcafs.sync.syncer: sync of " in line]
+        stats = [line for line in lines if "sync stats: " in line]
+        if stats:
+            b.notes.append(f"(b) round {round_ + 1}, the daemon's per-stage sums (seconds "
+                           "summed over files/attempts): `" +
+                           stats[-1].split("sync stats: ", 1)[1].strip() + "`")
         b.run("tree_sync_failures").add(len(failed))
         if failed and not any("failed attempts" in n for n in b.notes):
             b.notes.append(
@@ -370,6 +397,13 @@ class WriteBench:
         calls = sum(v for k, v in tree_counts.items() if k != "write_bytes")
         b.notes.append(f"`cp -r` of the tree: {calls:,} FUSE callbacks for "
                        f"{self.tree_files} files ({calls / self.tree_files:.1f} per file).")
+
+    def ingest(self) -> None:
+        """(d)-(f): ingest figures, this tree against ``--baseline-ref`` (see ingest.py)."""
+        bench = IngestBench(self, self.args.baseline_ref, self.args.ingest_files)
+        bench.prepare()
+        bench.servers(self.args.tree_repeats)
+        bench.embedded_trees(max(1, self.args.tree_repeats - 1))
 
     def rss_series(self) -> list[list[tuple[float, float]]]:
         return [t.samples for t in self.traces]

@@ -14,7 +14,11 @@ import sys
 from . import __version__
 from .config import (
     DEFAULT_CACHE_SIZE,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_JSON_BODY,
     DEFAULT_PORT,
+    DEFAULT_THREADS,
     MountConfig,
     ServeConfig,
     config_file_values,
@@ -84,6 +88,9 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
         refresh_ttl=float(pick("refresh_ttl", 300)),
         entry_timeout=float(pick("entry_timeout", 30)),
         attr_timeout=float(pick("attr_timeout", 30)),
+        read_streams=int(pick("read_streams", 4)),
+        read_chunk=parse_size(pick("read_chunk", "8M")),
+        negative_timeout=float(pick("negative_timeout", 2)),
         log_file=os.path.abspath(log_file) if log_file else None,
         data_dir=os.path.abspath(pick("data_dir", ServeConfig().data_dir)),
         insecure_tls=bool(getattr(args, "insecure", False)),
@@ -108,35 +115,35 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from .mount.control import mount, run_daemon
+    from .mount.launch import mount, run_daemon
 
     config = _mount_config(args)
     if args.ready_fd is not None:
         return run_daemon(config, args.ready_fd)
-    return mount(config, sys.argv[1:])
+    return mount(config, args.argv)
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from .mount.control import umount
+    from .mount.commands import umount
 
     return umount(args.mountpoint, lazy=args.lazy, wait=not args.no_wait,
                   wait_timeout=args.timeout)
 
 
 def cmd_commit(args: argparse.Namespace) -> int:
-    from .mount.control import commit
+    from .mount.commands import commit
 
     return commit(args.path, args.timeout)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .mount.control import status
+    from .mount.commands import status
 
     return status(args.mountpoint, args.json, args.watch)
 
 
 def cmd_refresh(args: argparse.Namespace) -> int:
-    from .mount.control import refresh
+    from .mount.commands import refresh
 
     return refresh(args.mountpoint)
 
@@ -151,6 +158,10 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         tokens_file=pick("tokens"),
         tls_cert=pick("tls_cert"),
         tls_key=pick("tls_key"),
+        threads=int(pick("threads", DEFAULT_THREADS)),
+        max_connections=int(pick("max_connections", DEFAULT_MAX_CONNECTIONS)),
+        header_timeout=float(pick("header_timeout", DEFAULT_HEADER_TIMEOUT)),
+        max_json_body=parse_size(pick("max_json_body", DEFAULT_MAX_JSON_BODY)),
         staging_root=pick("staging_root"),
         s3_endpoint=pick("s3_endpoint"),
         async_threshold=parse_size(pick("async_threshold", 64 * 1024 * 1024)),
@@ -209,7 +220,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tokens", metavar="FILE", help="tokens file (default "
                        "DATA_DIR/tokens.json, created with one local admin token if absent)")
     serve.add_argument("--tls-cert", metavar="FILE", help="serve https with this certificate")
-    serve.add_argument("--tls-key", metavar="FILE", help="the certificate's private key")
+    serve.add_argument("--tls-key", metavar="FILE",
+                       help="the certificate's private key (PEM, PKCS#8)")
+    serve.add_argument("--threads", metavar="N", type=int,
+                       help=f"threads answering requests (default {DEFAULT_THREADS})")
+    serve.add_argument("--max-connections", metavar="N", type=int,
+                       help="open connections at most; more wait to be accepted "
+                       f"(default {DEFAULT_MAX_CONNECTIONS})")
+    serve.add_argument("--header-timeout", metavar="SECONDS", type=float,
+                       help="close a connection that has not sent a whole request head this "
+                       "long after it opened or after its previous answer (default "
+                       f"{DEFAULT_HEADER_TIMEOUT:g})")
+    serve.add_argument("--max-json-body", metavar="SIZE",
+                       help="largest request body (all bodies are JSON; GET and HEAD take "
+                       "none), 413 past it (default 1M)")
     serve.add_argument("--staging-root", metavar="DIR",
                        help="accept file:// sources inside this directory")
     serve.add_argument("--s3-endpoint", metavar="URL",
@@ -279,6 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="kernel attribute cache time (default 30)")
     mount.add_argument("--entry-timeout", metavar="SECONDS", type=float,
                        help="kernel name lookup cache time (default 30)")
+    mount.add_argument("--read-streams", metavar="N", type=int,
+                       help="parallel ranged fetches ahead of a sequential reader (default 4)")
+    mount.add_argument("--read-chunk", metavar="SIZE",
+                       help="bytes per ranged fetch of those streams (default 8M)")
+    mount.add_argument("--negative-timeout", metavar="SECONDS", type=float,
+                       help="kernel cache time of a name that does not exist (default 2; "
+                       "the daemon itself remembers a server's 404 for --entry-timeout)")
     mount.add_argument("--log-file", metavar="FILE", help="daemon log (default "
                        "CACHE_DIR/hcafs.log)")
     mount.add_argument("--data-dir", help="the embedded server's data dir")
@@ -352,9 +383,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _mount_options() -> dict[str, bool]:
+    """``hcafs mount``'s long options (without ``--``): True for those taking a value."""
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    options = {}
+    for action in commands.choices["mount"]._actions:
+        for string in action.option_strings:
+            if string.startswith("--"):
+                options[string[2:]] = action.nargs != 0
+    return options
+
+
+def fstab_main(argv: list[str] | None = None) -> int:
+    """``mount.fuse.hcafs SOURCE MOUNTPOINT -o OPTIONS``: what mount(8) runs for a
+    ``fuse.hcafs`` fstab line (see hcafs/mount/fstab.py and docs/mount.md)."""
+    from .mount.fstab import become, mount_command
+
+    try:
+        command, user = mount_command(sys.argv[1:] if argv is None else argv,
+                                      _mount_options())
+        if user:
+            become(user)
+    except HcafsError as exc:
+        print(f"mount.fuse.hcafs: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return main(command)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the daemon's child repeats it
     _setup_logging(args.log_level)
     try:
         return args.func(args)

@@ -10,6 +10,7 @@ import ipaddress
 import json
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,10 @@ from .errors import ConfigError
 MiB = 1024 * 1024
 DEFAULT_PORT = 8440
 DEFAULT_ASYNC_THRESHOLD = 64 * MiB
+DEFAULT_THREADS = 32
+DEFAULT_MAX_CONNECTIONS = 1024
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_MAX_JSON_BODY = MiB
 
 
 def xdg_dir(kind: str) -> str:
@@ -87,6 +92,10 @@ class ServeConfig:
     tokens_file: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    threads: int = DEFAULT_THREADS  # request threads per worker process
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # open connections per worker process
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT  # seconds for a request head, idle included
+    max_json_body: int = DEFAULT_MAX_JSON_BODY  # bytes of a JSON request body
     staging_root: str | None = None
     s3_endpoint: str | None = None
     async_threshold: int = DEFAULT_ASYNC_THRESHOLD
@@ -122,6 +131,16 @@ class ServeConfig:
             raise ConfigError(f"--store takes s3://bucket/prefix, not {self.store_url!r}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port {self.port} is not a TCP port")
+        if self.tls_key:
+            _check_pkcs8(self.tls_key)
+        if not 1 <= self.threads <= 1024:
+            raise ConfigError("--threads must be between 1 and 1024")
+        if not 1 <= self.max_connections <= 65536:
+            raise ConfigError("--max-connections must be between 1 and 65536")
+        if not 0.001 <= self.header_timeout <= 60:
+            raise ConfigError("--header-timeout must be between 0.001 and 60 seconds")
+        if self.max_json_body < 1:
+            raise ConfigError("--max-json-body must be at least one byte")
         if self.staging_root and not os.path.isdir(self.staging_root):
             raise ConfigError(f"staging root {self.staging_root} is not a directory")
         for name in ("import_rate_limit", "import_rate_window", "import_request_limit",
@@ -160,6 +179,18 @@ _ALLOW_HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)"
                             r"|655[0-2][0-9]|6553[0-5]))?$")
 
 
+def _check_pkcs8(path: str) -> None:
+    """The HTTP front reads PEM PKCS#8 keys only; say so before it fails obscurely."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError as exc:
+        raise ConfigError(f"cannot read TLS key {path}: {exc.strerror}") from exc
+    if b"-----BEGIN PRIVATE KEY-----" not in head:
+        raise ConfigError(f"TLS key {path} is not a PEM PKCS#8 key (BEGIN PRIVATE KEY); "
+                          "convert it with: openssl pkcs8 -topk8 -nocrypt -in OLD -out NEW")
+
+
 DEFAULT_CACHE_SIZE = "10G"
 
 
@@ -179,6 +210,8 @@ class MountConfig:
     attr_timeout: float = 30.0
     negative_timeout: float = 2.0
     max_readahead: int = 64 * MiB
+    read_streams: int = 4  # parallel ranged fetches ahead of a sequential reader
+    read_chunk: int = 8 * MiB  # bytes per ranged fetch of those streams
     log_file: str | None = None
     data_dir: str = field(default_factory=lambda: os.path.join(xdg_dir("data"), "server"))
     insecure_tls: bool = False
@@ -215,6 +248,8 @@ class MountConfig:
             raise ConfigError("--import-conflict must be SKIP, RENAME or OVERWRITE")
         if self.import_rate_limit < 1 or self.import_rate_window <= 0:
             raise ConfigError("--import-rate-limit and --import-rate-window must be positive")
+        if self.read_streams < 1 or self.read_chunk < MiB:
+            raise ConfigError("--read-streams must be at least 1 and --read-chunk at least 1M")
         if self.upload_workers < 1:
             raise ConfigError("--upload-workers must be at least 1")
         if self.write_back_delay < 0:
@@ -233,9 +268,49 @@ def default_cache_dir(dss_url: str | None) -> str:
 
 
 def runtime_dir() -> str:
-    """Where running mounts leave their pid and paths (``$XDG_RUNTIME_DIR/hcafs``)."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or os.path.join("/tmp", f"hcafs-{os.getuid()}")
-    return os.path.join(base, "hcafs")
+    """Where running mounts leave their pid and paths (``$XDG_RUNTIME_DIR/hcafs``; without
+    XDG_RUNTIME_DIR, ``/tmp/hcafs-UID/hcafs``, whose owner and mode
+    :func:`ensure_runtime_dir` checks because anyone may create it first)."""
+    return os.path.join(_runtime_base(), "hcafs")
+
+
+def _runtime_base() -> str:
+    return os.environ.get("XDG_RUNTIME_DIR") or os.path.join("/tmp", f"hcafs-{os.getuid()}")
+
+
+def private_dir(path: str, what: str) -> str:
+    """``path`` as a directory only this user may enter: made (mode 0700) if missing,
+    refused with the reason if it is a symlink, not a directory, someone else's, or open
+    to others.  The check uses ``lstat``, so a planted symlink is never followed."""
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ConfigError(f"cannot create {what} {path}: {exc.strerror}") from exc
+    info = os.lstat(path)
+    me = os.geteuid()
+    if stat.S_ISLNK(info.st_mode):
+        raise ConfigError(f"{what} {path} is a symbolic link; hcafs uses only a real "
+                          "directory there (remove the link)")
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"{what} {path} is not a directory")
+    if info.st_uid != me:
+        raise ConfigError(f"{what} {path} belongs to uid {info.st_uid}, not to you (uid "
+                          f"{me}); someone else may have made it: remove it, or choose "
+                          "another place")
+    if info.st_mode & 0o077:
+        raise ConfigError(f"{what} {path} is open to other users (mode "
+                          f"{stat.S_IMODE(info.st_mode):04o}); run: chmod 700 {path}")
+    return path
+
+
+def ensure_runtime_dir() -> str:
+    """:func:`runtime_dir`, made private and checked (and its /tmp parent, when used)."""
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        private_dir(_runtime_base(), "the runtime dir")
+    return private_dir(runtime_dir(), "the runtime dir")
 
 
 def load_resolver(path: str | None) -> dict[str, str]:

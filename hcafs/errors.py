@@ -10,6 +10,7 @@ FUSE adapter and the CLI each map errors in exactly one place::
     ├── NotFound                    ENOENT  exit 3
     ├── AlreadyExists               EEXIST  exit 1
     ├── NotEmpty                    ENOTEMPTY exit 1
+    ├── NotADirectory               ENOTDIR exit 1
     ├── ReadOnly                    EROFS   exit 1
     ├── PermissionDenied            EACCES  exit 4
     ├── NoSpace                     ENOSPC  exit 1
@@ -18,7 +19,13 @@ FUSE adapter and the CLI each map errors in exactly one place::
     ├── RemoteError                 EIO     exit 5   anything the DSS (or S3) did wrong
     │   ├── Unreachable                              no answer at all (refused, reset, timeout)
     │   └── ApiError                                 the server answered with an error body
+    │       ├── ApiNotFound (+NotFound)     ENOENT  exit 3   404
+    │       └── ApiDenied (+PermissionDenied) EACCES exit 4  403
+    │           └── ApiUnauthorized                          401 (the token itself)
     └── Problem                                      server side: becomes a problem+json answer
+
+An HTTP answer becomes one of these in :func:`api_error`, the one map from status to error:
+callers catch :class:`NotFound` or :class:`PermissionDenied`, never compare statuses.
 
 ``Problem`` is the server's half: a handler raises it with the HTTP status and the DSS error
 ``code``; the server turns it into ``{status, code, title, stacktrace}`` in one place.
@@ -57,6 +64,10 @@ class AlreadyExists(HcafsError):
 
 class NotEmpty(HcafsError):
     errno = _errno.ENOTEMPTY
+
+
+class NotADirectory(HcafsError):
+    errno = _errno.ENOTDIR
 
 
 class ReadOnly(HcafsError):
@@ -104,6 +115,7 @@ class ApiError(RemoteError):
         self.title = title
         self.method = method
         self.url = url
+        self.retry_after: str | None = None
         where = f" ({method} {url})" if method else ""
         super().__init__(f"{status} {code}: {title}{where}")
 
@@ -111,21 +123,31 @@ class ApiError(RemoteError):
     def transient(self) -> bool:
         return self.status == 429 or self.status >= 500
 
-    @property
-    def errno(self) -> int:  # type: ignore[override]
-        if self.status == 404:
-            return _errno.ENOENT
-        if self.status in (401, 403):
-            return _errno.EACCES
-        return _errno.EIO
 
-    @property
-    def exit_code(self) -> int:  # type: ignore[override]
-        if self.status == 404:
-            return NotFound.exit_code
-        if self.status in (401, 403):
-            return PermissionDenied.exit_code
-        return RemoteError.exit_code
+class ApiNotFound(ApiError, NotFound):
+    errno = _errno.ENOENT
+    exit_code = NotFound.exit_code
+
+
+class ApiDenied(ApiError, PermissionDenied):
+    errno = _errno.EACCES
+    exit_code = PermissionDenied.exit_code
+
+
+class ApiUnauthorized(ApiDenied):
+    """401: the server does not accept the credentials at all."""
+
+
+_BY_STATUS: dict[int, type[ApiError]] = {401: ApiUnauthorized, 403: ApiDenied,
+                                         404: ApiNotFound}
+
+
+def api_error(status: int, code: str, title: str, method: str = "", url: str = "",
+              retry_after: str | None = None) -> ApiError:
+    """The error for an HTTP error answer: the one place a status picks an error class."""
+    error = _BY_STATUS.get(status, ApiError)(status, code, title, method, url)
+    error.retry_after = retry_after
+    return error
 
 
 class Problem(HcafsError):

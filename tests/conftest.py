@@ -9,6 +9,13 @@
 FUSE hygiene: at session start, dead FUSE mounts left under pytest's temp root by aborted
 runs are lazily unmounted; at session end, every FUSE mount still under this run's temp
 dir is.
+
+Daemon logs: a test that ran a real mount fails if the daemon logged an ERROR or a
+traceback while the test ran, unless the test expects it:
+``@pytest.mark.allow_daemon_errors("regex", ...)`` names the lines it allows.
+
+Tiers: ``tests/unit/`` holds the model tier (real SQLite, no FUSE) and the adapter tier
+(the FUSE Operations over a failing fake model); ``make test-fast`` runs just those.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ import pytest
 from fixtures import HCA_BIN, HcaCli, SeaweedFS, start_seaweed, unmount_leftovers
 from fixtures.dss_server import DSSServer
 from fixtures.faults import TcpGate
+from fixtures.hcafs_mount import STARTED, log_size, unexpected_log_errors
+from fixtures.worlds import DrsWorld, published_world
 
 
 def _pytest_temp_root(config: pytest.Config) -> Path:
@@ -36,6 +45,32 @@ def _pytest_temp_root(config: pytest.Config) -> Path:
         user = "unknown"
     root = os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir()
     return Path(root) / f"pytest-of-{user}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "allow_daemon_errors(*patterns): ERROR lines (regular "
+                            "expressions) the mount daemon may log in this test")
+
+
+@pytest.fixture(autouse=True)
+def daemon_log_check(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test whose mount daemons logged an error it did not declare."""
+    offsets = {id(m): log_size(m) for m in STARTED}
+    yield
+    allowed = [p for mark in request.node.iter_markers("allow_daemon_errors")
+               for p in mark.args]
+    problems = []
+    for mount in STARTED:
+        for line in unexpected_log_errors(mount, offsets.get(id(mount), mount.log_start),
+                                          allowed):
+            problems.append(f"{mount.log_file}: {line}")
+    report = os.environ.get("HCAFS_TEST_LOG_REPORT")
+    if problems and report:  # calibration: collect instead of failing
+        with open(report, "a") as handle:
+            handle.writelines(f"{request.node.nodeid}\t{p}\n" for p in problems)
+    elif problems:
+        pytest.fail("the mount daemon logged unexpected errors:\n" + "\n".join(problems[:20]),
+                    pytrace=False)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -149,3 +184,20 @@ def dss(tmp_path_factory: pytest.TempPathFactory, seaweed: SeaweedFS,
     finally:
         server.stop()
         gate.close()
+
+
+# ---------------------------------------------------------------- real-mount worlds
+
+
+@pytest.fixture(scope="module")
+def mount_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """A server holding one bundle with nested names, a large file and a collection."""
+    yield from published_world(tmp_path_factory.mktemp("mount-world"))
+
+
+@pytest.fixture
+def drs_world(tmp_path: Path, seaweed: SeaweedFS) -> Iterator[DrsWorld]:
+    """The DSS with its import API behind a fault proxy, and an external DRS server."""
+    world = DrsWorld(tmp_path / "world", seaweed)
+    yield world
+    world.close()

@@ -14,7 +14,8 @@ from fixtures.faults import Fault, FaultyHttpProxy
 from fixtures.ports import free_port
 from fixtures.staging import stage
 
-from hcafs.errors import ApiError, Unreachable
+from hcafs.errors import ApiError, ApiUnauthorized, NotFound, PermissionDenied, Unreachable
+from hcafs.remote.bulk_import import BulkImportClient
 from hcafs.remote.client import DSSClient, RetryPolicy
 
 FAST = RetryPolicy(attempts=4, base_delay=0.05, max_delay=5.0)
@@ -226,3 +227,30 @@ def test_reads_of_bytes_are_retried(proxy, client, bundle):
     assert client.read_range(proxied, 1000, 1010) == b""
     assert b"".join(client.stream(proxied, 990)) == b"0123456789"
     assert requests.get(proxied, timeout=30).content == b"0123456789" * 100
+
+
+# ---------------------------------------------------------------- the bulk-import client
+
+
+def test_bulk_import_calls_share_the_retry_path(proxy):
+    api = BulkImportClient(proxy.url, USER, retry=FAST)
+    proxy.when(Fault.error(503, retry_after="0"), method="POST",
+               path="/v2/bulk/drs/imports/create", times=1)
+    proxy.seen.clear()
+    item = {"drs_uri": "drs://127.0.0.1:9/" + str(_uuid.uuid4()), "name": "x.bin",
+            "project": "hcafs/test", "metadata": {}}
+    key = str(_uuid.uuid4())
+    job = api.create([item], "SKIP", [], key)
+    posts = [s for s in proxy.seen if s.method == "POST"]
+    assert len(posts) == 2  # the 503, then the same request again
+    assert api.create([item], "SKIP", [], key)["id"] == job["id"]  # same key, same job
+    assert api.get(job["id"])["id"] == job["id"]
+    assert api.limit is not None and api.limit[0] > 0  # the server's X-RateLimit-* headers
+
+
+def test_bulk_import_errors_come_from_the_one_status_map(proxy):
+    with pytest.raises(PermissionDenied) as raised:
+        BulkImportClient(proxy.url, "not-a-token", retry=FAST).get("no-such-job")
+    assert isinstance(raised.value, ApiUnauthorized) and raised.value.status == 401
+    with pytest.raises(NotFound):
+        BulkImportClient(proxy.url, USER, retry=FAST).get(str(_uuid.uuid4()))

@@ -8,109 +8,45 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import signal
 import sqlite3
 import threading
-import time
 import uuid
 from pathlib import Path
 
 import pytest
-import requests
-from fixtures.dss_server import ADMIN, DSSServer
-from fixtures.faults import Fault, FaultyHttpProxy
-from fixtures.hcafs_mount import Mount, run_hcafs
+from fixtures.dss_server import ADMIN
+from fixtures.faults import Fault
+from fixtures.hcafs_mount import commit, needs_fuse, run_hcafs, wait_until
 from fixtures.publishing import publish
+from fixtures.worlds import DrsWorld
 
 from hcafs.remote.client import DSSClient
 from hcafs.versions import now_version
 
 MiB = 1024 * 1024
-pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse") or not shutil.which(
-    "fusermount3"), reason="needs /dev/fuse and fuse3")
+pytestmark = needs_fuse
 
 
-class World:
-    """The DSS (with its import API, behind a fault proxy) and an external DRS server."""
-
-    def __init__(self, work: Path, seaweed, limit: int = 500, window: float = 300):
-        self.work = work
-        staging = work / "external-staging"
-        staging.mkdir(parents=True, exist_ok=True)
-        self.external = DSSServer(str(work / "external"),
-                                  args=["--staging-root", str(staging)]).start()
-        self.external_staging = staging
-        self.limit, self.window = limit, window
-        self.dss = DSSServer(str(work / "dss"), env=seaweed.env(), args=[
-            "--import-rate-limit", str(limit), "--import-rate-window", str(window)]).start()
-        self.proxy = FaultyHttpProxy(self.dss.url)
-        self.bucket = seaweed.make_bucket()
-        self.env = seaweed.env()
-
-    def mount(self, where: Path, args: tuple = ()) -> Mount:
-        return Mount(str(where), self.proxy.url, token=ADMIN, env=self.env, args=[
-            "--staging", f"s3://{self.bucket}/staged", "--write-back-delay", "0.2",
-            "--import-rate-limit", str(self.limit),
-            "--import-rate-window", str(self.window), *args])
-
-    def drs_uri(self, fqid: str | tuple[str, str]) -> str:
-        if isinstance(fqid, tuple):
-            fqid = ".".join(fqid)
-        return f"drs://{self.external.url.split('://', 1)[1]}/{fqid}"
-
-    def import_log(self) -> dict:
-        answer = requests.get(f"{self.dss.url}/internal/imports/log",
-                              headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30)
-        answer.raise_for_status()
-        return answer.json()
-
-    def close(self) -> None:
-        self.proxy.close()
-        self.dss.stop()
-        self.external.stop()
-
-
-@pytest.fixture
-def world(tmp_path, seaweed):
-    world = World(tmp_path / "world", seaweed)
-    yield world
-    world.close()
-
-
-def wait_until(predicate, timeout: float = 120, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
-def commit(mount: Mount, name: str) -> str:
-    result = run_hcafs("commit", f"{mount.path}/bundles/{name}", "--timeout", "300",
-                       env=mount.env, timeout=330)
-    assert result.returncode == 0, result.stderr + mount.log()[-3000:]
-    return result.stdout.strip()
-
-
-def bundle_files(world: World, fqid: str) -> dict[str, dict]:
-    client = DSSClient(world.dss.url, token=ADMIN)
+def bundle_files(drs_world: DrsWorld, fqid: str) -> dict[str, dict]:
+    client = DSSClient(drs_world.dss.url, token=ADMIN)
     return {f["name"]: f for f in client.get_bundle(*fqid.split(".", 1))["files"]}
 
 
-def test_drs_files_become_imported_files(world, tmp_path):
+def test_drs_files_become_imported_files(drs_world, tmp_path):
     data = {"reads.fastq": random.Random(1).randbytes(3 * MiB),
             "meta.json": b'{"ok": true}\n'}
-    external = DSSClient(world.external.url, token=ADMIN)
-    bundle_fqid, files = publish(external, world.external_staging, data)
-    with world.mount(tmp_path / "m") as mount:
+    external = DSSClient(drs_world.external.url, token=ADMIN)
+    bundle_fqid, files = publish(external, drs_world.external_staging, data)
+    with drs_world.mount(tmp_path / "m") as mount:
         pending = Path(mount.path) / "bundles" / "imported"
         pending.mkdir()
-        (pending / "reads.fastq.drs").write_text(world.drs_uri(files["reads.fastq"]) + "\n")
+        (pending / "reads.fastq.drs").write_text(drs_world.drs_uri(files["reads.fastq"]) + "\n")
         (pending / "sub").mkdir()
         (pending / "sub" / "anything.drs").write_text(json.dumps({
-            "drs_uri": world.drs_uri(files["meta.json"]), "name": "renamed.json",
+            "drs_uri": drs_world.drs_uri(files["meta.json"]), "name": "renamed.json",
             "metadata": {"study": "x"}, "tags": ["t1"]}))
-        (pending / "whole.drs").write_text(world.drs_uri(bundle_fqid))
+        (pending / "whole.drs").write_text(drs_world.drs_uri(bundle_fqid))
         wait_until(lambda: not any(p.name.endswith(".drs") for p in pending.rglob("*")),
                    what="imports to land")
         assert (pending / "reads.fastq").read_bytes() == data["reads.fastq"]
@@ -118,7 +54,7 @@ def test_drs_files_become_imported_files(world, tmp_path):
         assert sorted(os.listdir(pending / "whole")) == ["meta.json", "reads.fastq"]
         assert os.getxattr(pending / "reads.fastq", "user.hcafs.state") == b"synced"
         fqid = commit(mount, "imported")
-    listed = bundle_files(world, fqid)
+    listed = bundle_files(drs_world, fqid)
     expected = {"reads.fastq": data["reads.fastq"], "sub/renamed.json": data["meta.json"],
                 "whole/meta.json": data["meta.json"], "whole/reads.fastq": data["reads.fastq"]}
     assert sorted(listed) == sorted(expected)
@@ -126,25 +62,25 @@ def test_drs_files_become_imported_files(world, tmp_path):
         assert listed[name]["sha256"] == hashlib.sha256(blob).hexdigest()
 
 
-def test_invalid_and_failing_imports_are_visible_and_harm_nothing(world, tmp_path):
+def test_invalid_and_failing_imports_are_visible_and_harm_nothing(drs_world, tmp_path):
     good = random.Random(2).randbytes(MiB)
-    external = DSSClient(world.external.url, token=ADMIN)
-    _, files = publish(external, world.external_staging,
+    external = DSSClient(drs_world.external.url, token=ADMIN)
+    _, files = publish(external, drs_world.external_staging,
                        {"good.bin": good, "corrupt.bin": random.Random(3).randbytes(MiB)})
     info = external.head_file(*files["corrupt.bin"])
-    blob = Path(world.external.data_dir) / "store" / "blobs" / \
+    blob = Path(drs_world.external.data_dir) / "store" / "blobs" / \
         f"{info.sha256}.{info.sha1}.{info.s3_etag}.{info.crc32c}"
     blob.write_bytes(bytes(info.size))  # the repository now serves the wrong bytes
-    with world.mount(tmp_path / "m") as mount:
+    with drs_world.mount(tmp_path / "m") as mount:
         pending = Path(mount.path) / "bundles" / "mixed"
         pending.mkdir()
-        (pending / "good.bin.drs").write_text(world.drs_uri(files["good.bin"]))
+        (pending / "good.bin.drs").write_text(drs_world.drs_uri(files["good.bin"]))
         (pending / "junk.drs").write_text("this is not a drs uri")
         (pending / "badjson.drs").write_text('{"drs_uri": ')
         (pending / "nohost.drs").write_text("drs://no-such-host.invalid/abc")
         missing = f"{uuid.uuid4()}.{now_version()}"
-        (pending / "missing.drs").write_text(world.drs_uri(missing))
-        (pending / "corrupt.bin.drs").write_text(world.drs_uri(files["corrupt.bin"]))
+        (pending / "missing.drs").write_text(drs_world.drs_uri(missing))
+        (pending / "corrupt.bin.drs").write_text(drs_world.drs_uri(files["corrupt.bin"]))
         (pending / "keep.txt").write_text("local file\n")
         wait_until(lambda: (pending / "good.bin").exists(), what="the good import")
         for name in ("junk.drs", "badjson.drs"):
@@ -167,7 +103,7 @@ def test_invalid_and_failing_imports_are_visible_and_harm_nothing(world, tmp_pat
                      "corrupt.bin.drs"):
             (pending / name).unlink()
         fqid = commit(mount, "mixed")
-    assert sorted(bundle_files(world, fqid)) == ["good.bin", "keep.txt"]
+    assert sorted(bundle_files(drs_world, fqid)) == ["good.bin", "keep.txt"]
 
 
 def _has_error(path: Path) -> bool:
@@ -178,24 +114,24 @@ def _has_error(path: Path) -> bool:
 
 
 def test_batching_respects_100_items_and_the_window(tmp_path, seaweed):
-    world = World(tmp_path / "world", seaweed, limit=100, window=4)
+    drs_world = DrsWorld(tmp_path / "world", seaweed, limit=100, window=4)
     try:
-        external = DSSClient(world.external.url, token=ADMIN)
+        external = DSSClient(drs_world.external.url, token=ADMIN)
         blobs = {f"f{n:03d}.txt": f"file {n}\n".encode() for n in range(250)}
-        _, files = publish(external, world.external_staging, blobs)
-        with world.mount(tmp_path / "m") as mount:
+        _, files = publish(external, drs_world.external_staging, blobs)
+        with drs_world.mount(tmp_path / "m") as mount:
             pending = Path(mount.path) / "bundles" / "many"
             pending.mkdir()
             for name in blobs:
-                (pending / f"{name}.drs").write_text(world.drs_uri(files[name]))
+                (pending / f"{name}.drs").write_text(drs_world.drs_uri(files[name]))
             wait_until(lambda: len([p for p in os.listdir(pending)
                                     if not p.endswith(".drs")]) == 250, timeout=180,
                        what="250 imports")
             for name, blob in blobs.items():
                 assert (pending / name).read_bytes() == blob
             fqid = commit(mount, "many")
-        assert len(bundle_files(world, fqid)) == 250
-        log = world.import_log()
+        assert len(bundle_files(drs_world, fqid)) == 250
+        log = drs_world.import_log()
         calls = [c for c in log["calls"] if c["accepted"] and not c["replay"]]
         assert calls and max(c["items"] for c in calls) <= 100
         assert sum(c["items"] for c in calls) >= 250  # more only if an item was retried
@@ -204,22 +140,22 @@ def test_batching_respects_100_items_and_the_window(tmp_path, seaweed):
         for start in admitted:
             assert sum(1 for t in admitted if start <= t < start + 4) <= 100
     finally:
-        world.close()
+        drs_world.close()
 
 
 @pytest.mark.parametrize("conflict", ["SKIP", "RENAME", "OVERWRITE"])
-def test_conflict_resolution(world, tmp_path, conflict):
-    external = DSSClient(world.external.url, token=ADMIN)
-    _, files = publish(external, world.external_staging,
+def test_conflict_resolution(drs_world, tmp_path, conflict):
+    external = DSSClient(drs_world.external.url, token=ADMIN)
+    _, files = publish(external, drs_world.external_staging,
                        {"one": b"first version\n", "two": b"second version\n"})
-    with world.mount(tmp_path / "m") as mount:
+    with drs_world.mount(tmp_path / "m") as mount:
         pending = Path(mount.path) / "bundles" / f"conflict-{conflict.lower()}"
         pending.mkdir()
-        (pending / "a.drs").write_text(json.dumps({"drs_uri": world.drs_uri(files["one"]),
+        (pending / "a.drs").write_text(json.dumps({"drs_uri": drs_world.drs_uri(files["one"]),
                                                    "name": "same.txt"}))
         wait_until(lambda: (pending / "same.txt").exists(), what="first import")
         (pending / "b.drs").write_text(json.dumps({
-            "drs_uri": world.drs_uri(files["two"]), "name": "same.txt",
+            "drs_uri": drs_world.drs_uri(files["two"]), "name": "same.txt",
             "conflict_resolution": conflict}))
         wait_until(lambda: not (pending / "b.drs").exists() or _has_error(pending / "b.drs"),
                    what="second import")
@@ -237,20 +173,20 @@ def test_conflict_resolution(world, tmp_path, conflict):
             assert (pending / "same.txt").read_bytes() == b"first version\n"
 
 
-def test_crash_between_submit_and_finished(world, tmp_path):
-    external = DSSClient(world.external.url, token=ADMIN)
+def test_crash_between_submit_and_finished(drs_world, tmp_path):
+    external = DSSClient(drs_world.external.url, token=ADMIN)
     blobs = {f"c{n}.bin": random.Random(n).randbytes(200_000) for n in range(5)}
-    _, files = publish(external, world.external_staging, blobs)
+    _, files = publish(external, drs_world.external_staging, blobs)
     hold = threading.Event()
-    polled = world.proxy.when(Fault(hold=hold), method="GET", path="/v2/bulk/drs/imports/",
+    polled = drs_world.proxy.when(Fault(hold=hold), method="GET", path="/v2/bulk/drs/imports/",
                               times=1000)
-    mount = world.mount(tmp_path / "m")
+    mount = drs_world.mount(tmp_path / "m")
     mount.start()
     try:
         pending = Path(mount.path) / "bundles" / "crashy"
         pending.mkdir()
         for name in blobs:
-            (pending / f"{name}.drs").write_text(world.drs_uri(files[name]))
+            (pending / f"{name}.drs").write_text(drs_world.drs_uri(files[name]))
         assert polled.reached.wait(60), "the job was never polled"
         db = sqlite3.connect(os.path.join(mount.cache_dir, "hcafs.db"))
         assert db.execute("select count(*) from drs_imports where job_id is not null"
@@ -274,10 +210,10 @@ def test_crash_between_submit_and_finished(world, tmp_path):
     finally:
         hold.set()
         mount.stop()
-    assert sorted(bundle_files(world, fqid)) == sorted(blobs)
+    assert sorted(bundle_files(drs_world, fqid)) == sorted(blobs)
     # Each file was fetched once (an item whose first attempt failed on the server side is
     # retried, which is not a second import); no call was a blind resubmission.
-    log = world.import_log()
+    log = drs_world.import_log()
     assert sorted(a["name"] for a in log["admissions"]) == sorted(blobs)
     jobs_after_restart = [c for c in log["calls"] if c["replay"]]
     assert all(c["accepted"] for c in jobs_after_restart)

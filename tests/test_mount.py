@@ -17,83 +17,55 @@ from pathlib import Path
 import pytest
 from fixtures import free_port
 from fixtures.dss_server import ADMIN, OTHER, USER, DSSServer
-from fixtures.hcafs_mount import Mount, run_hcafs
+from fixtures.hcafs_mount import Mount, needs_fuse, run_hcafs
 from fixtures.publishing import publish
 
 from hcafs.remote.client import DSSClient
 from hcafs.versions import now_version, version_datetime
 
 MiB = 1024 * 1024
-pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse") or not shutil.which(
-    "fusermount3"), reason="needs /dev/fuse and fuse3")
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """A server holding one bundle with nested names, a large file and a collection."""
-    work = tmp_path_factory.mktemp("mount-world")
-    staging = work / "staging"
-    staging.mkdir()
-    server = DSSServer(str(work / "server"), args=["--staging-root", str(staging)]).start()
-    client = DSSClient(server.url, token=USER)
-    rng = random.Random(7)
-    files = {
-        "metadata/cell.json": b'{"cells": 42}\n',
-        "data/reads/r1.fastq": rng.randbytes(24 * MiB + 12345),
-        "empty.txt": b"",
-        "caf\u00e9 \u2603.txt": "unicode \u2603\n".encode(),
-    }
-    fqid, registered = publish(client, staging, files)
-    collection = str(uuid.uuid4())
-    file_uuid, file_version = registered["metadata/cell.json"]
-    client.put_collection(collection, now_version(), "my cells", [
-        {"type": "bundle", "uuid": fqid.split(".", 1)[0], "version": fqid.split(".", 1)[1]},
-        {"type": "file", "uuid": file_uuid, "version": file_version}])
-    yield {"server": server, "client": client, "fqid": fqid, "files": files,
-           "registered": registered, "staging": staging, "collection": collection,
-           "work": work}
-    server.stop()
+pytestmark = needs_fuse
 
 
 @pytest.fixture
-def mounted(world, tmp_path):
-    with Mount(str(tmp_path), world["server"].url, token=USER) as mount:
+def mounted(mount_world, tmp_path):
+    with Mount(str(tmp_path), mount_world["server"].url, token=USER) as mount:
         yield mount
 
 
-def test_layout_listing_and_stat(world, mounted):
+def test_layout_listing_and_stat(mount_world, mounted):
     root = Path(mounted.path)
     assert sorted(os.listdir(root)) == ["bundles", "collections", "files"]
-    fqid = world["fqid"]
+    fqid = mount_world["fqid"]
     assert fqid in os.listdir(root / "bundles")
     bundle = root / "bundles" / fqid
     assert sorted(os.listdir(bundle)) == sorted(["metadata", "data", "empty.txt",
                                                  "caf\u00e9 \u2603.txt"])
     assert os.listdir(bundle / "data" / "reads") == ["r1.fastq"]
-    for name, data in world["files"].items():
+    for name, data in mount_world["files"].items():
         info = os.stat(bundle / name)
         assert info.st_size == len(data)
-        file_version = world["registered"][name][1]
+        file_version = mount_world["registered"][name][1]
         assert info.st_mtime == pytest.approx(version_datetime(file_version).timestamp(), 1)
     bundle_version = fqid.split(".", 1)[1]
     assert os.stat(bundle).st_mtime == pytest.approx(
         version_datetime(bundle_version).timestamp(), abs=1)
     # files/ is lookup only
-    file_fqid = ".".join(world["registered"]["metadata/cell.json"])
+    file_fqid = ".".join(mount_world["registered"]["metadata/cell.json"])
     assert os.listdir(root / "files") == []
-    assert (root / "files" / file_fqid).read_bytes() == world["files"]["metadata/cell.json"]
+    assert (root / "files" / file_fqid).read_bytes() == mount_world["files"]["metadata/cell.json"]
     # ls -l works and shows sizes
     listing = subprocess.run(["ls", "-l", str(bundle / "data" / "reads")], text=True,
                              capture_output=True, check=True).stdout
     assert str(24 * MiB + 12345) in listing
 
 
-def test_reads_match_the_api(world, mounted):
-    client = world["client"]
+def test_reads_match_the_api(mount_world, mounted):
+    client = mount_world["client"]
     name = "data/reads/r1.fastq"
-    data = world["files"][name]
-    path = Path(mounted.path) / "bundles" / world["fqid"] / name
-    url = client.file_url(*world["registered"][name])
+    data = mount_world["files"][name]
+    path = Path(mounted.path) / "bundles" / mount_world["fqid"] / name
+    url = client.file_url(*mount_world["registered"][name])
     head = subprocess.run(["head", "-c", "1000", str(path)], capture_output=True,
                           check=True).stdout
     assert head == client.read_range(url, 0, 1000)
@@ -112,17 +84,17 @@ def test_reads_match_the_api(world, mounted):
     cat = subprocess.run(["cat", str(path)], capture_output=True, check=True).stdout
     assert hashlib.sha256(cat).hexdigest() == hashlib.sha256(data).hexdigest()
     for small in ("metadata/cell.json", "empty.txt", "caf\u00e9 \u2603.txt"):
-        assert (Path(mounted.path) / "bundles" / world["fqid"] / small).read_bytes() == \
-            world["files"][small]
+        assert (Path(mounted.path) / "bundles" / mount_world["fqid"] / small).read_bytes() == \
+            mount_world["files"][small]
 
 
-def test_reading_a_range_fetches_about_that_range(world, mounted):
+def test_reading_a_range_fetches_about_that_range(mount_world, mounted):
     name = "data/reads/r1.fastq"
-    path = Path(mounted.path) / "bundles" / world["fqid"] / name
-    sha = hashlib.sha256(world["files"][name]).hexdigest()
+    path = Path(mounted.path) / "bundles" / mount_world["fqid"] / name
+    sha = hashlib.sha256(mount_world["files"][name]).hexdigest()
     with open(path, "rb") as handle:
         handle.seek(20 * MiB)
-        assert handle.read(MiB) == world["files"][name][20 * MiB:21 * MiB]
+        assert handle.read(MiB) == mount_world["files"][name][20 * MiB:21 * MiB]
     db = sqlite3.connect(os.path.join(mounted.cache_dir, "hcafs.db"))
     deadline = time.monotonic() + 10
     present = 0
@@ -134,11 +106,11 @@ def test_reading_a_range_fetches_about_that_range(world, mounted):
     assert complete == 0
 
 
-def test_xattrs(world, mounted):
+def test_xattrs(mount_world, mounted):
     name = "metadata/cell.json"
-    path = Path(mounted.path) / "bundles" / world["fqid"] / name
-    file_uuid, file_version = world["registered"][name]
-    info = world["client"].head_file(file_uuid, file_version)
+    path = Path(mounted.path) / "bundles" / mount_world["fqid"] / name
+    file_uuid, file_version = mount_world["registered"][name]
+    info = mount_world["client"].head_file(file_uuid, file_version)
     dump = subprocess.run(["getfattr", "-d", "--absolute-names", str(path)], text=True,
                           capture_output=True, check=True).stdout
     expected = {"user.hca.uuid": file_uuid, "user.hca.version": file_version,
@@ -147,8 +119,8 @@ def test_xattrs(world, mounted):
                 "user.hca.content_type": info.content_type, "user.hca.indexed": "true"}
     for key, value in expected.items():
         assert f'{key}="{value}"' in dump
-    bundle_dir = Path(mounted.path) / "bundles" / world["fqid"]
-    bundle_uuid, bundle_version = world["fqid"].split(".", 1)
+    bundle_dir = Path(mounted.path) / "bundles" / mount_world["fqid"]
+    bundle_uuid, bundle_version = mount_world["fqid"].split(".", 1)
     assert os.getxattr(bundle_dir, "user.hca.uuid").decode() == bundle_uuid
     assert os.getxattr(bundle_dir, "user.hca.version").decode() == bundle_version
     assert os.getxattr(bundle_dir, "user.hca.creator_uid").decode() == "0"
@@ -157,33 +129,33 @@ def test_xattrs(world, mounted):
     assert missing.value.errno == errno.ENODATA
 
 
-def test_collections_are_directories_of_symlinks(world, mounted):
+def test_collections_are_directories_of_symlinks(mount_world, mounted):
     collections = Path(mounted.path) / "collections"
     name = "my cells"  # unique among the caller's collections: the plain name
     assert os.listdir(collections) == [name]
     entries = sorted(os.listdir(collections / name))
-    file_fqid = ".".join(world["registered"]["metadata/cell.json"])
-    assert entries == sorted([world["fqid"], file_fqid])
-    bundle_link = collections / name / world["fqid"]
-    assert os.readlink(bundle_link) == f"../../bundles/{world['fqid']}"
+    file_fqid = ".".join(mount_world["registered"]["metadata/cell.json"])
+    assert entries == sorted([mount_world["fqid"], file_fqid])
+    bundle_link = collections / name / mount_world["fqid"]
+    assert os.readlink(bundle_link) == f"../../bundles/{mount_world['fqid']}"
     assert (bundle_link / "metadata" / "cell.json").read_bytes() == b'{"cells": 42}\n'
     assert (collections / name / file_fqid).read_bytes() == b'{"cells": 42}\n'
 
 
-def test_collection_names_that_clash_carry_their_uuid(world, tmp_path):
-    client = DSSClient(world["server"].url, token=OTHER)
+def test_collection_names_that_clash_carry_their_uuid(mount_world, tmp_path):
+    client = DSSClient(mount_world["server"].url, token=OTHER)
     first, second = str(uuid.uuid4()), str(uuid.uuid4())
     for collection in (first, second):
         client.put_collection(collection, now_version(), "same/name", [])
     client.put_collection(str(uuid.uuid4()), now_version(), "..", [])
-    with Mount(str(tmp_path), world["server"].url, token=OTHER) as mount:
+    with Mount(str(tmp_path), mount_world["server"].url, token=OTHER) as mount:
         names = sorted(os.listdir(Path(mount.path) / "collections"))
         assert names == sorted([f"same_name.{first}", f"same_name.{second}", "collection"])
 
 
-def test_errno_where_it_belongs(world, mounted):
+def test_errno_where_it_belongs(mount_world, mounted):
     root = Path(mounted.path)
-    bundle = root / "bundles" / world["fqid"]
+    bundle = root / "bundles" / mount_world["fqid"]
     cases = [
         (lambda: os.stat(root / "bundles" / "nope"), errno.ENOENT),
         (lambda: os.stat(bundle / "missing.txt"), errno.ENOENT),
@@ -202,17 +174,19 @@ def test_errno_where_it_belongs(world, mounted):
         assert caught.value.errno == expected, (action, caught.value)
 
 
-def test_corrupt_bytes_give_eio_and_are_discarded(world, tmp_path):
-    client = world["client"]
+@pytest.mark.allow_daemon_errors(r"blobcache: content of \w+ failed its sha256 check",
+                                 r"fuse_ops: read(_buf)? .*: downloaded bytes do not match sha256")
+def test_corrupt_bytes_give_eio_and_are_discarded(mount_world, tmp_path):
+    client = mount_world["client"]
     data = random.Random(3).randbytes(3 * MiB)
-    fqid, registered = publish(client, world["staging"], {"victim.bin": data})
+    fqid, registered = publish(client, mount_world["staging"], {"victim.bin": data})
     info = client.head_file(*registered["victim.bin"])
-    blob = Path(world["server"].data_dir) / "store" / "blobs" / \
+    blob = Path(mount_world["server"].data_dir) / "store" / "blobs" / \
         f"{info.sha256}.{info.sha1}.{info.s3_etag}.{info.crc32c}"
     original = blob.read_bytes()
     blob.write_bytes(bytes(len(original)))  # same size, wrong bytes
     try:
-        with Mount(str(tmp_path), world["server"].url, token=USER) as mount:
+        with Mount(str(tmp_path), mount_world["server"].url, token=USER) as mount:
             path = Path(mount.path) / "bundles" / fqid / "victim.bin"
             with pytest.raises(OSError) as caught:
                 path.read_bytes()
@@ -224,9 +198,9 @@ def test_corrupt_bytes_give_eio_and_are_discarded(world, tmp_path):
         blob.write_bytes(original)
 
 
-def test_hostile_names_are_left_out(world, tmp_path):
-    client = world["client"]
-    _, registered = publish(client, world["staging"], {"ok.txt": b"fine\n"})
+def test_hostile_names_are_left_out(mount_world, tmp_path):
+    client = mount_world["client"]
+    _, registered = publish(client, mount_world["staging"], {"ok.txt": b"fine\n"})
     file_uuid, file_version = registered["ok.txt"]
     meta = client.head_file(file_uuid, file_version)
     entry = {"uuid": file_uuid, "version": file_version, "content-type": "text/plain",
@@ -238,9 +212,9 @@ def test_hostile_names_are_left_out(world, tmp_path):
     manifest = {"format": "0.0.1", "version": version, "creator_uid": 0,
                 "files": [dict(entry, name=name) for name in names]}
     # A server that sends hostile names: its store holds a manifest the API would refuse.
-    store = Path(world["server"].data_dir) / "store" / "bundles"
+    store = Path(mount_world["server"].data_dir) / "store" / "bundles"
     (store / f"{bundle}.{version}").write_text(json.dumps(manifest))
-    with Mount(str(tmp_path), world["server"].url, token=USER) as mount:
+    with Mount(str(tmp_path), mount_world["server"].url, token=USER) as mount:
         root = Path(mount.path) / "bundles" / f"{bundle}.{version}"
         assert sorted(os.listdir(root)) == ["clash", "ok.txt"]
         assert (root / "ok.txt").read_bytes() == b"fine\n"
@@ -251,6 +225,8 @@ def test_hostile_names_are_left_out(world, tmp_path):
         assert "clashes with another" in log
 
 
+@pytest.mark.allow_daemon_errors(
+    r"fuse_ops: (setxattr|read|read_buf) .*: GET http://127\.0\.0\.1:\d+/v1/\S+: ConnectionError")
 def test_offline_serves_the_cache_and_says_so_once(tmp_path):
     staging = tmp_path / "staging"
     staging.mkdir()
@@ -313,10 +289,10 @@ def test_mount_error_mountpoint_missing(tmp_path):
     assert "does not exist" in line
 
 
-def test_mount_error_mountpoint_busy(world, tmp_path):
-    with Mount(str(tmp_path), world["server"].url, token=USER) as mount:
+def test_mount_error_mountpoint_busy(mount_world, tmp_path):
+    with Mount(str(tmp_path), mount_world["server"].url, token=USER) as mount:
         line = _mount_fails(tmp_path / "again", "mount", mount.path, "--dss-url",
-                            world["server"].url)
+                            mount_world["server"].url)
         assert "busy" in line
 
 
@@ -327,11 +303,11 @@ def test_mount_error_server_unreachable_nothing_cached(tmp_path):
     assert "unreachable and nothing is cached" in line
 
 
-def test_mount_error_bad_token(world, tmp_path):
+def test_mount_error_bad_token(mount_world, tmp_path):
     token = tmp_path / "token"
     token.write_text("not-a-real-token")
     line = _mount_fails(tmp_path, "mount", str(tmp_path / "mnt"), "--dss-url",
-                        world["server"].url, "--token-file", str(token), "--cache-dir",
+                        mount_world["server"].url, "--token-file", str(token), "--cache-dir",
                         str(tmp_path / "cache"))
     assert "rejected the token" in line
     assert "not-a-real-token" not in line
@@ -370,6 +346,6 @@ def test_embedded_default_mounts_a_working_filesystem(tmp_path):
     assert not os.path.ismount(mount.path)
 
 
-def test_admin_token_sees_only_its_own_collections(world, tmp_path):
-    with Mount(str(tmp_path), world["server"].url, token=ADMIN) as mount:
+def test_admin_token_sees_only_its_own_collections(mount_world, tmp_path):
+    with Mount(str(tmp_path), mount_world["server"].url, token=ADMIN) as mount:
         assert os.listdir(Path(mount.path) / "collections") == []

@@ -8,24 +8,13 @@ import uuid as _uuid
 
 import pytest
 import requests
-from fixtures.dss_checks import assert_problem, new_ids
+from fixtures.dss_checks import assert_problem, new_ids, register
 from fixtures.dss_server import ADMIN, OUTSIDER, USER
 from fixtures.staging import local_snapshot, stage
 
 from hcafs.versions import now_version
 
 pytestmark = pytest.mark.s3
-
-
-def register(dss, data: bytes, name: str = "f.txt") -> dict:
-    """A file put through a file:// source; returns its bundle entry."""
-    path = dss.staging_root / f"{_uuid.uuid4().hex}-{name.replace('/', '_')}"
-    path.write_bytes(data)
-    uuid, version = new_ids()
-    answer = dss.server.call("PUT", f"/files/{uuid}", USER, params={"version": version},
-                             json={"source_url": f"file://{path}", "creator_uid": 3})
-    assert answer.status_code == 201, answer.text
-    return {"uuid": uuid, "version": version, "name": name, "indexed": name.endswith(".json")}
 
 
 def put_bundle(dss, uuid: str, version: str | None, files, creator_uid: int = 3,

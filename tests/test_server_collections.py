@@ -7,6 +7,7 @@ import uuid as _uuid
 import pytest
 import requests
 from fixtures.dss_checks import assert_problem, new_ids
+from fixtures.dss_checks import register as register_file
 from fixtures.dss_server import ADMIN, OTHER, OUTSIDER, USER
 from fixtures.staging import local_snapshot
 
@@ -16,13 +17,8 @@ pytestmark = pytest.mark.s3
 
 
 def register(dss, data: bytes, suffix: str = ".txt") -> dict:
-    path = dss.staging_root / f"{_uuid.uuid4().hex}{suffix}"
-    path.write_bytes(data)
-    uuid, version = new_ids()
-    answer = dss.server.call("PUT", f"/files/{uuid}", USER, params={"version": version},
-                             json={"source_url": f"file://{path}", "creator_uid": 0})
-    assert answer.status_code == 201, answer.text
-    return {"type": "file", "uuid": uuid, "version": version}
+    entry = register_file(dss, data, f"f{suffix}", creator_uid=0)
+    return {"type": "file", "uuid": entry["uuid"], "version": entry["version"]}
 
 
 @pytest.fixture(scope="module")

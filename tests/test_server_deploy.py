@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
@@ -19,6 +18,7 @@ from fixtures.faults import TcpGate
 from fixtures.staging import local_snapshot, s3_snapshot, stage
 
 from hcafs.errors import ApiError
+from hcafs.readyfile import wait_for
 from hcafs.remote.client import DSSClient
 from hcafs.versions import now_version
 
@@ -224,10 +224,7 @@ port = 1
                                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            assert process.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for(ready.exists, 30, "the server to listen", process)
         url = json.loads(ready.read_text())["url"]
         assert url.startswith("http://127.0.0.1:") and not url.endswith(":1")
         (staging / "two-k.bin").write_bytes(os.urandom(2048))

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -26,14 +25,13 @@ from pathlib import Path
 import pytest
 from fixtures.dss_server import ADMIN, USER, DSSServer
 from fixtures.faults import Fault, FaultyHttpProxy, TcpGate
-from fixtures.hcafs_mount import Mount, run_hcafs
+from fixtures.hcafs_mount import Mount, commit, needs_fuse, run_hcafs, wait_until
 
 from hcafs.remote.client import DSSClient
 from hcafs.versions import now_version
 
 MiB = 1024 * 1024
-pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse") or not shutil.which(
-    "fusermount3"), reason="needs /dev/fuse and fuse3")
+pytestmark = needs_fuse
 
 
 @dataclass
@@ -103,13 +101,6 @@ def make_tree(root: Path, big: int = 0) -> dict[str, bytes]:
         path.write_bytes(data)
     (root / "empty-dir").mkdir(exist_ok=True)
     return files
-
-
-def commit(mount: Mount, name: str, timeout: float = 300) -> str:
-    result = run_hcafs("commit", f"{mount.path}/bundles/{name}", "--timeout", str(timeout),
-                       env=mount.env, timeout=timeout + 30)
-    assert result.returncode == 0, result.stderr + mount.log()[-3000:]
-    return result.stdout.strip()
 
 
 def assert_bundle(client: DSSClient, fqid: str, files: dict[str, bytes]) -> dict:
@@ -298,6 +289,7 @@ def test_umount_waits_for_the_queue_or_leaves_it(rig, tmp_path):
         mount.stop()
 
 
+@pytest.mark.allow_daemon_errors('commit of refused refused: 409 bundle_already_exists')
 def test_a_refused_commit_says_why_and_keeps_the_bundle(rig, tmp_path):
     with rig.mount(tmp_path / "m") as mount:
         os.mkdir(f"{mount.path}/bundles/refused")
@@ -399,10 +391,7 @@ def _journal_state(mount: Mount, path: str) -> tuple[str, int]:
 
 
 def _wait_for(predicate, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
+    wait_until(predicate, timeout, interval=0.05)
 
 
 def _exactly_once(rig: Rig, fqid: str, files: dict[str, bytes]) -> None:

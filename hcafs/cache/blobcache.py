@@ -2,20 +2,29 @@
 
 * **Content-addressed.**  A blob is stored once under its sha256, whatever bundles name it.
 * **Ranges, not whole files.**  A blob is a sparse file cut into 1 MiB blocks; a bitmap says
-  which blocks are on disk.  A read fetches only the blocks it touches (plus read-ahead for
-  sequential readers), so reading 1 MiB at offset 5 GiB costs about 1 MiB of transfer.
-* **Verified.**  Blocks are hashed in order as the contiguous prefix grows; when the last
-  block lands the sha256 must match, or the bytes are discarded and the read fails with
-  :class:`~hcafs.errors.IntegrityError`.
+  which blocks are on disk.  A read fetches only the blocks it touches; a sequential reader
+  also gets up to ``streams`` parallel ranged fetches of ``chunk`` bytes each, running at
+  most ``max_readahead`` ahead of it.  Fetched bytes are written in place into the cache
+  file, and readers waiting on a block are woken as soon as it lands.
+* **Verified.**  Every block carries the crc32c of the bytes as they were fetched.  A block
+  loaded from disk is checked against it before it is first served (once per load of the
+  blob): bytes that changed on disk are never served, the read fails with
+  :class:`~hcafs.errors.IntegrityError` and the block is fetched again by the next read.
+  The whole file's sha256 is computed in order as the contiguous prefix grows, on a worker
+  thread off the readers' path; a mismatch discards every block.  So a reader of a file
+  that has never been read to the end gets bytes exactly as the server sent them, checked
+  against local corruption, but not yet against the file's sha256.
 * **Bounded.**  ``max_bytes`` caps the blocks on disk; the least recently used blobs that are
   neither open nor pinned are evicted to make room.  Pinned blobs (bytes not yet on the
   server) are never evicted.
 * **Crash-safe.**  The bitmap in SQLite only ever names blocks that were fsynced before it
   was written; after a crash the worst case is fetching a block again.
 
-Threading: any thread may call :meth:`BlobCache.read`; the per-blob condition variable
-orders block claims, and each block is fetched by exactly one thread (foreground reader or
-read-ahead worker) while others wait for it.
+Threading: any thread may call :meth:`BlobCache.span` or :meth:`BlobCache.read`; the per-blob
+condition variable orders block claims, and each block is fetched by exactly one thread
+(foreground reader or read-ahead stream) while others wait for it.  The read-ahead streams
+and the sha256 worker run on the cache's own pools and hold a reference to the blob while
+they work.
 """
 
 from __future__ import annotations
@@ -28,24 +37,31 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-from ..errors import HcafsError, IntegrityError, NoSpace
+import crc32c as _crc32c
+
+from ..errors import HcafsError, IntegrityError, NoSpace, Unreachable
 from .cachedb import CacheDB
 
 log = logging.getLogger(__name__)
 
 BLOCK = 1024 * 1024
+CRC = 4  # bytes of crc32c per block
+RESUMES = 3  # broken fetches in a row, with nothing gained, before a read fails
 Fetch = Callable[[int, int], Iterator[bytes]]  # bytes [start, end) of the blob
 
 
 class _Blob:
     """A blob in use: its open file, its bitmap and its hashing progress."""
 
-    def __init__(self, sha256: str, size: int, path: str, blocks: bytearray, complete: bool):
+    def __init__(self, sha256: str, size: int, path: str, blocks: bytearray, complete: bool,
+                 crcs: bytearray):
         self.sha256 = sha256
         self.size = size
         self.path = path
         self.nblocks = -(-size // BLOCK)
         self.present = blocks
+        self.crcs = crcs  # CRC bytes per block, valid where present
+        self.checked = bytearray(self.nblocks)  # present and checked since this load
         self.inflight = bytearray(self.nblocks)
         self.cond = threading.Condition()
         self.hash_lock = threading.Lock()
@@ -56,7 +72,8 @@ class _Blob:
         self.dirty = False
         self.failed: IntegrityError | None = None  # set when the bytes failed their sha256
         self.read_pos = -1  # the furthest block a sequential reader has reached
-        self.streaming = False  # a read-ahead stream is running
+        self.streams = 0  # read-ahead streams running
+        self.hashing = False  # the sha256 worker has a pass queued or running
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         if os.fstat(self.fd).st_size != size:
             os.ftruncate(self.fd, size)
@@ -70,18 +87,21 @@ class _Blob:
 
 
 class BlobCache:
-    def __init__(self, root: str, db: CacheDB, max_bytes: int, workers: int = 4,
-                 max_readahead: int = 64 * BLOCK):
+    def __init__(self, root: str, db: CacheDB, max_bytes: int, streams: int = 4,
+                 max_readahead: int = 64 * BLOCK, chunk: int = 8 * BLOCK):
         self.root = root
         self.db = db
         self.max_bytes = max_bytes
         self.max_readahead = max_readahead
+        self.streams = max(1, streams)
+        self.chunk_blocks = max(1, chunk // BLOCK)
         os.makedirs(root, exist_ok=True)
         self._lock = threading.Lock()
         self._open: dict[str, _Blob] = {}
         row = db.db().execute("select coalesce(sum(present), 0) from blobs").fetchone()
         self.used = int(row[0])
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="readahead")
+        self._pool = ThreadPoolExecutor(max_workers=self.streams, thread_name_prefix="readahead")
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
         self._warned_full = False
 
     def path(self, sha256: str) -> str:
@@ -103,29 +123,37 @@ class BlobCache:
 
     def _load(self, sha256: str, size: int) -> _Blob:
         db = self.db.db()
-        row = db.execute("select size, blocks, complete from blobs where sha256 = ?",
+        row = db.execute("select size, blocks, complete, crcs from blobs where sha256 = ?",
                          [sha256]).fetchone()
         nblocks = -(-size // BLOCK)
         path = self.path(sha256)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        if row is not None and row[0] == size and os.path.exists(path):
+        if row is not None and row[0] == size and os.path.exists(path) and row[3] and \
+                len(row[3]) == nblocks * CRC:
             blocks = bytearray(row[1] or bytes(nblocks))
             complete = bool(row[2])
-        else:
-            blocks, complete = bytearray(nblocks), False
+            crcs = bytearray(row[3])
+        else:  # unknown, or cached without block sums: fetch again
+            blocks, complete, crcs = bytearray(nblocks), False, bytearray(nblocks * CRC)
         db["blobs"].upsert({"sha256": sha256, "size": size, "blocks": bytes(blocks),
                             "present": _present_bytes(blocks, size), "complete": int(complete),
-                            "last_access": time.time(), "pinned": 0}, pk="sha256")
-        return _Blob(sha256, size, path, blocks, complete)
+                            "last_access": time.time(), "pinned": 0, "crcs": bytes(crcs)},
+                           pk="sha256")
+        return _Blob(sha256, size, path, blocks, complete, crcs)
 
     def release(self, blob: _Blob) -> None:
         with self._lock:
             blob.users -= 1
-            last = blob.users == 0
+            if blob.users:
+                return
+        # Record the bitmap before the blob leaves _open: a new acquire in between either
+        # finds this object still open, or loads what was just recorded, never older state.
+        self._persist(blob)
+        with self._lock:
+            last = blob.users == 0 and self._open.get(blob.sha256) is blob
             if last:
-                self._open.pop(blob.sha256, None)
+                self._open.pop(blob.sha256)
         if last:
-            self._persist(blob)
             os.close(blob.fd)
 
     def _persist(self, blob: _Blob) -> None:
@@ -134,89 +162,166 @@ class BlobCache:
             if not blob.dirty:
                 return
             os.fsync(blob.fd)
-            blocks = bytes(blob.present)
+            blocks, crcs = bytes(blob.present), bytes(blob.crcs)
             blob.dirty = False
         self.db.db()["blobs"].update(blob.sha256, {
             "blocks": blocks, "present": _present_bytes(bytearray(blocks), blob.size),
-            "complete": int(blob.verified), "last_access": time.time()})
+            "complete": int(blob.verified), "last_access": time.time(), "crcs": crcs})
 
     # ------------------------------------------------------------ reading
 
-    def read(self, blob: _Blob, offset: int, size: int, fetch: Fetch, readahead: int = 0
-             ) -> bytes:
-        """``size`` bytes at ``offset``, fetching missing blocks first.
+    def span(self, blob: _Blob, offset: int, size: int, fetch: Fetch, readahead: int = 0
+             ) -> tuple[int, int, int]:
+        """``(fd, offset, length)`` of the cache file holding ``size`` bytes at ``offset``,
+        once they are present and checked: what a zero-copy reply hands to the kernel.
 
-        ``readahead`` > 0 (bytes) marks a sequential reader: the foreground fetch is
-        widened to it and the following window is fetched in the background.
+        ``readahead`` > 0 (bytes) marks a sequential reader: parallel background streams
+        fetch the window that follows.
         """
         end = min(offset + size, blob.size)
         if end <= offset:
-            return b""
+            return blob.fd, offset, 0
         first, last = offset // BLOCK, (end - 1) // BLOCK
         if readahead:
             self._follow(blob, last, readahead, fetch)
         self._ensure(blob, first, last, fetch)
+        self._check(blob, first, last)
+        if not blob.verified and blob.all_present():
+            # Once the file is whole, nothing more is served until it matches its sha256:
+            # a reader that reads it all always learns of a bad copy.
+            self.wait_verified(blob)
         if blob.failed is not None:
             raise blob.failed
-        data = os.pread(blob.fd, end - offset, offset)
-        if blob.failed is not None:
-            raise blob.failed
-        return data
+        return blob.fd, offset, end - offset
+
+    def read(self, blob: _Blob, offset: int, size: int, fetch: Fetch, readahead: int = 0
+             ) -> bytes:
+        """``size`` bytes at ``offset`` (see :meth:`span`), as bytes."""
+        fd, start, length = self.span(blob, offset, size, fetch, readahead)
+        return os.pread(fd, length, start) if length else b""
+
+    def _check(self, blob: _Blob, first: int, last: int) -> None:
+        """Check blocks loaded from disk against their crc32c before they are first served;
+        a block that changed is dropped (fetched again by the next read) and the read fails."""
+        if blob.checked[first:last + 1].count(1) == last - first + 1:
+            return
+        for block in range(first, last + 1):
+            with blob.cond:
+                while blob.inflight[block] and blob.present[block] and not blob.checked[block]:
+                    blob.cond.wait(1)  # a read-ahead stream is checking it
+            if blob.checked[block]:
+                continue
+            start, stop = blob.span(block)
+            data = os.pread(blob.fd, stop - start, start)
+            with blob.cond:
+                if blob.checked[block] or not blob.present[block]:
+                    continue
+                if _crc32c.crc32c(data).to_bytes(CRC, "big") == \
+                        bytes(blob.crcs[block * CRC:(block + 1) * CRC]):
+                    blob.checked[block] = 1
+                    continue
+                blob.present[block] = 0
+                blob.dirty = True
+                if blob.verified:  # the file as a whole is no longer known to be intact
+                    blob.verified = False
+                    blob.hasher, blob.hashed = hashlib.sha256(), 0
+            log.error("cached block %d of %s does not match its checksum (changed on disk); "
+                      "dropped, the next read fetches it again", block, blob.sha256)
+            raise IntegrityError(f"cached bytes of {blob.sha256[:12]} are corrupt "
+                                 f"(block {block}); read again to refetch")
 
     def _follow(self, blob: _Blob, last: int, readahead: int, fetch: Fetch) -> None:
-        """Serve a sequential reader from one continuous background stream.
+        """Keep up to ``streams`` background fetches running ahead of a sequential reader.
 
-        The stream claims everything from the reader's position to the end of the file (up
-        to the first block already present or claimed) and runs at most ``max_readahead``
-        ahead of the reader, waiting for it, and stops when the file is closed: one long
-        request instead of many short ones, and never much more than was read.
+        Each stream claims the next ``chunk`` of missing blocks within ``max_readahead`` of
+        the reader, fetches it with one ranged request, and claims the next; it waits while
+        the window is full and stops when the file is closed.
         """
         with blob.cond:
             if last > blob.read_pos:
                 blob.read_pos = last
-                if blob.streaming:
-                    blob.cond.notify_all()
-            if blob.streaming or readahead < 2 * BLOCK or last + 1 >= blob.nblocks:
+                blob.cond.notify_all()
+            if readahead < 2 * BLOCK or blob.streams >= self.streams or \
+                    self._next_chunk(blob, claim=False) is None:
                 return
-            first = last + 1
-            if blob.present[first] or blob.inflight[first]:
-                return
-            stop = first
-            while stop + 1 < blob.nblocks and not blob.present[stop + 1] and \
-                    not blob.inflight[stop + 1]:
-                stop += 1
-            for b in range(first, stop + 1):
-                blob.inflight[b] = 1
-            blob.streaming = True
+            blob.streams += 1
         with self._lock:
             blob.users += 1
-        self._pool.submit(self._stream, blob, first, stop, fetch)
+        self._pool.submit(self._stream, blob, fetch)
 
-    def _stream(self, blob: _Blob, first: int, last: int, fetch: Fetch) -> None:
+    def _next_chunk(self, blob: _Blob, claim: bool) -> tuple[int, int, bool] | None:
+        """The next run of blocks inside the reader's window that needs work (cond held):
+        ``(first, last, fetch)``, either missing blocks to fetch or present blocks not yet
+        checked since they were loaded (checked ahead of the reader, off its path)."""
+        window = max(1, self.max_readahead // BLOCK)
+        first = blob.read_pos + 1
+        stop = min(blob.nblocks, blob.read_pos + 1 + window)
+        while first < stop and (blob.inflight[first] or blob.checked[first]):
+            first += 1
+        if first >= stop:
+            return None
+        fetch = not blob.present[first]
+        last = first
+        while last + 1 < min(stop, first + self.chunk_blocks) and \
+                not blob.inflight[last + 1] and not blob.checked[last + 1] and \
+                (not blob.present[last + 1]) == fetch:
+            last += 1
+        if claim:
+            for b in range(first, last + 1):
+                blob.inflight[b] = 1
+        return first, last, fetch
+
+    def _stream(self, blob: _Blob, fetch: Fetch) -> None:
         try:
-            self._fetch(blob, first, last, fetch, follow=True)
+            while True:
+                with blob.cond:
+                    run = self._next_chunk(blob, claim=True)
+                    while run is None and blob.users > 1 and blob.read_pos + 1 < blob.nblocks:
+                        blob.cond.wait(0.25)  # the window is full: wait for the reader
+                        run = self._next_chunk(blob, claim=True)
+                    if run is None or blob.users <= 1:
+                        if run is not None:
+                            for b in range(run[0], run[1] + 1):
+                                blob.inflight[b] = 0
+                        return
+                if run[2]:
+                    self._fetch(blob, run[0], run[1], fetch)
+                else:
+                    self._check_ahead(blob, run[0], run[1])
         except HcafsError as exc:
             log.debug("read-ahead of %s stopped: %s", blob.sha256[:12], exc)
         except Exception:
             log.exception("read-ahead of %s crashed", blob.sha256[:12])
         finally:
             with blob.cond:
-                blob.streaming = False
+                blob.streams -= 1
             self.release(blob)
 
-    def _may_continue(self, blob: _Blob, block: int) -> bool:
-        """Flow control of a read-ahead stream: wait while it is far ahead of the reader;
-        False once nobody but the stream has the file open."""
-        limit = max(1, self.max_readahead // BLOCK)
-        with blob.cond:
-            while block > blob.read_pos + limit:
-                if blob.users <= 1:
-                    return False
-                blob.cond.wait(0.25)
-            return blob.users > 1
+    def _check_ahead(self, blob: _Blob, first: int, last: int) -> None:
+        """Check claimed present blocks ahead of a reader; a bad one is dropped quietly
+        for the reader to fetch again (it never sees the bad bytes)."""
+        try:
+            for block in range(first, last + 1):
+                with blob.cond:
+                    blob.inflight[block] = 0  # released block by block as checked
+                    blob.cond.notify_all()
+                try:
+                    self._check(blob, block, block)
+                except IntegrityError:
+                    pass  # logged and dropped by _check
+        finally:
+            with blob.cond:
+                for b in range(first, last + 1):
+                    blob.inflight[b] = 0
+                blob.cond.notify_all()
 
     def _ensure(self, blob: _Blob, first: int, last: int, fetch: Fetch) -> None:
-        """Make blocks ``first..last`` present, fetching what nobody else is fetching."""
+        """Make blocks ``first..last`` present, fetching what nobody else is fetching.
+
+        A fetch that breaks off keeps the blocks it wrote and resumes at the first missing
+        one; after ``RESUMES`` breaks in a row with no block gained, the read fails.
+        """
+        fruitless = 0
         while True:
             with blob.cond:
                 if blob.failed is not None:
@@ -234,11 +339,18 @@ class BlobCache:
                     stop += 1
                 for b in range(start, stop + 1):
                     blob.inflight[b] = 1
-            self._fetch(blob, start, stop, fetch)
+            try:
+                self._fetch(blob, start, stop, fetch)
+            except Unreachable as exc:
+                gained = bool(blob.present[start])
+                fruitless = 0 if gained else fruitless + 1
+                if fruitless >= RESUMES:
+                    raise
+                log.info("fetch of %s broke off (%s); resuming at the first missing block",
+                         blob.sha256[:12], exc)
 
-    def _fetch(self, blob: _Blob, first: int, last: int, fetch: Fetch, follow: bool = False
-               ) -> None:
-        """Fetch blocks ``first..last`` (already claimed) and write them to disk."""
+    def _fetch(self, blob: _Blob, first: int, last: int, fetch: Fetch) -> None:
+        """Fetch blocks ``first..last`` (already claimed) and write them in place."""
         begin, end = blob.span(first)[0], blob.span(last)[1]
         self._reserve(end - begin)
         block, buffer = first, bytearray()
@@ -256,8 +368,6 @@ class BlobCache:
                         pieces.append(bytes(buffer[:want]))
                         del buffer[:want]
                 for piece in pieces:
-                    if follow and not self._may_continue(blob, block):
-                        return
                     self._store_block(blob, block, piece)
                     block += 1
             if block <= last:
@@ -278,47 +388,78 @@ class BlobCache:
             if exc.errno == 28:
                 raise NoSpace(f"cache disk full while caching {blob.sha256[:12]}") from exc
             raise
-        self._advance_hash(blob, block, data)  # before the block is visible to readers
+        crc = _crc32c.crc32c(data).to_bytes(CRC, "big")
         with blob.cond:
+            blob.crcs[block * CRC:(block + 1) * CRC] = crc
             blob.present[block] = 1
+            blob.checked[block] = 1
             blob.inflight[block] = 0
             blob.dirty = True
             blob.cond.notify_all()
+            schedule = not blob.verified and not blob.hashing and \
+                blob.hashed < blob.nblocks and bool(blob.present[blob.hashed])
+            if schedule:
+                blob.hashing = True
+        if schedule:
+            with self._lock:
+                blob.users += 1
+            self._hasher.submit(self._hash_pass, blob)
 
-    def _advance_hash(self, blob: _Blob, block: int, data: bytes) -> None:
-        """Hash the contiguous prefix of present blocks (and ``block``, about to be);
-        verify when it reaches the end."""
-        with blob.hash_lock:
-            if blob.verified:
-                return
-            while blob.hashed < blob.nblocks and (blob.present[blob.hashed]
-                                                  or blob.hashed == block):
-                if blob.hashed == block:
-                    piece = data
-                else:
-                    start, stop = blob.span(blob.hashed)
-                    piece = os.pread(blob.fd, stop - start, start)
-                blob.hasher.update(piece)
-                blob.hashed += 1
-            if blob.hashed < blob.nblocks:
-                return
-            digest = blob.hasher.hexdigest()
-            if digest == blob.sha256:
+    def _hash_pass(self, blob: _Blob) -> None:
+        """Advance the in-order sha256 over the present prefix; verify at the end."""
+        try:
+            while True:
+                with blob.hash_lock:
+                    with blob.cond:
+                        if blob.verified or blob.hashed >= blob.nblocks or \
+                                not blob.present[blob.hashed]:
+                            blob.hashing = False
+                            return
+                        block = blob.hashed
+                    start, stop = blob.span(block)
+                    blob.hasher.update(os.pread(blob.fd, stop - start, start))
+                    blob.hashed += 1
+                    if blob.hashed == blob.nblocks:
+                        self._verify(blob)
+        except Exception:
+            log.exception("sha256 of %s crashed", blob.sha256[:12])
+            with blob.cond:
+                blob.hashing = False
+        finally:
+            self.release(blob)
+
+    def _verify(self, blob: _Blob) -> None:
+        """The whole file has been hashed (hash_lock held): accept it or discard it."""
+        digest = blob.hasher.hexdigest()
+        if digest == blob.sha256:
+            with blob.cond:
                 blob.verified = True
                 blob.dirty = True
-                return
-            log.error("content of %s failed its sha256 check (got %s); discarded",
-                      blob.sha256, digest)
-            error = IntegrityError(f"downloaded bytes do not match sha256 {blob.sha256}")
+            return
+        log.error("content of %s failed its sha256 check (got %s); discarded",
+                  blob.sha256, digest)
+        error = IntegrityError(f"downloaded bytes do not match sha256 {blob.sha256}")
+        with blob.cond:
+            blob.present[:] = bytes(blob.nblocks)
+            blob.checked[:] = bytes(blob.nblocks)
+            blob.dirty = True
+            blob.failed = error
+            blob.hasher, blob.hashed = hashlib.sha256(), 0
+            blob.cond.notify_all()
+        os.ftruncate(blob.fd, 0)
+        os.ftruncate(blob.fd, blob.size)
+
+    def wait_verified(self, blob: _Blob, timeout: float = 30.0) -> bool:
+        """Wait for the sha256 worker to finish a blob whose blocks are all present."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
             with blob.cond:
-                blob.present[:] = bytes(blob.nblocks)
-                blob.dirty = True
-                blob.failed = error
-                blob.hasher, blob.hashed = hashlib.sha256(), 0
-                blob.cond.notify_all()
-            os.ftruncate(blob.fd, 0)
-            os.ftruncate(blob.fd, blob.size)
-        raise error
+                if blob.verified or blob.failed is not None:
+                    return blob.verified
+                if not blob.all_present():
+                    return False
+            time.sleep(0.01)
+        return blob.verified
 
     def adopt(self, sha256: str, size: int, path: str) -> None:
         """Take a complete local file whose sha256 is known (and verified by the server)
@@ -328,13 +469,14 @@ class BlobCache:
         if in_use or os.path.exists(self.path(sha256)):
             os.unlink(path)
             return
+        crcs = _block_crcs(path)
         os.makedirs(os.path.dirname(self.path(sha256)), exist_ok=True)
         os.replace(path, self.path(sha256))
         nblocks = -(-size // BLOCK)
         self.db.db()["blobs"].upsert({"sha256": sha256, "size": size,
                                       "blocks": bytes([1]) * nblocks, "present": size,
                                       "complete": 1, "last_access": time.time(),
-                                      "pinned": 0}, pk="sha256")
+                                      "pinned": 0, "crcs": crcs}, pk="sha256")
         with self._lock:
             self.used += size
 
@@ -375,10 +517,20 @@ class BlobCache:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._hasher.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             blobs = list(self._open.values())
         for blob in blobs:
             self._persist(blob)
+
+
+def _block_crcs(path: str) -> bytes:
+    """The crc32c of each block of a local file, as the ``crcs`` column keeps them."""
+    sums = bytearray()
+    with open(path, "rb", buffering=0) as handle:
+        while data := handle.read(BLOCK):
+            sums += _crc32c.crc32c(data).to_bytes(CRC, "big")
+    return bytes(sums)
 
 
 def _length(blob: _Blob, block: int) -> int:

@@ -22,6 +22,10 @@ from sqlite_utils.migrations import Migrations
 
 migrations = Migrations("hcafs")
 
+# What a statement raises when the database cannot take it now (locked, disk full): callers
+# outside this package catch this name, not sqlite3's.
+DatabaseError = sqlite3.OperationalError
+
 
 @migrations()
 def m001_metadata(db: sqlite_utils.Database) -> None:
@@ -77,6 +81,44 @@ def m004_drs_imports(db: sqlite_utils.Database) -> None:
     db["drs_imports"].create_index(["batch"])
 
 
+@migrations()
+def m005_refusals(db: sqlite_utils.Database) -> None:
+    # The latest refusals of the mount (see mount/refusals.py), for `hcafs status`.
+    db["refusals"].create({"id": int, "at": float, "operation": str, "path": str,
+                           "errno": str, "reason": str}, pk="id")
+    # Names this mount gave collection items (`ln -s TARGET collections/C/NAME`): the
+    # server keeps only the item, so the name lives here, per collection and item.
+    db["collection_names"].create({"collection": str, "kind": str, "fqid": str,
+                                   "name": str}, pk=("collection", "kind", "fqid"))
+    db["collection_names"].create_index(["collection", "name"], unique=True)
+
+
+@migrations()
+def m006_block_checksums(db: sqlite_utils.Database) -> None:
+    # crc32c of each present block (4 bytes per block, big-endian, in block order), taken
+    # from the bytes as they were fetched: a block whose bytes on disk no longer match is
+    # refetched instead of served.  Blocks cached before this column existed have no sum
+    # and count as absent.
+    db["blobs"].add_column("crcs", bytes)
+
+
+REFUSALS_KEPT = 50
+
+
+def _private_file(path: str) -> None:
+    """The database holds the caller's collections (owner-private on the server): create it
+    0600 whatever the umask, and narrow an older one (SQLite makes its -wal and -shm files
+    with the database's own mode)."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+    for name in (path, path + "-wal", path + "-shm"):
+        try:
+            info = os.lstat(name)
+        except FileNotFoundError:
+            continue
+        if info.st_mode & 0o077 and info.st_uid == os.geteuid():
+            os.chmod(name, 0o600)
+
+
 class CacheDB:
     """:meth:`db` is the calling thread's connection to ``path``.
 
@@ -90,6 +132,7 @@ class CacheDB:
     def __init__(self, path: str):
         self.path = path
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        _private_file(path)
         self._lock = threading.Lock()
         self._connections: dict[int, sqlite_utils.Database] = {}
         migrations.apply(self.db())
@@ -151,3 +194,19 @@ class CacheDB:
 
     def set_meta(self, key: str, value: str) -> None:
         self.db()["meta"].upsert({"key": key, "value": value}, pk="key")
+
+    def add_refusal(self, at: float, operation: str, path: str, errno: str,
+                    reason: str) -> None:
+        """Keep one refusal; only the latest :data:`REFUSALS_KEPT` are kept."""
+        with self.atomic() as db:
+            db["refusals"].insert({"at": at, "operation": operation, "path": path,
+                                   "errno": errno, "reason": reason})
+            db.execute("delete from refusals where id <= (select max(id) from refusals) - ?",
+                       [REFUSALS_KEPT])
+
+    def refusals(self, limit: int = 5) -> list[dict]:
+        """The latest refusals, oldest first."""
+        rows = self.db().execute("select at, operation, path, errno, reason from refusals "
+                                 "order by id desc limit ?", [limit]).fetchall()
+        return [{"at": r[0], "operation": r[1], "path": r[2], "errno": r[3], "reason": r[4]}
+                for r in reversed(rows)]

@@ -7,7 +7,15 @@ network once the cache is warm, and works with the server gone.
   background and on demand (``hcafs refresh``); a refresh that fails part-way changes
   nothing, because "unreachable" must never read as "deleted".
 * Manifests and file metadata are immutable per version: fetched once, kept.
-* Collections are the caller's own; each appears as a directory named ``NAME.UUID``.
+* Collections are the caller's own; each appears as a directory named ``NAME`` (or
+  ``NAME.UUID`` where names clash).
+* A change this mount makes (a collection made, patched or deleted, a bundle version made
+  or deleted) goes to the server first, then updates just the cached rows it touched: no
+  listing is fetched again for it.
+* A lookup the server answers 404 is remembered for ``negative_ttl`` seconds, so a bad
+  FQID costs one request, not one per call.
+* Names this mount gave collection items (``ln -s TARGET collections/C/NAME``) are kept
+  here: the server stores only the item, so other mounts show it under its FQID.
 
 Threading: FUSE threads read the in-memory snapshots; the refresher thread builds new ones
 and swaps them in under ``_lock``.  Each thread uses its own SQLite connection.
@@ -21,7 +29,7 @@ import threading
 import time
 from collections import OrderedDict
 
-from ..errors import ApiError, NotFound, RemoteError, Unreachable
+from ..errors import Busy, NotFound, PermissionDenied, RemoteError, Unreachable
 from ..remote.client import DSSClient
 from ..versions import parse_fqid
 from .cachedb import CacheDB
@@ -29,6 +37,7 @@ from .cachedb import CacheDB
 log = logging.getLogger(__name__)
 
 MANIFEST_MEMORY = 256
+NEGATIVE_MEMORY = 10_000  # remembered 404s before the expired ones are swept
 
 
 class Health:
@@ -74,11 +83,13 @@ def collection_dirnames(documents: list[dict]) -> dict[str, dict]:
 
 class Catalog:
     def __init__(self, db: CacheDB, client: DSSClient | None, ttl: float,
-                 quick: DSSClient | None = None):
+                 quick: DSSClient | None = None, negative_ttl: float = 30.0):
         self.db = db
         self._client = client
         self._quick = quick or client
         self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self._absent: dict[str, float] = {}  # "bundle|file FQID" -> when its 404 expires
         self.health = Health()
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
@@ -86,6 +97,8 @@ class Catalog:
             "select fqid from bundles order by fqid")]
         self._bundle_set = set(self._bundles)
         self._collections = self._load_collections()
+        self._names = self._load_names()
+        self._changes = 0  # collection changes this mount made (a refresh in flight keeps them)
         self._manifests: OrderedDict[str, dict] = OrderedDict()
         stamp = db.get_meta("bundles_refreshed_at")
         self.refreshed_at = float(stamp) if stamp else 0.0
@@ -97,6 +110,12 @@ class Catalog:
         """The client to use now: patient while the server answers, quick while it does not
         (so that an offline mount answers EIO promptly instead of retrying for long)."""
         return self._client if self.health.online else self._quick
+
+    @property
+    def callback_client(self) -> DSSClient | None:
+        """The client for a request a FUSE callback waits on: the quick one always, so the
+        wait is bounded by its few attempts (docs/architecture.md)."""
+        return self._quick
 
     # ------------------------------------------------------------ bundles
 
@@ -153,19 +172,30 @@ class Catalog:
         return self._manifest(fqid, bundle["creator_uid"], bundle["files"])
 
     def _fetch(self, what: str, fqid: str, call):
-        """One read of an object named by FQID: 404 becomes NotFound, and whether the server
-        answered is recorded in :attr:`health`."""
+        """One read of an object named by FQID (a 404 comes out as NotFound, and is
+        remembered for :attr:`negative_ttl`); whether the server answered is recorded in
+        :attr:`health`."""
         parsed = parse_fqid(fqid)
-        if parsed is None or self.client is None:
+        client = self.callback_client
+        if parsed is None or client is None:
             raise NotFound(f"no {what}")
+        with self._lock:
+            expires = self._absent.get(what)
+        if expires is not None and expires > time.monotonic():
+            raise NotFound(f"no {what} (the server said so less than "
+                           f"{self.negative_ttl:.0f}s ago)")
         try:
-            answer = call(self.client, *parsed)
-        except ApiError as exc:
-            if exc.status == 404:
-                raise NotFound(f"no {what}") from exc
-            raise
+            answer = call(client, *parsed)
         except Unreachable as exc:
             self.health.failed(exc)
+            raise
+        except NotFound:
+            self.health.ok()
+            with self._lock:
+                if len(self._absent) > NEGATIVE_MEMORY:
+                    now = time.monotonic()
+                    self._absent = {k: v for k, v in self._absent.items() if v > now}
+                self._absent[what] = time.monotonic() + self.negative_ttl
             raise
         self.health.ok()
         return answer
@@ -182,13 +212,12 @@ class Catalog:
 
     def latest_version(self, uuid: str) -> str | None:
         """The newest live version of a bundle on the server, or None if it has none."""
+        client = self.callback_client
         try:
-            answer = self.client.request("GET", f"/bundles/{uuid}", params={
-                "replica": self.client.replica, "per_page": 10})
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
+            answer = client.request("GET", f"/bundles/{uuid}", params={
+                "replica": client.replica, "per_page": 10})
+        except NotFound:
+            return None
         return answer.json()["bundle"]["version"]
 
     def add_bundle(self, fqid: str) -> None:
@@ -197,6 +226,7 @@ class Catalog:
         self.db.db()["bundles"].upsert({"fqid": fqid, "uuid": uuid, "version": version},
                                        pk="fqid")
         with self._lock:
+            self._absent.pop(f"bundle {fqid}", None)
             if fqid not in self._bundle_set:
                 self._bundles = sorted([*self._bundles, fqid])
                 self._bundle_set = set(self._bundles)
@@ -220,6 +250,73 @@ class Catalog:
         with self._lock:
             return self._collections
 
+    def collection_saved(self, uuid: str, version: str, name: str, contents: list) -> None:
+        """A collection this mount just made or changed: its row now, no listing."""
+        with self._lock:
+            documents = [c for c in self._collections.values() if c["uuid"] != uuid]
+        documents.append({"uuid": uuid, "version": version, "name": name,
+                          "contents": contents})
+        self._replace_collections(documents)
+
+    def collection_deleted(self, uuid: str) -> None:
+        """A collection this mount just deleted: its row (and its item names) go now."""
+        with self._lock:
+            documents = [c for c in self._collections.values() if c["uuid"] != uuid]
+        self._replace_collections(documents, gone=uuid)
+
+    def _replace_collections(self, documents: list[dict], gone: str | None = None) -> None:
+        """Write the rows whose directory name or version changed (a clash renames the
+        collections sharing a name), in one transaction, then swap the snapshot."""
+        named = collection_dirnames(sorted(documents, key=lambda c: c["uuid"]))
+        before = {c["uuid"]: (d, c["version"]) for d, c in self.collections().items()}
+        touched = [(d, c) for d, c in named.items()
+                   if before.get(c["uuid"]) != (d, c["version"])]
+        db = self.db.db()
+        with self.db.atomic():
+            for uuid in [c["uuid"] for _, c in touched] + ([gone] if gone else []):
+                db.execute("delete from collections where uuid = ?", [uuid])
+            if gone:
+                db.execute("delete from collection_names where collection = ?", [gone])
+            for dirname, c in touched:
+                db["collections"].insert({"dirname": dirname, "uuid": c["uuid"],
+                                          "version": c["version"], "name": c["name"],
+                                          "contents": json.dumps(c["contents"])})
+        with self._lock:
+            self._collections = named
+            self._changes += 1
+            if gone:
+                self._names.pop(gone, None)
+
+    # ------------------------------------------------------------ item names
+
+    def _load_names(self) -> dict[str, dict[tuple[str, str], str]]:
+        names: dict[str, dict[tuple[str, str], str]] = {}
+        for collection, kind, fqid, name in self.db.db().execute(
+                "select collection, kind, fqid, name from collection_names"):
+            names.setdefault(collection, {})[(kind, fqid)] = name
+        return names
+
+    def item_names(self, collection: str) -> dict[tuple[str, str], str]:
+        """``{(kind, fqid): name}`` of the items this mount named in one collection."""
+        with self._lock:
+            return self._names.get(collection, {})
+
+    def name_item(self, collection: str, kind: str, fqid: str, name: str | None) -> None:
+        """Show item ``(kind, fqid)`` of a collection as ``name`` (None: as its FQID)."""
+        db = self.db.db()
+        with self.db.atomic():
+            db.execute("delete from collection_names where collection = ? and kind = ? "
+                       "and fqid = ?", [collection, kind, fqid])
+            if name is not None:
+                db["collection_names"].insert({"collection": collection, "kind": kind,
+                                               "fqid": fqid, "name": name})
+        with self._lock:
+            names = dict(self._names.get(collection, {}))
+            names.pop((kind, fqid), None)
+            if name is not None:
+                names[(kind, fqid)] = name
+            self._names[collection] = names
+
     # ------------------------------------------------------------ refreshing
 
     def refresh(self, client: DSSClient | None = None) -> None:
@@ -228,6 +325,8 @@ class Catalog:
         if client is None:
             return
         with self._refresh_lock:
+            with self._lock:
+                changes = self._changes
             try:
                 fqids = [f"{u}.{v}" for u, v in client.iter_bundles()]
                 collections = self._fetch_collections(client)
@@ -235,6 +334,9 @@ class Catalog:
                 self.health.failed(exc)
                 raise
             self.health.ok()
+            with self._lock:
+                if self._changes != changes:  # this mount changed one while we listed:
+                    collections = None  # keep its rows; the next refresh brings the rest
             db = self.db.db()
             with self.db.atomic():
                 db.execute("delete from bundles")
@@ -248,10 +350,10 @@ class Catalog:
                          "contents": json.dumps(c["contents"])}
                         for d, c in collections.items())
                 stamp = time.time()
-                db["meta"].upsert({"key": "bundles_refreshed_at", "value": str(stamp)},
-                                  pk="key")
+                self.db.set_meta("bundles_refreshed_at", str(stamp))
             fqids.sort()
             with self._lock:
+                self._absent.clear()
                 self._bundles, self._bundle_set = fqids, set(fqids)
                 if collections is not None:
                     self._collections = collections
@@ -259,14 +361,32 @@ class Catalog:
             log.info("listing refreshed: %d bundle versions, %d collections", len(fqids),
                      len(self._collections))
 
+    def refresh_within(self, timeout: float) -> None:
+        """:meth:`refresh`, waited on for at most ``timeout`` seconds (for a FUSE callback);
+        past that it goes on in the background and :class:`Busy` says so."""
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self.refresh()
+            except BaseException as exc:  # handed to the waiting caller
+                failure.append(exc)
+
+        worker = threading.Thread(target=run, name="refresh-now", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        if worker.is_alive():
+            raise Busy(f"the listing refresh is still running after {timeout:.0f}s; it "
+                       "completes in the background")
+        if failure:
+            raise failure[0]
+
     def _fetch_collections(self, client: DSSClient) -> dict[str, dict] | None:
         """The caller's collections (latest version of each), or None without a token."""
         try:
             listed = client.list_collections()
-        except ApiError as exc:
-            if exc.status in (401, 403):
-                return None
-            raise
+        except PermissionDenied:
+            return None
         latest: dict[str, str] = {}
         for item in listed:
             if item["version"] > latest.get(item["uuid"], ""):
@@ -280,10 +400,8 @@ class Catalog:
             else:
                 try:
                     body = client.get_collection(uuid, version)
-                except ApiError as exc:
-                    if exc.status in (403, 404):
-                        continue
-                    raise
+                except (PermissionDenied, NotFound):
+                    continue
                 document = {"uuid": uuid, "version": version, "name": body.get("name", ""),
                             "contents": body.get("contents", [])}
             documents.append(document)

@@ -15,22 +15,39 @@ A file's life::
 attempt, so a retry or a restart after a crash registers the same uuid and version again
 and the server answers 200 instead of making a second copy.
 
+A ``.drs`` file (kind ``drs``) is ``dirty`` while written; closed, it becomes ``queued``
+(its import waits in ``drs_imports``) or ``error`` (invalid, or its import failed); when the
+import lands, the row is replaced by the imported files (kind ``remote``).
+
 A bundle's life: ``open`` → ``commit`` (requested) → ``committed`` (with its FQID); a commit
 that the server refuses goes back to ``open`` with the reason in ``error``.
+
+The journal is the only writer of ``pending_bundles``, ``pending_files`` and ``drs_imports``:
+each change of the model is one of its methods, and one transaction.  An import item's life
+in ``drs_imports``: ``queued`` → ``submitting`` (batch key recorded before the call) →
+``submitted`` (job id recorded) → ``done`` or ``failed``; a transient failure goes back to
+``queued`` with a later ``next_try``.
 """
 
 from __future__ import annotations
 
 import time
+import uuid as _uuid
 from dataclasses import dataclass
 
+from ..retry import BACKGROUND
 from ..versions import new_uuid, now_version
 from .cachedb import CacheDB
 
 DIRTY, STAGING, REGISTERING, SYNCED, ERROR = "dirty", "staging", "registering", "synced", "error"
+QUEUED = "queued"  # a closed .drs file whose import waits in drs_imports
 LOCAL, REMOTE, DIR, DRS = "local", "remote", "dir", "drs"  # DRS: a .drs import request
 OPEN, COMMIT, COMMITTED = "open", "commit", "committed"
-MAX_BACKOFF = 300.0
+# drs_imports states (QUEUED too)
+SUBMITTING, SUBMITTED, DONE, FAILED = "submitting", "submitted", "done", "failed"
+IMPORTS_ACTIVE = (QUEUED, SUBMITTING, SUBMITTED)
+MAX_BACKOFF = BACKGROUND.max_delay
+SYNC_NOW_KEY = "sync_now_before"  # meta: files changed before this epoch are due at once
 
 
 @dataclass
@@ -126,13 +143,26 @@ class Journal:
         return FileRow(*row) if row else None
 
     def due(self, now: float, delay: float) -> list[FileRow]:
-        """Local files the sync engine should work on now (open files are filtered later)."""
+        """Local files the sync engine should work on now (open files are filtered later).
+
+        A dirty file is due once it has been idle for ``delay``, at once if its bundle is
+        being committed ("commit" means now), or if it changed before the last
+        :meth:`sync_now` (an unmount drains now); an errored one when its retry is due.
+        """
+        now_before = float(self.cachedb.get_meta(SYNC_NOW_KEY) or 0)
         rows = self.db.execute(
             f"select {', '.join(_FILE_COLUMNS)} from pending_files where kind = ? and ("
-            " (state = ? and changed <= ?) or state in (?, ?) or"
+            " (state = ? and (changed <= ? or changed <= ? or bundle in"
+            "   (select name from pending_bundles where state = ?))) or state in (?, ?) or"
             " (state = ? and coalesce(next_try, 0) <= ?)) order by id",
-            [LOCAL, DIRTY, now - delay, STAGING, REGISTERING, ERROR, now]).fetchall()
+            [LOCAL, DIRTY, now - delay, now_before, COMMIT, STAGING, REGISTERING, ERROR,
+             now]).fetchall()
         return [FileRow(*row) for row in rows]
+
+    def sync_now(self) -> None:
+        """Every file closed until now is due at once, whatever the write-back delay (the
+        drain before an unmount); files written later wait for the delay as usual."""
+        self.cachedb.set_meta(SYNC_NOW_KEY, repr(time.time()))
 
     # ------------------------------------------------------------ bundles
 
@@ -229,9 +259,12 @@ class Journal:
 
     def closed(self, file_id: int, size: int) -> None:
         """A writer closed the file: record its size; the idle clock starts now."""
-        now = time.time()
-        self.db.execute("update pending_files set size = ?, changed = ?, mtime = ? "
-                        "where id = ?", [size, now, now, file_id])
+        self._closed(self.db, file_id, size, time.time())
+
+    @staticmethod
+    def _closed(db, file_id: int, size: int, now: float) -> None:
+        db.execute("update pending_files set size = ?, changed = ?, mtime = ? where id = ?",
+                   [size, now, now, file_id])
 
     def set_times(self, file_id: int, mtime: float) -> None:
         self.db.execute("update pending_files set mtime = ? where id = ?", [mtime, file_id])
@@ -241,17 +274,23 @@ class Journal:
                         [int(indexed), file_id])
 
     def remove_file(self, file_id: int) -> None:
+        """The file is gone (with its queued import, if it was a ``.drs`` file)."""
         with self.cachedb.atomic() as db:
             row = db.execute("select bundle from pending_files where id = ?",
                              [file_id]).fetchone()
             db.execute("delete from pending_files where id = ?", [file_id])
+            db.execute("delete from drs_imports where drs_file_id = ? and state = ?",
+                       [file_id, QUEUED])
             if row:
                 self._touch(db, row[0], time.time())
 
     def rename(self, bundle: str, old: str, new: str, new_bundle: str | None = None) -> None:
-        """Rename a path and everything under it, in one transaction."""
+        """Rename a path and everything under it, in one transaction (a file at the target
+        is replaced, its queued import dropped)."""
         target = new_bundle or bundle
         with self.cachedb.atomic() as db:
+            db.execute("delete from drs_imports where state = ? and drs_file_id = (select id "
+                       "from pending_files where bundle = ? and path = ?)", [QUEUED, target, new])
             db.execute("delete from pending_files where bundle = ? and path = ?", [target, new])
             db.execute("update pending_files set path = ?, bundle = ? where bundle = ? and "
                        "path = ?", [new, target, bundle, old])
@@ -295,15 +334,161 @@ class Journal:
 
     def failed(self, file_id: int, generation: int, reason: str) -> float:
         """Record a failed attempt; returns the delay before the next one (capped)."""
-        row = self.db.execute("select attempts from pending_files where id = ?",
-                              [file_id]).fetchone()
-        attempts = (row[0] or 0) + 1 if row else 1
-        delay = min(MAX_BACKOFF, 2.0 ** min(attempts, 10))
-        self.db.execute(
-            "update pending_files set state = ?, error = ?, attempts = ?, next_try = ? "
-            "where id = ? and generation = ?",
-            [ERROR, reason, attempts, time.time() + delay, file_id, generation])
+        with self.cachedb.atomic() as db:
+            row = db.execute("select attempts from pending_files where id = ?",
+                             [file_id]).fetchone()
+            attempts = (row[0] or 0) + 1 if row else 1
+            delay = BACKGROUND.backoff(attempts)
+            db.execute(
+                "update pending_files set state = ?, error = ?, attempts = ?, next_try = ? "
+                "where id = ? and generation = ?",
+                [ERROR, reason, attempts, time.time() + delay, file_id, generation])
         return delay
+
+    # ------------------------------------------------------------ DRS imports
+
+    def drs_queued(self, file_id: int, size: int, bundle: str, name: str, drs_uri: str,
+                   metadata: str, tags: str, conflict: str) -> bool:
+        """A ``.drs`` file was closed with a valid request: record the close and queue its
+        import, in one transaction.  False (and a note on the file) if an import of it is
+        already on its way, whose result stands."""
+        now = time.time()
+        with self.cachedb.atomic() as db:
+            self._closed(db, file_id, size, now)
+            busy = db.execute("select count(*) from drs_imports where drs_file_id = ? and "
+                              "state in (?, ?)", [file_id, SUBMITTING, SUBMITTED]).fetchone()[0]
+            if busy:
+                db.execute("update pending_files set error = ? where id = ?",
+                           ["changed while its import was running; the new content is "
+                            "ignored", file_id])
+                return False
+            db.execute("delete from drs_imports where drs_file_id = ?", [file_id])
+            db["drs_imports"].insert({
+                "drs_file_id": file_id, "bundle": bundle, "name": name, "drs_uri": drs_uri,
+                "metadata": metadata, "tags": tags, "conflict": conflict, "state": QUEUED,
+                "attempts": 0, "created": now})
+            db.execute("update pending_files set state = ?, error = null where id = ?",
+                       [QUEUED, file_id])
+        return True
+
+    def drs_rejected(self, file_id: int, size: int, reason: str) -> None:
+        """A ``.drs`` file was closed but cannot be imported: record the close and why."""
+        with self.cachedb.atomic() as db:
+            self._closed(db, file_id, size, time.time())
+            db.execute("delete from drs_imports where drs_file_id = ? and state = ?",
+                       [file_id, QUEUED])
+            db.execute("update pending_files set state = ?, error = ? where id = ?",
+                       [ERROR, reason, file_id])
+
+    def imports_waiting(self, bundle: str) -> int:
+        return self.db.execute("select count(*) from drs_imports where bundle = ? and state "
+                               "not in (?, ?)", [bundle, DONE, FAILED]).fetchone()[0]
+
+    def import_failures(self, bundle: str) -> list[str]:
+        rows = self.db.execute("select name, error from drs_imports where bundle = ? and "
+                               "state = ?", [bundle, FAILED]).fetchall()
+        return [f"{name}: {error}" for name, error in rows]
+
+    def imports_sent_since(self, since: float) -> int:
+        return self.db.execute("select count(*) from drs_imports where submitted_at > ?",
+                               [since]).fetchone()[0]
+
+    def unanswered_batches(self) -> list[str]:
+        """Keys of batches sent (or about to be) whose answer was never recorded."""
+        return [r[0] for r in self.db.execute(
+            "select distinct batch from drs_imports where state = ?", [SUBMITTING])]
+
+    def claim_batch(self, now: float, room: int) -> str | None:
+        """Up to ``room`` due items sharing their request-level fields, marked as being
+        submitted under a new batch key (recorded before anything is sent)."""
+        with self.cachedb.atomic() as db:
+            group = db.execute(
+                "select conflict, tags from drs_imports where state = ? and "
+                "coalesce(next_try, 0) <= ? order by id limit 1", [QUEUED, now]).fetchone()
+            if group is None:
+                return None
+            key = str(_uuid.uuid4())
+            ids = [r[0] for r in db.execute(
+                "select id from drs_imports where state = ? and conflict = ? and tags = ? "
+                "and coalesce(next_try, 0) <= ? order by id limit ?",
+                [QUEUED, group[0], group[1], now, room]).fetchall()]
+            db.execute(f"update drs_imports set state = ?, batch = ? where id in "
+                       f"({','.join('?' * len(ids))})", [SUBMITTING, key, *ids])
+        return key
+
+    def batch(self, key: str) -> list[tuple]:
+        """(id, drs_uri, name, metadata, conflict, tags, bundle uuid) of a batch's items."""
+        return self.db.execute(
+            "select i.id, i.drs_uri, i.name, i.metadata, i.conflict, i.tags, b.uuid from "
+            "drs_imports i join pending_bundles b on b.name = i.bundle where i.batch = ? "
+            "order by i.id", [key]).fetchall()
+
+    def batch_submitted(self, key: str, job_id: str) -> None:
+        self.db.execute("update drs_imports set state = ?, job_id = ?, submitted_at = ? "
+                        "where batch = ?", [SUBMITTED, job_id, time.time(), key])
+
+    def imports_failed(self, ids: list[int], reason: str) -> None:
+        """The server refused these items for good: the reason goes on each ``.drs`` file."""
+        with self.cachedb.atomic() as db:
+            for import_id in ids:
+                db.execute("update drs_imports set state = ?, error = ? where id = ?",
+                           [FAILED, reason, import_id])
+                db.execute("update pending_files set state = ?, error = ? where id = "
+                           "(select drs_file_id from drs_imports where id = ?)",
+                           [ERROR, f"import failed: {reason}", import_id])
+
+    def submitted_jobs(self) -> list[str]:
+        return [r[0] for r in self.db.execute(
+            "select distinct job_id from drs_imports where state = ?", [SUBMITTED])]
+
+    def job_items(self, job_id: str) -> list[tuple]:
+        """(id, bundle, name, drs_file_id, conflict) of a job's items, in item order."""
+        return self.db.execute("select id, bundle, name, drs_file_id, conflict from "
+                               "drs_imports where job_id = ? and state = ? order by id",
+                               [job_id, SUBMITTED]).fetchall()
+
+    def import_skipped(self, import_id: int, drs_file_id: int) -> None:
+        """SKIP, and the name exists: the ``.drs`` file goes, nothing is imported."""
+        with self.cachedb.atomic() as db:
+            db.execute("delete from pending_files where id = ?", [drs_file_id])
+            db.execute("update drs_imports set state = ?, finished_at = ?, error = ? "
+                       "where id = ?", [DONE, time.time(), "skipped: name exists", import_id])
+
+    def import_retry(self, import_id: int, reason: str) -> None:
+        """A transient failure of one item: queue it again, later (capped backoff)."""
+        with self.cachedb.atomic() as db:
+            attempts = db.execute("select attempts from drs_imports where id = ?",
+                                  [import_id]).fetchone()[0] + 1
+            db.execute("update drs_imports set state = ?, job_id = null, batch = null, "
+                       "submitted_at = null, attempts = ?, next_try = ?, error = ? "
+                       "where id = ?", [QUEUED, attempts,
+                                        time.time() + BACKGROUND.backoff(attempts), reason,
+                                        import_id])
+
+    def import_done(self, import_id: int, bundle: str, drs_file_id: int, conflict: str,
+                    entries: list[tuple[str, object]]) -> None:
+        """The import landed: its files (``(path, FileInfo)``) replace the ``.drs`` file in
+        the pending bundle, in one transaction."""
+        now = time.time()
+        with self.cachedb.atomic() as db:
+            for path, info in entries:
+                existing = db.execute("select id from pending_files where bundle = ? and "
+                                      "path = ?", [bundle, path]).fetchone()
+                if existing and conflict == "SKIP":
+                    continue
+                if existing:
+                    db.execute("delete from pending_files where id = ?", [existing[0]])
+                db["pending_files"].insert({
+                    "bundle": bundle, "path": path, "kind": REMOTE, "size": info.size,
+                    "mtime": now, "state": SYNCED, "generation": 0,
+                    "synced_generation": 0, "file_uuid": info.uuid,
+                    "file_version": info.version, "sha256": info.sha256, "sha1": info.sha1,
+                    "crc32c": info.crc32c, "s3_etag": info.s3_etag,
+                    "content_type": info.content_type, "attempts": 0, "sent_bytes": 0,
+                    "changed": now})
+            db.execute("delete from pending_files where id = ?", [drs_file_id])
+            db.execute("update drs_imports set state = ?, finished_at = ?, error = null "
+                       "where id = ?", [DONE, now, import_id])
 
     # ------------------------------------------------------------ status
 
@@ -323,7 +508,7 @@ class Journal:
         imports = db.execute("select state, count(*) from drs_imports group by state"
                              ).fetchall()
         import_errors = db.execute("select bundle, name, error from drs_imports where "
-                                   "state = 'failed' order by id").fetchall()
+                                   "state = ? order by id", [FAILED]).fetchall()
         invalid = db.execute("select bundle, path, error from pending_files where kind = ? "
                              "and state = ?", [DRS, ERROR]).fetchall()
         return {

@@ -20,17 +20,16 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import sqlite3
 import threading
 from dataclasses import dataclass
 
 from ..cache.blobcache import BLOCK, BlobCache
+from ..cache.cachedb import DatabaseError
 from ..cache.catalog import Catalog
 from ..cache.journal import (
     COMMITTED,
     DIR,
     DRS,
-    ERROR,
     LOCAL,
     OPEN,
     REMOTE,
@@ -38,7 +37,15 @@ from ..cache.journal import (
     FileRow,
     Journal,
 )
-from ..errors import AlreadyExists, NoSpace, NotEmpty, NotFound, PermissionDenied, UsageError
+from ..errors import (
+    AlreadyExists,
+    NoSpace,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
+    PermissionDenied,
+    UsageError,
+)
 from ..versions import is_uuid, new_uuid, parse_fqid
 from .entries import FileEntry, version_mtime
 
@@ -145,13 +152,13 @@ class PendingBundles:
             else:
                 children[head] = row
         if path and not children and self.lookup(name, path) != "dir":
-            raise UsageError(f"bundles/{name}/{path} is not a directory")
+            raise NotADirectory(f"bundles/{name}/{path} is not a directory")
         return sorted(children.items())
 
     def _parent_exists(self, name: str, path: str) -> None:
         parent = path.rpartition("/")[0]
         if parent and self.lookup(name, parent) != "dir":
-            raise NotFound(f"bundles/{name}/{parent} is not a directory")
+            raise NotADirectory(f"bundles/{name}/{parent} is not a directory")
 
     def _free(self, name: str, path: str) -> None:
         try:
@@ -168,7 +175,7 @@ class PendingBundles:
 
     def rmdir(self, name: str, path: str) -> None:
         if self.lookup(name, path) != "dir":
-            raise UsageError(f"bundles/{name}/{path} is not a directory")
+            raise NotADirectory(f"bundles/{name}/{path} is not a directory")
         if self.listdir(name, path):
             raise NotEmpty(f"bundles/{name}/{path} is not empty")
         row = self.journal.file(name, path)
@@ -179,10 +186,7 @@ class PendingBundles:
         row = self.lookup(name, path)
         if row == "dir":
             raise PermissionDenied(f"bundles/{name}/{path} is a directory")
-        self.journal.remove_file(row.id)
-        if row.kind == DRS:
-            self.journal.db.execute("delete from drs_imports where drs_file_id = ? and "
-                                    "state = 'queued'", [row.id])
+        self.journal.remove_file(row.id)  # with its queued import: one transaction
         try:
             os.unlink(self.data_path(row.id))
         except FileNotFoundError:
@@ -199,12 +203,12 @@ class PendingBundles:
             pass
         if target == "dir" and self.listdir(new_name, new):
             raise NotEmpty(f"bundles/{new_name}/{new} is not empty")
-        if isinstance(target, FileRow):
+        self.journal.rename(name, old, new, new_bundle=new_name)
+        if isinstance(target, FileRow):  # replaced: its bytes go once the journal says so
             try:
                 os.unlink(self.data_path(target.id))
             except FileNotFoundError:
                 pass
-        self.journal.rename(name, old, new, new_bundle=new_name)
 
     # ------------------------------------------------------------ content
 
@@ -253,7 +257,8 @@ class PendingBundles:
     def _materialize(self, row: FileRow, empty: bool) -> None:
         """Copy a remote (working copy) file into a local data file before it changes."""
         path = self.data_path(row.id)
-        with open(path + ".part", "wb") as out:
+        fd = os.open(path + ".part", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
             if not empty and row.size:
                 entry = _remote_entry(row)
                 blob = self.blobs.acquire(entry.sha256, entry.size)
@@ -273,10 +278,16 @@ class PendingBundles:
         return self._handles[number]
 
     def read(self, number: int, size: int, offset: int) -> bytes:
+        fd, start, length = self.read_span(number, size, offset)
+        return os.pread(fd, length, start) if length else b""
+
+    def read_span(self, number: int, size: int, offset: int) -> tuple[int, int, int]:
+        """``(fd, offset, length)`` holding the bytes: the local file, or the cached
+        blob of a file not yet rewritten."""
         handle = self._handles[number]
         if handle.blob is not None:
-            return self.blobs.read(handle.blob, offset, size, self._fetcher(handle.entry))
-        return os.pread(handle.fd, size, offset)
+            return self.blobs.span(handle.blob, offset, size, self._fetcher(handle.entry))
+        return handle.fd, offset, size
 
     def write(self, number: int, data: bytes, offset: int) -> int:
         handle = self._handles[number]
@@ -329,26 +340,25 @@ class PendingBundles:
         if handle.fd is not None:
             try:
                 if handle.dirty:
-                    self.journal.closed(handle.file_id, os.fstat(handle.fd).st_size)
-                    self._drs_closed(handle)
-            except sqlite3.OperationalError as exc:
+                    self._closed(handle, os.fstat(handle.fd).st_size)
+            except DatabaseError as exc:
                 # The row is already dirty; the size is read from the data file anyway.
                 log.warning("could not record the close of file %d: %s", handle.file_id, exc)
             finally:
                 os.close(handle.fd)
 
-    def _drs_closed(self, handle: PendingHandle) -> None:
-        """A written ``.drs`` file was closed: hand it to the import queue."""
+    def _closed(self, handle: PendingHandle, size: int) -> None:
+        """Record the close of a written file; a ``.drs`` file's import request is queued
+        in the same transaction (or the reason it cannot be recorded on it)."""
         row = self.journal.file_by_id(handle.file_id)
         if row is None or row.kind != DRS:
-            return
-        if self.drs_queue is None:
-            self.journal.db.execute("update pending_files set state = ?, error = ? where "
-                                    "id = ?", [ERROR, "no DRS import API is configured for "
-                                               "this mount", row.id])
-            return
-        content = os.pread(handle.fd, 65 * 1024, 0)
-        self.drs_queue.enqueue_file(row.id, row.bundle, row.path, content)
+            self.journal.closed(handle.file_id, size)
+        elif self.drs_queue is None:
+            self.journal.drs_rejected(row.id, size, "no DRS import API is configured for "
+                                      "this mount")
+        else:
+            content = os.pread(handle.fd, 65 * 1024, 0)
+            self.drs_queue.enqueue_file(row.id, row.bundle, row.path, content, size)
 
     def is_open_for_write(self, file_id: int) -> bool:
         with self._lock:

@@ -7,12 +7,14 @@ Layout::
                                     to the committed <uuid>.<version>
     /collections/<NAME>/            the caller's collections (NAME.UUID where names clash);
                                     items are symlinks to ../../bundles/<fqid> or
-                                    ../../files/<fqid>
+                                    ../../files/<fqid>, named by their FQID or by the
+                                    name this mount gave them (see Catalog.item_names)
     /files/<uuid>.<version>         any file by FQID: lookup only, not listed
 
 Changes map onto the DSS: ``mkdir``/``rmdir`` of a collection are put/delete-collection,
 ``ln -s``/``rm`` inside one are patch-collection, ``rmdir bundles/<fqid>`` is delete-bundle.
-Pending bundles are handled by :mod:`hcafs.pending` and synced by :mod:`hcafs.syncer`.
+Pending bundles are handled by :mod:`hcafs.model.pending` and synced by
+:mod:`hcafs.sync.syncer`.
 
 Errors are raised from the :mod:`hcafs.errors` tree; the FUSE adapter maps them to errno.
 """
@@ -31,7 +33,8 @@ from ..cache.catalog import Catalog
 from ..cache.journal import COMMITTED, DIRTY, DRS, ERROR, LOCAL, SYNCED, FileRow
 from ..errors import (
     AlreadyExists,
-    ApiError,
+    NotADirectory,
+    NotEmpty,
     NotFound,
     PermissionDenied,
     ReadOnly,
@@ -47,6 +50,7 @@ log = logging.getLogger(__name__)
 TOP = ("bundles", "collections", "files")
 PENDING_HANDLES = 1 << 40  # handle numbers at or above this belong to pending files
 SEQUENTIAL_SLACK = 4 * 1024 * 1024
+REFRESH_WAIT = 120.0  # the longest `hcafs refresh` (setxattr) waits on the listing
 
 
 @dataclass(frozen=True)
@@ -169,15 +173,15 @@ class Tree:
                 return Node("item", rest[0], collection, rest[1])
         raise NotFound(path)
 
-    @staticmethod
-    def _collection_links(collection: dict) -> dict[str, str]:
+    def _collection_links(self, collection: dict) -> dict[str, tuple[str, dict]]:
+        """``{name: (target, item)}`` of a collection's items: each under the name this
+        mount gave it (``ln -s TARGET collections/C/NAME``), else under its FQID."""
+        names = self.catalog.item_names(collection["uuid"])
         links = {}
         for item in collection["contents"]:
-            fqid = f"{item.get('uuid')}.{item.get('version')}"
-            if item.get("type") == "bundle" and parse_fqid(fqid):
-                links[fqid] = f"../../bundles/{fqid}"
-            elif item.get("type") == "file" and parse_fqid(fqid):
-                links[fqid] = f"../../files/{fqid}"
+            kind, fqid = item.get("type"), f"{item.get('uuid')}.{item.get('version')}"
+            if kind in ("bundle", "file") and parse_fqid(fqid):
+                links[names.get((kind, fqid), fqid)] = (f"../../{kind}s/{fqid}", item)
         return links
 
     def _fixed_dir_attr(self, writable: bool = False) -> Attr:
@@ -196,7 +200,7 @@ class Tree:
         if kind == "collection":
             return Attr("dir", 0, version_mtime(node.value["version"]), writable=True)
         if kind == "item":
-            return Attr("link", len(self._collection_links(node.value)[node.path]),
+            return Attr("link", len(self._collection_links(node.value)[node.path][0]),
                         self.catalog.refreshed_at)
         if kind == "committed":
             return Attr("link", len(node.value), self.catalog.refreshed_at)
@@ -229,7 +233,7 @@ class Tree:
         if node.kind == "collection":
             stamp = self.catalog.refreshed_at
             return [(name, Attr("link", len(target), stamp))
-                    for name, target in sorted(self._collection_links(node.value).items())]
+                    for name, (target, _) in sorted(self._collection_links(node.value).items())]
         if node.kind in ("pending", "pdir"):
             out = []
             for name, child in self.pending.listdir(node.name, node.path):
@@ -239,12 +243,12 @@ class Tree:
         if node.kind == "bundle":
             tree = self._bundle_tree(node.name) if not node.path else node.value
             return [(name, child.attr) for name, child in sorted(tree.children.items())]
-        raise UsageError(f"{path} is not a directory")
+        raise NotADirectory(f"{path} is not a directory")
 
     def readlink(self, path: str) -> str:
         node = self.resolve(path)
         if node.kind == "item":
-            return self._collection_links(node.value)[node.path]
+            return self._collection_links(node.value)[node.path][0]
         if node.kind == "committed":
             return node.value
         raise UsageError(f"{path} is not a symbolic link")
@@ -284,7 +288,7 @@ class Tree:
 
     def setxattr(self, path: str, name: str, value: bytes) -> None:
         if path == "/" and name == "user.hcafs.refresh":
-            self.catalog.refresh()
+            self.catalog.refresh_within(REFRESH_WAIT)
             with self._lock:
                 self._trees.clear()
             return
@@ -332,8 +336,15 @@ class Tree:
         return bool(self._handles[handle].blob.verified)
 
     def read(self, handle: int, size: int, offset: int) -> bytes:
+        fd, start, length = self.read_span(handle, size, offset)
+        return os.pread(fd, length, start) if length else b""
+
+    def read_span(self, handle: int, size: int, offset: int) -> tuple[int, int, int]:
+        """``(fd, offset, length)`` of a local file holding the bytes asked for, once they
+        are there and checked (see :meth:`BlobCache.span`): the adapter hands the kernel
+        the file descriptor, so the bytes never pass through Python."""
         if handle >= PENDING_HANDLES:
-            return self.pending.read(handle - PENDING_HANDLES, size, offset)
+            return self.pending.read_span(handle - PENDING_HANDLES, size, offset)
         state = self._handles[handle]
         if abs(offset - state.next_offset) > SEQUENTIAL_SLACK:
             # Random access: fetch just what is asked.  (The kernel's read-ahead sends
@@ -342,11 +353,11 @@ class Tree:
         # Read ahead as far as the reader has already read in sequence, up to the cap:
         # a long sequential read gets large windows, a short one costs little extra.
         readahead = min(state.streak, self.max_readahead)
-        data = self.blobs.read(state.blob, offset, size, self.fetcher(state.entry),
+        span = self.blobs.span(state.blob, offset, size, self.fetcher(state.entry),
                                readahead=readahead)
-        state.next_offset = max(state.next_offset, offset + len(data))
-        state.streak += len(data)
-        return data
+        state.next_offset = max(state.next_offset, offset + span[2])
+        state.streak += span[2]
+        return span
 
     def fetcher(self, entry: FileEntry):
         """``fetch(start, end)`` for one remote file: its bytes from the server."""
@@ -404,7 +415,11 @@ class Tree:
         where = self._in_pending(parent, leaf)
         if where:
             self.pending.mkdir(*where)
-        elif parent.kind == "top" and parent.name == "bundles" and self.pending is not None:
+        elif parent.kind == "top" and parent.name == "bundles":
+            if self.pending is None:
+                raise ReadOnly(f"{path}: this mount cannot write bundles: it was mounted "
+                               "without a staging target; mount again with --staging "
+                               "s3://BUCKET/PREFIX (a bucket the DSS can read)")
             self.pending.create_bundle(leaf)
         elif parent.kind == "top" and parent.name == "collections":
             self._create_collection(leaf)
@@ -421,8 +436,10 @@ class Tree:
         elif node.kind == "bundle" and not node.path:
             self._delete_bundle(node.name)
         elif node.kind == "collection":
+            if node.value["contents"]:
+                raise NotEmpty(f"{path} is not empty: remove its links first (rm -r does)")
             self._remote(lambda c: c.delete_collection(node.value["uuid"]))
-            self.catalog.refresh()
+            self.catalog.collection_deleted(node.value["uuid"])
         else:
             raise ReadOnly(f"{path} is read-only")
         return 0
@@ -441,23 +458,37 @@ class Tree:
         elif node.kind == "committed":
             self.pending.remove_bundle(node.name)
         elif node.kind == "item":
-            self._change_collection(node.value, remove=[
-                item for item in node.value["contents"]
-                if f"{item.get('uuid')}.{item.get('version')}" == node.path])
+            _, item = self._collection_links(node.value)[node.path]
+            self._change_collection(node.value, remove=[item])
+            self.catalog.name_item(node.value["uuid"], item["type"],
+                                   f"{item['uuid']}.{item['version']}", None)
         else:
             raise ReadOnly(f"{path} is read-only")
         return 0
 
     def symlink(self, target: str, path: str) -> int:
+        """``ln -s ../../bundles/<fqid> collections/C/NAME``: add the item on the server;
+        NAME is kept on this mount (other mounts show the item under its FQID)."""
         parent, leaf = self._parent(path)
         if parent.kind != "collection":
-            raise ReadOnly(f"{path}: links can be made only inside a collection")
+            raise ReadOnly(f"{path}: links can be made only inside a collection "
+                           "(collections/NAME/)")
         kind, fqid = _link_target(target)
-        if leaf != fqid:
-            raise UsageError(f"a collection item must be named after its target ({fqid})")
+        collection = parent.value
+        links = self._collection_links(collection)
+        if leaf in links:
+            raise AlreadyExists(f"{path} exists")
+        for name, (_, item) in links.items():
+            if (item.get("type"), f"{item.get('uuid')}.{item.get('version')}") == (kind, fqid):
+                raise AlreadyExists(f"{path}: {kind} {fqid} is in this collection already, "
+                                    f"as {name!r}")
+        if leaf != fqid and parse_fqid(leaf):
+            raise UsageError(f"{path}: a link named like an FQID must be named after its "
+                             f"own target ({fqid}); any other name will do")
         uuid, version = parse_fqid(fqid)
-        self._change_collection(parent.value, add=[{"type": kind, "uuid": uuid,
-                                                    "version": version}])
+        self._change_collection(collection, add=[{"type": kind, "uuid": uuid,
+                                                  "version": version}])
+        self.catalog.name_item(collection["uuid"], kind, fqid, None if leaf == fqid else leaf)
         return 0
 
     def rename(self, old: str, new: str) -> int:
@@ -490,17 +521,15 @@ class Tree:
     # ------------------------------------------------------------ remote changes
 
     def _remote(self, call):
-        client = self.catalog.client
+        """One change on the server, waited on by a FUSE callback: through the quick
+        client, so the wait is bounded (docs/architecture.md)."""
+        client = self.catalog.callback_client
         if client is None:
             raise ReadOnly("no server")
         try:
             return call(client)
-        except ApiError as exc:
-            if exc.status in (401, 403):
-                log.warning("the server refused: %s", exc.title)
-                raise PermissionDenied(f"the server refused: {exc.title}") from exc
-            if exc.status == 404:
-                raise NotFound(exc.title) from exc
+        except PermissionDenied as exc:
+            log.warning("the server refused: %s", exc)
             raise
 
     def _delete_bundle(self, fqid: str) -> None:
@@ -514,21 +543,37 @@ class Tree:
     def _create_collection(self, name: str) -> None:
         if name in self.catalog.collections():
             raise AlreadyExists(f"collections/{name} exists")
-        self._remote(lambda c: c.put_collection(new_uuid(), now_version(), name, []))
-        self.catalog.refresh()
+        uuid, version = new_uuid(), now_version()
+        self._remote(lambda c: c.put_collection(uuid, version, name, []))
+        self.catalog.collection_saved(uuid, version, name, [])
         if name not in self.catalog.collections():
-            raise AlreadyExists(f"another collection is named {name!r}; see collections/")
+            raise AlreadyExists(f"another collection is named {name!r}; this one is "
+                                f"collections/{name}.{uuid}")
 
     def _change_collection(self, collection: dict, add: list | None = None,
                            remove: list | None = None) -> None:
+        """PATCH the collection, then update its cached row as the server did: the kept
+        items, then the added ones, each item once."""
         changes = {}
         if add:
             changes["add_contents"] = add
         if remove:
             changes["remove_contents"] = remove
-        self._remote(lambda c: c.patch_collection(collection["uuid"], collection["version"],
-                                                  **changes))
-        self.catalog.refresh()
+        answer = self._remote(lambda c: c.patch_collection(collection["uuid"],
+                                                           collection["version"], **changes))
+        gone = {_item_key(item) for item in remove or []}
+        contents, seen = [], set()
+        for item in [*collection["contents"], *(add or [])]:
+            key = _item_key(item)
+            if key not in gone and key not in seen:
+                seen.add(key)
+                contents.append(item)
+        self.catalog.collection_saved(collection["uuid"], answer["version"],
+                                      collection["name"], contents)
+
+
+def _item_key(item: dict) -> tuple:
+    return item.get("type"), item.get("uuid"), item.get("version")
 
 
 def _link_target(target: str) -> tuple[str, str]:

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
-import json
 import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -26,17 +24,20 @@ from ..cache.blobcache import BlobCache
 from ..cache.cachedb import CacheDB
 from ..cache.catalog import Catalog
 from ..cache.journal import Journal
-from ..config import MountConfig
-from ..errors import ApiError, Busy, ConfigError, Unreachable
+from ..config import MountConfig, ensure_runtime_dir, private_dir
+from ..errors import ApiError, ApiUnauthorized, Busy, ConfigError, PermissionDenied, Unreachable
 from ..model.pending import PendingBundles
 from ..model.tree import Tree
+from ..readyfile import NotReady, start_server, stop
+from ..remote.bulk_import import BulkImportClient
 from ..remote.client import DSSClient, RetryPolicy
 from ..remote.s3 import S3
-from ..sync.drs_queue import BulkImportClient, DrsQueue
+from ..sync.drs_queue import DrsQueue
 from ..sync.staging import LocalStager, S3Stager, Stager
 from ..sync.syncer import Syncer
 from ..tokenfile import first_token
-from .control import MountRecord
+from .records import MountRecord
+from .refusals import Refusals
 
 log = logging.getLogger("hcafs.daemon")
 
@@ -84,34 +85,20 @@ class EmbeddedServer:
     def start(self, timeout: float = 30.0) -> None:
         os.makedirs(self.staging_root, exist_ok=True)
         ready = os.path.join(self.data_dir, f"ready-{os.getpid()}.json")
-        if os.path.exists(ready):
-            os.unlink(ready)
         log_path = os.path.join(self.data_dir, "server.log")
-        with open(log_path, "ab") as log_handle:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "hcafs", "serve", "--host", "127.0.0.1", "--port", "0",
-                 "--data-dir", self.data_dir, "--staging-root", self.staging_root,
-                 "--ready-file", ready, *self.args],
-                stdin=subprocess.DEVNULL, stdout=log_handle, stderr=log_handle,
-                preexec_fn=_die_with_parent)
-        deadline = time.monotonic() + timeout
-        while not os.path.exists(ready):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise ConfigError(f"the embedded server did not start; see {log_path}")
-            time.sleep(0.05)
-        with open(ready) as handle:
-            self.url = json.load(handle)["url"]
+        try:
+            self.process, info = start_server(
+                ["--host", "127.0.0.1", "--port", "0", "--data-dir", self.data_dir,
+                 "--staging-root", self.staging_root, *self.args], ready, log_path=log_path,
+                timeout=timeout, preexec_fn=_die_with_parent)
+        except NotReady as exc:
+            raise ConfigError(f"the embedded server did not start; see {log_path}") from exc
+        self.url = info["url"]
         os.unlink(ready)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop(self.process)
         self.process = None
 
 
@@ -126,7 +113,8 @@ class Daemon:
 
     def prepare(self) -> None:
         config = self.config
-        os.makedirs(config.cache_dir, exist_ok=True)
+        private_dir(config.cache_dir, "the cache dir")
+        ensure_runtime_dir()
         self._lock_cache_dir()
         token = config.token
         if config.embedded:
@@ -144,10 +132,12 @@ class Daemon:
         self._check_cache_owner("embedded" if config.embedded else url)
         quick = DSSClient(url, token=token, replica=config.replica, verify=verify,
                           retry=RetryPolicy(attempts=2, base_delay=0.2))
-        self.catalog = Catalog(self.db, self.client, config.refresh_ttl, quick=quick)
+        self.catalog = Catalog(self.db, self.client, config.refresh_ttl, quick=quick,
+                               negative_ttl=config.entry_timeout)
         self._first_contact(quick)
         self.blobs = BlobCache(os.path.join(config.cache_dir, "blobs"), self.db,
-                               config.cache_size, max_readahead=config.max_readahead)
+                               config.cache_size, streams=config.read_streams,
+                               max_readahead=config.max_readahead, chunk=config.read_chunk)
         self.journal = Journal(self.db)
         self.tree = Tree(self.catalog, self.blobs, None, config.max_readahead,
                          config.delete_reason)
@@ -188,7 +178,7 @@ class Daemon:
         config = self.config
         api = BulkImportClient(config.import_url or self.url, config.import_token or token,
                                verify=verify)
-        return DrsQueue(self.db, self.journal, api, self.client,
+        return DrsQueue(self.journal, api, self.client,
                         limit=config.import_rate_limit, window=config.import_rate_window,
                         default_conflict=config.import_conflict, resolver=config.drs_resolver,
                         on_change=lambda bundle: self.syncer.wake())
@@ -222,15 +212,14 @@ class Daemon:
     def _first_contact(self, quick: DSSClient) -> None:
         """Check the token and load the listing; fail only if nothing usable is cached."""
         try:
-            if quick._token:
+            if quick.has_token:
                 try:
                     quick.request("GET", "/collections", params={"per_page": 10}, auth=True)
-                except ApiError as exc:
-                    if exc.status == 401:
-                        raise ConfigError("the server rejected the token (401 "
-                                          "Unauthorized); check --token/--token-file") from exc
-                    if exc.status != 403:
-                        raise
+                except ApiUnauthorized as exc:
+                    raise ConfigError("the server rejected the token (401 "
+                                      "Unauthorized); check --token/--token-file") from exc
+                except PermissionDenied:
+                    pass  # a valid token that may not list collections
             self.catalog.refresh(quick)
         except (Unreachable, ApiError) as exc:
             if isinstance(exc, ApiError) and not exc.transient:
@@ -281,7 +270,8 @@ class Daemon:
             self.blobs.close()
 
         operations = Operations(self.tree, (config.entry_timeout, config.attr_timeout,
-                                            config.negative_timeout), on_init, on_destroy)
+                                            config.negative_timeout), on_init, on_destroy,
+                                Refusals(self.db))
         self.tree.invalidate = operations.invalidate
         try:
             FUSE(operations, config.mountpoint, foreground=True, nothreads=False,

@@ -1,6 +1,6 @@
-"""The FUSE adapter: translates mfusepy callbacks into calls on :class:`~hcafs.tree.Tree`.
+"""The FUSE adapter: translates mfusepy callbacks into calls on :class:`~hcafs.model.tree.Tree`.
 
-A protocol adapter only: what the mount looks like is decided in ``tree.py``.  Each callback
+A protocol adapter only: what the mount looks like is decided in ``model/tree.py``.  Each callback
 resolves a path, calls the model, and turns the answer into a stat dict or bytes.  Errors
 become errno in one place, :func:`_errno`: an :class:`~hcafs.errors.HcafsError` carries
 its own errno, anything unexpected is logged with its traceback and becomes EIO (never
@@ -31,6 +31,8 @@ import mfusepy as fuse  # noqa: E402  (the library name must be chosen before im
 
 from ..errors import HcafsError  # noqa: E402
 from ..model.tree import Attr, Tree  # noqa: E402
+from .bufvec import fd_bufvec  # noqa: E402
+from .refusals import EXPLAINED, Refusals  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,11 @@ ENOATTR = errno.ENODATA
 
 
 def _errno(func: Callable) -> Callable:
-    """Run a callback; turn every error into the right errno."""
+    """Run a callback; turn every error into the right errno.
+
+    An errno returned on purpose (:data:`~hcafs.mount.refusals.EXPLAINED`) goes to
+    :class:`~hcafs.mount.refusals.Refusals` with its reason, logged once per reason and path.
+    """
 
     @functools.wraps(func)
     def wrapper(self, *args):
@@ -48,6 +54,9 @@ def _errno(func: Callable) -> Callable:
         except HcafsError as exc:
             if exc.errno == errno.EIO:
                 log.error("%s %s: %s", func.__name__, args[0] if args else "", exc)
+            elif exc.errno in EXPLAINED:
+                self.refusals.record(func.__name__, args[0] if args else "", exc.errno,
+                                     str(exc))
             else:
                 log.debug("%s %s: %s", func.__name__, args[0] if args else "", exc)
             raise fuse.FuseOSError(exc.errno) from exc
@@ -55,6 +64,8 @@ def _errno(func: Callable) -> Callable:
             raise
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self.refusals.record(func.__name__, args[0] if args else "", exc.errno,
+                                     f"the cache disk is full ({exc.strerror})")
                 raise fuse.FuseOSError(exc.errno) from exc
             log.exception("%s %s failed", func.__name__, args[0] if args else "")
             raise fuse.FuseOSError(errno.EIO) from exc
@@ -69,8 +80,10 @@ class Operations(fuse.Operations):
     use_ns = True
 
     def __init__(self, tree: Tree, timeouts: tuple[float, float, float],
-                 on_init: Callable[[], None], on_destroy: Callable[[], None]):
+                 on_init: Callable[[], None], on_destroy: Callable[[], None],
+                 refusals: Refusals | None = None):
         self.tree = tree
+        self.refusals = refusals or Refusals()
         self.entry_timeout, self.attr_timeout, self.negative_timeout = timeouts
         self._on_init = on_init
         self._on_destroy = on_destroy
@@ -195,6 +208,13 @@ class Operations(fuse.Operations):
     @_errno
     def read(self, path: str, size: int, offset: int, fi) -> bytes:
         return self.tree.read(fi.fh, size, offset)
+
+    @_errno
+    def read_buf(self, path: str, bufpp, size: int, offset: int, fi) -> int:
+        # libfuse prefers this to read(): it moves the bytes from the file itself.
+        fd, start, length = self.tree.read_span(fi.fh, size, offset)
+        bufpp[0] = ctypes.cast(fd_bufvec(fd, start, length), type(bufpp[0]))
+        return 0
 
     @_errno
     def fsync(self, path: str, datasync: int, fi) -> int:

@@ -5,7 +5,7 @@
 * Follows the DSS's paging (``Link: <…>; rel='next'``) and its ``301 + Retry-After`` loops.
 * Raises :class:`~hcafs.errors.ApiError` (the server's ``code`` and ``title``) for an error
   answer and :class:`~hcafs.errors.Unreachable` when no answer came; requests' exceptions
-  are translated in :meth:`DSSClient._send` and nowhere else.
+  are translated in :mod:`hcafs.remote.http`, the one HTTP path of the client side.
 
 The bearer token is sent only on the restricted operations and never appears in a log line
 or an error message.
@@ -17,36 +17,20 @@ connection pool that is safe for that.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import requests
-import requests.adapters
 
-from ..errors import ApiError, Unreachable
+from ..errors import ApiError, NotFound, Unreachable
+from ..retry import RetryPolicy
+from .http import RETRY_STATUSES, HttpClient, _strip
+
+__all__ = ["RETRY_STATUSES", "DSSClient", "FileInfo", "RetryPolicy"]
 
 log = logging.getLogger(__name__)
-
-RETRY_STATUSES = {429, 500, 502, 503, 504}
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int = 6
-    base_delay: float = 0.5
-    max_delay: float = 30.0
-
-    def delay(self, attempt: int, retry_after: str | None = None) -> float:
-        if retry_after:
-            try:
-                return min(float(retry_after), self.max_delay)
-            except ValueError:
-                pass
-        backoff = min(self.base_delay * 2 ** attempt, self.max_delay)
-        return backoff * (0.5 + random.random() / 2)
 
 
 @dataclass(frozen=True)
@@ -73,83 +57,29 @@ class FileInfo:
                    crc32c=headers["X-DSS-CRC32C"], s3_etag=headers["X-DSS-S3-ETAG"])
 
 
-class DSSClient:
+class DSSClient(HttpClient):
     def __init__(self, base_url: str, token: str | None = None, replica: str = "aws",
                  retry: RetryPolicy | None = None, timeout: tuple[float, float] = (10, 60),
                  verify: bool | str = True, pool_size: int = 16):
         base_url = base_url.rstrip("/")
-        self.api = base_url if base_url.endswith("/v1") else f"{base_url}/v1"
+        super().__init__(base_url if base_url.endswith("/v1") else f"{base_url}/v1",
+                         retry=retry, timeout=timeout, verify=verify, pool_size=pool_size)
         self._token = token
         self.replica = replica
-        self.retry = retry or RetryPolicy()
-        self.timeout = timeout
-        self.session = requests.Session()
-        self.session.verify = verify
-        adapter = requests.adapters.HTTPAdapter(pool_connections=pool_size,
-                                                pool_maxsize=pool_size)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+
+    @property
+    def api(self) -> str:
+        return self.base
+
+    @property
+    def has_token(self) -> bool:
+        return bool(self._token)
 
     def __repr__(self) -> str:  # no token in any repr
         return f"DSSClient({self.api!r}, replica={self.replica!r})"
 
-    # ------------------------------------------------------------ transport
-
-    def _send(self, method: str, url: str, **kwargs) -> requests.Response:
-        try:
-            # verify= per request: a session-level value loses to $REQUESTS_CA_BUNDLE.
-            return self.session.request(method, url, timeout=self.timeout,
-                                        verify=self.session.verify, **kwargs)
-        except requests.exceptions.RequestException as exc:
-            raise Unreachable(f"{method} {_strip(url)}: {type(exc).__name__}") from exc
-
-    def request(self, method: str, url: str, *, params: Any = None, json: Any = None,
-                auth: bool = False, allow_redirects: bool = False, stream: bool = False,
-                headers: dict | None = None, ok: tuple[int, ...] = ()) -> requests.Response:
-        """One API call with retries; returns the answer or raises a typed error.
-
-        Statuses in ``ok`` are returned as they are even when they are errors.
-        """
-        if not url.startswith("http"):
-            url = self.api + url
-        send_headers = dict(headers or {})
-        if auth and self._token:
-            send_headers["Authorization"] = f"Bearer {self._token}"
-        attempt = 0
-        while True:
-            try:
-                response = self._send(method, url, params=params, json=json,
-                                      headers=send_headers, allow_redirects=allow_redirects,
-                                      stream=stream)
-            except Unreachable:
-                if attempt + 1 >= self.retry.attempts:
-                    raise
-                delay = self.retry.delay(attempt)
-                log.debug("%s %s unreachable; retry in %.1fs", method, _strip(url), delay)
-            else:
-                if response.status_code in ok or response.status_code < 400:
-                    return response
-                if response.status_code not in RETRY_STATUSES or \
-                        attempt + 1 >= self.retry.attempts:
-                    raise self._error(method, url, response)
-                delay = self.retry.delay(attempt, response.headers.get("Retry-After"))
-                log.debug("%s %s answered %d; retry in %.1fs", method, _strip(url),
-                          response.status_code, delay)
-                response.close()
-            attempt += 1
-            time.sleep(delay)
-
-    @staticmethod
-    def _error(method: str, url: str, response: requests.Response) -> ApiError:
-        code, title = "", response.reason or ""
-        try:
-            body = response.json()
-            code = str(body.get("code", "")) or code
-            title = str(body.get("title") or body.get("message") or title)
-        except ValueError:
-            pass
-        return ApiError(response.status_code, code or f"http_{response.status_code}", title,
-                        method, _strip(url))
+    def _auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token}"} if self._token else {}
 
     def pages(self, url: str, params: dict, auth: bool = False) -> Iterator[dict]:
         """Each page body of a paginated listing, following ``Link: rel=next``."""
@@ -185,8 +115,8 @@ class DSSClient:
         while True:
             try:
                 return self.head_file(uuid, version)
-            except ApiError as exc:
-                if exc.status != 404 or time.monotonic() > deadline:
+            except NotFound:
+                if time.monotonic() > deadline:
                     raise
             time.sleep(interval)
             interval = min(interval * 1.5, 2.0)  # HEAD is cheap; a commit waits on this
@@ -315,7 +245,3 @@ class DSSClient:
         return self.request("DELETE", f"/collections/{uuid}",
                             params={"replica": self.replica}, auth=True).json()
 
-
-def _strip(url: str) -> str:
-    """A URL without its query string, for messages."""
-    return url.split("?", 1)[0]

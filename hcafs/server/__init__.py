@@ -1,18 +1,44 @@
-"""``hcafs serve``: a DSS-compatible server (see docs/server.md)."""
+"""``hcafs serve``: a DSS-compatible server (see docs/server.md).
+
+The HTTP front is granian (Rust, hyper): it parses requests, runs TLS handshakes and keeps
+idle connections in its event loop, so a silent or slow client costs a socket, never a
+Python thread.  This module is the thin adapter around it:
+
+* :func:`prepare` checks everything that can be wrong (options, store, tokens file) before
+  anything listens, so a bad start is a one-line error and a non-zero exit;
+* :func:`_listen` binds the socket itself, so ``--port 0`` names its real port at once;
+* :class:`_Front` is granian's process supervisor, given that socket; it runs in the
+  ``hcafs serve`` process, handles SIGTERM and SIGINT, and forks the worker processes;
+* :func:`_worker_app` runs in each worker after the fork: it builds the application and its
+  background engines (asynchronous copies, DRS imports) there, once per process, stops them
+  when the worker exits, and writes ``--ready-file`` once the worker can answer.
+
+Threading: each worker answers requests on at most ``--threads`` threads and keeps at most
+``--max-connections`` connections; the engines own their own threads (see copier.py and
+imports.py).  The supervisor process runs no application code.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
+import multiprocessing.util
 import os
 import signal
+import socket
 import sys
-import threading
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from granian._granian import SocketHolder
+from granian.constants import HTTPModes, Interfaces, SSLProtocols
+from granian.http import HTTP1Settings
+from granian.server.mp import MPServer
 
 from ..config import ServeConfig, load_resolver
+from ..errors import ConfigError
 from ..remote.s3 import S3
 from .app import App
 from .auth import Tokens, create_tokens_file
@@ -27,66 +53,60 @@ from .store import LocalStore, S3Store, Store
 
 log = logging.getLogger("hcafs.server")
 
-
-class _QuietHandler(WSGIRequestHandler):
-    """werkzeug's handler without its own access log (the app logs every request)."""
-
-    def log_request(self, code="-", size="-") -> None:
-        pass
+BACKLOG = 1024
+WORKERS = 1  # worker processes; each builds its own application after the fork
+STOP_TIMEOUT = 5  # seconds a worker gets to finish after SIGTERM before it is killed
 
 
-@dataclass
-class Server:
-    """A running server: its URL, its HTTP server and what it owns."""
+@dataclass(frozen=True)
+class Prepared:
+    """What :func:`prepare` found: the tokens file, and whether it had to create it."""
 
-    config: ServeConfig
-    http: BaseWSGIServer
-    app: App
-    copier: Copier
-    importer: Importer
     tokens_file: str
     created_token: bool
-
-    @property
-    def url(self) -> str:
-        scheme = "https" if self.config.tls_cert else "http"
-        host = self.config.host if ":" not in self.config.host else f"[{self.config.host}]"
-        return f"{scheme}://{host}:{self.http.server_port}"
-
-    def serve_forever(self) -> None:
-        try:
-            self.http.serve_forever(poll_interval=0.2)
-        finally:
-            self.http.server_close()
-            self.importer.close()
-            self.copier.close()
-
-    def start_in_thread(self) -> threading.Thread:
-        thread = threading.Thread(target=self.serve_forever, name="dss-server", daemon=True)
-        thread.start()
-        return thread
-
-    def shutdown(self) -> None:
-        self.http.shutdown()
+    store: str
 
 
-def build(config: ServeConfig) -> Server:
-    """Open the store, load the tokens and bind the socket (nothing is served yet)."""
-    config.validate()
-    os.makedirs(config.data_dir, exist_ok=True)
+def _open_store(config: ServeConfig) -> tuple[Store, S3]:
     s3 = S3(config.s3_endpoint)
-    store: Store
     if config.store_url:
         store = S3Store(config.store_url, s3)
         store.check()
-    else:
-        store = LocalStore(os.path.join(config.data_dir, "store"))
+        return store, s3
+    return LocalStore(os.path.join(config.data_dir, "store")), s3
+
+
+def prepare(config: ServeConfig) -> Prepared:
+    """Validate the options, open the store and load the tokens, serving nothing yet."""
+    config.validate()
+    os.makedirs(config.data_dir, exist_ok=True)
+    store, _ = _open_store(config)
     tokens_file = config.resolved_tokens_file
     created = False
     if not os.path.exists(tokens_file):
         create_tokens_file(tokens_file)
         created = True
-    tokens = Tokens(tokens_file)
+    Tokens(tokens_file)
+    load_resolver(config.drs_resolver)
+    return Prepared(tokens_file, created, store.describe())
+
+
+@dataclass
+class Engines:
+    """The background work of one worker process."""
+
+    copier: Copier
+    importer: Importer
+
+    def close(self) -> None:
+        self.importer.close()
+        self.copier.close()
+
+
+def build_app(config: ServeConfig) -> tuple[App, Engines]:
+    """The WSGI application and its started engines (call once per process)."""
+    store, s3 = _open_store(config)
+    tokens = Tokens(config.resolved_tokens_file)
     copier = Copier(store, s3, config.staging_root, config.async_threshold,
                     config.copy_workers)
     egress = Egress(EgressPolicy(config.drs_allow_hosts, config.drs_allow_networks,
@@ -101,40 +121,114 @@ def build(config: ServeConfig) -> Server:
         if config.drs_auth == "passport" else None
     guard = DrsGuard(config.drs_auth, tokens, passports, config.drs_access_ttl)
     app = App(dss, tokens, importer,
-              DrsObjects(dss, config.drs_max_bulk, config.drs_bulk, guard))
-    ssl_context = (config.tls_cert, config.tls_key) if config.tls_cert else None
-    http = make_server(config.host, config.port, app, threaded=True,
-                       request_handler=_QuietHandler, ssl_context=ssl_context)
-    http.daemon_threads = True
+              DrsObjects(dss, config.drs_max_bulk, config.drs_bulk, guard),
+              max_json_body=config.max_json_body)
     resumed = copier.resume()
     if resumed:
         log.info("resumed %d asynchronous copies", resumed)
     resumed = importer.start()
     if resumed:
         log.info("resumed %d DRS import jobs", resumed)
-    return Server(config, http, app, copier, importer, tokens_file, created)
+    return app, Engines(copier, importer)
+
+
+def url_of(config: ServeConfig, port: int) -> str:
+    scheme = "https" if config.tls_cert else "http"
+    host = config.host if ":" not in config.host else f"[{config.host}]"
+    return f"{scheme}://{host}:{port}"
+
+
+def _listen(config: ServeConfig) -> socket.socket:
+    """The listening socket, bound before the workers start (they inherit it)."""
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((config.host, config.port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {config.host}:{config.port}: "
+                          f"{exc.strerror}") from exc
+    sock.listen(BACKLOG)
+    sock.setblocking(False)
+    sock.set_inheritable(True)
+    return sock
+
+
+class _Front(MPServer):
+    """granian's supervisor, serving a socket bound by :func:`_listen`."""
+
+    def __init__(self, listener: socket.socket, **options):
+        self._listener = listener
+        super().__init__(**options)
+
+    def _init_shared_socket(self) -> None:
+        self._ssp = None
+        self._shd = SocketHolder(self._listener.fileno(), False, BACKLOG)
+        self._sfd = self._listener.fileno()
+        self._sso = self._listener
+
+
+def _die_with_parent() -> None:
+    """A worker dies with its supervisor: a SIGKILL of ``hcafs serve`` stops everything at
+    once, as it did when one process served (the supervisor stops workers gracefully on
+    SIGTERM and SIGINT itself)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _write_ready(path: str, url: str, pid: int, tokens_file: str) -> None:
+    """``{url, pid, tokens_file}``, renamed into place so no reader sees half of it."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as handle:
+        json.dump({"url": url, "pid": pid, "tokens_file": tokens_file}, handle)
+    os.replace(tmp, path)
+
+
+def _worker_app(config: ServeConfig, url: str) -> App:
+    """Runs in a worker process after the fork: the application, then the ready file."""
+    _die_with_parent()
+    app, engines = build_app(config)
+    multiprocessing.util.Finalize(None, engines.close, exitpriority=10)
+    if config.ready_file:
+        _write_ready(config.ready_file, url, os.getppid(), config.resolved_tokens_file)
+    return app
+
+
+def _front(config: ServeConfig, listener: socket.socket) -> _Front:
+    level = "debug" if log.getEffectiveLevel() <= logging.DEBUG else "error"
+    tls = {}
+    if config.tls_cert:
+        tls = {"ssl_cert": Path(config.tls_cert), "ssl_key": Path(config.tls_key),
+               "ssl_protocol_min": SSLProtocols.tls12}
+    host, port = listener.getsockname()[:2]
+    try:
+        return _Front(
+            listener, target="hcafs.server", address=host, port=port,
+            interface=Interfaces.WSGI, http=HTTPModes.http1, websockets=False,
+            workers=WORKERS, blocking_threads=config.threads,
+            backlog=BACKLOG, backpressure=config.max_connections,
+            http1_settings=HTTP1Settings(header_read_timeout=int(config.header_timeout * 1000)),
+            log_level=level, log_access=False,
+            log_dictconfig={"loggers": {"_granian": {"handlers": [], "propagate": True}}},
+            respawn_failed_workers=True, workers_kill_timeout=STOP_TIMEOUT, **tls)
+    except Exception as exc:  # granian checks the certificate and key as it starts
+        raise ConfigError(f"cannot start the HTTP server: {exc}") from exc
 
 
 def run(config: ServeConfig) -> int:
-    """``hcafs serve``: build, announce, serve until SIGTERM or SIGINT."""
-    server = build(config)
-    print(f"hcafs serve: listening on {server.url}", file=sys.stderr)
-    print(f"hcafs serve: data in {server.app.dss.store.describe()}", file=sys.stderr)
-    if server.created_token:
-        print(f"hcafs serve: created a local admin token in {server.tokens_file}",
+    """``hcafs serve``: prepare, bind, announce, serve until SIGTERM or SIGINT."""
+    prepared = prepare(config)
+    listener = _listen(config)
+    url = url_of(config, listener.getsockname()[1])
+    front = _front(config, listener)
+    print(f"hcafs serve: listening on {url}", file=sys.stderr)
+    print(f"hcafs serve: data in {prepared.store}", file=sys.stderr)
+    if prepared.created_token:
+        print(f"hcafs serve: created a local admin token in {prepared.tokens_file}",
               file=sys.stderr)
-    if config.ready_file:
-        tmp = config.ready_file + ".tmp"
-        with open(tmp, "w") as handle:
-            json.dump({"url": server.url, "pid": os.getpid(),
-                       "tokens_file": server.tokens_file}, handle)
-        os.replace(tmp, config.ready_file)
-
-    def stop(signum, frame):
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    server.serve_forever()
+    front.serve(target_loader=partial(_worker_app, config, url), wrap_loader=False)
     print("hcafs serve: stopped", file=sys.stderr)
     return 0

@@ -9,23 +9,35 @@ message, more_info}``.  Every 5xx carries ``Retry-After``.  Repeated query param
 tolerated (the first one counts), because the ``hca`` CLI repeats them when it follows a
 ``Link``.
 
+Two answers come from the HTTP layer itself, before any handler runs, and are
+``application/problem+json`` on every path: **413** for a request body over its limit
+(``--max-json-body`` for the methods that take JSON; a few ignored bytes for GET and HEAD,
+since ``sevenbridges-python`` sends ``null`` with every GET), decided from
+``Content-Length`` before reading and enforced while reading a chunked body; and **500** for
+an unexpected exception, which carries an ``error_id`` and never a traceback (the traceback
+goes to the log under that id).
+
 Every ``/v2`` answer carries the caller's file budget (``X-RateLimit-*``); each ``/v2``
 request counts against the caller's request budget first (429 past it).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
 import re
+import secrets
+import threading
 import time
-import traceback
 from urllib.parse import urlencode
 
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
+from ..config import DEFAULT_MAX_JSON_BODY
 from ..errors import Problem, bad_request
 from ..versions import now_version
 from . import spec
@@ -33,6 +45,7 @@ from .auth import Identity, Tokens, require_admin
 from .drs import API_PATH as DRS_PATH
 from .drs import Base, DrsObjects
 from .dss import DSS, Page, blob_key, check_replica, check_uuid
+from .events import events_body
 from .imports import Importer, sbg_body
 
 log = logging.getLogger("hcafs.server")
@@ -40,6 +53,9 @@ access_log = logging.getLogger("hcafs.server.access")
 
 _BLOB_RE = re.compile(r"^[0-9a-f]{64}\.[0-9a-f]{40}\.[0-9a-f]{32}(-\d+)?\.[0-9a-f]{8}$")
 RETRY_AFTER = "10"
+_NO_BODY_METHODS = ("GET", "HEAD", "OPTIONS")
+_IGNORED_BODY = 64  # bytes a GET may carry (and that nobody reads)
+_READ_CHUNK = 64 * 1024
 
 
 def _json_response(body: object, status: int = 200, headers: dict | None = None) -> Response:
@@ -51,9 +67,11 @@ class App:
     """The WSGI application of ``hcafs serve``; extra routers may be mounted on it."""
 
     def __init__(self, dss: DSS, tokens: Tokens, imports: Importer | None = None,
-                 drs: DrsObjects | None = None):
+                 drs: DrsObjects | None = None,
+                 max_json_body: int = DEFAULT_MAX_JSON_BODY):
         self.dss = dss
         self.tokens = tokens
+        self.max_json_body = max_json_body
         self.drs = drs or DrsObjects(dss)
         self.imports = imports
         self.url_map = Map([
@@ -62,6 +80,8 @@ class App:
             Rule("/v1/bundles/all", endpoint="bundles_all", methods=["GET"]),
             Rule("/v1/bundles/<uuid>", endpoint="bundles",
                  methods=["GET", "PUT", "PATCH", "DELETE"]),
+            Rule("/v1/events", endpoint="events", methods=["GET"]),
+            Rule("/v1/events/<uuid>", endpoint="event", methods=["GET"]),
             Rule("/v1/collections", endpoint="collections", methods=["GET", "PUT"]),
             Rule("/v1/collections/<uuid>", endpoint="collection",
                  methods=["GET", "PATCH", "DELETE"]),
@@ -87,9 +107,16 @@ class App:
     # ------------------------------------------------------------ plumbing
 
     def __call__(self, environ, start_response):
-        request = Request(environ)
         started = time.monotonic()
-        response = self.dispatch(request)
+        request = Request(environ)
+        try:
+            _buffer_body(environ, _IGNORED_BODY if request.method in _NO_BODY_METHODS
+                         else self.max_json_body)
+            response = self.dispatch(request)
+        except Problem as exc:
+            response = self._problem(exc.status, exc.code, exc.title, headers=exc.headers)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            response = _internal_error(request, exc)
         if response.status_code >= 500:
             response.headers.setdefault("Retry-After", RETRY_AFTER)
         access_log.info("%s %s %d %.3fs", request.method, request.full_path.rstrip("?"),
@@ -109,12 +136,9 @@ class App:
             return self._error(request, Problem(exc.code or 500, code,
                                                 exc.description or exc.name))
         except Exception as exc:  # the one place an unexpected error becomes a 500
-            log.exception("unhandled error in %s %s", request.method, request.path)
-            return self._error(request, Problem(500, "unhandled_exception",
-                                                f"{type(exc).__name__}: {exc}"),
-                               traceback.format_exc())
+            return _internal_error(request, exc)
 
-    def _error(self, request: Request, exc: Problem, stacktrace: str = "") -> Response:
+    def _error(self, request: Request, exc: Problem) -> Response:
         """An error in the dialect of the API the path belongs to."""
         if request.path.startswith(f"{DRS_PATH}/"):
             return _json_response({"msg": exc.title, "status_code": exc.status}, exc.status,
@@ -125,7 +149,7 @@ class App:
                 for name, value in self.imports.headers(None).items():
                     response.headers.setdefault(name, value)
             return response
-        return self._problem(exc.status, exc.code, exc.title, stacktrace, exc.headers)
+        return self._problem(exc.status, exc.code, exc.title, headers=exc.headers)
 
     @staticmethod
     def _problem(status: int, code: str, title: str, stacktrace: str = "",
@@ -151,6 +175,8 @@ class App:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise bad_request("the request body is not valid JSON") from exc
+        except RecursionError as exc:
+            raise bad_request("the request body nests too deeply") from exc
         if not isinstance(body, dict):
             raise bad_request("the request body must be a JSON object")
         return body
@@ -188,7 +214,16 @@ class App:
         return _json_response({"version_info": {"version": now_version()}})
 
     def on_health(self, request: Request) -> Response:
-        return _json_response({"health": "ok", "store": self.dss.store.describe()})
+        """``ok`` for anyone (load balancers); the details only for an admin token."""
+        try:
+            admin = self.identify(request).admin
+        except Problem:
+            admin = False
+        if not admin:
+            return _json_response({"health": "ok"})
+        return _json_response({"health": "ok", "store": self.dss.store.describe(),
+                               "pid": os.getpid(), "threads": threading.active_count(),
+                               "max_json_body": self.max_json_body})
 
     # ------------------------------------------------------------ files
 
@@ -302,6 +337,23 @@ class App:
                         link=f"{request.base_url}?{urlencode(next_args)}")
         return self.paged(request, body, page, "bundles", next_args)
 
+    def on_events(self, request: Request) -> Response:
+        replica = check_replica(request.args.get("replica"))
+        per_page = self.int_param(request, "per_page", 1, 1, 10)
+        since = request.args.get("since") or request.args.get("token")
+        journals, more = self.dss.events(since, request.args.get("from_date"),
+                                         request.args.get("to_date"), per_page)
+        body = events_body(journals, since or request.args.get("from_date") or "")
+        next_args = [("replica", replica), ("per_page", per_page), ("since", body["cursor"]),
+                     ("token", body["cursor"])]
+        if request.args.get("to_date"):
+            next_args.append(("to_date", request.args["to_date"]))
+        return self.paged(request, body, Page(journals, more), "event_streams", next_args)
+
+    def on_event(self, request: Request, uuid: str) -> Response:
+        check_replica(request.args.get("replica"))
+        return _json_response(self.dss.event_document(uuid, request.args.get("version")))
+
     # ------------------------------------------------------------ collections
 
     def on_collections(self, request: Request) -> Response:
@@ -314,10 +366,13 @@ class App:
             return _json_response(answer, 201)
         per_page = self.int_param(request, "per_page", 500, 10, 500)
         start_at = self.int_param(request, "start_at", 0, 0)
+        mark = self.dss.collections_mark(who)  # before the listing: a change after it shows
         page = self.dss.list_collections(who, start_at, per_page)
         next_args = [("per_page", per_page), ("start_at", start_at + per_page)]
-        return self.paged(request, {"collections": page.items}, page, "collections",
-                          next_args)
+        response = self.paged(request, {"collections": page.items}, page, "collections",
+                              next_args)
+        response.headers["X-HCAFS-Collections-Mark"] = mark
+        return response
 
     def on_collection(self, request: Request, uuid: str) -> Response:
         who = self.identify(request)
@@ -422,10 +477,61 @@ class App:
         return _json_response(self.imports.audit())
 
 
+def _internal_error(request: Request, exc: Exception) -> Response:
+    """A 500 that names an error id; the traceback goes to the log under that id only."""
+    error_id = secrets.token_hex(6)
+    log.error("error %s: unhandled %s in %s %s", error_id, type(exc).__name__,
+              request.method, request.path, exc_info=exc)
+    body = {"status": 500, "code": "unhandled_exception", "error_id": error_id,
+            "title": f"internal error {error_id}; the server log has the details",
+            "stacktrace": ""}
+    return Response(json.dumps(body) + "\n", status=500,
+                    content_type="application/problem+json")
+
+
+def _too_large(limit: int) -> Problem:
+    if limit == _IGNORED_BODY:
+        return Problem(413, "payload_too_large", "this request takes no body")
+    return Problem(413, "payload_too_large", f"the request body is over {limit} bytes")
+
+
+def _buffer_body(environ: dict, limit: int) -> None:
+    """Read the request body (at most ``limit`` bytes) into memory, or raise a 413.
+
+    The limit is decided from ``Content-Length`` before anything is read, and enforced
+    while reading, so a chunked body is stopped one chunk past it.  The handlers then read
+    the buffered copy, with ``Content-Length`` set to its size.
+    """
+    length = environ.get("CONTENT_LENGTH") or ""
+    chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+    if length.strip():
+        if not length.strip().isdigit():
+            raise bad_request("Content-Length is not a byte count")
+        if int(length) > limit:
+            raise _too_large(limit)
+        if int(length) == 0:
+            return
+    elif not chunked:
+        return
+    stream, parts, total = environ["wsgi.input"], [], 0
+    while True:
+        chunk = stream.read(min(_READ_CHUNK, limit + 1 - total))
+        if not chunk:
+            break
+        total += len(chunk)
+        if total > limit:
+            raise _too_large(limit)
+        parts.append(chunk)
+    environ["wsgi.input"] = io.BytesIO(b"".join(parts))
+    environ["CONTENT_LENGTH"] = str(total)
+    environ.pop("HTTP_TRANSFER_ENCODING", None)
+    environ["wsgi.input_terminated"] = True
+
+
 def _json_or_none(request: Request) -> object:
     try:
         return json.loads(request.get_data(cache=True) or b"null")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
 
 

@@ -20,6 +20,7 @@ document and its ``copies/`` record.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import mimetypes
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 from ..checksums import TAG_KEYS, Checksummer, checksum_file
 from ..errors import HcafsError, NotFound, Problem, RemoteError, bad_request
 from ..remote.s3 import S3
-from .store import Store
+from .store import LocalStore, Store
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class Source:
     bucket: str = ""
     key: str = ""
     path: str = ""
+    stamp: str = ""  # a file source's identity when it was checksummed (see _stamp)
 
     def blob_key(self) -> str:
         c = self.checksums
@@ -83,6 +85,7 @@ class Copier:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="copy")
         self._lock = threading.Lock()
         self._active: set[str] = set()
+        self.moved = 0  # file sources published by rename
 
     # ------------------------------------------------------------ inspecting sources
 
@@ -125,21 +128,51 @@ class Copier:
         path = os.path.realpath("/" + url[len("file://"):].lstrip("/"))
         if os.path.commonpath([path, self.staging_root]) != self.staging_root:
             raise bad_request(f"file:// source {url!r} is outside the server's staging root")
+        moved = self._moved(path)
+        if moved is not None:
+            return moved
         try:
-            with open(path, "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                sums = checksum_file(handle, size)
+            with open(self._readable(path), "rb") as handle:
+                before = os.fstat(handle.fileno())
+                sums = checksum_file(handle, before.st_size)
+                stamp = _stamp(os.fstat(handle.fileno()))
         except (FileNotFoundError, IsADirectoryError) as exc:
+            moved = self._moved(path)  # a racing PUT of it moved it in meanwhile
+            if moved is not None:
+                return moved
             raise Problem(404, "not_found", f"source file {url} does not exist") from exc
+        if stamp != _stamp(before):
+            raise Problem(409, "source_changed", f"source file {url} changed while it was read")
         content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
-        return Source(url=url, size=size, content_type=content_type, path=path,
-                      checksums={k: getattr(sums, k) for k in TAG_KEYS})
+        return Source(url=url, size=before.st_size, content_type=content_type, path=path,
+                      checksums={k: getattr(sums, k) for k in TAG_KEYS}, stamp=stamp)
+
+    def _moved(self, path: str) -> Source | None:
+        """The source a file at ``path`` was, if it was moved into the store and is gone
+        (so a repeated PUT of it is answered like the first)."""
+        if not isinstance(self.store, LocalStore) or os.path.lexists(path):
+            return None
+        record = _load(self.store.read(_moved_key(path)))
+        if record is None:
+            return None
+        source = Source(**record)
+        if self.store.blob_size(source.blob_key()) != source.size:
+            return None
+        return source
+
+    def _readable(self, path: str) -> str:
+        """``path``, or the copy a move into the store left after a crash."""
+        if isinstance(self.store, LocalStore) and not os.path.lexists(path):
+            moving = self.store.moving_path(path)
+            if os.path.exists(moving):
+                return moving
+        return path
 
     # ------------------------------------------------------------ copying
 
     def _chunks(self, source: Source) -> Iterator[bytes]:
         if source.path:
-            with open(source.path, "rb") as handle:
+            with open(self._readable(source.path), "rb") as handle:
                 while chunk := handle.read(READ_CHUNK):
                     yield chunk
         else:
@@ -171,6 +204,8 @@ class Copier:
         key = source.blob_key()
         if self.store.blob_size(key) == source.size:
             return
+        if source.path and source.stamp and self._move(source, key):
+            return
         try:
             self.store.write_blob(key, self._verified(source))
         except NotFound as exc:
@@ -178,6 +213,38 @@ class Copier:
         except RemoteError as exc:
             raise Problem(502, "source_unavailable", f"copy of {source.url} failed: {exc}") \
                 from exc
+
+    def _move(self, source: Source, key: str) -> bool:
+        """Publish a file source by renaming it into the store: its bytes were checksummed
+        when it was inspected, and the rename keeps them if the file is still the one that
+        was read (same inode, size and mtime).  False when it cannot be moved (another
+        filesystem, another store, or changed since): it is then copied and verified."""
+        if not isinstance(self.store, LocalStore):
+            return False
+
+        def unchanged(fd: int) -> None:
+            if _stamp(os.fstat(fd)) != source.stamp:
+                raise _Changed
+
+        # Recorded before the move, so that a PUT of this source racing this one always
+        # finds the file (at its path, in the store's .tmp/, or as this record with its
+        # blob).  Unsynced: if a crash loses it, a repeated PUT is 404 and the file is
+        # staged again; nothing acknowledged depends on it.
+        marker = _moved_key(source.path)
+        self.store.create_unsynced(marker, _dumps(source.__dict__))
+        try:
+            moved = self.store.move_blob(source.path, key, unchanged)
+        except _Changed:
+            log.info("%s changed after it was inspected; copying it instead", source.url)
+            moved = False
+        except NotFound as exc:
+            self.store.delete(marker)
+            raise Problem(404, "not_found", f"source {source.url} vanished") from exc
+        if moved:
+            self.moved += 1
+        else:
+            self.store.delete(marker)
+        return moved
 
     def start(self, uuid: str, version: str, source: Source, document: dict
               ) -> tuple[int, str | None]:
@@ -220,19 +287,27 @@ class Copier:
                 return 200, None
             found = self.store.read_versioned(key)
             if found is None:
-                if self.store.create(key, _dumps(record)):
+                # A claim for a copy inside this request need not survive a crash (the
+                # request was not answered); one for a background copy must.
+                create = self.store.create_unsynced if record["sync"] else self.store.create
+                if create(key, _dumps(record)):
                     break
                 continue
-            earlier, tag = json.loads(found[0]), found[1]
-            if earlier.get("task_id") == record["task_id"]:  # a retried create had worked
-                break
-            if earlier.get("state") != "running":  # an earlier copy failed: try again
+            earlier, tag = _load(found[0]), found[1]
+            if earlier is not None and earlier.get("task_id") == record["task_id"]:
+                break  # a retried create had worked
+            if earlier is None or earlier.get("state") != "running":
+                # an earlier copy failed (or its unsynced claim was torn): try again
                 if self.store.replace(key, _dumps(record), tag):
                     break
                 continue
             if earlier.get("document") != document:
                 raise _conflict(name, "is being copied with other content")
             if not earlier.get("sync") or time.monotonic() > deadline:
+                if earlier.get("sync"):  # answered 202 from now on: make the claim durable
+                    earlier = dict(earlier, sync=False)
+                    if not self.store.replace(key, _dumps(earlier), tag):
+                        continue
                 uuid, _, version = name.partition(".")
                 self._submit(uuid, version, earlier)
                 return 202, earlier["task_id"]
@@ -293,17 +368,15 @@ class Copier:
     def running(self, uuid: str, version: str) -> bool:
         """True while a background copy of ``uuid.version`` runs (a copy made inside a
         request is not announced: the file does not exist until that request answers)."""
-        raw = self.store.read(f"copies/{uuid}.{version}")
-        if raw is None:
+        record = _load(self.store.read(f"copies/{uuid}.{version}"))
+        if record is None:
             return False
-        record = json.loads(raw)
         return record.get("state") == "running" and not record.get("sync")
 
     def raise_if_failed(self, uuid: str, version: str) -> None:
-        raw = self.store.read(f"copies/{uuid}.{version}")
-        if raw is None:
+        record = _load(self.store.read(f"copies/{uuid}.{version}"))
+        if record is None:
             return
-        record = json.loads(raw)
         if record.get("state") == "failed":
             raise Problem(422, record.get("code", "missing_checksum"),
                           record.get("title", "the copy of this file failed"))
@@ -313,9 +386,11 @@ class Copier:
         count = 0
         for key in self.store.list("copies/"):
             raw = self.store.read(key)
-            if raw is None:
+            record = _load(raw)
+            if record is None:
+                if raw is not None:  # an unsynced claim a crash left torn: never answered
+                    self.store.delete(key)
                 continue
-            record = json.loads(raw)
             if record.get("state") == "running":
                 uuid, _, version = key.split("/", 1)[1].partition(".")
                 self._submit(uuid, version, record)
@@ -324,6 +399,29 @@ class Copier:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)
+
+
+class _Changed(Exception):
+    """A file source is no longer the file that was checksummed."""
+
+
+def _moved_key(path: str) -> str:
+    return "moved/" + hashlib.sha256(path.encode()).hexdigest()
+
+
+def _load(raw: bytes | None) -> dict | None:
+    """A record, or None if absent or torn (an unsynced record a crash left empty)."""
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _stamp(stat: os.stat_result) -> str:
+    """What identifies a file's bytes without reading them: device, inode, size, mtime."""
+    return f"{stat.st_dev}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def _dumps(document: dict) -> bytes:

@@ -14,6 +14,9 @@ Store layout (all keys lower-case)::
     collections/{uuid}.{version}        collection document, with its owner
     collection-tombstones/{uuid}        a deleted collection
     collection-owners/{owner}/{uuid}.{version}   the caller's list (owner = sha256(email))
+    collection-marks/{owner}            changes with every change to the owner's collections
+    bundle-index/…, layout              the listing of live bundle versions (``listing.py``)
+    events/…                            the journal of bundle creates and deletes (``events.py``)
 
 Threading: request threads call every public method concurrently; state lives only in the
 store.  Asynchronous copies run on the :class:`~.copier.Copier`'s pool.
@@ -25,6 +28,7 @@ import hashlib
 import json
 import logging
 import re
+import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +37,8 @@ from ..errors import Problem, bad_request, not_found
 from ..versions import is_uuid, is_version, now_version
 from .auth import Identity, require_admin, require_group
 from .copier import Copier, file_document
+from .events import Event, Journal, is_cursor
+from .listing import BundleIndex, migrate
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -78,9 +84,15 @@ class Page:
 
 
 class DSS:
+    """Opening a DSS on a store written by an older release brings its layout up to date
+    (see :func:`~.listing.migrate`) before anything is served."""
+
     def __init__(self, store: Store, copier: Copier):
         self.store = store
         self.copier = copier
+        self.index = BundleIndex(store)
+        self.journal = Journal(store)
+        migrate(store, self.index, self.journal)
 
     # ---------------------------------------------------------------- files
 
@@ -124,9 +136,6 @@ class DSS:
 
     # ---------------------------------------------------------------- bundles
 
-    def _tombstones(self) -> set[str]:
-        return {k.split("/", 1)[1] for k in self.store.list("bundle-tombstones/")}
-
     def _bundle_dead(self, uuid: str, version: str) -> bool:
         return (self.store.exists(f"bundle-tombstones/{uuid}")
                 or self.store.exists(f"bundle-tombstones/{uuid}.{version}"))
@@ -135,11 +144,8 @@ class DSS:
         """Live versions of a bundle, oldest first."""
         uuid = check_uuid(uuid)
         if self.store.exists(f"bundle-tombstones/{uuid}"):
-            return []
-        dead = {k.split("/", 1)[1] for k in self.store.list(f"bundle-tombstones/{uuid}.")}
-        return [key.split("/", 1)[1][len(uuid) + 1:]
-                for key in self.store.list(f"bundles/{uuid}.")
-                if key.split("/", 1)[1] not in dead]
+            return []  # its entries are being removed
+        return self.index.versions(uuid)
 
     def manifest(self, uuid: str, version: str | None) -> dict:
         uuid = check_uuid(uuid)
@@ -230,10 +236,20 @@ class DSS:
             if json.loads(self.store.read(key) or b"{}") != manifest:
                 raise Problem(409, "bundle_already_exists",
                               f"bundle {uuid}.{version} already exists with other content")
+            if not self.index.has(uuid, version):  # an earlier attempt stopped half-way
+                self._publish(uuid, version)
             return 200, {"version": version, "manifest": manifest}
+        self._publish(uuid, version)
         log.info("bundle %s.%s created by %s (%d files)", uuid, version, who.email,
                  len(entries))
         return 201, {"version": version, "manifest": manifest}
+
+    def _publish(self, uuid: str, version: str) -> None:
+        """Record a new version's event and list it, unless the bundle is deleted."""
+        self.journal.record("create", uuid, version)
+        self.index.add(uuid, version)
+        if self._bundle_dead(uuid, version):  # a delete may have listed the index already
+            self.index.remove(uuid, version)
 
     def patch_bundle(self, uuid: str, version: str | None, body: dict, who: Identity) -> dict:
         uuid = check_uuid(uuid)
@@ -251,6 +267,7 @@ class DSS:
             updated = dict(manifest, version=new_version, files=files)
             if self.store.create(f"bundles/{uuid}.{new_version}", dumps(updated)):
                 break
+        self._publish(uuid, new_version)
         log.info("bundle %s.%s patched into %s by %s", uuid, version, new_version, who.email)
         return {"uuid": uuid, "version": new_version}
 
@@ -266,7 +283,8 @@ class DSS:
                 raise not_found("Cannot find bundle!")
             key, stone = f"bundle-tombstones/{uuid}.{version}", {"version": version}
         else:
-            if next(self.store.list(f"bundles/{uuid}."), None) is None:
+            if not self.index.versions(uuid) and next(
+                    self.store.list(f"bundle-tombstones/{uuid}"), None) is None:
                 raise not_found("Cannot find bundle!")
             key, stone = f"bundle-tombstones/{uuid}", {}
         stone.update(email=who.email, reason=reason, admin_deleted=True)
@@ -274,27 +292,59 @@ class DSS:
             if json.loads(self.store.read(key) or b"{}") != stone:
                 raise Problem(409, "bundle_tombstone_already_exists",
                               "the bundle was already deleted with another reason")
+        self.journal.record("delete", uuid, version)
+        for gone in [version] if version else self.index.versions(uuid):
+            self.index.remove(uuid, gone)
         log.info("bundle %s%s deleted by %s: %s", uuid, f".{version}" if version else "",
                  who.email, reason)
         return {}
 
     def enumerate_bundles(self, prefix: str | None, search_after: str | None, per_page: int
                           ) -> Page:
-        """Live bundle versions in key order, ``per_page`` at a time after ``search_after``."""
+        """Live bundle versions in FQID order, ``per_page`` at a time after ``search_after``
+        (one scan of the listing index: the cost of a page does not grow with the store)."""
         if prefix is not None and not _PREFIX_RE.match(prefix):
             raise bad_request(f"prefix {prefix!r} is not a UUID prefix")
-        start = f"bundles/{search_after}" if search_after else ""
-        dead = self._tombstones()
         items = []
-        for key in self.store.list(f"bundles/{(prefix or '').lower()}", start):
-            fqid = key.split("/", 1)[1]
-            uuid, _, version = fqid.partition(".")
-            if uuid in dead or fqid in dead:
-                continue
+        for uuid, version in self.index.entries((prefix or "").lower(), search_after):
             items.append({"uuid": uuid, "version": version})
             if len(items) == per_page:
                 break
         return Page(items, len(items) == per_page)
+
+    def import_bundles(self, manifests: list[tuple[str, dict]]) -> int:
+        """The bulk path for filling a store (``bench/seed.py``): ``(uuid, manifest)``
+        pairs whose files already exist, written as PUT writes them but with one journal
+        record for the batch.  Returns how many versions were new."""
+        events: list[tuple[str, str, str | None]] = []
+        for uuid, manifest in manifests:
+            if self.store.create(f"bundles/{uuid}.{manifest['version']}", dumps(manifest)):
+                events.append(("create", uuid, manifest["version"]))
+        if events:
+            self.journal.record_many(events)
+        for _, uuid, version in events:
+            self.index.add(uuid, version)
+        return len(events)
+
+    # ---------------------------------------------------------------- events
+
+    def events(self, since: str | None, from_date: str | None, to_date: str | None,
+               per_page: int) -> tuple[list[list[Event]], bool]:
+        """Journals of events after the cursor ``since`` (or from ``from_date``)."""
+        for name, value in (("from_date", from_date), ("to_date", to_date)):
+            if value is not None and not is_version(value):
+                raise Problem(400, "illegal_arguments", f"{name} {value!r} is not a "
+                              "DSS_VERSION (YYYY-MM-DDTHHMMSS.ffffffZ)")
+        if since is not None and not is_cursor(since):
+            raise Problem(400, "illegal_arguments", f"since {since!r} is not an event cursor")
+        return self.journal.page(since or from_date or "", to_date, per_page)
+
+    def event_document(self, uuid: str, version: str | None) -> dict:
+        """``GET /events/{uuid}``: the bundle metadata document of a live version."""
+        manifest = self.manifest(uuid, check_version(version))
+        return {"uuid": uuid.lower(), "version": manifest["version"],
+                "creator_uid": manifest["creator_uid"],
+                "files": [_file_version(entry) for entry in manifest["files"]]}
 
     # ---------------------------------------------------------------- collections
 
@@ -381,6 +431,19 @@ class DSS:
     def _index_collection(self, uuid: str, version: str, document: dict) -> None:
         self.store.write(f"collection-owners/{self._owner_key(document['owner'])}/"
                          f"{uuid}.{version}", b"{}")
+        self._touch_collections(document["owner"])
+
+    def _touch_collections(self, email: str) -> None:
+        """Change the owner's mark, after the change it stands for is stored."""
+        self.store.write(f"collection-marks/{self._owner_key(email)}", secrets.token_hex(8)
+                         .encode())
+
+    def collections_mark(self, who: Identity) -> str:
+        """A token that changes whenever the caller's collections change ("0" before the
+        first change): read it before the listing, compare it next time."""
+        require_group(who)
+        raw = self.store.read(f"collection-marks/{self._owner_key(who.email)}")
+        return raw.decode() if raw else "0"
 
     def put_collection(self, uuid: str | None, version: str | None, body: dict,
                        who: Identity) -> dict:
@@ -458,6 +521,7 @@ class DSS:
         owner = self._owner_key(who.email)
         for key in list(self.store.list(f"collection-owners/{owner}/{uuid}.")):
             self.store.delete(key)
+        self._touch_collections(who.email)
         return {}
 
     # ---------------------------------------------------------------- blobs

@@ -109,6 +109,19 @@ def paths() -> dict[str, dict]:
                           ["200", "403", "404", "409"],
                           _body({"reason": STRING}, ["reason"]), secured=True),
         },
+        "/events": {
+            "get": _op("Replay bundle events (creates and deletes) in the order recorded.",
+                       [REPLICA, _query("from_date", "A DSS_VERSION: replay from here."),
+                        _query("to_date", "A DSS_VERSION: replay up to here."),
+                        _query("per_page", "Journals per page (1-10).", kind="integer"),
+                        _query("since", "An event cursor: replay what came after it."),
+                        _query("token", "Paging state.")],
+                       ["200", "206", "400"]),
+        },
+        "/events/{uuid}": {
+            "get": _op("Retrieve the metadata document of a bundle version.",
+                       [UUID, REPLICA, VERSION_REQ], ["200", "404"]),
+        },
         "/collections": {
             "get": _op("List the caller's collections.", [PER_PAGE, START_AT],
                        ["200", "206"], secured=True),

@@ -9,7 +9,13 @@ A store holds two kinds of object under string keys:
   :meth:`read_blob`, :meth:`write_blob`.
 
 Keys use ``/`` to separate a fixed set of prefixes (``files/``, ``bundles/``, ``blobs/`` …)
-from a name; :meth:`list` lists one prefix level in key order.
+from a name; :meth:`list` lists one prefix level in key order, and :meth:`scan` every key
+under a prefix, at any depth, in key order from a starting key.  A scan costs what it
+returns, not what the prefix holds, when the keys are sharded into small folders (locally
+each folder on its path is read once; on S3 it is ``ListObjectsV2`` with ``StartAfter``).
+Under a scanned prefix no name may be both a folder and the start of another name at the
+same level (``a/x`` beside ``a.b``): S3 servers that keep folders, such as SeaweedFS, list
+the folder first rather than in byte order.
 
 :class:`LocalStore` keeps everything in a directory: each write goes to a temporary file that
 is fsynced and renamed into place, so a crash leaves the old object or the new, never a torn
@@ -28,6 +34,7 @@ replaced, after checking that it is still the version that was read.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import logging
@@ -35,7 +42,7 @@ import os
 import tempfile
 import uuid as _uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 from ..errors import ConfigError, NotFound, RemoteError
@@ -67,6 +74,11 @@ class Store(ABC):
     def create(self, key: str, data: bytes) -> bool:
         """Write ``key`` only if absent, atomically; False if it was already there."""
 
+    def mark(self, key: str) -> bool:
+        """Create the empty document ``key`` only if absent, atomically (False if it was
+        there): a key whose name is all it says, such as an index entry."""
+        return self.create(key, b"")
+
     @abstractmethod
     def read_versioned(self, key: str) -> tuple[bytes, str] | None:
         """The document at ``key`` and a tag naming this version of it, or None."""
@@ -84,6 +96,11 @@ class Store(ABC):
         """Keys starting with ``prefix`` (one level, no ``/`` after it), in order."""
 
     @abstractmethod
+    def scan(self, prefix: str, start_after: str = "") -> Iterator[str]:
+        """Keys starting with ``prefix`` at any depth, after ``start_after``, in key order;
+        lazily, so a caller that stops early reads only what it consumed."""
+
+    @abstractmethod
     def blob_size(self, key: str) -> int | None: ...
 
     @abstractmethod
@@ -97,10 +114,20 @@ class Store(ABC):
     def exists(self, key: str) -> bool:
         return self.read(key) is not None
 
+    def create_unsynced(self, key: str, data: bytes) -> bool:
+        """:meth:`create`, for a record whose loss in a crash loses nothing acknowledged
+        (a claim made inside a request not yet answered): a backend may skip the flush to
+        disk, so after a crash the record may be missing or empty, never wrong."""
+        return self.create(key, data)
+
 
 class LocalStore(Store):
-    def __init__(self, root: str):
+    """A directory.  ``durable=False`` skips the fsyncs: only for filling a throw-away
+    benchmark store quickly (a crash may then leave empty or missing documents)."""
+
+    def __init__(self, root: str, durable: bool = True):
         self.root = os.path.abspath(root)
+        self.durable = durable
         self._tmp = os.path.join(self.root, ".tmp")
         os.makedirs(self._tmp, exist_ok=True)
 
@@ -126,8 +153,9 @@ class LocalStore(Store):
             with os.fdopen(fd, "wb") as handle:
                 for chunk in chunks:
                     handle.write(chunk)
-                handle.flush()
-                os.fsync(handle.fileno())
+                if self.durable:
+                    handle.flush()
+                    os.fsync(handle.fileno())
         except BaseException:
             os.unlink(tmp)
             raise
@@ -150,6 +178,8 @@ class LocalStore(Store):
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+        if not self.durable:
+            return True
         dir_fd = os.open(os.path.dirname(path), os.O_RDONLY)
         try:
             os.fsync(dir_fd)
@@ -190,6 +220,22 @@ class LocalStore(Store):
     def create(self, key: str, data: bytes) -> bool:
         return self._publish(self._staged([data]), key, replace=False)
 
+    def mark(self, key: str) -> bool:
+        """``O_EXCL``: an empty file needs no staging, and only its folder an fsync."""
+        path = self._path(key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            return False
+        if self.durable:
+            dir_fd = os.open(os.path.dirname(path), os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        return True
+
     def read_versioned(self, key: str) -> tuple[bytes, str] | None:
         data = self.read(key)
         return None if data is None else (data, _tag(data))
@@ -218,6 +264,29 @@ class LocalStore(Store):
             key = base + name
             if name.startswith(start) and key > start_after and not name.startswith(".tmp"):
                 yield key
+
+    def scan(self, prefix: str, start_after: str = "") -> Iterator[str]:
+        folder, _, start = prefix.rpartition("/")
+        return self._scan(folder, start, start_after)
+
+    def _scan(self, folder: str, start: str, after: str) -> Iterator[str]:
+        """Keys under ``folder`` whose next name starts with ``start``; a sub-folder whose
+        keys all sort at or before ``after`` is not opened."""
+        try:
+            with os.scandir(self._path(folder) if folder else self.root) as found:
+                names = sorted(entry.name + "/" if entry.is_dir() else entry.name
+                               for entry in found
+                               if entry.name.startswith(start) and entry.name[:1] != ".")
+        except FileNotFoundError:
+            return
+        base = f"{folder}/" if folder else ""
+        for name in names:
+            key = base + name
+            if not name.endswith("/"):
+                if key > after:
+                    yield key
+            elif after < key or after.startswith(key):
+                yield from self._scan(key[:-1], "", after)
 
     def blob_size(self, key: str) -> int | None:
         try:
@@ -248,6 +317,56 @@ class LocalStore(Store):
 
     def write_blob(self, key: str, chunks: Iterable[bytes]) -> None:
         self._publish(self._staged(chunks), key)
+
+    def create_unsynced(self, key: str, data: bytes) -> bool:
+        fd, tmp = tempfile.mkstemp(dir=self._tmp)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        path = self._path(key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+
+    def moving_path(self, path: str) -> str:
+        """Where :meth:`move_blob` keeps the file at ``path`` while it moves in."""
+        return os.path.join(self._tmp, "move-" + hashlib.sha256(path.encode()).hexdigest())
+
+    def move_blob(self, path: str, key: str, check: Callable[[int], None]) -> bool:
+        """Publish the file at ``path`` as blob ``key`` by renaming it (no byte copied).
+
+        The file is first renamed to :meth:`moving_path` (so a crash leaves it there, found
+        again by the next attempt, which may also start from there), then ``check(fd)``
+        runs on it and may raise to refuse it (it is then renamed back); it is fsynced,
+        and renamed into place.  False, with nothing moved, if ``path`` is on another
+        filesystem; NotFound if neither ``path`` nor its moving copy exists.
+        """
+        moving = self.moving_path(path)
+        try:
+            os.replace(path, moving)
+        except FileNotFoundError:
+            if not os.path.exists(moving):
+                raise NotFound(f"{path} does not exist") from None
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:
+                return False
+            raise
+        fd = os.open(moving, os.O_RDONLY)
+        try:
+            try:
+                check(fd)
+            except BaseException:
+                os.replace(moving, path)
+                raise
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._publish(moving, key)
+        return True
 
 
 def _tag(data: bytes) -> str:
@@ -338,6 +457,12 @@ class S3Store(Store):
             name = key[cut:]
             if "/" not in name[len(prefix.rpartition("/")[0]) + 1:]:
                 yield name
+
+    def scan(self, prefix: str, start_after: str = "") -> Iterator[str]:
+        cut = len(self.prefix)
+        after = self.prefix + start_after if start_after else ""
+        for key in self.s3.keys(self.bucket, self.prefix + prefix, after):
+            yield key[cut:]
 
     def blob_size(self, key: str) -> int | None:
         try:

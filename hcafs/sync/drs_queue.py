@@ -20,8 +20,9 @@ The flusher sends the queue to a bulk DRS import API (the Seven Bridges contract
   in the pending bundle as a file already on the server and the ``.drs`` file goes away; on
   error the server's message is kept on the ``.drs`` file; transient errors are retried.
 
-Threading: one flusher thread owns the network side; it changes only ``drs_imports`` rows
-and, when applying a result, the two pending-file rows involved, in one transaction.
+Threading: one flusher thread owns the network side.  Every row it changes (the queue's, and
+when a result lands the pending-file rows involved) it changes through one journal method,
+one transaction each; the calls go through :mod:`hcafs.remote.bulk_import`.
 """
 
 from __future__ import annotations
@@ -31,23 +32,22 @@ import logging
 import re
 import threading
 import time
-import uuid as _uuid
 from dataclasses import dataclass
 
-import requests
-
-from ..cache.cachedb import CacheDB
-from ..cache.journal import ERROR, REMOTE, SYNCED, Journal
+from ..cache.journal import Journal
 from ..errors import ApiError, UsageError
+from ..remote.bulk_import import BulkImportClient
 from ..remote.client import DSSClient
+from ..retry import RetryPolicy
+
+__all__ = ["BulkImportClient", "DrsQueue", "ImportRequest", "normalize_uri",
+           "parse_drs_file"]
 
 log = logging.getLogger(__name__)
 
 MAX_ITEMS = 100
 MAX_CONTENT = 64 * 1024
 CONFLICTS = ("SKIP", "RENAME", "OVERWRITE")
-QUEUED, SUBMITTING, SUBMITTED, DONE, FAILED = "queued", "submitting", "submitted", "done", \
-    "failed"
 _HOST_FORM = re.compile(r"^drs://(?P<host>[A-Za-z0-9.\-]+(:\d+)?)/(?P<id>[^\s/][^\s]*)$")
 _COMPACT_FORM = re.compile(r"^drs://(?P<prefix>[A-Za-z0-9._\-]+):(?P<accession>[^\s/:]+)$")
 
@@ -110,62 +110,15 @@ def normalize_uri(uri: str, resolver: dict[str, str]) -> str:
     raise UsageError(f"{uri!r} is not a drs:// URI (drs://host/id or drs://prefix:accession)")
 
 
-class BulkImportClient:
-    """The bulk DRS import API: create a job (with an idempotency key) and read it."""
-
-    def __init__(self, base_url: str, token: str | None, verify: bool | str = True):
-        base_url = base_url.rstrip("/")
-        self.base = base_url if base_url.endswith("/v2") else f"{base_url}/v2"
-        self._token = token
-        self.session = requests.Session()
-        self.session.verify = verify
-        self.limit: tuple[int, int, float] | None = None  # limit, remaining, reset (epoch)
-
-    def _call(self, method: str, path: str, **kwargs) -> requests.Response:
-        headers = {**kwargs.pop("headers", {}), "Content-Type": "application/json"}
-        if self._token:
-            headers["X-SBG-Auth-Token"] = self._token
-        try:
-            response = self.session.request(method, self.base + path, headers=headers,
-                                            timeout=(10, 60), **kwargs)
-        except requests.exceptions.RequestException as exc:
-            from ..errors import Unreachable
-
-            raise Unreachable(f"{method} {self.base}{path}: {type(exc).__name__}") from exc
-        try:
-            self.limit = (int(response.headers["X-RateLimit-Limit"]),
-                          int(response.headers["X-RateLimit-Remaining"]),
-                          float(response.headers["X-RateLimit-Reset"]))
-        except (KeyError, ValueError):
-            pass
-        if response.status_code >= 400:
-            try:
-                body = response.json()
-                message = body.get("message") or body.get("title") or response.reason
-                code = str(body.get("code", response.status_code))
-            except ValueError:
-                message, code = response.reason, str(response.status_code)
-            error = ApiError(response.status_code, code, message, method, self.base + path)
-            error.retry_after = response.headers.get("Retry-After")
-            raise error
-        return response
-
-    def create(self, items: list[dict], conflict: str, tags: list[str], key: str) -> dict:
-        body = {"items": items, "conflict_resolution": conflict, "tags": tags or None}
-        return self._call("POST", "/bulk/drs/imports/create", json=body,
-                          headers={"Idempotency-Key": key}).json()
-
-    def get(self, job_id: str) -> dict:
-        return self._call("GET", f"/bulk/drs/imports/{job_id}").json()
-
-
 class DrsQueue:
-    """The import queue and its flusher thread."""
+    """The import queue's front (parsing closed ``.drs`` files) and its flusher thread.
 
-    def __init__(self, db: CacheDB, journal: Journal, api: BulkImportClient,
-                 dss: DSSClient, *, limit: int, window: float, default_conflict: str,
+    Every row it changes, it changes through the :class:`~hcafs.cache.journal.Journal`.
+    """
+
+    def __init__(self, journal: Journal, api: BulkImportClient, dss: DSSClient, *,
+                 limit: int, window: float, default_conflict: str,
                  resolver: dict[str, str], on_change=lambda bundle: None):
-        self.cachedb = db
         self.journal = journal
         self.api = api
         self.dss = dss
@@ -174,20 +127,23 @@ class DrsQueue:
         self.default_conflict = default_conflict
         self.resolver = resolver
         self.on_change = on_change
+        # How long the flusher holds off after a refusal or no answer: 5 s, 10 s, 20 s ...
+        # never longer than the rate-limit window; the server's Retry-After comes first.
+        self.hold = RetryPolicy(attempts=0, base_delay=5.0, max_delay=window,
+                                jitter=False)
+        self._holds = 0
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._hold_until = 0.0
         self._polled: dict[str, float] = {}
 
-    @property
-    def db(self):
-        return self.cachedb.db()
-
     # ------------------------------------------------------------ enqueueing (FUSE threads)
 
-    def enqueue_file(self, file_id: int, bundle: str, path: str, content: bytes) -> None:
-        """A ``.drs`` file was closed: queue its import, or record why it cannot be."""
+    def enqueue_file(self, file_id: int, bundle: str, path: str, content: bytes,
+                     size: int) -> None:
+        """A ``.drs`` file was closed: record the close and queue its import (or why it
+        cannot be), in one journal transaction."""
         directory, _, leaf = path.rpartition("/")
         target = leaf[: -len(".drs")]
         try:
@@ -197,41 +153,21 @@ class DrsQueue:
                                      self.default_conflict, self.resolver)
         except (UsageError, UnicodeDecodeError) as exc:
             reason = f"invalid .drs file: {exc}"
-            with self.cachedb.atomic() as db:
-                db.execute("delete from drs_imports where drs_file_id = ? and state = ?",
-                           [file_id, QUEUED])
-                db.execute("update pending_files set state = ?, error = ? where id = ?",
-                           [ERROR, reason, file_id])
+            self.journal.drs_rejected(file_id, size, reason)
             log.warning("%s/%s: %s", bundle, path, reason)
             return
         name = f"{directory}/{request.name}" if directory else request.name
-        with self.cachedb.atomic() as db:
-            busy = db.execute("select count(*) from drs_imports where drs_file_id = ? and "
-                              "state in (?, ?)", [file_id, SUBMITTING, SUBMITTED]).fetchone()[0]
-            if busy:
-                db.execute("update pending_files set error = ? where id = ?",
-                           ["changed while its import was running; the new content is "
-                            "ignored", file_id])
-                return
-            db.execute("delete from drs_imports where drs_file_id = ?", [file_id])
-            db["drs_imports"].insert({
-                "drs_file_id": file_id, "bundle": bundle, "name": name,
-                "drs_uri": request.drs_uri, "metadata": json.dumps(request.metadata),
-                "tags": json.dumps(sorted(request.tags)), "conflict": request.conflict,
-                "state": QUEUED, "attempts": 0, "created": time.time()})
-            db.execute("update pending_files set state = ?, error = null where id = ?",
-                       ["queued", file_id])
-        log.info("queued import of %s into %s/%s", request.drs_uri, bundle, name)
-        self._wake.set()
+        if self.journal.drs_queued(file_id, size, bundle, name, request.drs_uri,
+                                   json.dumps(request.metadata),
+                                   json.dumps(sorted(request.tags)), request.conflict):
+            log.info("queued import of %s into %s/%s", request.drs_uri, bundle, name)
+            self._wake.set()
 
     def waiting(self, bundle: str) -> int:
-        return self.db.execute("select count(*) from drs_imports where bundle = ? and state "
-                               "not in (?, ?)", [bundle, DONE, FAILED]).fetchone()[0]
+        return self.journal.imports_waiting(bundle)
 
     def failures(self, bundle: str) -> list[str]:
-        rows = self.db.execute("select name, error from drs_imports where bundle = ? and "
-                               "state = ?", [bundle, FAILED]).fetchall()
-        return [f"{name}: {error}" for name, error in rows]
+        return self.journal.import_failures(bundle)
 
     # ------------------------------------------------------------ the flusher
 
@@ -257,9 +193,7 @@ class DrsQueue:
 
     def budget(self, now: float) -> int:
         """Items that may be sent now without passing the rate limit."""
-        sent = self.db.execute("select count(*) from drs_imports where submitted_at > ?",
-                               [now - self.window]).fetchone()[0]
-        room = self.limit - sent
+        room = self.limit - self.journal.imports_sent_since(now - self.window)
         if self.api.limit is not None:
             _, remaining, reset = self.api.limit
             if reset > now:
@@ -269,8 +203,7 @@ class DrsQueue:
     def _flush(self) -> None:
         now = time.time()
         # Batches whose answer was lost are sent again under the same key.
-        for key, in self.db.execute("select distinct batch from drs_imports where state = ?",
-                                    [SUBMITTING]).fetchall():
+        for key in self.journal.unanswered_batches():
             self._send(key)
         if now < self._hold_until:
             return
@@ -278,27 +211,12 @@ class DrsQueue:
             room = min(MAX_ITEMS, self.budget(time.time()))
             if room <= 0:
                 return
-            group = self.db.execute(
-                "select conflict, tags from drs_imports where state = ? and "
-                "coalesce(next_try, 0) <= ? order by id limit 1", [QUEUED, now]).fetchone()
-            if group is None:
-                return
-            key = str(_uuid.uuid4())
-            with self.cachedb.atomic() as db:
-                ids = [r[0] for r in db.execute(
-                    "select id from drs_imports where state = ? and conflict = ? and tags = ? "
-                    "and coalesce(next_try, 0) <= ? order by id limit ?",
-                    [QUEUED, group[0], group[1], now, room]).fetchall()]
-                db.execute(f"update drs_imports set state = ?, batch = ? where id in "
-                           f"({','.join('?' * len(ids))})", [SUBMITTING, key, *ids])
-            if not self._send(key):
+            key = self.journal.claim_batch(now, room)
+            if key is None or not self._send(key):
                 return
 
     def _send(self, key: str) -> bool:
-        rows = self.db.execute(
-            "select i.id, i.drs_uri, i.name, i.metadata, i.conflict, i.tags, b.uuid from "
-            "drs_imports i join pending_bundles b on b.name = i.bundle where i.batch = ? "
-            "order by i.id", [key]).fetchall()
+        rows = self.journal.batch(key)
         if not rows:
             return True
         items = [{"drs_uri": uri, "project": f"hcafs/{bundle_uuid}",
@@ -307,49 +225,35 @@ class DrsQueue:
         try:
             job = self.api.create(items, rows[0][4], json.loads(rows[0][5]), key)
         except ApiError as exc:
-            if exc.status == 429 or exc.transient:
-                self._hold(exc)
+            if exc.transient:
+                self._hold_off(exc, exc.retry_after)
                 return False
-            self._fail([r[0] for r in rows], f"{exc.code}: {exc.title}")
+            self.journal.imports_failed([r[0] for r in rows], f"{exc.code}: {exc.title}")
             return True
         except Exception as exc:  # unreachable: keep the key, try again later
             log.warning("bulk import submit failed (will resend): %s", exc)
-            self._hold_until = time.time() + 5
+            self._hold_off(exc, None)
             return False
-        now = time.time()
-        with self.cachedb.atomic() as db:
-            db.execute("update drs_imports set state = ?, job_id = ?, submitted_at = ? "
-                       "where batch = ?", [SUBMITTED, str(job["id"]), now, key])
+        self._holds = 0
+        self.journal.batch_submitted(key, str(job["id"]))
         log.info("submitted %d DRS imports as job %s", len(rows), job["id"])
         return True
 
-    def _hold(self, exc: ApiError) -> None:
-        delay = 5.0
-        retry_after = getattr(exc, "retry_after", None)
-        if retry_after:
-            try:
-                delay = float(retry_after)
-            except ValueError:
-                pass
-        elif self.api.limit is not None and self.api.limit[2] > time.time():
-            delay = self.api.limit[2] - time.time()
-        self._hold_until = time.time() + min(delay, self.window)
-        log.warning("bulk import API said %s; waiting %.0fs", exc, delay)
-
-    def _fail(self, ids: list[int], reason: str) -> None:
-        with self.cachedb.atomic() as db:
-            for import_id in ids:
-                db.execute("update drs_imports set state = ?, error = ? where id = ?",
-                           [FAILED, reason, import_id])
-                db.execute("update pending_files set state = ?, error = ? where id = "
-                           "(select drs_file_id from drs_imports where id = ?)",
-                           [ERROR, f"import failed: {reason}", import_id])
+    def _hold_off(self, exc: Exception, retry_after: str | None) -> None:
+        """Send nothing new for a while: as long as the server said, else until its rate
+        window resets, else the hold policy's next step."""
+        now = time.time()
+        if not retry_after and isinstance(exc, ApiError) and self.api.limit is not None \
+                and self.api.limit[2] > now:
+            retry_after = str(self.api.limit[2] - now)
+        delay = self.hold.delay(self._holds, retry_after)
+        self._holds += 1
+        self._hold_until = now + delay
+        log.warning("bulk import API: %s; waiting %.0fs", exc, delay)
 
     def _poll(self) -> None:
         now = time.monotonic()
-        jobs = [r[0] for r in self.db.execute(
-            "select distinct job_id from drs_imports where state = ?", [SUBMITTED])]
-        for job_id in jobs:
+        for job_id in self.journal.submitted_jobs():
             if self._polled.get(job_id, 0) > now:
                 continue
             self._polled[job_id] = now + 1.0
@@ -362,9 +266,7 @@ class DrsQueue:
                 self._apply(job_id, job.get("result") or [])
 
     def _apply(self, job_id: str, results: list[dict]) -> None:
-        rows = self.db.execute("select id, bundle, name, drs_file_id, conflict from "
-                               "drs_imports where job_id = ? and state = ? order by id",
-                               [job_id, SUBMITTED]).fetchall()
+        rows = self.journal.job_items(job_id)
         by_item = _results_by_item(results, len(rows))
         for row, result in zip(rows, by_item, strict=True):
             bundle, name = row[1], row[2]
@@ -387,23 +289,13 @@ class DrsQueue:
             reason = f"{error.get('code')}: {error.get('message')}"
             if conflict == "SKIP" and str(error.get("code")) == "5003":
                 # SKIP and the name exists: nothing to import, and nothing went wrong.
-                with self.cachedb.atomic() as db:
-                    db.execute("delete from pending_files where id = ?", [drs_file_id])
-                    db.execute("update drs_imports set state = ?, finished_at = ?, error = ? "
-                               "where id = ?", [DONE, time.time(), "skipped: name exists",
-                                                import_id])
+                self.journal.import_skipped(import_id, drs_file_id)
                 log.info("import into %s/%s skipped: the name exists", bundle, name)
                 return
             if status >= 500 or status == 429:
-                attempts = self.db.execute("select attempts from drs_imports where id = ?",
-                                           [import_id]).fetchone()[0] + 1
-                self.db.execute("update drs_imports set state = ?, job_id = null, batch = "
-                                "null, submitted_at = null, attempts = ?, next_try = ?, "
-                                "error = ? where id = ?",
-                                [QUEUED, attempts, time.time() + min(300, 2 ** attempts),
-                                 reason, import_id])
+                self.journal.import_retry(import_id, reason)
                 return
-            self._fail([import_id], reason)
+            self.journal.imports_failed([import_id], reason)
             log.warning("import into %s/%s failed: %s", bundle, name, reason)
             return
         entries = []
@@ -418,25 +310,7 @@ class DrsQueue:
                 (resource.get("name") if len(resources) == 1 and conflict == "RENAME"
                  and resource.get("name") else name))
             entries.append((path, info))
-        with self.cachedb.atomic() as db:
-            for path, info in entries:
-                existing = db.execute("select id from pending_files where bundle = ? and "
-                                      "path = ?", [bundle, path]).fetchone()
-                if existing and conflict == "SKIP":
-                    continue
-                if existing:
-                    db.execute("delete from pending_files where id = ?", [existing[0]])
-                db["pending_files"].insert({
-                    "bundle": bundle, "path": path, "kind": REMOTE, "size": info.size,
-                    "mtime": time.time(), "state": SYNCED, "generation": 0,
-                    "synced_generation": 0, "file_uuid": info.uuid,
-                    "file_version": info.version, "sha256": info.sha256, "sha1": info.sha1,
-                    "crc32c": info.crc32c, "s3_etag": info.s3_etag,
-                    "content_type": info.content_type, "attempts": 0, "sent_bytes": 0,
-                    "changed": time.time()})
-            db.execute("delete from pending_files where id = ?", [drs_file_id])
-            db.execute("update drs_imports set state = ?, finished_at = ?, error = null "
-                       "where id = ?", [DONE, time.time(), import_id])
+        self.journal.import_done(import_id, bundle, drs_file_id, conflict, entries)
         log.info("imported %s into %s (%d file%s)", name, bundle, len(entries),
                  "" if len(entries) == 1 else "s")
 

@@ -7,6 +7,8 @@ Two targets, one interface:
   equals the ``hca-dss-s3_etag`` tag), tagged with the four checksums and given a
   Content-Type.  The checksums are computed in one pass over the bytes before the upload;
   the upload streams the file in parts, so memory stays bounded whatever the file's size.
+  The file is registered only once a HEAD shows the object with its size and ETag (a store
+  may acknowledge a PUT before every reader sees the object).
 * :class:`LocalStager` (the embedded server): the bytes are copied into the server's
   staging root and registered as ``file://``; the checksums are computed during the copy.
 
@@ -16,18 +18,23 @@ overwrites the same object instead of leaving a second one.
 
 from __future__ import annotations
 
+import logging
 import mimetypes
 import os
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from ..checksums import MIN_PART_SIZE, Checksummer, Checksums, part_size
+from ..errors import NotFound, RemoteError
 from ..remote.s3 import S3, S3Url
+
+log = logging.getLogger(__name__)
 
 CHUNK = 4 * 1024 * 1024
 PART_WORKERS = 4  # parts of one file uploaded at once (each streams from disk)
+CONFIRM_SECONDS = 30.0  # how long a staged object may take to become visible
 Progress = Callable[[int], None]
 
 
@@ -66,7 +73,8 @@ class LocalStager(Stager):
               progress: Progress) -> tuple[str, Checksums]:
         target = self._path(file_uuid, version, name)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(path, "rb") as source, open(target + ".part", "wb") as out:
+        with open(path, "rb") as source, os.fdopen(os.open(
+                target + ".part", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
             size = os.fstat(source.fileno()).st_size
             summer = Checksummer(size)
             sent = 0
@@ -127,6 +135,7 @@ class S3Stager(Stager):
         self.bucket = target.bucket
         self.prefix = target.key.strip("/") + "/" if target.key.strip("/") else ""
         self.s3 = s3
+        self.unconfirmed = 0  # HEADs that did not (yet) show a staged object as uploaded
 
     def _key(self, file_uuid: str, version: str, name: str) -> str:
         return f"{self.prefix}{file_uuid}.{version}/{os.path.basename(name) or 'data'}"
@@ -156,41 +165,49 @@ class S3Stager(Stager):
                 self._multipart(fd, size, key, extra, advance)
         finally:
             os.close(fd)
+        self._confirm(key, size, sums.s3_etag)
         return self.source_url(file_uuid, version, name), sums
 
+    def _confirm(self, key: str, size: int, etag: str) -> None:
+        """Return once the staged object answers a HEAD with its size and ETag.
+
+        A store may acknowledge a PUT before every reader sees the object; the server,
+        asked to register it then, would answer that it does not exist.  So the file is
+        registered only once the object is visible; a wait that runs out raises, and the
+        file is staged again at the next attempt.
+        """
+        deadline = time.monotonic() + CONFIRM_SECONDS
+        pause = 0.05
+        while True:
+            try:
+                head = self.s3.head(self.bucket, key)
+                seen = (head.get("ContentLength"), head.get("ETag", "").strip('"'))
+                if seen == (size, etag):
+                    return
+                problem = f"holds {seen[0]} bytes with ETag {seen[1]}, not {size} / {etag}"
+            except NotFound:
+                problem = "is not visible yet"
+            if time.monotonic() > deadline:
+                raise RemoteError(f"staged object s3://{self.bucket}/{key} {problem} after "
+                                  f"{CONFIRM_SECONDS:.0f}s")
+            self.unconfirmed += 1
+            log.debug("staged object s3://%s/%s %s; waiting", self.bucket, key, problem)
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
     def _multipart(self, fd: int, size: int, key: str, extra: dict, advance) -> None:
-        """Start, upload the parts (a few at a time, each streamed from disk), complete;
-        abort on any error so that no unfinished upload is left behind."""
+        """The file in parts of the DSS part size, a few at a time, each streamed from
+        disk, through the one multipart path (:meth:`S3.multipart`)."""
         step = part_size(size)
-        upload = self.s3.call("create_multipart_upload", Bucket=self.bucket, Key=key,
-                              **extra)["UploadId"]
         lock = threading.Lock()
 
         def counted(count: int) -> None:
             with lock:
                 advance(count)
 
-        def part(number: int) -> dict:
-            start = (number - 1) * step
-            length = min(step, size - start)
-            answer = self.s3.call("upload_part", Bucket=self.bucket, Key=key,
-                                  UploadId=upload, PartNumber=number,
-                                  Body=_Slice(fd, start, length, counted),
-                                  ContentLength=length)
-            return {"PartNumber": number, "ETag": answer["ETag"]}
-
-        try:
-            with ThreadPoolExecutor(PART_WORKERS, thread_name_prefix="part") as pool:
-                parts = list(pool.map(part, range(1, -(-size // step) + 1)))
-            self.s3.call("complete_multipart_upload", Bucket=self.bucket, Key=key,
-                         UploadId=upload, MultipartUpload={"Parts": parts})
-        except BaseException:
-            try:
-                self.s3.call("abort_multipart_upload", Bucket=self.bucket, Key=key,
-                             UploadId=upload)
-            except Exception:  # the original error matters more
-                pass
-            raise
+        parts = [_Slice(fd, start, min(step, size - start), counted)
+                 for start in range(0, size, step)]
+        self.s3.multipart(self.bucket, key, parts, extra, workers=PART_WORKERS)
 
     def discard(self, file_uuid: str, version: str, name: str) -> None:
         try:

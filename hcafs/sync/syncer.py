@@ -3,8 +3,9 @@
 A file is picked up once it is closed and has not changed for the write-back delay.  Its
 uuid and version are fixed in the journal before the first attempt, so every retry (after
 a 5xx, a reset, a timeout, or a crash and remount) registers the same uuid and version and
-the server answers 200 to the repeat.  Failures are retried with capped backoff and never
-drop anything: the bytes stay in the cache dir until the server has them.
+the server answers 200 to the repeat.  Failures are retried with capped backoff
+(:data:`~hcafs.retry.BACKGROUND`) and never drop anything: the bytes stay in the cache dir
+until the server has them.
 
 A commit waits until every file of the bundle is registered, then calls put-bundle with a
 version chosen once (so a repeat is a 200), or, for a working copy, patch-bundle.  PATCH
@@ -38,14 +39,46 @@ from ..cache.journal import (
     BundleRow,
     Journal,
 )
-from ..errors import ApiError, HcafsError, IntegrityError, RemoteError
+from ..errors import ApiError, HcafsError, IntegrityError, NotFound, RemoteError
 from ..model.pending import PendingBundles
 from ..remote.client import DSSClient
+from ..retry import BACKGROUND
 from .staging import Stager, content_type
 
 log = logging.getLogger(__name__)
 
 TICK = 0.5
+
+
+class SyncStats:
+    """Where the sync engine's time went, for the log and the benchmarks: seconds summed
+    over files per stage (``stage``, ``register``, ``copy`` for background copies the
+    engine waited for, ``commit``), bytes staged, and failed attempts by cause."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.seconds: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.staged_bytes = 0
+        self.retries: dict[str, int] = {}
+
+    def add(self, stage: str, seconds: float, size: int = 0) -> None:
+        with self._lock:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+            self.counts[stage] = self.counts.get(stage, 0) + 1
+            self.staged_bytes += size
+
+    def retry(self, cause: str) -> None:
+        with self._lock:
+            self.retries[cause] = self.retries.get(cause, 0) + 1
+
+    def line(self, unconfirmed: int = 0) -> str:
+        with self._lock:
+            stages = " ".join(f"{name}={self.seconds[name]:.2f}s/{self.counts[name]}"
+                              for name in sorted(self.seconds))
+            retries = ",".join(f"{cause}:{n}" for cause, n in sorted(self.retries.items()))
+            return (f"{stages} staged_bytes={self.staged_bytes} "
+                    f"retries={retries or 'none'} unconfirmed_heads={unconfirmed}")
 
 
 class Syncer:
@@ -71,6 +104,7 @@ class Syncer:
         self._thread: threading.Thread | None = None
         self._commit_retry: dict[str, float] = {}  # bundle name -> next attempt (epoch)
         self._commit_attempts: dict[str, int] = {}
+        self.stats = SyncStats()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="sync", daemon=True)
@@ -118,14 +152,17 @@ class Syncer:
                 return  # removed, or synced by another worker meanwhile
             self._sync_file(row)
         except RemoteError as exc:
+            self.stats.retry(type(exc).__name__)
             delay = self.journal.failed(row.id, row.generation, str(exc))
             log.warning("sync of %s/%s failed (retry in %.0fs): %s", row.bundle, row.path,
                         delay, exc)
         except (HcafsError, OSError) as exc:
+            self.stats.retry(type(exc).__name__)
             delay = self.journal.failed(row.id, row.generation, str(exc))
             log.error("sync of %s/%s failed (retry in %.0fs): %s", row.bundle, row.path,
                       delay, exc)
         except Exception as exc:
+            self.stats.retry("internal")
             self.journal.failed(row.id, row.generation, f"internal error: {exc}")
             log.exception("sync of %s/%s crashed", row.bundle, row.path)
         finally:
@@ -133,7 +170,24 @@ class Syncer:
                 self._inflight.discard(claimed.id)
             self._wake.set()
 
+    def _registered_before(self, row) -> bool:
+        """True if an earlier attempt registered this generation although its answer was
+        lost (a reset, a server restart): the file is then not staged again."""
+        if row.state != ERROR or not (row.file_uuid and row.file_version and row.sha256):
+            return False
+        try:
+            info = self.client.head_file(row.file_uuid, row.file_version)
+        except NotFound:
+            return False
+        return info.sha256 == row.sha256
+
     def _sync_file(self, row) -> None:
+        if self._registered_before(row):
+            if self.journal.registered(row.id, row.generation):
+                log.info("synced %s/%s as %s.%s (registered by an earlier attempt)",
+                         row.bundle, row.path, row.file_uuid, row.file_version)
+                self.stager.discard(row.file_uuid, row.file_version, row.path)
+            return
         if row.state == REGISTERING and row.sha256 and row.file_version:
             file_uuid, version = row.file_uuid, row.file_version
             source = self.stager.source_url(file_uuid, version, row.path)
@@ -151,15 +205,22 @@ class Syncer:
                     sent_at[0] = now
                     self.journal.progress(row.id, sent)
 
+            started = time.monotonic()
             source, sums = self.stager.stage(self.pending.data_path(row.id), file_uuid,
                                              version, row.path, progress)
+            self.stats.add("stage", time.monotonic() - started, sums.size)
             if not self.journal.staged(row.id, row.generation, sums, content_type(row.path)):
                 return
             self.journal.progress(row.id, sums.size)
             sha256 = sums.sha256
+        started = time.monotonic()
         status, _ = self.client.put_file(file_uuid, version, source, self.creator_uid)
+        registered = time.monotonic()
+        self.stats.add("register", registered - started)
         info = self.client.wait_file(file_uuid, version) if status == 202 else \
             self.client.head_file(file_uuid, version)
+        if status == 202:
+            self.stats.add("copy", time.monotonic() - registered)
         if info.sha256 != sha256:
             raise IntegrityError(f"the server holds sha256 {info.sha256} for {row.path}, "
                                  f"not {sha256}")
@@ -206,6 +267,7 @@ class Syncer:
         files = [f for f in self.journal.files(bundle.name) if f.kind != DIR]
         entries = [{"uuid": f.file_uuid, "version": f.file_version, "name": f.path,
                     "indexed": f.is_indexed} for f in files]
+        started = time.monotonic()
         try:
             if bundle.base_version is None:
                 version = self.journal.commit_version(bundle.name)
@@ -222,6 +284,7 @@ class Syncer:
         except RemoteError as exc:
             self._retry_commit(bundle, str(exc))
             return
+        self.stats.add("commit", time.monotonic() - started)
         fqid = f"{bundle.uuid}.{version}"
         self.journal.committed(bundle.name, fqid)
         self.catalog.add_bundle(fqid)
@@ -230,11 +293,12 @@ class Syncer:
         self._commit_retry.pop(bundle.name, None)
         self._commit_attempts.pop(bundle.name, None)
         log.info("committed %s as %s (%d files)", bundle.name, fqid, len(files))
+        log.info("sync stats: %s", self.stats.line(getattr(self.stager, "unconfirmed", 0)))
 
     def _retry_commit(self, bundle: BundleRow, reason: str) -> None:
         attempt = self._commit_attempts.get(bundle.name, 0) + 1
         self._commit_attempts[bundle.name] = attempt
-        delay = min(300.0, 2.0 ** min(attempt, 8))
+        delay = BACKGROUND.backoff(attempt)
         self._commit_retry[bundle.name] = time.time() + delay
         self.journal.commit_failed(bundle.name, reason, give_up=False)
         log.warning("commit of %s failed (retry in %.0fs): %s", bundle.name, delay, reason)

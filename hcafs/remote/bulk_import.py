@@ -1,0 +1,57 @@
+"""The bulk DRS import API (the Seven Bridges contract): create a job, read a job.
+
+Calls go through :class:`~hcafs.remote.http.HttpClient`, so they are retried like every
+other remote call.  A job is created under an ``Idempotency-Key`` the caller chose and
+recorded first, so a retry (here, or after a crash) makes no second job.  The server's
+``X-RateLimit-*`` headers are kept in :attr:`BulkImportClient.limit` for the caller's budget.
+"""
+
+from __future__ import annotations
+
+import requests
+
+from ..retry import RetryPolicy
+from .http import HttpClient
+
+# Few tries per call: the import flusher has its own, longer hold after a refusal.
+IMPORT_RETRY = RetryPolicy(attempts=3, base_delay=0.5, max_delay=10.0)
+
+
+class BulkImportClient(HttpClient):
+    def __init__(self, base_url: str, token: str | None, verify: bool | str = True,
+                 retry: RetryPolicy | None = None):
+        base_url = base_url.rstrip("/")
+        super().__init__(base_url if base_url.endswith("/v2") else f"{base_url}/v2",
+                         retry=retry or IMPORT_RETRY, verify=verify, pool_size=4)
+        self._token = token
+        self.limit: tuple[int, int, float] | None = None  # limit, remaining, reset (epoch)
+
+    def __repr__(self) -> str:  # no token in any repr
+        return f"BulkImportClient({self.base!r})"
+
+    def _auth_headers(self) -> dict[str, str]:
+        return {"X-SBG-Auth-Token": self._token} if self._token else {}
+
+    def _seen(self, response: requests.Response) -> None:
+        try:
+            self.limit = (int(response.headers["X-RateLimit-Limit"]),
+                          int(response.headers["X-RateLimit-Remaining"]),
+                          float(response.headers["X-RateLimit-Reset"]))
+        except (KeyError, ValueError):
+            pass
+
+    def _describe(self, response: requests.Response) -> tuple[str, str]:
+        try:
+            body = response.json()
+            message = body.get("message") or body.get("title") or response.reason
+            return str(body.get("code", response.status_code)), str(message)
+        except ValueError:
+            return str(response.status_code), response.reason or ""
+
+    def create(self, items: list[dict], conflict: str, tags: list[str], key: str) -> dict:
+        body = {"items": items, "conflict_resolution": conflict, "tags": tags or None}
+        return self.request("POST", "/bulk/drs/imports/create", json=body, auth=True,
+                            headers={"Idempotency-Key": key}).json()
+
+    def get(self, job_id: str) -> dict:
+        return self.request("GET", f"/bulk/drs/imports/{job_id}", auth=True).json()

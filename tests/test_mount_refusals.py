@@ -1,0 +1,101 @@
+"""Refusals on a real mount: each errno the mount returns on purpose, its one log line (with
+the reason and the path), and its entry in ``hcafs status`` (text and --json)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from fixtures.dss_server import USER
+from fixtures.hcafs_mount import Mount, needs_fuse, run_hcafs
+
+pytestmark = needs_fuse
+
+
+@pytest.fixture
+def mounted(mount_world, tmp_path):
+    with Mount(str(tmp_path), mount_world["server"].url, token=USER) as mount:
+        yield mount
+
+
+def _refused(action) -> int:
+    with pytest.raises(OSError) as caught:
+        action()
+    return caught.value.errno
+
+
+def test_each_refusal_is_explained_once_and_shown_by_status(mount_world, mounted):
+    root = Path(mounted.path)
+    fqid = mount_world["fqid"]
+    cells = root / "collections" / "my cells"
+    cases = [
+        # (what, expected errno, words the reason must carry, path as logged)
+        (lambda: os.symlink("../../elsewhere/x", cells / "x"), errno.EINVAL,
+         "links to ../../bundles/<fqid>", "/collections/my cells/x"),
+        (lambda: os.mkdir(root / "bundles" / "new"), errno.EROFS,
+         "--staging", "/bundles/new"),
+        (lambda: os.rmdir(root / "bundles" / fqid), errno.EACCES,
+         "403", f"/bundles/{fqid}"),
+        (lambda: os.symlink(f"../../bundles/{fqid}", cells / "again"), errno.EEXIST,
+         f"bundle {fqid} is in this collection already", "/collections/my cells/again"),
+        (lambda: os.rmdir(cells), errno.ENOTEMPTY,
+         "remove its links first", "/collections/my cells"),
+    ]
+    for action, code, _, path in cases:
+        for _ in range(5):  # the same refusal again and again: explained once
+            assert _refused(action) == code, (path, errno.errorcode[code])
+    log = mounted.log()
+    for _, code, words, path in cases:
+        lines = [line for line in log.splitlines()
+                 if "refused with" in line and f" {path} refused" in line]
+        assert len(lines) == 1, (path, lines)
+        assert errno.errorcode[code] in lines[0] and words in lines[0], lines[0]
+
+    report = json.loads(run_hcafs("status", mounted.path, "--json", env=mounted.env).stdout)
+    shown = [(r["path"], r["errno"]) for r in report["refusals"]]
+    assert shown == [(path, errno.errorcode[code]) for _, code, _, path in cases]
+    assert all(r["reason"] and r["operation"] for r in report["refusals"])
+    text = run_hcafs("status", mounted.path, env=mounted.env).stdout
+    for _, code, _, path in cases:
+        assert any("refused" in line and path in line and errno.errorcode[code] in line
+                   for line in text.splitlines()), (path, text)
+    # ENOENT is an answer, not a refusal: not logged, not shown
+    assert _refused(lambda: os.stat(root / "bundles" / "nope")) == errno.ENOENT
+    assert "/bundles/nope" not in mounted.log()
+
+
+def test_a_full_cache_disk_is_explained_once(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(small)],
+                   check=True)
+    try:
+        env = {"XDG_DATA_HOME": str(tmp_path / "data"), "XDG_CACHE_HOME": str(tmp_path / "x")}
+        mount = Mount(str(tmp_path), None, env=env)
+        # the cache on the small disk; the log where the fixture reads it (not on the disk)
+        mount.args = ["--cache-dir", str(small / "cache"), "--log-file", mount.log_file]
+        with mount:
+            pending = Path(mount.path) / "bundles" / "tight"
+            pending.mkdir()
+            with pytest.raises(OSError) as full:
+                with open(pending / "huge.bin", "wb") as handle:
+                    for _ in range(64):
+                        handle.write(os.urandom(1024 * 1024))
+                        handle.flush()
+            assert full.value.errno == errno.ENOSPC
+            lines = [line for line in mount.log().splitlines()
+                     if "refused with ENOSPC" in line]
+            assert len(lines) == 1 and "/bundles/tight/huge.bin" in lines[0], lines
+            assert "the cache disk is full" in lines[0]
+            report = json.loads(run_hcafs("status", mount.path, "--json",
+                                          env=mount.env).stdout)
+            assert [r["errno"] for r in report["refusals"]] == ["ENOSPC"]
+            (pending / "huge.bin").unlink()
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)

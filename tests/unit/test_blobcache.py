@@ -1,0 +1,196 @@
+"""Model tier: the content cache on a real SQLite cache and real cache files, no FUSE.
+
+The server is stood in for by a function that serves byte ranges of a known blob; where a
+test needs a fault (a broken stream, wrong bytes) that function injects it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import threading
+import time
+
+import pytest
+
+from hcafs.cache.blobcache import BLOCK, CRC, BlobCache
+from hcafs.cache.cachedb import CacheDB
+from hcafs.errors import IntegrityError, Unreachable
+
+
+class Source:
+    """Ranges of ``data`` as a server would stream them, counting what it sent."""
+
+    def __init__(self, data: bytes, chunk: int = BLOCK):
+        self.data = data
+        self.chunk = chunk
+        self.sent = 0
+        self.break_after: int | None = None  # bytes into the next fetch, then Unreachable
+        self.lock = threading.Lock()
+
+    def fetch(self, start: int, end: int):
+        with self.lock:
+            cut, self.break_after = self.break_after, None
+        position = start
+        while position < end:
+            piece = self.data[position:min(end, position + self.chunk)]
+            if cut is not None and position - start + len(piece) > cut:
+                raise Unreachable("stream broke off")
+            with self.lock:
+                self.sent += len(piece)
+            yield piece
+            position += len(piece)
+
+
+@pytest.fixture
+def cache(tmp_path):
+    db = CacheDB(str(tmp_path / "hcafs.db"))
+    blobs = BlobCache(str(tmp_path / "blobs"), db, 1024 * BLOCK, streams=3,
+                      max_readahead=16 * BLOCK, chunk=2 * BLOCK)
+    yield blobs
+    blobs.close()
+
+
+def _blob(size: int, seed: int = 1) -> tuple[bytes, str]:
+    data = random.Random(seed).randbytes(size)
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def test_random_reads_fetch_only_their_blocks_and_match(cache):
+    data, sha = _blob(10 * BLOCK + 333)
+    source = Source(data)
+    blob = cache.acquire(sha, len(data))
+    try:
+        assert cache.read(blob, 3 * BLOCK + 5, 100, source.fetch) == \
+            data[3 * BLOCK + 5:3 * BLOCK + 105]
+        assert cache.read(blob, BLOCK - 10, 20, source.fetch) == data[BLOCK - 10:BLOCK + 10]
+        assert source.sent == 3 * BLOCK  # blocks 0, 1 and 3, nothing else
+        fd, offset, length = cache.span(blob, len(data) - 50, 4096, source.fetch)
+        assert (offset, length) == (len(data) - 50, 50)
+        assert os.pread(fd, length, offset) == data[-50:]
+    finally:
+        cache.release(blob)
+
+
+def test_a_sequential_reader_gets_parallel_streams_and_a_verified_file(cache):
+    data, sha = _blob(40 * BLOCK + 7)
+    source = Source(data)
+    blob = cache.acquire(sha, len(data))
+    try:
+        out = bytearray()
+        offset = 0
+        while offset < len(data):
+            piece = cache.read(blob, offset, BLOCK, source.fetch, readahead=16 * BLOCK)
+            out += piece
+            offset += len(piece)
+        assert bytes(out) == data
+        assert cache.wait_verified(blob)
+        assert source.sent == len(data)  # each block fetched once
+    finally:
+        cache.release(blob)
+
+
+def test_wrong_bytes_from_the_server_fail_once_the_file_is_whole(cache):
+    data, sha = _blob(4 * BLOCK)
+    source = Source(bytes(len(data)))  # right size, wrong bytes
+    blob = cache.acquire(sha, len(data))
+    try:
+        with pytest.raises(IntegrityError):
+            for offset in range(0, len(data), BLOCK):
+                cache.read(blob, offset, BLOCK, source.fetch)
+        assert not any(blob.present)  # discarded
+    finally:
+        cache.release(blob)
+
+
+def test_a_broken_fetch_resumes_at_the_first_missing_block(cache):
+    data, sha = _blob(6 * BLOCK)
+    source = Source(data)
+    source.break_after = 2 * BLOCK + 10
+    blob = cache.acquire(sha, len(data))
+    try:
+        assert cache.read(blob, 0, len(data), source.fetch) == data
+        assert source.sent == len(data)  # the two blocks that landed were not fetched again
+    finally:
+        cache.release(blob)
+
+
+def test_a_block_changed_on_disk_is_refused_then_fetched_again(cache, tmp_path):
+    data, sha = _blob(5 * BLOCK)
+    source = Source(data)
+    blob = cache.acquire(sha, len(data))
+    cache.read(blob, 0, len(data), source.fetch)
+    assert cache.wait_verified(blob)
+    cache.release(blob)
+    row = cache.db.db().execute("select crcs, complete from blobs where sha256 = ?",
+                                [sha]).fetchone()
+    assert len(row[0]) == 5 * CRC and row[1] == 1
+    with open(cache.path(sha), "r+b") as handle:  # bit rot in block 2
+        handle.seek(2 * BLOCK + 77)
+        handle.write(b"\x00" * 8)
+    sent = source.sent
+    blob = cache.acquire(sha, len(data))
+    try:
+        assert cache.read(blob, 0, 100, source.fetch) == data[:100]  # block 0 is intact
+        with pytest.raises(IntegrityError):
+            cache.read(blob, 2 * BLOCK, 100, source.fetch)
+        assert source.sent == sent  # refused without fetching
+        assert cache.read(blob, 2 * BLOCK, 100, source.fetch) == data[2 * BLOCK:2 * BLOCK + 100]
+        assert source.sent == sent + BLOCK  # exactly the bad block again
+        assert cache.read(blob, 0, len(data), source.fetch) == data
+        assert cache.wait_verified(blob)
+    finally:
+        cache.release(blob)
+
+
+def test_blocks_cached_without_sums_are_fetched_again(cache):
+    data, sha = _blob(2 * BLOCK)
+    source = Source(data)
+    blob = cache.acquire(sha, len(data))
+    cache.read(blob, 0, len(data), source.fetch)
+    cache.release(blob)
+    # A cache written before block sums existed: the bitmap without the sums.
+    cache.db.db().execute("update blobs set crcs = null where sha256 = ?", [sha])
+    blob = cache.acquire(sha, len(data))
+    try:
+        assert cache.read(blob, 0, len(data), source.fetch) == data
+        assert source.sent == 2 * len(data)
+    finally:
+        cache.release(blob)
+
+
+class SlowPersist(BlobCache):
+    """Fault injection: recording a released blob's bitmap takes a while."""
+
+    def _persist(self, blob) -> None:
+        time.sleep(0.3)
+        super()._persist(blob)
+
+
+def test_a_reopen_during_a_release_never_loads_older_state(tmp_path):
+    cache = SlowPersist(str(tmp_path / "blobs"), CacheDB(str(tmp_path / "hcafs.db")),
+                        1024 * BLOCK)
+    try:
+        data, sha = _blob(3 * BLOCK)
+        source = Source(data)
+        first = cache.acquire(sha, len(data))
+        cache.read(first, BLOCK, 10, source.fetch)
+        closing = threading.Thread(target=cache.release, args=(first,))
+        closing.start()
+        time.sleep(0.1)  # the release is now recording the bitmap
+        second = cache.acquire(sha, len(data))
+        try:
+            assert cache.read(second, BLOCK, 10, source.fetch) == data[BLOCK:BLOCK + 10]
+        finally:
+            closing.join()
+            cache.release(second)
+        assert source.sent == BLOCK  # the block was not lost to a stale reload
+        again = cache.acquire(sha, len(data))
+        try:
+            assert cache.read(again, BLOCK, 10, source.fetch) == data[BLOCK:BLOCK + 10]
+            assert source.sent == BLOCK  # and the recorded bitmap has it
+        finally:
+            cache.release(again)
+    finally:
+        cache.close()

@@ -1,0 +1,200 @@
+"""Model tier: the journal's transitions on a real SQLite file, and crashes inside them.
+
+Each change of the model is one journal transaction.  For every change below, the test
+counts the statements it runs, then runs it again on the same starting state once per
+statement with a failure injected just before that statement, and checks that the database
+is exactly as it was: nothing half-done survives.  The last run lets the change finish and
+checks that it did change the database (so the comparison can fail).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import SimpleNamespace
+
+import pytest
+from crashdb import CrashingCacheDB, InjectedCrash
+
+from hcafs.cache import journal as j
+from hcafs.cache.journal import Journal
+from hcafs.checksums import checksum_bytes
+
+REMOTE_FILE = {"name": "old/a.txt", "size": 3, "indexed": False, "uuid": "u-a",
+               "version": "2020-01-01T000000.000000Z", "sha256": "s", "sha1": "s1",
+               "crc32c": "c", "s3_etag": "e", "content-type": "text/plain"}
+INFO = SimpleNamespace(uuid="u-imp", version="2021-01-01T000000.000000Z", size=5,
+                       sha256="5" * 64, sha1="1" * 40, crc32c="cccccccc", s3_etag="e" * 32,
+                       content_type="application/octet-stream")
+
+
+def _base(journal: Journal) -> dict:
+    """Two pending bundles: files, a directory, a queued .drs import, a submitted one."""
+    journal.add_bundle("b", "11111111-1111-4111-8111-111111111111", None, [])
+    journal.add_bundle("w", "22222222-2222-4222-8222-222222222222", "2020-01-01T000000.000000Z",
+                       [REMOTE_FILE])
+    ids = {"a": journal.add_file("b", "a.txt"), "dir": journal.add_file("b", "d", j.DIR),
+           "child": journal.add_file("b", "d/c.txt"), "target": journal.add_file("b", "t.txt"),
+           "drs": journal.add_file("b", "x.bin.drs", j.DRS),
+           "drs2": journal.add_file("b", "y.bin.drs", j.DRS)}
+    journal.drs_queued(ids["drs"], 20, "b", "x.bin", "drs://h/x", "{}", "[]", "SKIP")
+    journal.drs_queued(ids["drs2"], 20, "b", "y.bin", "drs://h/y", "{}", "[]", "SKIP")
+    key = journal.claim_batch(1e12, 1)  # the first one is being submitted
+    journal.batch_submitted(key, "job-1")
+    ids["import"] = journal.job_items("job-1")[0][0]
+    return ids
+
+
+Change = Callable[[Journal, dict], object]
+
+CHANGES: dict[str, Change] = {
+    "add_bundle": lambda jn, ids: jn.add_bundle("new", "33333333-3333-4333-8333-333333333333",
+                                               "2020", [REMOTE_FILE, {**REMOTE_FILE,
+                                                                      "name": "b.txt"}]),
+    "add_file": lambda jn, ids: jn.add_file("b", "fresh.txt"),
+    "mark_dirty": lambda jn, ids: jn.mark_dirty(ids["a"], size=7, to_local=True),
+    "remove_file (unlink of a queued .drs)": lambda jn, ids: jn.remove_file(ids["drs2"]),
+    "rename (replacing a file)": lambda jn, ids: jn.rename("b", "a.txt", "t.txt"),
+    "rename (a directory with children)": lambda jn, ids: jn.rename("b", "d", "e"),
+    "rename into another bundle": lambda jn, ids: jn.rename("b", "d", "moved", "w"),
+    "drop_bundle": lambda jn, ids: jn.drop_bundle("b"),
+    "commit_version": lambda jn, ids: jn.commit_version("b"),
+    "committed": lambda jn, ids: jn.committed("b", "1111.2020"),
+    "begin_staging": lambda jn, ids: jn.begin_staging(ids["a"], 1),
+    "failed": lambda jn, ids: jn.failed(ids["a"], 1, "boom"),
+    "drs_queued (release of a .drs file)": lambda jn, ids: jn.drs_queued(
+        ids["drs2"], 30, "b", "z.bin", "drs://h/z", "{}", "[]", "RENAME"),
+    "drs_rejected": lambda jn, ids: jn.drs_rejected(ids["drs2"], 3, "invalid .drs file"),
+    "claim_batch": lambda jn, ids: jn.claim_batch(1e12, 100),
+    "imports_failed": lambda jn, ids: jn.imports_failed([ids["import"]], "5104: nope"),
+    "import_retry": lambda jn, ids: jn.import_retry(ids["import"], "503: later"),
+    "import_skipped": lambda jn, ids: jn.import_skipped(ids["import"], ids["drs"]),
+    "import_done": lambda jn, ids: jn.import_done(
+        ids["import"], "b", ids["drs"], "OVERWRITE", [("x.bin", INFO), ("a.txt", INFO)]),
+}
+
+
+@pytest.mark.parametrize("name", list(CHANGES))
+def test_a_crash_between_any_two_statements_leaves_nothing_half_done(tmp_path, name):
+    change = CHANGES[name]
+    counting = CrashingCacheDB(str(tmp_path / "count" / "hcafs.db"))
+    ids = _base(Journal(counting))
+    counting.count_from_here()
+    change(Journal(counting), ids)
+    statements = counting.statements
+    assert statements >= 1
+    for crash in range(1, statements + 2):
+        db = CrashingCacheDB(str(tmp_path / f"run{crash}" / "hcafs.db"))
+        journal = Journal(db)
+        ids = _base(journal)
+        before = db.snapshot()
+        db.crash_at(crash)
+        if crash <= statements:
+            with pytest.raises(InjectedCrash):
+                change(journal, ids)
+            assert db.snapshot() == before, f"statement {crash} of {statements} left a trace"
+        else:
+            change(journal, ids)
+            assert db.snapshot() != before
+
+
+# ---------------------------------------------------------------- transitions
+
+
+@pytest.fixture
+def journal(tmp_path) -> Journal:
+    return Journal(CrashingCacheDB(str(tmp_path / "hcafs.db")))
+
+
+def test_a_file_goes_dirty_staging_registering_synced(journal):
+    journal.add_bundle("b", "11111111-1111-4111-8111-111111111111", None, [])
+    file_id = journal.add_file("b", "a.txt")
+    assert journal.file_by_id(file_id).state == j.DIRTY
+    assert [r.id for r in journal.due(now=1e12, delay=0)] == [file_id]
+    file_uuid, version = journal.begin_staging(file_id, 1)
+    assert journal.begin_staging(file_id, 1) == (file_uuid, version)  # fixed once
+    assert journal.file_by_id(file_id).state == j.STAGING
+    sums = checksum_bytes(b"abc")
+    assert journal.staged(file_id, 1, sums, "text/plain")
+    assert journal.file_by_id(file_id).state == j.REGISTERING
+    assert journal.registered(file_id, 1)
+    row = journal.file_by_id(file_id)
+    assert (row.state, row.synced_generation, row.sha256) == (j.SYNCED, 1, sums.sha256)
+    assert journal.summary()["pending_files"] == 0
+
+
+def test_a_write_during_an_upload_wins_over_its_result(journal):
+    journal.add_bundle("b", "11111111-1111-4111-8111-111111111111", None, [])
+    file_id = journal.add_file("b", "a.txt")
+    journal.begin_staging(file_id, 1)
+    journal.mark_dirty(file_id)  # generation 2 while generation 1 uploads
+    assert not journal.staged(file_id, 1, checksum_bytes(b"abc"), "text/plain")
+    assert not journal.registered(file_id, 1)
+    row = journal.file_by_id(file_id)
+    assert (row.state, row.generation, row.file_version) == (j.DIRTY, 2, None)
+    assert journal.begin_staging(file_id, 1) is None  # stale
+
+
+def test_failures_back_off_on_the_shared_schedule_and_are_shown(journal):
+    journal.add_bundle("b", "11111111-1111-4111-8111-111111111111", None, [])
+    file_id = journal.add_file("b", "a.txt")
+    delays = [journal.failed(file_id, 1, f"try {n}") for n in range(12)]
+    assert delays[:3] == [2.0, 4.0, 8.0] and max(delays) == delays[-1] == 300.0
+    summary = journal.summary()
+    assert summary["errors"] == [{"bundle": "b", "path": "a.txt", "error": "try 11",
+                                  "attempts": 12}]
+    assert journal.due(now=0, delay=0) == []  # not before next_try
+
+
+def test_a_drs_file_is_queued_then_replaced_by_its_import(journal):
+    journal.add_bundle("b", "11111111-1111-4111-8111-111111111111", None, [])
+    drs = journal.add_file("b", "x.bin.drs", j.DRS)
+    assert journal.drs_queued(drs, 20, "b", "x.bin", "drs://h/x", "{}", "[]", "SKIP")
+    assert journal.file_by_id(drs).state == j.QUEUED and journal.imports_waiting("b") == 1
+    key = journal.claim_batch(1e12, 100)
+    assert [r[1] for r in journal.batch(key)] == ["drs://h/x"]
+    journal.batch_submitted(key, "job")
+    # A rewrite while the import runs is noted, not queued a second time.
+    assert not journal.drs_queued(drs, 21, "b", "x.bin", "drs://h/other", "{}", "[]", "SKIP")
+    assert "ignored" in journal.file_by_id(drs).error
+    (import_id, bundle, name, drs_file_id, conflict), = journal.job_items("job")
+    journal.import_done(import_id, bundle, drs_file_id, conflict, [(name, INFO)])
+    assert journal.file_by_id(drs) is None
+    imported = journal.file("b", "x.bin")
+    assert (imported.kind, imported.state, imported.file_uuid) == (j.REMOTE, j.SYNCED, "u-imp")
+    assert journal.imports_waiting("b") == 0 and journal.submitted_jobs() == []
+
+
+def test_a_failed_import_marks_its_drs_file(journal):
+    journal.add_bundle("b", "11111111-1111-4111-8111-111111111111", None, [])
+    drs = journal.add_file("b", "x.bin.drs", j.DRS)
+    journal.drs_queued(drs, 20, "b", "x.bin", "drs://h/x", "{}", "[]", "SKIP")
+    key = journal.claim_batch(1e12, 100)
+    journal.imports_failed([r[0] for r in journal.batch(key)], "5104: checksum")
+    row = journal.file_by_id(drs)
+    assert row.state == j.ERROR and "5104" in row.error
+    assert journal.import_failures("b") == ["x.bin: 5104: checksum"]
+    assert journal.summary()["import_errors"][0]["error"] == "5104: checksum"
+
+
+def test_a_retried_import_waits_its_turn(journal):
+    journal.add_bundle("b", "11111111-1111-4111-8111-111111111111", None, [])
+    drs = journal.add_file("b", "x.bin.drs", j.DRS)
+    journal.drs_queued(drs, 20, "b", "x.bin", "drs://h/x", "{}", "[]", "SKIP")
+    key = journal.claim_batch(1e12, 100)
+    journal.batch_submitted(key, "job")
+    journal.import_retry(journal.job_items("job")[0][0], "503: busy")
+    assert journal.claim_batch(0, 100) is None  # next_try is in the future
+    assert journal.claim_batch(1e12, 100) is not None
+
+
+def test_a_commit_keeps_its_version_across_retries_and_then_drops_the_files(journal):
+    journal.add_bundle("b", "11111111-1111-4111-8111-111111111111", None, [])
+    journal.add_file("b", "a.txt")
+    journal.request_commit("b")
+    version = journal.commit_version("b")
+    journal.commit_failed("b", "503", give_up=False)
+    assert journal.commit_version("b") == version
+    journal.commit_failed("b", "409 refused", give_up=True)
+    assert journal.bundle("b").state == j.OPEN and journal.commit_version("b") != version
+    journal.committed("b", "11111111-1111-4111-8111-111111111111.v")
+    assert journal.bundle("b").state == j.COMMITTED and journal.files("b") == []

@@ -1,0 +1,236 @@
+"""Model tier: pending bundles and the mounted tree, without FUSE, on a real SQLite cache.
+
+The model is driven as the FUSE adapter drives it (paths in, handles, bytes), and what it
+leaves in the journal and in the cache dir is checked.  No server is needed: these bundles
+are new, and nothing here reads remote bytes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from crashdb import CrashingCacheDB, InjectedCrash
+
+from hcafs.cache import journal as j
+from hcafs.cache.blobcache import BlobCache
+from hcafs.cache.catalog import Catalog
+from hcafs.cache.journal import Journal
+from hcafs.errors import (
+    AlreadyExists,
+    NotEmpty,
+    NotFound,
+    ReadOnly,
+    UsageError,
+)
+from hcafs.model.pending import PendingBundles
+from hcafs.model.tree import Tree
+from hcafs.remote.bulk_import import BulkImportClient
+from hcafs.sync.drs_queue import DrsQueue
+
+
+class Model:
+    def __init__(self, root):
+        self.db = CrashingCacheDB(str(root / "hcafs.db"))
+        self.journal = Journal(self.db)
+        self.catalog = Catalog(self.db, None, ttl=300)
+        self.blobs = BlobCache(str(root / "blobs"), self.db, 64 * 1024 * 1024)
+        self.tree = Tree(self.catalog, self.blobs)
+        self.pending = PendingBundles(self.journal, str(root / "pending"), self.catalog,
+                                      self.blobs, self.tree.fetcher)
+        self.tree.pending = self.pending
+
+    def write(self, path: str, data: bytes) -> int:
+        handle = self.tree.create(path)
+        assert self.tree.write(handle, data, 0) == len(data)
+        self.tree.release(handle)
+        return self.row(path).id
+
+    def read(self, path: str) -> bytes:
+        handle = self.tree.open(path, write=False)
+        try:
+            return self.tree.read(handle, 1 << 20, 0)
+        finally:
+            self.tree.release(handle)
+
+    def row(self, path: str):
+        _, _, name, inner = path.split("/", 3)
+        return self.journal.file(name, inner)
+
+
+@pytest.fixture
+def model(tmp_path):
+    model = Model(tmp_path)
+    model.tree.mkdir("/bundles/b")
+    yield model
+    model.blobs.close()
+
+
+def test_create_write_read_and_list(model):
+    file_id = model.write("/bundles/b/a.txt", b"hello")
+    model.tree.mkdir("/bundles/b/sub")
+    model.write("/bundles/b/sub/c.json", b"{}")
+    assert model.read("/bundles/b/a.txt") == b"hello"
+    assert [n for n, _ in model.tree.listdir("/bundles/b")] == ["a.txt", "sub"]
+    attr = model.tree.getattr("/bundles/b/a.txt")
+    assert (attr.kind, attr.size, attr.writable) == ("file", 5, True)
+    row = model.journal.file_by_id(file_id)
+    assert (row.state, row.size, row.kind) == (j.DIRTY, 5, j.LOCAL)
+    assert open(model.pending.data_path(file_id), "rb").read() == b"hello"
+    xattrs = model.tree.xattrs("/bundles/b/sub/c.json")
+    assert xattrs == {"user.hcafs.state": "dirty", "user.hca.indexed": "true"}
+
+
+def test_names_that_exist_or_do_not(model):
+    model.write("/bundles/b/a.txt", b"x")
+    with pytest.raises(AlreadyExists):
+        model.tree.mkdir("/bundles/b")
+    with pytest.raises(AlreadyExists):
+        model.tree.mkdir("/bundles/b/a.txt")
+    with pytest.raises(NotFound):
+        model.tree.getattr("/bundles/b/missing")
+    with pytest.raises(NotFound):
+        model.tree.create("/bundles/b/no/such/dir.txt")
+    with pytest.raises(NotEmpty):
+        model.tree.rmdir("/bundles/b")
+    with pytest.raises(ReadOnly):
+        model.tree.unlink("/bundles/b")
+    with pytest.raises(ReadOnly):
+        model.tree.create("/files/x")
+
+
+def test_rewrite_truncate_and_write_again_make_new_generations(model):
+    file_id = model.write("/bundles/b/a.txt", b"first version")
+    generation = model.journal.file_by_id(file_id).generation
+    model.tree.truncate("/bundles/b/a.txt", 5)
+    assert model.read("/bundles/b/a.txt") == b"first"
+    row = model.journal.file_by_id(file_id)
+    assert row.generation == generation + 1 and row.size == 5
+    handle = model.tree.open("/bundles/b/a.txt", write=True, truncate=True)
+    model.tree.write(handle, b"new", 0)
+    model.tree.release(handle)
+    assert model.read("/bundles/b/a.txt") == b"new"
+    assert model.journal.file_by_id(file_id).generation > generation + 1
+
+
+def test_rename_within_and_between_bundles(model):
+    model.tree.mkdir("/bundles/other")
+    model.tree.mkdir("/bundles/b/d")
+    model.write("/bundles/b/d/one.txt", b"1")
+    model.write("/bundles/b/a.txt", b"a")
+    model.tree.rename("/bundles/b/d", "/bundles/b/e")
+    assert model.read("/bundles/b/e/one.txt") == b"1"
+    model.tree.rename("/bundles/b/a.txt", "/bundles/other/a.txt")
+    assert model.read("/bundles/other/a.txt") == b"a"
+    assert [n for n, _ in model.tree.listdir("/bundles/b")] == ["e"]
+    with pytest.raises(UsageError):
+        model.tree.rename("/bundles/b/e/one.txt", "/collections/x")
+
+
+def test_rename_over_a_file_replaces_it_and_frees_its_bytes(model):
+    source = model.write("/bundles/b/a.txt", b"source")
+    target = model.write("/bundles/b/t.txt", b"target")
+    model.tree.rename("/bundles/b/a.txt", "/bundles/b/t.txt")
+    assert model.read("/bundles/b/t.txt") == b"source"
+    assert model.row("/bundles/b/t.txt").id == source
+    assert model.journal.file_by_id(target) is None
+    assert not os.path.exists(model.pending.data_path(target))
+
+
+def test_a_rename_that_fails_in_the_journal_keeps_the_target_whole(model):
+    model.write("/bundles/b/a.txt", b"source")
+    target = model.write("/bundles/b/t.txt", b"target")
+    before = model.db.snapshot()
+    for statement in (1, 2, 3):
+        crash = _crash_inside(model, "rename", statement)
+        with pytest.raises(InjectedCrash):
+            model.pending.rename("b", "a.txt", "b", "t.txt")
+        crash.disarm()
+        assert model.db.snapshot() == before
+        assert model.read("/bundles/b/t.txt") == b"target"
+        assert os.path.exists(model.pending.data_path(target))
+
+
+def test_unlink_removes_the_row_then_the_bytes_in_that_order(model):
+    file_id = model.write("/bundles/b/a.txt", b"bytes")
+    before = model.db.snapshot()
+    crash = _crash_inside(model, "remove_file", 2)
+    with pytest.raises(InjectedCrash):
+        model.tree.unlink("/bundles/b/a.txt")
+    crash.disarm()
+    assert model.db.snapshot() == before and os.path.exists(model.pending.data_path(file_id))
+    model.tree.unlink("/bundles/b/a.txt")
+    assert model.journal.file_by_id(file_id) is None
+    assert not os.path.exists(model.pending.data_path(file_id))
+
+
+def test_a_closed_drs_file_is_queued_in_the_same_transaction_as_its_close(model, tmp_path):
+    model.pending.drs_queue = DrsQueue(
+        model.journal, BulkImportClient("http://127.0.0.1:9", None), None, limit=10,
+        window=60, default_conflict="SKIP", resolver={})
+    drs = model.write("/bundles/b/reads.fastq.drs", b"drs://example.org/abc\n")
+    row = model.journal.file_by_id(drs)
+    assert (row.state, row.size) == (j.QUEUED, 22)
+    assert model.journal.imports_waiting("b") == 1
+    assert model.tree.xattrs("/bundles/b/reads.fastq.drs")["user.hcafs.state"] == "queued"
+    # The close and the enqueue are one transaction: a failure inside leaves neither.
+    handle = model.tree.open("/bundles/b/reads.fastq.drs", write=True, truncate=True)
+    model.tree.write(handle, b"drs://example.org/other\n", 0)
+    before = model.db.snapshot()
+    crash = _crash_inside(model, "drs_queued", 3)
+    with pytest.raises(InjectedCrash):
+        model.pending._closed(model.pending.handle(handle - (1 << 40)), 24)
+    crash.disarm()
+    assert model.db.snapshot() == before
+    model.tree.release(handle)
+    model.tree.unlink("/bundles/b/reads.fastq.drs")
+    assert model.journal.imports_waiting("b") == 0
+
+
+def test_an_invalid_drs_file_keeps_its_bytes_and_says_why(model):
+    model.pending.drs_queue = None
+    drs = model.write("/bundles/b/x.drs", b"drs://example.org/abc")
+    assert "no DRS import API" in model.journal.file_by_id(drs).error
+    model.pending.drs_queue = DrsQueue(
+        model.journal, BulkImportClient("http://127.0.0.1:9", None), None, limit=10,
+        window=60, default_conflict="SKIP", resolver={})
+    drs = model.write("/bundles/b/y.drs", b"not a uri")
+    row = model.journal.file_by_id(drs)
+    assert row.state == j.ERROR and row.error.startswith("invalid .drs file")
+    assert model.read("/bundles/b/y.drs") == b"not a uri"
+
+
+def test_commit_request_and_remove_bundle(model):
+    with pytest.raises(UsageError):
+        model.tree.setxattr("/bundles/b", "user.hcafs.commit", b"1")  # nothing to commit
+    model.write("/bundles/b/a.txt", b"a")
+    model.tree.setxattr("/bundles/b", "user.hcafs.commit", b"1")
+    assert model.journal.bundle("b").state == j.COMMIT
+    model.tree.mkdir("/bundles/empty")
+    model.tree.rmdir("/bundles/empty")
+    assert model.journal.bundle("empty") is None
+
+
+class _Crash:
+    """Arm a crash at the ``statement``-th statement of one journal method's next call."""
+
+    def __init__(self, model, method: str, statement: int):
+        self.journal, self.method = model.journal, method
+        original = getattr(model.journal, method)
+        db = model.db
+
+        def armed(*args, **kwargs):
+            db.crash_at(statement)
+            try:
+                return original(*args, **kwargs)
+            finally:
+                db._crash_at = None
+
+        setattr(self.journal, method, armed)
+
+    def disarm(self) -> None:
+        delattr(self.journal, self.method)
+
+
+def _crash_inside(model, method: str, statement: int) -> _Crash:
+    return _Crash(model, method, statement)
