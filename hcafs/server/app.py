@@ -53,7 +53,7 @@ access_log = logging.getLogger("hcafs.server.access")
 
 _BLOB_RE = re.compile(r"^[0-9a-f]{64}\.[0-9a-f]{40}\.[0-9a-f]{32}(-\d+)?\.[0-9a-f]{8}$")
 RETRY_AFTER = "10"
-_NO_BODY_METHODS = ("GET", "HEAD", "OPTIONS")
+_NO_BODY_METHODS = ("GET", "HEAD")  # OPTIONS takes JSON: DRS 1.4 bulk OPTIONS /objects
 _IGNORED_BODY = 64  # bytes a GET may carry (and that nobody reads)
 _READ_CHUNK = 64 * 1024
 
