@@ -11,6 +11,8 @@ gets 1,000 ``.drs`` files written into one pending bundle at once.  Measured:
 * the largest call (items) and the number of rejected calls, from the server's audit record.
 
 Run alone with ``python bench/drs_imports.py`` (prints JSON), or from ``bench/run.py``.
+``python bench/drs_imports.py --direct`` measures the server alone (:func:`run_direct`):
+items submitted straight to the create call, so its figures do not depend on the mount.
 """
 
 from __future__ import annotations
@@ -74,7 +76,9 @@ def _publish(url: str, token: str, staging: str, count: int) -> list[str]:
 
 
 def run(work: str | None = None, items: int = ITEMS, limit: int = LIMIT,
-        window: float = WINDOW) -> dict:
+        window: float = WINDOW, direct_too: bool = True) -> dict:
+    """Through the mount; with ``direct_too``, also the server's own figures
+    (:func:`run_direct`) under ``server_direct``."""
     work = work or tempfile.mkdtemp(prefix="hcafs-bench-drs-")
     env = {**os.environ, "XDG_DATA_HOME": os.path.join(work, "data"),
            "XDG_CACHE_HOME": os.path.join(work, "cache"),
@@ -130,6 +134,8 @@ def run(work: str | None = None, items: int = ITEMS, limit: int = LIMIT,
     busiest = max(sum(1 for t in admissions if start <= t < start + window)
                   for start in admissions)
     return {
+        "server_direct": run_direct(os.path.join(work, "direct"), items, 5 * items, limit,
+                                    window) if direct_too else None,
         "items": items, "limit": limit, "window": window,
         "write_seconds": written - started,
         "wall_seconds": landed - started,
@@ -141,6 +147,150 @@ def run(work: str | None = None, items: int = ITEMS, limit: int = LIMIT,
         "rejected_calls": len(calls) - len(accepted),
         "busiest_window": busiest, "admissions": len(admissions),
     }
+
+
+# ---------------------------------------------------------------- the server, directly
+
+
+def _serve(work: str, name: str, *args: str) -> tuple[subprocess.Popen, str, str, str]:
+    """An ``hcafs serve`` of its own: (process, url, a token of its tokens file, log)."""
+    data = os.path.join(work, name)
+    ready = os.path.join(work, f"{name}.json")
+    log_path = os.path.join(work, f"{name}.log")
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "hcafs", "serve", "--host",
+                                    "127.0.0.1", "--port", "0", "--data-dir", data,
+                                    "--ready-file", ready, *args], stdout=log, stderr=log,
+                                   stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(ready):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not start")
+        time.sleep(0.05)
+    with open(ready) as handle:
+        info = json.load(handle)
+    with open(info["tokens_file"]) as handle:
+        token = next(iter(json.load(handle)))
+    return process, info["url"], token, log_path
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _drs_calls(log_path: str, since: int) -> dict[str, int]:
+    """The DRS calls a peer logged after byte ``since`` of its log, by kind."""
+    counts: dict[str, int] = {}
+    with open(log_path, errors="replace") as handle:
+        handle.seek(since)
+        for line in handle:
+            if "hcafs.server.access:" not in line:
+                continue
+            method, path = line.split("access:", 1)[1].split()[:2]
+            path = path.split("?")[0]
+            if path.endswith("/service-info"):
+                kind = "service-info"
+            elif path == "/ga4gh/drs/v1/objects":
+                kind = f"{method} /objects"
+            elif path == "/ga4gh/drs/v1/objects/access":
+                kind = "POST /objects/access"
+            elif path.startswith("/ga4gh/drs/v1/objects/"):
+                kind = f"{method} /objects/{{id}}" + ("/access" if "/access/" in path else "")
+            elif path.startswith(("/blobs/", "/ga4gh/drs/v1/blobs/")):
+                kind = "blob"
+            else:
+                continue
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def direct(work: str, peer_url: str, peer_log: str, fqids: list[str], limit: int | None,
+           window: float) -> dict:
+    """Submit ``fqids`` straight to a fresh importer's create call (100 items a call, all
+    at once), and time it from the first call until every job is FINISHED."""
+    name = f"importer-{len(fqids)}-{limit or 'nolimit'}"
+    process, url, token, _ = _serve(
+        work, name, "--drs-allow-network", "127.0.0.0/8",
+        "--import-rate-limit", str(limit or 10_000_000), "--import-rate-window", str(window),
+        "--import-request-limit", "10000000")
+    headers = {"X-SBG-Auth-Token": token}
+    host = peer_url.split("://", 1)[1]
+    try:
+        since = os.path.getsize(peer_log)
+        cpu_before = _cpu_seconds(process.pid)
+        session = requests.Session()
+        started = time.time()
+
+        def create(start: int) -> str:
+            items = [{"drs_uri": f"drs://{host}/{fqid}", "project": "bench/direct",
+                      "name": f"d{start + n:05d}"}
+                     for n, fqid in enumerate(fqids[start:start + 100])]
+            answer = requests.post(f"{url}/v2/bulk/drs/imports/create", headers=headers,
+                                   json={"items": items}, timeout=60)
+            answer.raise_for_status()
+            return answer.json()["id"]
+
+        with ThreadPoolExecutor(4) as pool:
+            jobs = list(pool.map(create, range(0, len(fqids), 100)))
+        submitted = time.time()
+        waiting, failed = set(jobs), 0
+        deadline = time.monotonic() + 20 * window + 600
+        while waiting:
+            for job_id in sorted(waiting):
+                job = session.get(f"{url}/v2/bulk/drs/imports/{job_id}", headers=headers,
+                                  timeout=60).json()
+                if job["state"] == "FINISHED":
+                    waiting.discard(job_id)
+                    failed += sum(1 for r in job["result"] if "error" in r)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{len(waiting)} jobs did not finish")
+            time.sleep(0.25)  # a job's answer holds all its results: do not poll hard
+        landed = time.time()
+        cpu = _cpu_seconds(process.pid) - cpu_before
+    finally:
+        _stop(process)
+    calls = _drs_calls(peer_log, since)
+    items = len(fqids)
+    minimum = (math.ceil(items / limit) - 1) * window if limit else None
+    return {"items": items, "limit": limit, "window": window, "failed": failed,
+            "submit_seconds": round(submitted - started, 2),
+            "seconds": round(landed - started, 2),
+            "minimum_seconds": minimum,
+            "ratio": round((landed - started) / minimum, 3) if minimum else None,
+            "items_per_second": round(items / (landed - started), 1),
+            "server_cpu_seconds_per_item": round(cpu / items, 5),
+            "drs_calls": calls,
+            "drs_calls_per_item": round(sum(v for k, v in calls.items() if k != "blob")
+                                        / items, 4)}
+
+
+def run_direct(work: str | None = None, small: int = ITEMS, large: int = 5 * ITEMS,
+               limit: int = LIMIT, window: float = WINDOW) -> dict:
+    """The server's own figures, without a mount: the import rate with no limit, and
+    ``small`` and ``large`` items at ``limit`` per ``window``."""
+    work = work or tempfile.mkdtemp(prefix="hcafs-bench-drs-direct-")
+    staging = os.path.join(work, "peer-staging")
+    os.makedirs(staging, exist_ok=True)
+    peer, peer_url, peer_token, peer_log = _serve(work, "peer", "--staging-root", staging)
+    try:
+        fqids = _publish(peer_url, peer_token, staging, large)
+        found = {"no_limit": direct(work, peer_url, peer_log, fqids[:small], None, window),
+                 "limited_small": direct(work, peer_url, peer_log, fqids[:small], limit,
+                                         window),
+                 "limited_large": direct(work, peer_url, peer_log, fqids, limit, window)}
+    finally:
+        _stop(peer)
+    return found
 
 
 def _embedded_server(env: dict) -> dict:
@@ -155,4 +305,7 @@ def _embedded_server(env: dict) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(run(), indent=2))
+    if sys.argv[1:] == ["--direct"]:
+        print(json.dumps(run_direct(), indent=2))
+    else:
+        print(json.dumps(run(), indent=2))

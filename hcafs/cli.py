@@ -174,6 +174,13 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         drs_allow_hosts=_list(pick("drs_allow_host", ())),
         drs_allow_networks=_list(pick("drs_allow_network", ())),
         drs_resolver=pick("drs_resolver"),
+        drs_max_bulk=int(pick("drs_max_bulk", 1000)),
+        drs_bulk=not parse_bool(pick("drs_no_bulk", False)),
+        drs_credentials=pick("drs_credentials"),
+        drs_auth=pick("drs_auth", "none"),
+        drs_passport_jwks=pick("drs_passport_jwks"),
+        drs_passport_issuer=pick("drs_passport_issuer"),
+        drs_access_ttl=float(pick("drs_access_ttl", 900)),
     )
 
 
@@ -256,6 +263,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="let imports fetch from addresses in this network; repeatable")
     serve.add_argument("--drs-resolver", metavar="FILE",
                        help='compact DRS prefixes, JSON {"prefix": "https://host:port"}')
+    serve.add_argument("--drs-max-bulk", metavar="N", type=int,
+                       help="maxBulkRequestLength of this server's DRS bulk calls "
+                       "(default 1000)")
+    serve.add_argument("--drs-no-bulk", action="store_const", const=True,
+                       help="offer no DRS bulk calls (POST /objects, /objects/access)")
+    serve.add_argument("--drs-credentials", metavar="FILE",
+                       help="credentials for protected DRS sources (JSON, mode 0600; "
+                       "docs/drs.md#credentials-for-protected-sources)")
+    serve.add_argument("--drs-auth", choices=("bearer", "passport"),
+                       help="protect this server's DRS objects with a bearer token of its "
+                       "tokens file, or with GA4GH passports")
+    serve.add_argument("--drs-passport-jwks", metavar="FILE",
+                       help="the keys (JWKS) that sign the passports --drs-auth accepts")
+    serve.add_argument("--drs-passport-issuer", metavar="URL",
+                       help="the iss the passports --drs-auth accepts must carry")
+    serve.add_argument("--drs-access-ttl", metavar="SECONDS", type=float,
+                       help="how long a protected access URL stays valid (default 900)")
     serve.set_defaults(func=cmd_serve)
 
     mount = commands.add_parser("mount", help="mount the DSS as a filesystem", description=(

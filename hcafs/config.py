@@ -109,6 +109,13 @@ class ServeConfig:
     drs_allow_hosts: tuple[str, ...] = ()  # HOST or HOST:PORT the egress policy opens
     drs_allow_networks: tuple[str, ...] = ()  # CIDR ranges the egress policy opens
     drs_resolver: str | None = None
+    drs_max_bulk: int = 1000  # maxBulkRequestLength of this server's DRS bulk calls
+    drs_bulk: bool = True  # offer the DRS bulk calls
+    drs_credentials: str | None = None  # credentials for protected DRS sources (0600)
+    drs_auth: str = "none"  # none, bearer or passport: who may read this server's DRS
+    drs_passport_jwks: str | None = None
+    drs_passport_issuer: str | None = None
+    drs_access_ttl: float = 900.0  # seconds a protected access URL stays valid
 
     @property
     def resolved_tokens_file(self) -> str:
@@ -151,6 +158,19 @@ class ServeConfig:
         for host in self.drs_allow_hosts:
             if not _ALLOW_HOST_RE.match(host):
                 raise ConfigError(f"--drs-allow-host {host!r} is not HOST or HOST:PORT")
+        if self.drs_max_bulk <= 0:
+            raise ConfigError("--drs-max-bulk must be positive")
+        if self.drs_access_ttl <= 0:
+            raise ConfigError("--drs-access-ttl must be positive")
+        if self.drs_auth not in ("none", "bearer", "passport"):
+            raise ConfigError(f"--drs-auth takes bearer or passport, not {self.drs_auth!r}")
+        if self.drs_auth == "passport" and not (self.drs_passport_jwks and
+                                                 self.drs_passport_issuer):
+            raise ConfigError("--drs-auth passport needs --drs-passport-jwks and "
+                              "--drs-passport-issuer")
+        for path in (self.drs_credentials, self.drs_passport_jwks):
+            if path and not os.path.isfile(path):
+                raise ConfigError(f"{path} does not exist")
         return self
 
 

@@ -77,6 +77,17 @@ class S3:
             "s3", endpoint_url=endpoint_url or None, config=config
         )
 
+    @classmethod
+    def with_keys(cls, endpoint_url: str, access_key_id: str, secret_access_key: str,
+                  region: str | None = None) -> S3:
+        """A client with its own keys (not the process's AWS configuration)."""
+        s3 = cls(endpoint_url)
+        s3.client = boto3.session.Session(
+            aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key,
+            region_name=region or "us-east-1").client(
+                "s3", endpoint_url=endpoint_url, config=s3.client.meta.config)
+        return s3
+
     def call(self, operation: str, **kwargs):
         """Run one S3 API call; botocore errors come out as hcafs errors."""
         try:

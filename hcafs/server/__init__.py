@@ -43,10 +43,12 @@ from ..remote.s3 import S3
 from .app import App
 from .auth import Tokens, create_tokens_file
 from .copier import Copier
-from .drs import DrsReader, Resolver
+from .credentials import Credentials
+from .drs import DrsObjects, DrsReader, Resolver
 from .dss import DSS
 from .egress import Egress, EgressPolicy
 from .imports import Importer, ImportLimits
+from .passports import DrsGuard, PassportCheck
 from .store import LocalStore, S3Store, Store
 
 log = logging.getLogger("hcafs.server")
@@ -112,8 +114,15 @@ def build_app(config: ServeConfig) -> tuple[App, Engines]:
     reader = DrsReader(Resolver(load_resolver(config.drs_resolver)), egress)
     limits = ImportLimits(config.import_rate_limit, config.import_rate_window,
                           config.import_request_limit, config.import_request_window)
-    importer = Importer(store, reader, limits, os.path.join(config.data_dir, "import-spool"))
-    app = App(DSS(store, copier), tokens, importer, max_json_body=config.max_json_body)
+    importer = Importer(store, reader, limits, os.path.join(config.data_dir, "import-spool"),
+                        credentials=Credentials.load(config.drs_credentials))
+    dss = DSS(store, copier)
+    passports = PassportCheck(config.drs_passport_jwks, config.drs_passport_issuer) \
+        if config.drs_auth == "passport" else None
+    guard = DrsGuard(config.drs_auth, tokens, passports, config.drs_access_ttl)
+    app = App(dss, tokens, importer,
+              DrsObjects(dss, config.drs_max_bulk, config.drs_bulk, guard),
+              max_json_body=config.max_json_body)
     resumed = copier.resume()
     if resumed:
         log.info("resumed %d asynchronous copies", resumed)

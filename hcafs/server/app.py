@@ -53,7 +53,7 @@ access_log = logging.getLogger("hcafs.server.access")
 
 _BLOB_RE = re.compile(r"^[0-9a-f]{64}\.[0-9a-f]{40}\.[0-9a-f]{32}(-\d+)?\.[0-9a-f]{8}$")
 RETRY_AFTER = "10"
-_NO_BODY_METHODS = ("GET", "HEAD", "OPTIONS")
+_NO_BODY_METHODS = ("GET", "HEAD")  # OPTIONS takes JSON: DRS 1.4 bulk OPTIONS /objects
 _IGNORED_BODY = 64  # bytes a GET may carry (and that nobody reads)
 _READ_CHUNK = 64 * 1024
 
@@ -67,11 +67,12 @@ class App:
     """The WSGI application of ``hcafs serve``; extra routers may be mounted on it."""
 
     def __init__(self, dss: DSS, tokens: Tokens, imports: Importer | None = None,
+                 drs: DrsObjects | None = None,
                  max_json_body: int = DEFAULT_MAX_JSON_BODY):
         self.dss = dss
         self.tokens = tokens
         self.max_json_body = max_json_body
-        self.drs = DrsObjects(dss)
+        self.drs = drs or DrsObjects(dss)
         self.imports = imports
         self.url_map = Map([
             Rule("/v1/swagger.json", endpoint="swagger"),
@@ -88,10 +89,13 @@ class App:
             Rule("/version", endpoint="version"),
             Rule("/internal/health", endpoint="health"),
             Rule(f"{DRS_PATH}/service-info", endpoint="drs_service_info", methods=["GET"]),
-            Rule(f"{DRS_PATH}/objects", endpoint="drs_bulk", methods=["POST"]),
-            Rule(f"{DRS_PATH}/objects/<object_id>", endpoint="drs_object", methods=["GET"]),
+            Rule(f"{DRS_PATH}/objects", endpoint="drs_bulk", methods=["POST", "OPTIONS"]),
+            Rule(f"{DRS_PATH}/objects/access", endpoint="drs_bulk_access", methods=["POST"]),
+            Rule(f"{DRS_PATH}/objects/<object_id>", endpoint="drs_object",
+                 methods=["GET", "POST", "OPTIONS"]),
             Rule(f"{DRS_PATH}/objects/<object_id>/access/<access_id>", endpoint="drs_access",
-                 methods=["GET"]),
+                 methods=["GET", "POST"]),
+            Rule(f"{DRS_PATH}/blobs/<key>", endpoint="drs_blob", methods=["GET"]),
             Rule("/v2/bulk/drs/imports/create", endpoint="import_create", methods=["POST"]),
             Rule("/v2/bulk/drs/imports/<job_id>", endpoint="import_get", methods=["GET"]),
             Rule("/v2/bulk/files/get", endpoint="import_files_get", methods=["POST"]),
@@ -390,15 +394,36 @@ class App:
     def on_drs_service_info(self, request: Request) -> Response:
         return _json_response(self.drs.service_info(self._base(request)))
 
+    def _drs_guard(self, request: Request) -> dict:
+        """The request's JSON body (POST), after the DRS guard let it through."""
+        body = self.body(request) if request.method == "POST" else {}
+        self.drs.guard.check(request.headers.get("Authorization"), body)
+        return body
+
     def on_drs_object(self, request: Request, object_id: str) -> Response:
+        if request.method == "OPTIONS":
+            return _json_response(self.drs.options(object_id))
+        self._drs_guard(request)
         return _json_response(self.drs.get(object_id, self._base(request)))
 
     def on_drs_access(self, request: Request, object_id: str, access_id: str) -> Response:
+        self._drs_guard(request)
         return _json_response(self.drs.access(object_id, access_id, self._base(request)))
 
     def on_drs_bulk(self, request: Request) -> Response:
-        ids = self.body(request).get("bulk_object_ids")
+        if request.method == "OPTIONS":
+            return _json_response(self.drs.bulk_options(
+                self.body(request).get("bulk_object_ids")))
+        ids = self._drs_guard(request).get("bulk_object_ids")
         return _json_response(self.drs.bulk(ids, self._base(request)))
+
+    def on_drs_bulk_access(self, request: Request) -> Response:
+        wanted = self._drs_guard(request).get("bulk_object_access_ids")
+        return _json_response(self.drs.bulk_access(wanted, self._base(request)))
+
+    def on_drs_blob(self, request: Request, key: str) -> Response:
+        self.drs.check_blob(key, request.args.get("expires"), request.args.get("signature"))
+        return self.on_blob(request, key)
 
     # ------------------------------------------------------------ bulk DRS import (/v2)
 

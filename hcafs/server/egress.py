@@ -306,6 +306,14 @@ class Egress:
     def get(self, url: str, headers: dict[str, str] | None = None,
             credentials: dict[str, str] | None = None) -> Answer:
         """GET ``url``; ``credentials`` go to ``url``'s own origin only."""
+        return self.request("GET", url, headers, credentials)
+
+    def request(self, method: str, url: str, headers: dict[str, str] | None = None,
+                credentials: dict[str, str] | None = None, body: bytes | None = None
+                ) -> Answer:
+        """``method`` ``url`` (GET, POST, OPTIONS); ``credentials`` go to ``url``'s own
+        origin only.  A POST follows only 307 and 308 (which keep the method and body),
+        and never sends its body to another origin."""
         origin = None
         for _ in range(MAX_REDIRECTS + 1):
             target = self.policy.check(url)
@@ -315,20 +323,24 @@ class Egress:
                 send.update(credentials)
             else:
                 credentials = None  # once the chain leaves the origin, never again
-            answer = self._request(target, send)
+            if body is not None and target.origin != origin:
+                raise EgressError("redirects", "a request body is not sent to another host")
+            answer = self._request(target, send, method, body)
             location = answer.headers.get("Location")
-            if answer.status not in REDIRECTS or not location:
+            if answer.status not in REDIRECTS or not location or \
+                    (method != "GET" and answer.status not in (307, 308)):
                 return answer
             answer.close()
             url = urljoin(url, location.strip())
         raise EgressError("redirects", f"more than {MAX_REDIRECTS} redirects")
 
-    def _request(self, target: Target, headers: dict[str, str]) -> Answer:
+    def _request(self, target: Target, headers: dict[str, str], method: str = "GET",
+                 body: bytes | None = None) -> Answer:
         last: EgressError | None = None
         for address in target.addresses:
             pool = self._pool(target, address)
             try:
-                response = pool.urlopen("GET", target.path, headers={
+                response = pool.urlopen(method, target.path, body=body, headers={
                     **headers, "Host": target.netloc}, retries=False, redirect=False,
                     preload_content=False, decode_content=False, assert_same_host=False)
             except SSLError as exc:

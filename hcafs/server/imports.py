@@ -61,18 +61,22 @@ import time
 import uuid as _uuid
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from ..checksums import TAG_KEYS, Checksummer, Checksums
-from ..errors import HcafsError, Problem
+from ..errors import HcafsError, Problem, RemoteError
+from ..remote.s3 import S3, S3Url
 from ..versions import now_version, parse_fqid
 from .auth import Identity, require_group
 from .copier import Source, file_document
-from .drs import ChecksumCheck, DrsError, DrsReader
+from .credentials import Credentials
+from .drs import NO_AUTH, Access, Auth, ChecksumCheck, DrsError, DrsReader
 from .dss import dumps as _dumps
+from .egress import EgressError
 from .folders import (
     FOLDER_RE,
     MORE_INFO,
@@ -97,6 +101,17 @@ SUBMITTED, RESOLVING, RUNNING, FINISHED = "SUBMITTED", "RESOLVING", "RUNNING", "
 WORKERS = 4
 PER_OWNER = 2  # engine threads one owner's jobs may hold at once
 STORE_RETRY = 10.0
+FETCHERS = 16  # fetches in flight, all jobs together (the reader bounds each host)
+RESOLVERS = 8  # GET /objects/{id} in flight for one job, where bulk is not offered
+BATCH = 100  # units admitted, given access URLs and fetched together
+BATCH_BYTES = 1 << 30  # ... unless their bytes pass this (access URLs stay fresh)
+BULK_TRIES = 3  # rounds of POST /objects for ids left unresolved with a transient code
+RESUMES = 8  # times one range of a transfer is taken up again after a cut
+REFRESHES = 2  # times one fetch gets a new access URL after a 401/403
+AHEAD_FILES = 1000  # files fetched but not admitted yet, all jobs together
+AHEAD_BYTES = 4 << 30  # ... and their bytes
+PARALLEL_MIN = 64 * 1024 * 1024  # objects this large are fetched in parallel ranges
+PARTS = 4
 _NAMESPACE = _uuid.UUID("5c1f0a52-3d59-4d38-9b57-2a4e1f0c6b7d")
 _JOB_RE = re.compile(r"^\d{1,30}$")
 
@@ -142,13 +157,6 @@ def _item_error(exc: DrsError | ItemError | FolderError) -> dict:
         return exc.body
     status, code = _KINDS.get(exc.kind, (502, 5103))
     return {"status": status, "code": code, "message": str(exc), "more_info": MORE_INFO}
-
-
-class _Deferred(Exception):
-    """The caller's file budget is spent: try again in ``seconds``."""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
 
 
 class _Interrupted(Exception):
@@ -309,11 +317,18 @@ class Importer:
     """The import API (create, get, files) and the engine that runs the jobs."""
 
     def __init__(self, store: Store, reader: DrsReader, limits: ImportLimits,
-                 spool_dir: str, workers: int = WORKERS):
+                 spool_dir: str, workers: int = WORKERS,
+                 credentials: Credentials | None = None):
         self.store = store
         self.reader = reader
         self.limits = limits
         self.spool_dir = spool_dir
+        self.credentials = credentials or Credentials()
+        self._fetchers = ThreadPoolExecutor(FETCHERS, thread_name_prefix="drs-fetch")
+        self._ahead: dict[tuple[str, int], Checksums] = {}  # fetched, not admitted yet
+        self._ahead_bytes = 0
+        self._ahead_lock = threading.Lock()
+        self._s3: dict[int, S3] = {}  # credentials entry → its S3 client
         self.folders = Folders(store)
         self.file_budget = Budget(limits.files, limits.files_window)
         self.request_budget = Budget(limits.requests, limits.requests_window)
@@ -596,6 +611,7 @@ class Importer:
         for thread in self._threads:
             if thread.is_alive():
                 thread.join()
+        self._fetchers.shutdown(wait=True)
 
     def _work(self) -> None:
         while (taken := self._due.take(self._stop)) is not None:
@@ -635,7 +651,9 @@ class Importer:
     # ------------------------------------------------------------ engine: one job
 
     def _advance(self, job_id: str) -> float | None:
-        """Move a job on; returns when to come back to it (its budget is spent), or None."""
+        """Move a job on; returns when to come back to it (its budget is spent), or None.
+        RUNNING goes a batch at a time (:meth:`_batch`), and the job is written once per
+        batch."""
         job = self._load(job_id)
         if job is None or job["state"] == FINISHED:
             self.store.delete(f"import-running/{job_id}")
@@ -648,33 +666,67 @@ class Importer:
             self._enter(job, RUNNING)
             self._save(job)
         while len(job["results"]) < len(job["plan"]):
-            try:
-                entry = self._unit(job, len(job["results"]))
-            except _Deferred as deferred:
-                return time.time() + deferred.seconds
-            job["results"].append(entry)
-            self._save(job)
+            entries, wait = self._batch(job, len(job["results"]))
+            job["results"] += entries
+            if entries:
+                self._save(job)
+            if wait is not None:
+                return time.time() + wait
         self._enter(job, FINISHED)
         self._save(job)
         self.store.delete(f"import-running/{job_id}")
         log.info("DRS import %s finished: %d results", job_id, len(job["results"]))
         return None
 
+    # ------------------------------------------------------------ engine: credentials
+
+    def _auth(self, url: str, uri: str, owner: str) -> tuple[int | None, Auth]:
+        """The credentials entry (its number) and :class:`Auth` for an object URL, for
+        the identity that owns the job; never another identity's entry."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        entry = self.credentials.find(host, port, uri, owner)
+        if entry is None:
+            if self.credentials.for_others(host, port, uri, owner):
+                return None, Auth(note="this server's credentials for the host are not "
+                                       "for this identity")
+            return None, NO_AUTH
+        return entry.number, self.reader.auth_for(url, entry)
+
+    # ------------------------------------------------------------ engine: RESOLVING
+
     def _plan(self, job: dict) -> list[dict]:
-        """RESOLVING: every item's destination and DRS object; bundles become members."""
+        """RESOLVING: every item's destination and DRS object; bundles become members.
+        The items' objects are read together (:meth:`_resolve`)."""
+        located: dict[int, tuple[str, str, int | None, Auth]] = {}
+        failed: dict[int, dict] = {}
+        for index, item in enumerate(job["items"]):
+            try:
+                folder = self._destination(item, job["owner"])
+                url = self.reader.locate(item["drs_uri"])
+            except (DrsError, ItemError, FolderError) as exc:
+                failed[index] = {"item": index, "error": _item_error(exc)}
+                continue
+            located[index] = (folder, url, *self._auth(url, item["drs_uri"], job["owner"]))
+        found = self._resolve({i: (url, entry, auth) for i, (_, url, entry, auth)
+                               in located.items()})
         units: list[dict] = []
         job_reads = 0
         for index, item in enumerate(job["items"]):
             if self._stop.is_set():
                 raise _Interrupted
+            if index in failed:
+                units.append(failed[index])
+                continue
+            folder, url, entry, auth = located[index]
             reads = _Reads(MAX_JOB_READS - job_reads)
             try:
-                folder = self._destination(item, job["owner"])
-                url = self.reader.locate(item["drs_uri"])
                 reads.take()
-                found = self.reader.get_object(url)
-                members = self._members(found, url, item["name"], None, reads,
-                                        _bundle_keys(found, url))
+                if isinstance(found[index], DrsError):
+                    raise found[index]
+                members = self._members(found[index], url, item["name"], None, reads,
+                                        _bundle_keys(found[index], url), item, job["owner"])
             except (DrsError, ItemError, FolderError) as exc:
                 units.append({"item": index, "error": _item_error(exc)})
                 continue
@@ -682,6 +734,77 @@ class Importer:
                 job_reads += reads.count
             units += [dict(member, item=index, folder=folder) for member in members]
         return units
+
+    def _resolve(self, wanted: dict[int, tuple[str, int | None, Auth]]
+                 ) -> dict[int, dict | DrsError]:
+        """The DRS objects at some URLs (by key), or why each could not be read.
+
+        URLs are grouped by DRS server and credentials entry.  A server that announces
+        ``maxBulkRequestLength`` gets ``POST /objects`` in chunks of at most that many
+        ids; ids it leaves unresolved with a transient code (5xx, 429, 202) are asked
+        again, up to :data:`BULK_TRIES` rounds; the others fail with their code.  A
+        server without bulk calls (or whose bulk call is missing) gets bounded parallel
+        ``GET /objects/{id}``."""
+        results: dict[int, dict | DrsError] = {}
+        groups: dict[tuple[str, int | None], list[int]] = {}
+        for key, (url, entry, _) in wanted.items():
+            groups.setdefault((self.reader.split(url)[0], entry), []).append(key)
+        for (base, _), keys in groups.items():
+            auth = wanted[keys[0]][2]
+            single = keys
+            length = self.reader.max_bulk(base)
+            if length:
+                single = self._resolve_bulk(base, length, keys, wanted, auth, results)
+            if single:
+                with ThreadPoolExecutor(min(RESOLVERS, len(single))) as pool:
+                    answers = pool.map(lambda k, a=auth: _attempt(
+                        self.reader.get_object, wanted[k][0], a), single)
+                    results.update(zip(single, answers, strict=True))
+        return results
+
+    def _resolve_bulk(self, base: str, length: int, keys: list[int], wanted: dict,
+                      auth: Auth, results: dict) -> list[int]:
+        """Bulk-resolve ``keys`` into ``results``; returns the keys left to single GETs."""
+        by_id: dict[str, list[int]] = {}
+        for key in keys:
+            by_id.setdefault(self.reader.split(wanted[key][0])[1], []).append(key)
+        pending = list(by_id)
+        for attempt in range(BULK_TRIES):
+            again: list[str] = []
+            for start in range(0, len(pending), length):
+                chunk = pending[start:start + length]
+                try:
+                    found, unresolved = self.reader.bulk_objects(base, chunk, auth)
+                except DrsError as exc:
+                    if exc.status in (404, 405, 501) or exc.kind == "malformed":
+                        self.reader.no_bulk(base)  # no bulk after all: one at a time
+                        left = [k for i in pending[start:] + again for k in by_id[i]]
+                        return left
+                    if exc.kind == "denied" or attempt == BULK_TRIES - 1:
+                        for object_id in chunk:
+                            for key in by_id[object_id]:
+                                results[key] = exc
+                    else:
+                        again += chunk
+                    continue
+                for object_id, obj in found.items():
+                    for key in by_id[object_id]:
+                        results[key] = obj
+                for object_id, code in unresolved.items():
+                    if code in (429, 202) or code >= 500:
+                        if attempt < BULK_TRIES - 1:
+                            again.append(object_id)
+                            continue
+                    what = f"DRS object {base}/objects/{object_id}"
+                    error = self.reader._status_error(code, what, auth) if code != 200 \
+                        else DrsError("unavailable", f"{what} was not resolved")
+                    for key in by_id[object_id]:
+                        results[key] = error
+            if not again:
+                return []
+            pending = again
+            time.sleep(0.5 * (attempt + 1))
+        return []
 
     def _destination(self, item: dict, owner: str) -> str:
         if "project" in item:
@@ -691,13 +814,14 @@ class Importer:
         return item["parent"]
 
     def _members(self, found: dict, url: str, name: str | None, member: str | None,
-                 reads: _Reads, above: frozenset) -> list[dict]:
+                 reads: _Reads, above: frozenset, item: dict, owner: str) -> list[dict]:
         """A blob object as one unit; a bundle as one unit per member (recursively).
 
         A member's unit names the file ``NAME/MEMBER`` (just ``MEMBER`` when the item has no
         name), where ``MEMBER`` is its path inside the bundle, kept as ``member``.  A bundle
         that contains itself (by URL, or by id on the same server: ``above`` holds the
         bundles on the way down) and a bundle past the read budget fail the whole item.
+        A blob's unit keeps what the fetch needs of its object (``found``, no headers).
         """
         contents = found.get("contents")
         if not isinstance(contents, list) or not contents:
@@ -705,7 +829,7 @@ class Importer:
             problem = name_error(name)
             if problem:
                 return [{"error": ItemError(400, 5106, problem).body}]
-            return [{"name": name, "object": url, "member": member}]
+            return [{"name": name, "object": url, "member": member, "found": _kept(found)}]
         if member is not None and member.count("/") + 1 >= MAX_DEPTH:
             return [{"error": ItemError(422, 5105, f"bundles nested deeper than {MAX_DEPTH}"
                                         " levels").body}]
@@ -723,36 +847,139 @@ class Importer:
                 if member_url in above:
                     raise ItemError(422, 5110, f"the bundle contains itself (at {inside!r})")
                 reads.take()
-                child = self.reader.get_object(member_url)
+                child = self.reader.get_object(
+                    member_url, self._auth(member_url, item["drs_uri"], owner)[1])
                 keys = _bundle_keys(child, member_url)
                 if keys & above:
                     raise ItemError(422, 5110, f"the bundle contains itself (at {inside!r})")
-                units += self._members(child, member_url, path, inside, reads, above | keys)
+                units += self._members(child, member_url, path, inside, reads, above | keys,
+                                       item, owner)
             except DrsError as exc:
                 units.append({"name": path, "member": inside, "error": _item_error(exc)})
         return units
 
-    def _unit(self, job: dict, index: int) -> dict:
-        unit = job["plan"][index]
-        entry: dict = {"item": unit["item"]}
-        if "error" in unit:
-            if unit.get("member"):
-                entry["member"] = unit["member"]
-            return dict(entry, error=unit["error"])
-        try:
-            return dict(entry, resource=self._import(job, index, unit))
-        except (DrsError, ItemError, FolderError) as exc:
-            return dict(entry, error=_item_error(exc))
-        except (_Deferred, _Interrupted, HcafsError):
-            raise
-        except Exception:
-            log.exception("DRS import %s, unit %d failed", job["id"], index)
-            return dict(entry, error={"status": 500, "code": 500, "message":
-                                      "internal error (logged by the server)",
-                                      "more_info": MORE_INFO})
+    # ------------------------------------------------------------ engine: RUNNING
 
-    def _import(self, job: dict, index: int, unit: dict) -> dict:
-        """RUNNING, one file: conflicts, admission, fetch and verify, store, name."""
+    def _batch(self, job: dict, first: int) -> tuple[list[dict], float | None]:
+        """Units from ``first`` on, at most :data:`BATCH` (and :data:`BATCH_BYTES`).
+
+        Each is checked (destination, conflicts, checksum, the job's byte quota); the
+        ones not fetched yet get their access URLs together and are fetched in parallel,
+        as far as the room :data:`AHEAD_FILES`/:data:`AHEAD_BYTES` allows (fetched bytes
+        wait there, as verified blobs, for their admission); then, in unit order, each
+        fetched unit is admitted against the file budget and stored and named, until the
+        budget is spent (``wait`` says for how long) or a unit is not fetched yet
+        (``wait`` 0).  Returns the results, in unit order, and ``wait`` or None."""
+        entries: dict[int, dict] = {}
+        ready: dict[int, dict] = {}
+        planned = 0
+        fetched = sum(e["resource"]["size"] for e in job["results"] if "resource" in e)
+        index = first
+        while index < len(job["plan"]) and index - first < BATCH and planned < BATCH_BYTES:
+            if self._stop.is_set():
+                raise _Interrupted
+            unit = job["plan"][index]
+            entry = _entry(unit)
+            try:
+                if "error" in unit:
+                    entries[index] = dict(entry, error=unit["error"])
+                    continue
+                work = self._prepare(job, index, unit)
+                if "record" in work:
+                    entries[index] = dict(entry, resource=work["record"])
+                    continue
+                size = work["found"]["size"]
+                if fetched + planned + size > self.limits.job_bytes:
+                    raise ItemError(507, 5111, f"the job would fetch more than its quota "
+                                    f"of {self.limits.job_bytes} bytes")
+                planned += size
+                ready[index] = work
+            except (DrsError, ItemError, FolderError) as exc:
+                entries[index] = dict(entry, error=_item_error(exc))
+            finally:
+                if index in entries:
+                    self._drop_ahead(job["id"], index)
+                index += 1
+        self._fetch_ahead(job, ready, entries)
+        cut, wait = index, None
+        admitted = []
+        for i in range(first, index):
+            if i in entries:
+                continue
+            with self._ahead_lock:
+                sums = self._ahead.get((job["id"], i))
+            if sums is None:  # no room to fetch it yet
+                cut, wait = i, 0.0
+                break
+            when, seconds = self.file_budget.take(owner_key(job["owner"]))
+            if when is None:
+                cut, wait = i, seconds
+                break
+            admitted.append((i, when, sums))
+        landed = self._in_parallel(job, [(i, self._land, job, i, ready[i], when, sums)
+                                         for i, when, sums in admitted], entries)
+        for i, record in landed:  # names are bound in unit order (RENAME, SKIP)
+            try:
+                entries[i] = dict(_entry(job["plan"][i]), resource=self._name(job, record))
+            except (DrsError, ItemError, FolderError) as exc:
+                entries[i] = dict(_entry(job["plan"][i]), error=_item_error(exc))
+        for i, _, _ in admitted:
+            self._drop_ahead(job["id"], i)
+        return [entries[i] for i in range(first, cut)], wait
+
+    def _in_parallel(self, job: dict, calls: list[tuple], entries: dict
+                     ) -> list[tuple[int, object]]:
+        """``(unit, function, *args)`` calls on the fetch threads: the results of those
+        that worked, in unit order; the item errors of the others go to ``entries``.  A
+        store failure or a stop is raised once all have ended (the job is redone)."""
+        futures = [(i, self._fetchers.submit(call, *args)) for i, call, *args in calls]
+        done, failure = [], None
+        for i, future in futures:
+            try:
+                done.append((i, future.result()))
+            except (DrsError, ItemError, FolderError) as exc:
+                entries[i] = dict(_entry(job["plan"][i]), error=_item_error(exc))
+            except (_Interrupted, HcafsError) as exc:
+                failure = failure or exc
+            except Exception:
+                log.exception("DRS import %s, unit %d failed", job["id"], i)
+                entries[i] = dict(_entry(job["plan"][i]), error={
+                    "status": 500, "code": 500, "message": "internal error (logged by the "
+                    "server)", "more_info": MORE_INFO})
+        if failure is not None:
+            raise failure
+        return done
+
+    def _fetch_ahead(self, job: dict, ready: dict[int, dict], entries: dict) -> None:
+        """Fetch the ready units that are not fetched yet, in parallel, as far as the
+        room ahead of admission allows (the first one always); each fetched unit's
+        checksums wait in :attr:`_ahead`, its failure in ``entries``."""
+        with self._ahead_lock:
+            files, size = len(self._ahead), self._ahead_bytes
+        todo = []
+        for i, work in ready.items():
+            if (job["id"], i) in self._ahead:
+                continue
+            size += work["found"]["size"]
+            if todo and (files + len(todo) >= AHEAD_FILES or size > AHEAD_BYTES):
+                break
+            todo.append((i, work))
+        self._give_access([work for _, work in todo])
+        for i, sums in self._in_parallel(job, [(i, self._stage, job, work)
+                                               for i, work in todo], entries):
+            with self._ahead_lock:
+                self._ahead[(job["id"], i)] = sums
+                self._ahead_bytes += sums.size
+
+    def _drop_ahead(self, job_id: str, index: int) -> None:
+        with self._ahead_lock:
+            sums = self._ahead.pop((job_id, index), None)
+            if sums is not None:
+                self._ahead_bytes -= sums.size
+
+    def _prepare(self, job: dict, index: int, unit: dict) -> dict:
+        """Before admission: the destination, conflicts, the object and its checksum.
+        ``{"record": …}`` when the unit was done before a restart."""
         resolution = job["conflict_resolution"]
         file_uuid = str(_uuid.uuid5(_NAMESPACE, f"{job['id']}/{index}"))
         *parts, leaf = unit["name"].split("/")
@@ -768,64 +995,130 @@ class Importer:
         if taken and taken["id"].startswith(file_uuid + "."):  # done before a restart
             raw = self.store.read(f"imported-files/{taken['id']}")
             if raw is not None:
-                return json.loads(raw)
+                return {"record": json.loads(raw)}
         if taken and (resolution == "SKIP" or
                       (resolution == "OVERWRITE" and taken["type"] == "folder")):
             raise ItemError(409, 5003, f"Requested file already exists: {unit['name']!r}",
                             files_href(taken))
-        found = self.reader.get_object(unit["object"])
-        check = ChecksumCheck(found.get("checksums"))
-        self._admit(job, index, unit)
-        url, headers = self.reader.access(found, unit["object"])
-        sums = self._fetch(job, url, headers, found["size"], check)
+        uri = job["items"][unit["item"]]["drs_uri"]
+        entry, auth = self._auth(unit["object"], uri, job["owner"])
+        found = unit.get("found") or _kept(self.reader.get_object(unit["object"], auth))
+        return {"unit": unit, "file_uuid": file_uuid, "folder": folder, "leaf": leaf,
+                "found": found, "check": ChecksumCheck(found.get("checksums")),
+                "entry": entry, "auth": auth, "access": None}
+
+    def _give_access(self, works: list[dict]) -> None:
+        """Access URLs for the admitted units of a batch: the object's own
+        ``access_url`` where it gave one without headers, else ``POST /objects/access``
+        (in chunks of the server's bulk length) where the server offers it; the rest are
+        asked one by one when fetched."""
+        grouped: dict[tuple[str, int | None], list[dict]] = {}
+        for work in works:
+            try:
+                method = self.reader.method(work["found"], work["auth"])
+            except DrsError:
+                continue  # the fetch says why
+            url = (method.get("access_url") or {}).get("url") \
+                if isinstance(method.get("access_url"), dict) else None
+            kind = "s3" if str(method.get("type")).lower() == "s3" else "https"
+            if isinstance(url, str) and not method.get("headers_dropped"):
+                work["access"] = Access(kind, url)
+            elif kind == "https" and isinstance(method.get("access_id"), str):
+                base = self.reader.split(work["unit"]["object"])[0]
+                work["access_id"] = method["access_id"]
+                grouped.setdefault((base, work["entry"]), []).append(work)
+        for (base, _), group in grouped.items():
+            length = self.reader.max_bulk(base)
+            if not length:
+                continue
+            for start in range(0, len(group), length):
+                chunk = group[start:start + length]
+                pairs = [(w["found"]["id"], w["access_id"]) for w in chunk]
+                try:
+                    found = self.reader.bulk_access(base, pairs, chunk[0]["auth"])
+                except DrsError as exc:
+                    log.info("DRS bulk access to %s failed (%s); asking one by one", base,
+                             exc.kind)
+                    continue
+                for work, pair in zip(chunk, pairs, strict=True):
+                    work["access"] = found.get(pair)
+
+    def _refresh(self, work: dict) -> Access:
+        """A new access URL for a unit (its last one was refused or expired): the object
+        is read again and its access URL asked for."""
+        found = self.reader.get_object(work["unit"]["object"], work["auth"])
+        return self.reader.access(found, work["unit"]["object"], work["auth"])
+
+    def _stage(self, job: dict, work: dict) -> Checksums:
+        """One file's bytes, fetched, verified and kept as a blob (in parallel with the
+        batch's other units)."""
+        unit, found = work["unit"], work["found"]
+        if work["access"] is None:
+            method = self.reader.method(found, work["auth"])
+            work["access"] = self._refresh(work) if method.get("headers_dropped") else \
+                self.reader.access(found, unit["object"], work["auth"])
+        return self._fetch(job, work)
+
+    def _land(self, job: dict, index: int, work: dict, when: float, sums: Checksums
+              ) -> dict:
+        """After admission (at ``when``): the admission's record, the DSS file of the
+        fetched bytes, and the file's record (named next, by :meth:`_name`)."""
+        self._admission(job, index, work["unit"], when)
+        unit, found, leaf = work["unit"], work["found"], work["leaf"]
         version = now_version()
         content_type = mimetypes.guess_type(leaf)[0] or _mime_type(found.get("mime_type"))
         source = Source(url=unit["object"], size=sums.size, content_type=content_type,
                         checksums={name: getattr(sums, name) for name in TAG_KEYS})
+        file_uuid = work["file_uuid"]
         self.store.create(f"files/{file_uuid}.{version}",
                           _dumps(file_document(source, 0, version)))
         fqid = f"{file_uuid}.{version}"
         now = _iso(time.time())
+        folder = work["folder"]
         record = {"id": fqid, "type": "file", "name": leaf, "size": sums.size,
                   "project": folder["project"], "parent": folder["id"],
                   "metadata": job["items"][unit["item"]]["metadata"], "tags": job["tags"],
                   "created_on": now, "modified_on": now,
                   "dss": {"uuid": file_uuid, "version": version},
                   "drs_uri": job["items"][unit["item"]]["drs_uri"], "import": job["id"],
-                  "verified": check.label, "owner": job["owner"]}
-        if unit.get("member"):
-            record["member"] = unit["member"]
+                  "verified": work["check"].label, "owner": job["owner"],
+                  **({"member": unit["member"]} if unit.get("member") else {})}
         self.store.write(f"imported-files/{fqid}", _dumps(record))
-        named = self.folders.bind(folder["id"], leaf, fqid, resolution)
+        return record
+
+    def _name(self, job: dict, record: dict) -> dict:
+        """Bind an imported file's name in its folder (its record is written already)."""
+        fqid, leaf = record["id"], record["name"]
+        named = self.folders.bind(record["parent"], leaf, fqid, job["conflict_resolution"])
         if named != leaf:
             record["name"] = named
             self.store.write(f"imported-files/{fqid}", _dumps(record))
         return record
 
-    def _admit(self, job: dict, index: int, unit: dict) -> None:
+    def _admission(self, job: dict, index: int, unit: dict, when: float) -> None:
         owner = owner_key(job["owner"])
-        when, wait = self.file_budget.take(owner)
-        if when is None:
-            raise _Deferred(wait)
         record = {"at": _iso(when), "time": when, "identity": job["owner"], "job": job["id"],
                   "unit": index, "item": unit["item"], "name": unit["name"]}
         self.store.write(f"import-admissions/{_epoch_us(when)}-{owner}-{job['id']}-"
                          f"{index:06d}", _dumps(record))
 
-    def _fetch(self, job: dict, url: str, headers: dict, size: int, check: ChecksumCheck
-               ) -> Checksums:
-        """Stream the bytes to a spool file, verify them, and publish them as a blob."""
+    # ------------------------------------------------------------ engine: fetching
+
+    def _fetch(self, job: dict, work: dict) -> Checksums:
+        """Fetch the bytes to a spool file, verify them, and publish them as a blob."""
+        size, check = work["found"]["size"], work["check"]
         with self._spool_space(job, size):
-            summer = Checksummer(size)
             fd, path = tempfile.mkstemp(dir=self.spool_dir)
             try:
-                with os.fdopen(fd, "wb") as spool:
-                    for chunk in self.reader.stream(url, headers, size):
-                        if self._stop.is_set():
-                            raise _Interrupted
+                if work["access"].kind == "s3":
+                    self._fetch_s3(fd, work, size)
+                else:
+                    self._fetch_https(fd, work, size)
+                summer = Checksummer(size)
+                with open(path, "rb") as spool:
+                    while chunk := spool.read(4 * 1024 * 1024):
                         summer.update(chunk)
                         check.update(chunk)
-                        spool.write(chunk)
                 sums = summer.result()
                 if sums.size != size:
                     raise DrsError("mismatch", f"fewer bytes than the {size} the DRS object "
@@ -836,17 +1129,123 @@ class Importer:
                     self.store.write_blob(key, _file_chunks(path))
                 return sums
             finally:
+                os.close(fd)
                 os.unlink(path)
+
+    def _fetch_https(self, fd: int, work: dict, size: int) -> None:
+        """The whole object, or :data:`PARTS` ranges of it in parallel when it is at
+        least :data:`PARALLEL_MIN` bytes."""
+        lock = threading.Lock()
+        if size < PARALLEL_MIN:
+            self._fetch_range(fd, work, lock, 0, size, whole=True)
+            return
+        step = -(-size // PARTS)
+        spans = [(start, min(start + step, size)) for start in range(0, size, step)]
+        threads, failures = [], []
+
+        def part(start: int, end: int) -> None:
+            try:
+                self._fetch_range(fd, work, lock, start, end, whole=False)
+            except BaseException as exc:  # the first one is raised below
+                failures.append(exc)
+
+        for start, end in spans:
+            thread = threading.Thread(target=part, args=(start, end), daemon=True,
+                                      name="drs-range")
+            thread.start()
+            threads.append(thread)
+        for thread in threads:
+            thread.join()
+        if failures:
+            raise failures[0]
+
+    def _fetch_range(self, fd: int, work: dict, lock: threading.Lock, start: int, end: int,
+                     whole: bool) -> None:
+        """Bytes ``[start, end)`` written at their place in the spool.  A cut transfer is
+        taken up again with a Range from the last byte written (fsynced first); a
+        401/403 (an access URL that expired) gets a new access URL, then goes on from
+        where it stopped."""
+        position, resumes, refreshes = start, 0, 0
+        while True:
+            access = work["access"]
+            ranged = position > 0 or not whole
+            try:
+                chunks = self.reader.stream(access.url, access.headers, end - position,
+                                            position if ranged else 0,
+                                            end if ranged and not whole else None)
+                for chunk in chunks:
+                    if self._stop.is_set():
+                        raise _Interrupted
+                    os.pwrite(fd, chunk, position)
+                    position += len(chunk)
+                if position < end:  # a whole answer, but short: the object is not so big
+                    raise DrsError("mismatch", f"fewer bytes than the {end - start} the "
+                                   "DRS object says")
+                return
+            except DrsError as exc:
+                if exc.kind == "denied" and refreshes < REFRESHES:
+                    refreshes += 1
+                    with lock:
+                        if work["access"] is access:
+                            work["access"] = self._refresh(work)
+                    continue
+                if exc.kind == "no_range" and whole:
+                    position = start  # the server cannot resume: from the start again
+                    os.ftruncate(fd, 0)
+                elif not exc.transient or resumes >= RESUMES:
+                    raise
+                resumes += 1
+                os.fsync(fd)
+                time.sleep(min(0.1 * 2 ** resumes, 5.0))
+
+    def _fetch_s3(self, fd: int, work: dict, size: int) -> None:
+        """An ``s3://`` access URL, read with the credentials entry's s3 keys from its
+        endpoint (which the egress policy checks first), resumed from the last byte
+        written when the read breaks off."""
+        keys = work["auth"].s3
+        if not keys:
+            raise DrsError("unsupported", "an s3 access method needs s3 credentials")
+        try:
+            self.reader.egress.policy.check(keys["endpoint_url"])
+        except EgressError as exc:
+            raise DrsError("refused" if exc.kind == "refused" else "unsupported",
+                           f"the s3 endpoint of credentials entry {work['entry']}: "
+                           f"{exc}") from exc
+        client = self._s3.get(work["entry"])
+        if client is None:
+            client = self._s3[work["entry"]] = S3.with_keys(
+                keys["endpoint_url"], keys["access_key_id"], keys["secret_access_key"],
+                keys.get("region"))
+        target = S3Url.parse(work["access"].url)
+        what = f"s3://{target.bucket}/{target.key}"
+        position, resumes = 0, 0
+        while True:
+            try:
+                for chunk in client.stream(target.bucket, target.key, position):
+                    if self._stop.is_set():
+                        raise _Interrupted
+                    if position + len(chunk) > size:
+                        raise DrsError("mismatch", f"more bytes than the {size} the DRS "
+                                       "object says")
+                    os.pwrite(fd, chunk, position)
+                    position += len(chunk)
+                return
+            except RemoteError as exc:
+                status = "denied" if "AccessDenied" in str(exc) or "403" in str(exc) \
+                    else "not_found" if "NoSuchKey" in str(exc) or "404" in str(exc) \
+                    else "unavailable"
+                if status != "unavailable" or resumes >= RESUMES:
+                    raise DrsError(status, f"{what}: the s3 read failed "
+                                   f"({type(exc).__name__})") from exc
+                resumes += 1
+                os.fsync(fd)
+                time.sleep(min(0.1 * 2 ** resumes, 5.0))
 
     @contextmanager
     def _spool_space(self, job: dict, size: int) -> Iterator[None]:
         """Reserve ``size`` bytes of spool for one fetch, or refuse it before it starts:
-        past the job's byte quota, or past the free disk (less what fetches in flight
-        have reserved and :data:`SPOOL_RESERVE`)."""
-        fetched = sum(e["resource"]["size"] for e in job["results"] if "resource" in e)
-        if fetched + size > self.limits.job_bytes:
-            raise ItemError(507, 5111, f"the job would fetch more than its quota of "
-                            f"{self.limits.job_bytes} bytes")
+        past the free disk (less what fetches in flight have reserved and
+        :data:`SPOOL_RESERVE`).  The job's byte quota is checked at admission."""
         with self._spool_lock:
             free = shutil.disk_usage(self.spool_dir).free - self._spooling - SPOOL_RESERVE
             if size > free:
@@ -857,6 +1256,44 @@ class Importer:
         finally:
             with self._spool_lock:
                 self._spooling -= size
+
+
+def _entry(unit: dict) -> dict:
+    """The start of a unit's result: its item, and its member in a bundle."""
+    return {"item": unit["item"], **({"member": unit["member"]} if "error" in unit and
+                                     unit.get("member") else {})}
+
+
+def _attempt(call: Callable, *args) -> object:
+    """``call(*args)``, or the :class:`DrsError` it raised."""
+    try:
+        return call(*args)
+    except DrsError as exc:
+        return exc
+
+
+_KEPT = ("id", "size", "checksums", "mime_type", "name")
+
+
+def _kept(found: dict) -> dict:
+    """What a plan keeps of a blob object: no access URL headers (a DRS server may put
+    credentials there); a method that had some is marked, and its URL asked for again
+    when fetched."""
+    kept = {k: found[k] for k in _KEPT if k in found}
+    methods = []
+    for method in found.get("access_methods") or []:
+        if not isinstance(method, dict):
+            continue
+        method = {k: v for k, v in method.items() if k in ("type", "access_id",
+                                                           "access_url")}
+        url = method.get("access_url")
+        if isinstance(url, dict):
+            if url.get("headers"):
+                method["headers_dropped"] = True
+            method["access_url"] = {"url": url.get("url")}
+        methods.append(method)
+    kept["access_methods"] = methods
+    return kept
 
 
 def _bundle_keys(found: dict, url: str) -> frozenset:
