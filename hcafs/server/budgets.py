@@ -1,0 +1,87 @@
+"""Budgets shared by every ``hcafs serve`` process on one store.
+
+A :class:`SharedBudget` admits at most ``limit`` events per ``window`` seconds per key over
+a sliding window, counted across all processes and workers: each key's admissions live in
+one store document, ``budgets/{name}-{key}``, the times of the events still inside the
+window, oldest first.  An admission is a read-modify-write of that document, made with a
+compare-and-swap (:meth:`Store.replace`, ``If-Match`` on S3) or a create-once for the first
+one; a swap that loses to another process reads again, at most :data:`RETRIES` times, with a
+short random pause.
+
+Exactness: an event is admitted only by a write that
+succeeded against the latest version of the document, which then holds it, so no interval
+of ``window`` seconds ever holds more than ``limit`` admitted events, whatever the number of
+processes.  The budget can fall short of its limit: a caller that lost :data:`RETRIES`
+swaps in a row is told to wait :data:`CONTENDED_WAIT` seconds although room was left, and a
+deferred caller comes back only when the slot it waits for is free, plus its scheduling
+delay.  Expiry compares the processes' wall clocks; their skew adds to the shortfall, never
+to an excess, as long as it stays below the window.
+
+Not yet used by the import engine, whose budgets are still per process; wiring this in
+is the scale-out work still to do.
+
+Threading: safe from any thread; all state is in the store.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+
+from . import metrics
+from .store import Store
+
+RETRIES = 8
+CONTENDED_WAIT = 0.05  # seconds a caller that kept losing the swap is told to wait
+PREFIX = "budgets/"
+
+
+class SharedBudget:
+    """At most ``limit`` events per ``window`` seconds per key, across processes."""
+
+    def __init__(self, store: Store, name: str, limit: int, window: float,
+                 clock: Callable[[], float] = time.time):
+        self.store, self.name = store, name
+        self.limit, self.window, self._clock = limit, window, clock
+
+    def _key(self, key: str) -> str:
+        return f"{PREFIX}{self.name}-{key}"
+
+    def _live(self, raw: bytes | None, now: float) -> list[float]:
+        events = json.loads(raw)["events"] if raw is not None else []
+        return [when for when in events if when > now - self.window]
+
+    def take(self, key: str) -> tuple[float | None, float]:
+        """``(when, 0)`` if an event was admitted now, else ``(None, seconds to wait)``."""
+        doc = self._key(key)
+        for _ in range(RETRIES):
+            found = self.store.read_versioned(doc)
+            now = self._clock()
+            events = self._live(found[0] if found else None, now)
+            if len(events) >= self.limit:
+                metrics.budget_wait(self.name)
+                return None, max(events[0] + self.window - now, 0.01)
+            events = sorted([*events, now])  # another clock may run a little behind
+            data = json.dumps({"events": events}, separators=(",", ":")).encode()
+            if found is None:
+                done = self.store.create(doc, data)
+            else:
+                done = self.store.replace(doc, data, found[1])
+            if done:
+                return now, 0.0
+            metrics.budget_conflict(self.name)
+            time.sleep(random.uniform(0.002, 0.02))
+        metrics.budget_wait(self.name)
+        return None, CONTENDED_WAIT
+
+    def state(self, key: str) -> tuple[int, float, float]:
+        """``(remaining, next_free, all_free)``: epoch seconds when the next event is
+        admitted again, and when the whole budget is back."""
+        now = self._clock()
+        events = self._live(self.store.read(self._key(key)), now)
+        if not events:
+            return self.limit, now, now
+        next_free = events[0] + self.window if len(events) >= self.limit else now
+        return self.limit - len(events), next_free, events[-1] + self.window

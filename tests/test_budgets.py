@@ -1,0 +1,88 @@
+"""Budgets shared through the store (hcafs/server/budgets.py): processes racing on one
+identity's budget, on both backends, never go over the limit, and fall short of it by at
+most what the re-admission delay costs (docs/drs.md#budgets-across-servers)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+
+import pytest
+import test_leases
+
+from hcafs.server.budgets import SharedBudget
+
+open_store = test_leases.open_store
+store_spec = test_leases.store_spec  # the backend fixture: local and SeaweedFS
+
+FORK = multiprocessing.get_context("fork")
+LIMIT, WINDOW = 20, 3.0
+DELAY = 1.0  # the re-admission delay the check allows for, generous for a loaded machine
+
+
+def _hammer(spec, until, results):
+    budget = SharedBudget(open_store(spec), "files", LIMIT, WINDOW)
+    admitted = []
+    while time.time() < until:
+        when, wait = budget.take("someone")
+        if when is None:
+            time.sleep(min(wait, until - time.time(), 1.0) if until > time.time() else 0)
+        else:
+            admitted.append(when)
+    results.put(admitted)
+
+
+def max_in_window(times: list[float], window: float) -> int:
+    times = sorted(times)
+    return max((sum(1 for t in times[i:] if t < start + window)
+                for i, start in enumerate(times)), default=0)
+
+
+def shortfalls(times: list[float], window: float, delay: float, limit: int = LIMIT
+               ) -> list[int]:
+    """For each window ``[s, s + window)`` starting at an admission ``s`` after the first
+    window and ending before the last admission (work waited all along): how far its
+    count falls short of the limit *beyond* K(s), the admissions in ``[s - delay, s)``
+    (the documented bound: a slot freed at ``e + window`` is taken again ``delay`` later)."""
+    times = sorted(times)
+    first, last = times[0], times[-1]
+    short = []
+    for start in times:
+        if start < first + window or start + window > last:
+            continue
+        inside = sum(1 for t in times if start <= t < start + window)
+        k = sum(1 for t in times if start - delay <= t < start)
+        short.append(max(limit - k - inside, 0))
+    return short
+
+
+@pytest.mark.timeout(120)
+def test_racing_processes_never_exceed_the_budget_and_fill_it(store_spec):
+    results = FORK.Queue()
+    until = time.time() + 4 * WINDOW
+    workers = [FORK.Process(target=_hammer, args=(store_spec, until, results))
+               for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    admitted = [when for _ in workers for when in results.get(timeout=60)]
+    for worker in workers:
+        worker.join(timeout=30)
+    assert max_in_window(admitted, WINDOW) <= LIMIT
+    short = shortfalls(admitted, WINDOW, DELAY)
+    assert short and max(short) == 0
+    assert len({when for when in admitted}) == len(admitted)
+
+
+def test_state_says_what_is_left_and_when_it_comes_back(tmp_path):
+    now = [1000.0]
+    budget = SharedBudget(open_store(("local", str(tmp_path))), "requests", 3, 10,
+                          clock=lambda: now[0])
+    assert budget.state("a") == (3, 1000.0, 1000.0)
+    for step in range(3):
+        now[0] = 1000.0 + step
+        assert budget.take("a") == (now[0], 0.0)
+    assert budget.take("a") == (None, 8.0)
+    assert budget.state("a") == (0, 1010.0, 1012.0)
+    assert budget.take("b")[0] is not None  # keys are apart
+    now[0] = 1010.5
+    assert budget.take("a")[0] == 1010.5
