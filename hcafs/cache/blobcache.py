@@ -102,6 +102,7 @@ class BlobCache:
         self.used = int(row[0])
         self._pool = ThreadPoolExecutor(max_workers=self.streams, thread_name_prefix="readahead")
         self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+        self._closing = threading.Event()  # set by close(): streams stop at once
         self._warned_full = False
 
     def path(self, sha256: str) -> str:
@@ -276,10 +277,11 @@ class BlobCache:
             while True:
                 with blob.cond:
                     run = self._next_chunk(blob, claim=True)
-                    while run is None and blob.users > 1 and blob.read_pos + 1 < blob.nblocks:
+                    while run is None and blob.users > 1 and blob.read_pos + 1 < blob.nblocks \
+                            and not self._closing.is_set():
                         blob.cond.wait(0.25)  # the window is full: wait for the reader
                         run = self._next_chunk(blob, claim=True)
-                    if run is None or blob.users <= 1:
+                    if run is None or blob.users <= 1 or self._closing.is_set():
                         if run is not None:
                             for b in range(run[0], run[1] + 1):
                                 blob.inflight[b] = 0
@@ -516,6 +518,9 @@ class BlobCache:
         return freed
 
     def close(self) -> None:
+        # A stream waiting for a reader that will never come back (files still open when
+        # the mount goes away) must not hold the shutdown up.
+        self._closing.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._hasher.shutdown(wait=True, cancel_futures=True)
         with self._lock:

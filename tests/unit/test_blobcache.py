@@ -194,3 +194,18 @@ def test_a_reopen_during_a_release_never_loads_older_state(tmp_path):
             cache.release(again)
     finally:
         cache.close()
+
+
+def test_close_does_not_wait_for_a_reader_that_never_comes_back(tmp_path):
+    cache = BlobCache(str(tmp_path / "blobs"), CacheDB(str(tmp_path / "hcafs.db")),
+                      1024 * BLOCK, streams=2, max_readahead=4 * BLOCK, chunk=BLOCK)
+    data, sha = _blob(40 * BLOCK)
+    source = Source(data)
+    blob = cache.acquire(sha, len(data))  # never released: the mount went away under it
+    for offset in range(0, 3 * BLOCK, BLOCK):
+        cache.read(blob, offset, BLOCK, source.fetch, readahead=4 * BLOCK)
+    time.sleep(0.5)  # the streams have filled the window and wait for the reader
+    closing = threading.Thread(target=cache.close)
+    closing.start()
+    closing.join(10)
+    assert not closing.is_alive(), "close() hung on a read-ahead stream"
