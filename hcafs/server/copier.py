@@ -50,6 +50,8 @@ _FORMATS = {
 READ_CHUNK = 4 * 1024 * 1024
 CLAIM_WAIT_SECONDS = 20.0
 CLAIM_POLL_SECONDS = 0.1
+# How often a file:// source is looked for while a racing PUT moves it in.
+_INSPECT_ATTEMPTS = 4
 
 
 @dataclass(frozen=True)
@@ -128,19 +130,28 @@ class Copier:
         path = os.path.realpath("/" + url[len("file://"):].lstrip("/"))
         if os.path.commonpath([path, self.staging_root]) != self.staging_root:
             raise bad_request(f"file:// source {url!r} is outside the server's staging root")
-        moved = self._moved(path)
-        if moved is not None:
-            return moved
-        try:
-            with open(self._readable(path), "rb") as handle:
-                before = os.fstat(handle.fileno())
-                sums = checksum_file(handle, before.st_size)
-                stamp = _stamp(os.fstat(handle.fileno()))
-        except (FileNotFoundError, IsADirectoryError) as exc:
-            moved = self._moved(path)  # a racing PUT of it moved it in meanwhile
+        # A racing PUT of the same file may move it into the store while this one looks:
+        # it is then at its path, at its moving copy, or gone with its record and blob.
+        # Each miss looks again, in that order; a file missing from all three is 404.
+        for attempt in range(_INSPECT_ATTEMPTS):
+            moved = self._moved(path)
             if moved is not None:
                 return moved
-            raise Problem(404, "not_found", f"source file {url} does not exist") from exc
+            try:
+                with open(self._readable(path), "rb") as handle:
+                    before = os.fstat(handle.fileno())
+                    sums = checksum_file(handle, before.st_size)
+                    stamp = _stamp(os.fstat(handle.fileno()))
+                break
+            except IsADirectoryError as exc:
+                raise Problem(404, "not_found", f"source file {url} is a directory") from exc
+            except FileNotFoundError as exc:
+                if attempt + 1 == _INSPECT_ATTEMPTS:
+                    moved = self._moved(path)
+                    if moved is not None:
+                        return moved
+                    raise Problem(404, "not_found", f"source file {url} does not exist") \
+                        from exc
         if stamp != _stamp(before):
             raise Problem(409, "source_changed", f"source file {url} changed while it was read")
         content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
@@ -231,18 +242,21 @@ class Copier:
         # blob).  Unsynced: if a crash loses it, a repeated PUT is 404 and the file is
         # staged again; nothing acknowledged depends on it.
         marker = _moved_key(source.path)
-        self.store.create_unsynced(marker, _dumps(source.__dict__))
+        mine = self.store.create_unsynced(marker, _dumps(source.__dict__))
         try:
             moved = self.store.move_blob(source.path, key, unchanged)
         except _Changed:
             log.info("%s changed after it was inspected; copying it instead", source.url)
             moved = False
         except NotFound as exc:
-            self.store.delete(marker)
+            if self.store.blob_size(key) == source.size:
+                return True  # a racing PUT of the same file moved it in first
+            if mine:
+                self.store.delete(marker)
             raise Problem(404, "not_found", f"source {source.url} vanished") from exc
         if moved:
             self.moved += 1
-        else:
+        elif mine:
             self.store.delete(marker)
         return moved
 

@@ -355,7 +355,10 @@ class LocalStore(Store):
             if exc.errno == errno.EXDEV:
                 return False
             raise
-        fd = os.open(moving, os.O_RDONLY)
+        try:
+            fd = os.open(moving, os.O_RDONLY)
+        except FileNotFoundError:
+            raise NotFound(f"{path} was moved in by another request") from None
         try:
             try:
                 check(fd)
