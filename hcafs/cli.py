@@ -15,6 +15,8 @@ from . import __version__
 from .config import (
     DEFAULT_CACHE_SIZE,
     DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_LEASE_SCAN,
+    DEFAULT_LEASE_TTL,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_JSON_BODY,
     DEFAULT_PORT,
@@ -181,7 +183,16 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         drs_passport_jwks=pick("drs_passport_jwks"),
         drs_passport_issuer=pick("drs_passport_issuer"),
         drs_access_ttl=float(pick("drs_access_ttl", 900)),
+        workers=int(pick("workers", os.cpu_count() or 1)),
+        lease_ttl=float(pick("lease_ttl", DEFAULT_LEASE_TTL)),
+        lease_scan=float(pick("lease_scan", DEFAULT_LEASE_SCAN)),
+        metrics_port=_optional_int(pick("metrics_port")),
+        metrics_host=pick("metrics_host", "127.0.0.1"),
     )
+
+
+def _optional_int(value: object) -> int | None:
+    return None if value is None or value == "" else int(value)
 
 
 def _list(value: object) -> tuple[str, ...]:
@@ -280,6 +291,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the iss the passports --drs-auth accepts must carry")
     serve.add_argument("--drs-access-ttl", metavar="SECONDS", type=float,
                        help="how long a protected access URL stays valid (default 900)")
+    serve.add_argument("--workers", metavar="N", type=int,
+                       help="worker processes (default: the machine's cores)")
+    serve.add_argument("--lease-ttl", metavar="SECONDS", type=float,
+                       help="how long a claim on a background copy or import job lives "
+                       f"without renewal (default {DEFAULT_LEASE_TTL:g})")
+    serve.add_argument("--lease-scan", metavar="SECONDS", type=float,
+                       help="how often to look for expired claims to take over "
+                       f"(default {DEFAULT_LEASE_SCAN:g})")
+    serve.add_argument("--metrics-port", metavar="PORT", type=int,
+                       help="serve Prometheus metrics on this port (default: off)")
+    serve.add_argument("--metrics-host", metavar="HOST",
+                       help="address of the metrics endpoint (default 127.0.0.1)")
     serve.set_defaults(func=cmd_serve)
 
     mount = commands.add_parser("mount", help="mount the DSS as a filesystem", description=(

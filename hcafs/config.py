@@ -23,6 +23,8 @@ DEFAULT_ASYNC_THRESHOLD = 64 * MiB
 DEFAULT_THREADS = 32
 DEFAULT_MAX_CONNECTIONS = 1024
 DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_LEASE_TTL = 30.0  # seconds; docs/server.md#running-several-servers
+DEFAULT_LEASE_SCAN = 10.0
 DEFAULT_MAX_JSON_BODY = MiB
 
 
@@ -116,6 +118,11 @@ class ServeConfig:
     drs_passport_jwks: str | None = None
     drs_passport_issuer: str | None = None
     drs_access_ttl: float = 900.0  # seconds a protected access URL stays valid
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # worker processes
+    lease_ttl: float = DEFAULT_LEASE_TTL  # seconds a claim on background work lives unrenewed
+    lease_scan: float = DEFAULT_LEASE_SCAN  # seconds between scans for expired claims
+    metrics_port: int | None = None  # Prometheus endpoint, off unless given
+    metrics_host: str = "127.0.0.1"
 
     @property
     def resolved_tokens_file(self) -> str:
@@ -147,6 +154,14 @@ class ServeConfig:
                      "import_request_window"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+        if not 1 <= self.workers <= 256:
+            raise ConfigError("--workers must be between 1 and 256")
+        if not 0.5 <= self.lease_ttl <= 3600:
+            raise ConfigError("--lease-ttl must be between 0.5 and 3600 seconds")
+        if not 0.1 <= self.lease_scan <= self.lease_ttl:
+            raise ConfigError("--lease-scan must be between 0.1 seconds and --lease-ttl")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"--metrics-port {self.metrics_port} is not a TCP port")
         if self.drs_resolver and not os.path.isfile(self.drs_resolver):
             raise ConfigError(f"DRS resolver table {self.drs_resolver} does not exist")
         for network in self.drs_allow_networks:

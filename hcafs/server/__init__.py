@@ -13,6 +13,11 @@ Python thread.  This module is the thin adapter around it:
   background engines (asynchronous copies, DRS imports) there, once per process, stops them
   when the worker exits, and writes ``--ready-file`` once the worker can answer.
 
+Workers share nothing a client can observe: every record, claim, lease and budget is in the
+store, so ``--workers N`` on one data dir behaves as N servers on one bucket
+(docs/server.md#running-several-servers).  Background work is claimed with a lease
+(:mod:`.leases`); a :class:`Scanner` in every worker takes over expired ones.
+
 Threading: each worker answers requests on at most ``--threads`` threads and keeps at most
 ``--max-connections`` connections; the engines own their own threads (see copier.py and
 imports.py).  The supervisor process runs no application code.
@@ -25,9 +30,11 @@ import json
 import logging
 import multiprocessing.util
 import os
+import shutil
 import signal
 import socket
 import sys
+import threading
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -38,8 +45,9 @@ from granian.http import HTTP1Settings
 from granian.server.mp import MPServer
 
 from ..config import ServeConfig, load_resolver
-from ..errors import ConfigError
+from ..errors import ConfigError, HcafsError
 from ..remote.s3 import S3
+from . import metrics
 from .app import App
 from .auth import Tokens, create_tokens_file
 from .copier import Copier
@@ -48,13 +56,13 @@ from .drs import DrsObjects, DrsReader, Resolver
 from .dss import DSS
 from .egress import Egress, EgressPolicy
 from .imports import Importer, ImportLimits
-from .passports import DrsGuard, PassportCheck
+from .leases import Leases
+from .passports import DrsGuard, PassportCheck, signing_key
 from .store import LocalStore, S3Store, Store
 
 log = logging.getLogger("hcafs.server")
 
 BACKLOG = 1024
-WORKERS = 1  # worker processes; each builds its own application after the fork
 STOP_TIMEOUT = 5  # seconds a worker gets to finish after SIGTERM before it is killed
 
 
@@ -88,7 +96,36 @@ def prepare(config: ServeConfig) -> Prepared:
         created = True
     Tokens(tokens_file)
     load_resolver(config.drs_resolver)
+    shutil.rmtree(os.path.join(config.data_dir, "import-spool"), ignore_errors=True)
     return Prepared(tokens_file, created, store.describe())
+
+
+class Scanner:
+    """Every ``period`` seconds, hands the copies and import jobs whose lease expired to
+    this process's engines (which claim them; another process may win the claim).
+
+    Threading: one thread, started by :meth:`start`, stopped through an Event."""
+
+    def __init__(self, period: float, copier: Copier, importer: Importer):
+        self.period, self.copier, self.importer = period, copier, importer
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._scan, name="lease-scan", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _scan(self) -> None:
+        while not self._stop.wait(self.period):
+            try:
+                self.copier.resume()
+                self.importer.rescan()
+            except HcafsError as exc:  # the store is unreachable: scan again next period
+                log.warning("lease scan failed: %s", exc)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
 
 
 @dataclass
@@ -97,39 +134,50 @@ class Engines:
 
     copier: Copier
     importer: Importer
+    leases: Leases
+    scanner: Scanner
 
     def close(self) -> None:
+        self.scanner.close()
         self.importer.close()
         self.copier.close()
+        self.leases.close()
 
 
 def build_app(config: ServeConfig) -> tuple[App, Engines]:
     """The WSGI application and its started engines (call once per process)."""
     store, s3 = _open_store(config)
     tokens = Tokens(config.resolved_tokens_file)
+    leases = Leases(store, config.lease_ttl)
     copier = Copier(store, s3, config.staging_root, config.async_threshold,
-                    config.copy_workers)
+                    config.copy_workers, leases=leases)
     egress = Egress(EgressPolicy(config.drs_allow_hosts, config.drs_allow_networks,
                                  config.drs_allow_http))
     reader = DrsReader(Resolver(load_resolver(config.drs_resolver)), egress)
     limits = ImportLimits(config.import_rate_limit, config.import_rate_window,
                           config.import_request_limit, config.import_request_window)
-    importer = Importer(store, reader, limits, os.path.join(config.data_dir, "import-spool"),
-                        credentials=Credentials.load(config.drs_credentials))
+    spool = os.path.join(config.data_dir, "import-spool", str(os.getpid()))
+    importer = Importer(store, reader, limits, spool,
+                        credentials=Credentials.load(config.drs_credentials), leases=leases)
     dss = DSS(store, copier)
     passports = PassportCheck(config.drs_passport_jwks, config.drs_passport_issuer) \
         if config.drs_auth == "passport" else None
-    guard = DrsGuard(config.drs_auth, tokens, passports, config.drs_access_ttl)
+    key = signing_key(config.resolved_tokens_file) if config.drs_auth != "none" else None
+    guard = DrsGuard(config.drs_auth, tokens, passports, config.drs_access_ttl, key)
     app = App(dss, tokens, importer,
               DrsObjects(dss, config.drs_max_bulk, config.drs_bulk, guard),
-              max_json_body=config.max_json_body)
+              max_json_body=config.max_json_body,
+              details=lambda: {"workers": config.workers, "leases_held": leases.held()})
+    leases.start()
     resumed = copier.resume()
     if resumed:
         log.info("resumed %d asynchronous copies", resumed)
     resumed = importer.start()
     if resumed:
         log.info("resumed %d DRS import jobs", resumed)
-    return app, Engines(copier, importer)
+    scanner = Scanner(config.lease_scan, copier, importer)
+    scanner.start()
+    return app, Engines(copier, importer, leases, scanner)
 
 
 def url_of(config: ServeConfig, port: int) -> str:
@@ -168,6 +216,12 @@ class _Front(MPServer):
         self._sfd = self._listener.fileno()
         self._sso = self._listener
 
+    def _respawn_workers(self, workers, *args, **kwargs):
+        dead = [self.wrks[idx].inner.pid for idx in workers]
+        super()._respawn_workers(workers, *args, **kwargs)
+        for pid in dead:  # its live gauges (copies, imports, leases in flight) go
+            metrics.worker_died(pid)
+
 
 def _die_with_parent() -> None:
     """A worker dies with its supervisor: a SIGKILL of ``hcafs serve`` stops everything at
@@ -190,6 +244,7 @@ def _write_ready(path: str, url: str, pid: int, tokens_file: str) -> None:
 def _worker_app(config: ServeConfig, url: str) -> App:
     """Runs in a worker process after the fork: the application, then the ready file."""
     _die_with_parent()
+    metrics.enable()
     app, engines = build_app(config)
     multiprocessing.util.Finalize(None, engines.close, exitpriority=10)
     if config.ready_file:
@@ -208,7 +263,7 @@ def _front(config: ServeConfig, listener: socket.socket) -> _Front:
         return _Front(
             listener, target="hcafs.server", address=host, port=port,
             interface=Interfaces.WSGI, http=HTTPModes.http1, websockets=False,
-            workers=WORKERS, blocking_threads=config.threads,
+            workers=config.workers, blocking_threads=config.threads,
             backlog=BACKLOG, backpressure=config.max_connections,
             http1_settings=HTTP1Settings(header_read_timeout=int(config.header_timeout * 1000)),
             log_level=level, log_access=False,
@@ -224,6 +279,15 @@ def run(config: ServeConfig) -> int:
     listener = _listen(config)
     url = url_of(config, listener.getsockname()[1])
     front = _front(config, listener)
+    if config.metrics_port is not None:
+        metrics.prepare_dir(os.path.join(config.data_dir, "metrics"))
+        try:
+            port = metrics.serve_endpoint(config.metrics_host, config.metrics_port)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve metrics on {config.metrics_host}:"
+                              f"{config.metrics_port}: {exc.strerror}") from exc
+        print(f"hcafs serve: metrics on http://{config.metrics_host}:{port}/metrics",
+              file=sys.stderr)
     print(f"hcafs serve: listening on {url}", file=sys.stderr)
     print(f"hcafs serve: data in {prepared.store}", file=sys.stderr)
     if prepared.created_token:

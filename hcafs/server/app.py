@@ -31,6 +31,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from urllib.parse import urlencode
 
 from werkzeug.exceptions import HTTPException
@@ -38,9 +39,9 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from ..config import DEFAULT_MAX_JSON_BODY
-from ..errors import Problem, bad_request
+from ..errors import HcafsError, Problem, bad_request
 from ..versions import now_version
-from . import spec
+from . import metrics, spec
 from .auth import Identity, Tokens, require_admin
 from .drs import API_PATH as DRS_PATH
 from .drs import Base, DrsObjects
@@ -53,6 +54,8 @@ access_log = logging.getLogger("hcafs.server.access")
 
 _BLOB_RE = re.compile(r"^[0-9a-f]{64}\.[0-9a-f]{40}\.[0-9a-f]{32}(-\d+)?\.[0-9a-f]{8}$")
 RETRY_AFTER = "10"
+HEALTH_PROBE = "probes/health"  # a key never written: reading it proves the store answers
+ROUTE = "hcafs.route"  # the environ key naming the matched route (a bounded metrics label)
 _NO_BODY_METHODS = ("GET", "HEAD")  # OPTIONS takes JSON: DRS 1.4 bulk OPTIONS /objects
 _IGNORED_BODY = 64  # bytes a GET may carry (and that nobody reads)
 _READ_CHUNK = 64 * 1024
@@ -68,7 +71,9 @@ class App:
 
     def __init__(self, dss: DSS, tokens: Tokens, imports: Importer | None = None,
                  drs: DrsObjects | None = None,
-                 max_json_body: int = DEFAULT_MAX_JSON_BODY):
+                 max_json_body: int = DEFAULT_MAX_JSON_BODY,
+                 details: Callable[[], dict] | None = None):
+        self.details = details
         self.dss = dss
         self.tokens = tokens
         self.max_json_body = max_json_body
@@ -119,13 +124,17 @@ class App:
             response = _internal_error(request, exc)
         if response.status_code >= 500:
             response.headers.setdefault("Retry-After", RETRY_AFTER)
+        elapsed = time.monotonic() - started
         access_log.info("%s %s %d %.3fs", request.method, request.full_path.rstrip("?"),
-                        response.status_code, time.monotonic() - started)
+                        response.status_code, elapsed)
+        metrics.request(environ.get(ROUTE, "unmatched"), request.method,
+                        response.status_code, elapsed)
         return response(environ, start_response)
 
     def dispatch(self, request: Request) -> Response:
         try:
             endpoint, args = self.url_map.bind_to_environ(request.environ).match()
+            request.environ[ROUTE] = endpoint
             if request.path.startswith("/v2/"):
                 return self._import_api(request, endpoint, args)
             return getattr(self, f"on_{endpoint}")(request, **args)
@@ -214,16 +223,25 @@ class App:
         return _json_response({"version_info": {"version": now_version()}})
 
     def on_health(self, request: Request) -> Response:
-        """``ok`` for anyone (load balancers); the details only for an admin token."""
+        """For load balancers.  Readiness (the default): ``ok`` once this worker answers
+        and reaches its store, 503 ``unavailable`` when the store is out of reach, so the
+        traffic goes elsewhere.  Liveness (``?probe=live``): ``ok`` whenever this worker
+        answers, store or not.  The details only for an admin token."""
         try:
             admin = self.identify(request).admin
         except Problem:
             admin = False
+        if request.args.get("probe") != "live":
+            try:
+                self.dss.store.read(HEALTH_PROBE)
+            except HcafsError:
+                return _json_response({"health": "unavailable"}, 503)
         if not admin:
             return _json_response({"health": "ok"})
         return _json_response({"health": "ok", "store": self.dss.store.describe(),
                                "pid": os.getpid(), "threads": threading.active_count(),
-                               "max_json_body": self.max_json_body})
+                               "max_json_body": self.max_json_body,
+                               **(self.details() if self.details else {})})
 
     # ------------------------------------------------------------ files
 

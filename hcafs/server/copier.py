@@ -11,8 +11,11 @@ on a pool.  Either way the version is first *claimed*: its copy record
 (``copies/{uuid}.{version}``, with the file document it will publish) is created once, so of
 two requests racing on one version with different files exactly one goes ahead and the other
 is answered 409 at once.  The file document is then published create-once too, so a version
-never changes after it first appeared.  Any server process sees the records, and a restarted
-server resumes the copies it finds running.
+never changes after it first appeared.  Any server process sees the records.  A background
+copy runs under a lease (:mod:`.leases`, ``leases/copy-{uuid}.{version}``) and publishes its
+file document through the lease's fence; :meth:`Copier.resume`, called at start and by the
+lease scanner of every process, hands every running copy whose lease is free to this
+process, so a copy whose process died is finished by any live one.
 
 Threading: the pool's workers each own one copy; they write only the copy's blob, its file
 document and its ``copies/`` record.
@@ -29,13 +32,16 @@ import re
 import threading
 import time
 import uuid as _uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 from ..checksums import TAG_KEYS, Checksummer, checksum_file
 from ..errors import HcafsError, NotFound, Problem, RemoteError, bad_request
 from ..remote.s3 import S3
+from . import metrics
+from .leases import Lease, LeaseLost, Leases
 from .store import LocalStore, Store
 
 log = logging.getLogger(__name__)
@@ -79,8 +85,9 @@ def file_document(source: Source, creator_uid: int, version: str) -> dict:
 
 class Copier:
     def __init__(self, store: Store, s3: S3 | None, staging_root: str | None,
-                 async_threshold: int, workers: int = 4):
+                 async_threshold: int, workers: int = 4, leases: Leases | None = None):
         self.store = store
+        self.leases = leases
         self._s3 = s3
         self.staging_root = os.path.realpath(staging_root) if staging_root else None
         self.async_threshold = async_threshold
@@ -189,8 +196,11 @@ class Copier:
         else:
             yield from self._s3.stream(source.bucket, source.key)
 
-    def _verified(self, source: Source) -> Iterator[bytes]:
-        """The source's bytes; raises at the end, before the last chunk, if they mismatch."""
+    def _verified(self, source: Source, fence: Callable[[], None] | None = None
+                  ) -> Iterator[bytes]:
+        """The source's bytes; raises at the end, before the last chunk, if they mismatch
+        (or if ``fence`` raises: the copy's lease was taken over, so the blob never
+        completes)."""
         summer = Checksummer(source.size)
         pending = None
         for chunk in self._chunks(source):
@@ -207,18 +217,23 @@ class Copier:
                 raise Problem(422, "invalid_checksum",
                               f"{name} of {source.url} is {getattr(got, name)}, "
                               f"not {claimed} as claimed")
+        if fence is not None:
+            fence()
         if pending is not None:
             yield pending
 
-    def copy(self, source: Source) -> None:
-        """Publish the source's bytes as a blob (unless that blob is already there)."""
+    def copy(self, source: Source, fence: Callable[[], None] | None = None) -> None:
+        """Publish the source's bytes as a blob (unless that blob is already there);
+        ``fence`` raises when the copy may no longer publish."""
         key = source.blob_key()
         if self.store.blob_size(key) == source.size:
             return
+        if fence is not None and source.path and source.stamp:
+            fence()
         if source.path and source.stamp and self._move(source, key):
             return
         try:
-            self.store.write_blob(key, self._verified(source))
+            self.store.write_blob(key, self._verified(source, fence))
         except NotFound as exc:
             raise Problem(404, "not_found", f"source {source.url} vanished") from exc
         except RemoteError as exc:
@@ -276,7 +291,7 @@ class Copier:
         background = (source.size > self.async_threshold
                       and self.store.blob_size(source.blob_key()) != source.size)
         record = {"task_id": str(_uuid.uuid4()), "state": "running", "document": document,
-                  "source": source.__dict__, "sync": not background}
+                  "source": source.__dict__, "sync": not background, "since": time.time()}
         joined = self._claim(name, record)
         if joined is not None:
             return joined
@@ -361,13 +376,30 @@ class Copier:
 
     def _run(self, uuid: str, version: str, record: dict) -> None:
         name = f"{uuid}.{version}"
+        lease = None
         try:
-            self.copy(Source(**record["source"]))
-            self._publish(name, record["document"])
+            if self.leases is not None:
+                lease = self.leases.claim(f"copy-{name}")
+                if lease is None or lease.lost:  # another process holds it
+                    lease = None
+                    return
+                metrics.copies_in_flight(1)
+                if lease.token > 1:
+                    metrics.takeover("copy")
+                now = _load(self.store.read(f"copies/{name}"))
+                if now is None or now.get("state") != "running":
+                    return  # finished (or failed) in another process meanwhile
+            self.copy(Source(**record["source"]),
+                      partial(self.leases.check, lease) if lease is not None else None)
+            self._publish_fenced(name, record["document"], lease)
             self.store.delete(f"copies/{name}")
             log.info("async copy of %s done", name)
+        except LeaseLost as exc:
+            log.warning("async copy of %s: %s", name, exc)
         except Problem as exc:
             log.warning("async copy of %s failed: %s", name, exc.title)
+            if lease is not None and not self.leases.renew(lease):
+                return  # taken over meanwhile: the new holder says how it ends
             failed = dict(record, state="failed", status=exc.status, code=exc.code,
                           title=exc.title)
             self.store.write(f"copies/{name}", _dumps(failed))
@@ -378,6 +410,21 @@ class Copier:
         finally:
             with self._lock:
                 self._active.discard(name)
+            if lease is not None:
+                metrics.copies_in_flight(-1)
+                try:
+                    self.leases.release(lease)  # nothing happens to a lost lease
+                except HcafsError as exc:  # it expires by itself
+                    log.warning("async copy of %s: cannot release its lease: %s", name, exc)
+
+    def _publish_fenced(self, name: str, document: dict, lease: Lease | None) -> bool:
+        """:meth:`_publish` under the lease's fence (a holder that lost it publishes
+        nothing: :class:`LeaseLost`)."""
+        if lease is None:
+            return self._publish(name, document)
+        if self.leases.publish(lease, f"files/{name}", _dumps(document)):
+            return True
+        return not self._published(name, document)
 
     def running(self, uuid: str, version: str) -> bool:
         """True while a background copy of ``uuid.version`` runs (a copy made inside a
@@ -396,7 +443,8 @@ class Copier:
                           record.get("title", "the copy of this file failed"))
 
     def resume(self) -> int:
-        """Restart every copy a previous server left running; returns how many."""
+        """Take up every background copy left running with no live lease (and every copy
+        inside a request older than a lease TTL: its process died); returns how many."""
         count = 0
         for key in self.store.list("copies/"):
             raw = self.store.read(key)
@@ -405,11 +453,22 @@ class Copier:
                 if raw is not None:  # an unsynced claim a crash left torn: never answered
                     self.store.delete(key)
                 continue
-            if record.get("state") == "running":
+            if record.get("state") == "running" and self._orphaned(key, record):
                 uuid, _, version = key.split("/", 1)[1].partition(".")
                 self._submit(uuid, version, record)
                 count += 1
         return count
+
+    def _orphaned(self, key: str, record: dict) -> bool:
+        name = key.split("/", 1)[1]
+        with self._lock:
+            if name in self._active:
+                return False
+        if self.leases is None:
+            return True
+        if record.get("sync") and time.time() - record.get("since", 0) < self.leases.ttl:
+            return False  # a request is copying it now
+        return not self.leases.live(f"copy-{name}")
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)

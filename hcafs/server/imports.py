@@ -25,8 +25,17 @@ spool past the free disk.  Fetching and the egress policy are :mod:`.drs` and
 :mod:`.egress`.
 
 The file budget (``limit`` files per ``window`` seconds per identity, a sliding window) and
-the request budget are :class:`Budget` objects; admissions are written to the store, so a
-restarted server keeps counting them.  Store layout::
+the request budget are :class:`.budgets.SharedBudget` objects, kept in the store, so every
+server process and worker on it counts them together, and a restart keeps them.
+
+A job is worked under a lease (:mod:`.leases`, ``leases/import-{id}``): the process that
+holds it is the only one that writes the job; every DSS file it stores is published through
+the lease's fence, so a holder that stalled past its TTL stores nothing more.  The lease
+scanner of every process queues the unfinished jobs whose lease is free (their process
+died); the process that claims one first finds the files its previous holder stored but
+had not yet written into the job (:meth:`Importer._recovered`), so none is stored twice.
+Job ids are unique across processes (the ``import-running/`` marker is created once).
+Store layout::
 
     imports/{id}                               a job: request, state, plan and results
     import-running/{id}                        marker of a job not yet FINISHED
@@ -37,7 +46,8 @@ restarted server keeps counting them.  Store layout::
 
 Threading: HTTP threads create jobs (writing the new job and its call record) and read;
 :data:`WORKERS` engine threads take due jobs from :class:`_Due`, which hands a job to at
-most one worker at a time, and only that worker writes the job afterwards.  ``_Due`` serves
+most one worker at a time, and only that worker (holding the job's lease) writes the job
+afterwards.  ``_Due`` serves
 owners round-robin and gives one owner at most :data:`PER_OWNER` workers at once, so a slow
 DRS server holds only its own users' jobs.  Budgets and the spool reservation lock.
 The threads start in :meth:`Importer.start` and stop through an Event in :meth:`close`.
@@ -71,7 +81,9 @@ from ..checksums import TAG_KEYS, Checksummer, Checksums
 from ..errors import HcafsError, Problem, RemoteError
 from ..remote.s3 import S3, S3Url
 from ..versions import now_version, parse_fqid
+from . import metrics
 from .auth import Identity, require_group
+from .budgets import SharedBudget
 from .copier import Source, file_document
 from .credentials import Credentials
 from .drs import NO_AUTH, Access, Auth, ChecksumCheck, DrsError, DrsReader
@@ -86,6 +98,7 @@ from .folders import (
     files_href,
     name_error,
 )
+from .leases import Lease, LeaseLost, Leases
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -163,51 +176,9 @@ class _Interrupted(Exception):
     """The server is stopping; the unit is done again at the next start."""
 
 
-# ==================================================================== budgets
-
-
-class Budget:
-    """At most ``limit`` events per ``window`` seconds per key, over a sliding window: no
-    interval of ``window`` seconds ever holds more than ``limit`` events of one key."""
-
-    def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.time):
-        self.limit, self.window, self._clock = limit, window, clock
-        self._events: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def _live(self, key: str, now: float) -> deque[float]:
-        events = self._events.setdefault(key, deque())
-        while events and events[0] <= now - self.window:
-            events.popleft()
-        return events
-
-    def take(self, key: str) -> tuple[float | None, float]:
-        """``(when, 0)`` if an event was admitted now, else ``(None, seconds to wait)``."""
-        with self._lock:
-            now = self._clock()
-            events = self._live(key, now)
-            if len(events) < self.limit:
-                events.append(now)
-                return now, 0.0
-            return None, max(events[0] + self.window - now, 0.01)
-
-    def restore(self, key: str, when: float) -> None:
-        with self._lock:
-            events = self._events.setdefault(key, deque())
-            events.append(when)
-            if len(events) > 1 and events[-2] > when:
-                self._events[key] = deque(sorted(events))
-
-    def state(self, key: str) -> tuple[int, float, float]:
-        """``(remaining, next_free, all_free)``: epoch seconds when the next event is
-        admitted again, and when the whole budget is back."""
-        with self._lock:
-            now = self._clock()
-            events = self._live(key, now)
-            if not events:
-                return self.limit, now, now
-            next_free = events[0] + self.window if len(events) >= self.limit else now
-            return self.limit - len(events), next_free, events[-1] + self.window
+def _job_id(when: float) -> str:
+    """A job id: digits that grow with time (milliseconds, then six random digits)."""
+    return f"{int(when * 1000)}{secrets.randbelow(10**6):06d}"
 
 
 def _epoch_us(when: float) -> str:
@@ -318,8 +289,11 @@ class Importer:
 
     def __init__(self, store: Store, reader: DrsReader, limits: ImportLimits,
                  spool_dir: str, workers: int = WORKERS,
-                 credentials: Credentials | None = None):
+                 credentials: Credentials | None = None, leases: Leases | None = None):
         self.store = store
+        self.leases = leases
+        self._held: dict[str, Lease] = {}  # job id → this process's lease on it
+        self._current: set[str] = set()  # jobs whose every stored file is in the job
         self.reader = reader
         self.limits = limits
         self.spool_dir = spool_dir
@@ -330,8 +304,9 @@ class Importer:
         self._ahead_lock = threading.Lock()
         self._s3: dict[int, S3] = {}  # credentials entry → its S3 client
         self.folders = Folders(store)
-        self.file_budget = Budget(limits.files, limits.files_window)
-        self.request_budget = Budget(limits.requests, limits.requests_window)
+        self.file_budget = SharedBudget(store, "files", limits.files, limits.files_window)
+        self.request_budget = SharedBudget(store, "requests", limits.requests,
+                                           limits.requests_window)
         self._due = _Due()
         self._spooling = 0  # bytes reserved by fetches in flight
         self._spool_lock = threading.Lock()
@@ -343,9 +318,9 @@ class Importer:
 
     def count_request(self, who: Identity) -> None:
         """Count one import API request; 429 (SBG code 1000) past the request budget."""
-        when, wait = self.request_budget.take(who.email)
+        when, wait = self.request_budget.take(owner_key(who.email))
         if when is None:
-            _, next_free, _ = self.request_budget.state(who.email)
+            _, next_free, _ = self.request_budget.state(owner_key(who.email))
             raise SbgProblem(429, 1000, "Rate limit exceeded! Check response headers.",
                              headers={"X-RateLimit-Limit": str(self.limits.requests),
                                       "X-RateLimit-Remaining": "0",
@@ -368,7 +343,7 @@ class Importer:
         """A new job (SUBMITTED).  With an ``Idempotency-Key`` already used by this caller
         for the same body, the job that key created instead."""
         now = time.time()
-        job_id = f"{int(now * 1000)}{secrets.randbelow(10**6):06d}"
+        job_id = _job_id(now)
         try:
             require_group(who)
             items, resolution, tags = self._validate(body)
@@ -385,8 +360,13 @@ class Importer:
                "created_on": _iso(now),
                "started_on": None, "finished_on": None, "conflict_resolution": resolution,
                "tags": tags, "items": items, "plan": None, "results": []}
+        while not self.store.create(f"imports/{job_id}", _dumps(job)):
+            # another process made this id in the same millisecond (one in a million)
+            if key:  # the idempotency key names the id already: the client tries again
+                raise SbgProblem(503, 503, "job id collision; please try again")
+            job_id = job["id"] = _job_id(now)
         self.store.write(f"import-running/{job_id}", b"{}")
-        self._save(job)
+        self._current.add(job_id)
         self.log_call(who.email, body, True, None, job_id)
         self._due.put(job_id, who.email)
         log.info("DRS import %s: %d items from %s", job_id, len(items), who.email)
@@ -589,21 +569,27 @@ class Importer:
     # ------------------------------------------------------------ engine: threads
 
     def start(self) -> int:
-        """Restore the file budgets, start the workers, resume unfinished jobs (how many)."""
+        """Start the workers and queue the unfinished jobs no live process holds (how
+        many)."""
         shutil.rmtree(self.spool_dir, ignore_errors=True)
         os.makedirs(self.spool_dir, exist_ok=True)
-        since = _epoch_us(time.time() - self.limits.files_window)
-        for key in self.store.list("import-admissions/", f"import-admissions/{since}"):
-            stamp, owner = key.split("/", 1)[1].split("-")[:2]
-            self.file_budget.restore(owner, (int(stamp) + 1) / 1_000_000)  # never early
-        resumed = 0
-        for key in self.store.list("import-running/"):
-            job_id = key.split("/", 1)[1]
-            self._due.put(job_id, (self._load(job_id) or {}).get("owner", ""))
-            resumed += 1
+        resumed = self.rescan()
         for thread in self._threads:
             thread.start()
         return resumed
+
+    def rescan(self) -> int:
+        """Queue every unfinished job whose lease is free (its process died, or it was
+        never claimed); returns how many."""
+        queued = 0
+        for key in self.store.list("import-running/"):
+            job_id = key.split("/", 1)[1]
+            if job_id in self._held or (self.leases is not None and
+                                        self.leases.live(f"import-{job_id}")):
+                continue
+            self._due.put(job_id, (self._load(job_id) or {}).get("owner", ""))
+            queued += 1
+        return queued
 
     def close(self) -> None:
         self._stop.set()
@@ -617,25 +603,76 @@ class Importer:
         while (taken := self._due.take(self._stop)) is not None:
             job_id, owner = taken
             try:
+                held = self._hold(job_id)
+            except HcafsError as exc:
+                log.error("DRS import %s: %s; retrying in %.0fs", job_id, exc, STORE_RETRY)
+                self._due.done(owner)
+                self._due.put(job_id, owner, time.time() + STORE_RETRY)
+                continue
+            if not held:  # another process works it
+                self._due.done(owner)
+                continue
+            metrics.imports_in_flight(1)
+            try:
                 again = self._advance(job_id)
+            except LeaseLost as exc:
+                log.warning("DRS import %s: %s", job_id, exc)
+                self._held.pop(job_id, None)
+                self._current.discard(job_id)
+                again = None
             except _Interrupted:
+                self._current.discard(job_id)
                 return
             except HcafsError as exc:  # the store failed: try the job again later
                 log.error("DRS import %s: %s; retrying in %.0fs", job_id, exc, STORE_RETRY)
+                self._current.discard(job_id)
                 again = time.time() + STORE_RETRY
             except Exception:
                 log.exception("DRS import %s crashed; retrying in %.0fs", job_id, STORE_RETRY)
+                self._current.discard(job_id)
                 again = time.time() + STORE_RETRY
             finally:
                 self._due.done(owner)
+                metrics.imports_in_flight(-1)
             if again is not None:
                 self._due.put(job_id, owner, again)
+            else:
+                self._let_go(job_id)
+
+    def _hold(self, job_id: str) -> bool:
+        """Claim the job's lease unless this process holds it; False if another does."""
+        if self.leases is None or job_id in self._held:
+            return True
+        lease = self.leases.claim(f"import-{job_id}")
+        if lease is None or lease.lost:
+            return False
+        if lease.token > 1:
+            metrics.takeover("import")
+        self._held[job_id] = lease
+        return True
+
+    def _let_go(self, job_id: str) -> None:
+        """The job is finished (or lost): its lease goes back."""
+        self._current.discard(job_id)
+        lease = self._held.pop(job_id, None)
+        if lease is not None:
+            try:
+                self.leases.release(lease)
+            except HcafsError as exc:  # it expires by itself
+                log.warning("DRS import %s: cannot release its lease: %s", job_id, exc)
+
+    def _fence(self, job_id: str) -> None:
+        """Raise :class:`LeaseLost` if another process took the job over."""
+        lease = self._held.get(job_id)
+        if lease is not None:
+            self.leases.check(lease)
 
     def _load(self, job_id: str) -> dict | None:
         raw = self.store.read(f"imports/{job_id}")
         return json.loads(raw) if raw is not None else None
 
     def _save(self, job: dict) -> None:
+        self._fence(job["id"])
         self.store.write(f"imports/{job['id']}", _dumps(job))
 
     @staticmethod
@@ -665,11 +702,14 @@ class Importer:
             job["plan"] = self._plan(job)
             self._enter(job, RUNNING)
             self._save(job)
+            self._current.add(job_id)
         while len(job["results"]) < len(job["plan"]):
-            entries, wait = self._batch(job, len(job["results"]))
+            recover = job_id not in self._current
+            entries, wait = self._batch(job, len(job["results"]), recover)
             job["results"] += entries
             if entries:
                 self._save(job)
+            self._current.add(job_id)  # every file this process stored is in the job now
             if wait is not None:
                 return time.time() + wait
         self._enter(job, FINISHED)
@@ -860,7 +900,8 @@ class Importer:
 
     # ------------------------------------------------------------ engine: RUNNING
 
-    def _batch(self, job: dict, first: int) -> tuple[list[dict], float | None]:
+    def _batch(self, job: dict, first: int, recover: bool = False
+               ) -> tuple[list[dict], float | None]:
         """Units from ``first`` on, at most :data:`BATCH` (and :data:`BATCH_BYTES`).
 
         Each is checked (destination, conflicts, checksum, the job's byte quota); the
@@ -869,7 +910,9 @@ class Importer:
         wait there, as verified blobs, for their admission); then, in unit order, each
         fetched unit is admitted against the file budget and stored and named, until the
         budget is spent (``wait`` says for how long) or a unit is not fetched yet
-        (``wait`` 0).  Returns the results, in unit order, and ``wait`` or None."""
+        (``wait`` 0).  Returns the results, in unit order, and ``wait`` or None.
+        ``recover``: the job's previous holder may have stored files it did not write
+        into the job (:meth:`_recovered`)."""
         entries: dict[int, dict] = {}
         ready: dict[int, dict] = {}
         planned = 0
@@ -884,7 +927,7 @@ class Importer:
                 if "error" in unit:
                     entries[index] = dict(entry, error=unit["error"])
                     continue
-                work = self._prepare(job, index, unit)
+                work = self._prepare(job, index, unit, recover)
                 if "record" in work:
                     entries[index] = dict(entry, resource=work["record"])
                     continue
@@ -977,9 +1020,10 @@ class Importer:
             if sums is not None:
                 self._ahead_bytes -= sums.size
 
-    def _prepare(self, job: dict, index: int, unit: dict) -> dict:
+    def _prepare(self, job: dict, index: int, unit: dict, recover: bool = False) -> dict:
         """Before admission: the destination, conflicts, the object and its checksum.
-        ``{"record": …}`` when the unit was done before a restart."""
+        ``{"record": …}`` when the unit was done before a restart (or, with ``recover``,
+        stored by the job's previous holder)."""
         resolution = job["conflict_resolution"]
         file_uuid = str(_uuid.uuid5(_NAMESPACE, f"{job['id']}/{index}"))
         *parts, leaf = unit["name"].split("/")
@@ -1003,6 +1047,11 @@ class Importer:
         uri = job["items"][unit["item"]]["drs_uri"]
         entry, auth = self._auth(unit["object"], uri, job["owner"])
         found = unit.get("found") or _kept(self.reader.get_object(unit["object"], auth))
+        if recover:
+            label = ChecksumCheck(found.get("checksums")).label
+            record = self._recovered(job, unit, file_uuid, folder, leaf, label)
+            if record is not None:
+                return {"record": record}
         return {"unit": unit, "file_uuid": file_uuid, "folder": folder, "leaf": leaf,
                 "found": found, "check": ChecksumCheck(found.get("checksums")),
                 "entry": entry, "auth": auth, "access": None}
@@ -1070,21 +1119,54 @@ class Importer:
         source = Source(url=unit["object"], size=sums.size, content_type=content_type,
                         checksums={name: getattr(sums, name) for name in TAG_KEYS})
         file_uuid = work["file_uuid"]
-        self.store.create(f"files/{file_uuid}.{version}",
-                          _dumps(file_document(source, 0, version)))
-        fqid = f"{file_uuid}.{version}"
-        now = _iso(time.time())
-        folder = work["folder"]
-        record = {"id": fqid, "type": "file", "name": leaf, "size": sums.size,
-                  "project": folder["project"], "parent": folder["id"],
-                  "metadata": job["items"][unit["item"]]["metadata"], "tags": job["tags"],
-                  "created_on": now, "modified_on": now,
-                  "dss": {"uuid": file_uuid, "version": version},
-                  "drs_uri": job["items"][unit["item"]]["drs_uri"], "import": job["id"],
-                  "verified": work["check"].label, "owner": job["owner"],
-                  **({"member": unit["member"]} if unit.get("member") else {})}
-        self.store.write(f"imported-files/{fqid}", _dumps(record))
+        key, document = f"files/{file_uuid}.{version}", _dumps(file_document(source, 0, version))
+        lease = self._held.get(job["id"])
+        if lease is not None:  # refused (LeaseLost) once another process took the job
+            self.leases.publish(lease, key, document)
+        else:
+            self.store.create(key, document)
+        record = self._record(job, unit, work["folder"], leaf, f"{file_uuid}.{version}",
+                              sums.size, work["check"].label)
+        self.store.write(f"imported-files/{record['id']}", _dumps(record))
         return record
+
+    @staticmethod
+    def _record(job: dict, unit: dict, folder: dict, leaf: str, fqid: str, size: int,
+                verified: str) -> dict:
+        """An imported file's record (``GET /v2/files/{id}``), named ``leaf`` for now."""
+        file_uuid, _, version = fqid.partition(".")
+        now = _iso(time.time())
+        return {"id": fqid, "type": "file", "name": leaf, "size": size,
+                "project": folder["project"], "parent": folder["id"],
+                "metadata": job["items"][unit["item"]]["metadata"], "tags": job["tags"],
+                "created_on": now, "modified_on": now,
+                "dss": {"uuid": file_uuid, "version": version},
+                "drs_uri": job["items"][unit["item"]]["drs_uri"], "import": job["id"],
+                "verified": verified, "owner": job["owner"],
+                **({"member": unit["member"]} if unit.get("member") else {})}
+
+    def _recovered(self, job: dict, unit: dict, file_uuid: str, folder: dict, leaf: str,
+                   verified: str) -> dict | None:
+        """The record of a unit whose file the job's previous holder stored but did not
+        write into the job (it died, or lost its lease, in between), named now; None if
+        the file was never stored.  A takeover may fetch a unit again, never store it
+        twice: a unit's file uuid is fixed by the job and the unit."""
+        for key in self.store.list(f"files/{file_uuid}."):
+            fqid = key.split("/", 1)[1]
+            raw = self.store.read(f"imported-files/{fqid}")
+            if raw is not None:
+                record = json.loads(raw)
+            else:
+                document = json.loads(self.store.read(key) or b"null")
+                if document is None:
+                    continue
+                record = self._record(job, unit, folder, leaf, fqid, document["size"],
+                                      verified)
+                self.store.write(f"imported-files/{fqid}", _dumps(record))
+            log.info("DRS import %s: %s was stored by the job's previous holder", job["id"],
+                     fqid)
+            return self._name(job, record)
+        return None
 
     def _name(self, job: dict, record: dict) -> dict:
         """Bind an imported file's name in its folder (its record is written already)."""

@@ -7,9 +7,11 @@
   (``--drs-passport-jwks``), ``iss`` equal to ``--drs-passport-issuer``, with a valid
   ``exp`` (and ``nbf``/``iat`` if present).  The visas inside are not examined.
 * Protected access URLs are signed (HMAC-SHA256 over the blob key and the expiry, with a
-  key made at start) and expire ``--drs-access-ttl`` seconds after they were handed out;
-  an expired or altered one gives 403.  The key lives in memory only, so a restart
-  invalidates the URLs handed out before it, which only costs a re-resolve.
+  key derived from the tokens file, :func:`signing_key`) and expire ``--drs-access-ttl``
+  seconds after they were handed out; an expired or altered one gives 403.  Every worker
+  and every server that reads the same tokens file accepts the URLs any of them signed;
+  a new tokens file invalidates the URLs handed out before it, which only costs a
+  re-resolve.
 
 Neither a token nor a passport is logged or repeated in an error.
 
@@ -74,12 +76,20 @@ class PassportCheck:
         return False
 
 
+def signing_key(tokens_file: str) -> bytes:
+    """The access URLs' key: the same in every process that reads this tokens file, and
+    nothing a holder of any one token could compute."""
+    with open(tokens_file, "rb") as handle:
+        secret = handle.read()
+    return hmac.new(secret, b"hcafs drs access urls", hashlib.sha256).digest()
+
+
 class UrlSigner:
     """Signed, expiring blob URLs."""
 
-    def __init__(self, ttl: float):
+    def __init__(self, ttl: float, key: bytes | None = None):
         self.ttl = ttl
-        self._key = secrets.token_bytes(32)
+        self._key = key or secrets.token_bytes(32)
 
     def _mac(self, blob: str, expires: int) -> str:
         return hmac.new(self._key, f"{blob}\n{expires}".encode(), hashlib.sha256).hexdigest()
@@ -100,7 +110,8 @@ class DrsGuard:
     """Who may read this server's DRS objects (``mode`` one of :data:`AUTH_MODES`)."""
 
     def __init__(self, mode: str = "none", tokens: Tokens | None = None,
-                 passports: PassportCheck | None = None, ttl: float = 900.0):
+                 passports: PassportCheck | None = None, ttl: float = 900.0,
+                 key: bytes | None = None):
         if mode not in AUTH_MODES:
             raise ConfigError(f"--drs-auth takes bearer or passport, not {mode!r}")
         if mode == "passport" and passports is None:
@@ -111,7 +122,7 @@ class DrsGuard:
         self.mode = mode
         self.tokens = tokens
         self.passports = passports
-        self.signer = UrlSigner(ttl) if mode != "none" else None
+        self.signer = UrlSigner(ttl, key) if mode != "none" else None
 
     @property
     def protected(self) -> bool:
