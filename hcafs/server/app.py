@@ -32,6 +32,8 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from urllib.parse import urlencode
 
 from werkzeug.exceptions import HTTPException
@@ -55,6 +57,7 @@ access_log = logging.getLogger("hcafs.server.access")
 _BLOB_RE = re.compile(r"^[0-9a-f]{64}\.[0-9a-f]{40}\.[0-9a-f]{32}(-\d+)?\.[0-9a-f]{8}$")
 RETRY_AFTER = "10"
 HEALTH_PROBE = "probes/health"  # a key never written: reading it proves the store answers
+PROBE_TIMEOUT = 5.0  # seconds a readiness probe waits for the store
 ROUTE = "hcafs.route"  # the environ key naming the matched route (a bounded metrics label)
 _NO_BODY_METHODS = ("GET", "HEAD")  # OPTIONS takes JSON: DRS 1.4 bulk OPTIONS /objects
 _IGNORED_BODY = 64  # bytes a GET may carry (and that nobody reads)
@@ -74,6 +77,9 @@ class App:
                  max_json_body: int = DEFAULT_MAX_JSON_BODY,
                  details: Callable[[], dict] | None = None):
         self.details = details
+        self._prober = ThreadPoolExecutor(1, thread_name_prefix="health-probe")
+        self._probe: Future | None = None
+        self._probe_lock = threading.Lock()
         self.dss = dss
         self.tokens = tokens
         self.max_json_body = max_json_body
@@ -231,17 +237,27 @@ class App:
             admin = self.identify(request).admin
         except Problem:
             admin = False
-        if request.args.get("probe") != "live":
-            try:
-                self.dss.store.read(HEALTH_PROBE)
-            except HcafsError:
-                return _json_response({"health": "unavailable"}, 503)
+        if request.args.get("probe") != "live" and not self._store_ready():
+            return _json_response({"health": "unavailable"}, 503)
         if not admin:
             return _json_response({"health": "ok"})
         return _json_response({"health": "ok", "store": self.dss.store.describe(),
                                "pid": os.getpid(), "threads": threading.active_count(),
                                "max_json_body": self.max_json_body,
                                **(self.details() if self.details else {})})
+
+    def _store_ready(self) -> bool:
+        """True if the store answered a read within :data:`PROBE_TIMEOUT` (one probe at a
+        time: callers arriving while it runs wait for the same one)."""
+        with self._probe_lock:
+            if self._probe is None or self._probe.done():
+                self._probe = self._prober.submit(self.dss.store.read, HEALTH_PROBE)
+            probe = self._probe
+        try:
+            probe.result(timeout=PROBE_TIMEOUT)
+        except (FutureTimeout, HcafsError):
+            return False
+        return True
 
     # ------------------------------------------------------------ files
 

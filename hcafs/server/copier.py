@@ -399,7 +399,9 @@ class Copier:
         except Problem as exc:
             log.warning("async copy of %s failed: %s", name, exc.title)
             if lease is not None and not self.leases.renew(lease):
-                return  # taken over meanwhile: the new holder says how it ends
+                log.warning("async copy of %s: its lease was taken over meanwhile; the new "
+                            "holder's copy counts", name)
+                return
             failed = dict(record, state="failed", status=exc.status, code=exc.code,
                           title=exc.title)
             self.store.write(f"copies/{name}", _dumps(failed))
