@@ -38,6 +38,7 @@ import metadata_latency
 import report
 import requests
 import scale
+import scale_out
 from harness import (
     PYTHON,
     BenchError,
@@ -455,7 +456,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--meta-versions", type=int, default=100_000,
                         help="bundle versions behind the metadata-callback figures (100000)")
     parser.add_argument("--only", choices=("all", "reads", "writes", "imports", "http",
-                                           "metadata", "scale"),
+                                           "metadata", "scale", "scale-out"),
                         default="all",
                         help="run only the issue-3 (reads), issue-4 (writes) or issue-5 "
                         "(imports) benchmarks, or the HTTP front under load (http)")
@@ -501,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.writes = writes
     drs: dict = {}
     scaled: dict = {}
+    scaled_out: dict = {}
     http: dict = {}
     meta: dict = {}
     try:
@@ -527,6 +529,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in ("all", "http"):
             bench.step("HTTP front under load", lambda: http.update(
                 http_load.run(os.path.join(work, "http"))))
+        if args.only in ("all", "scale-out"):
+            bench.step("scale-out (--workers, several processes)", lambda: scaled_out.update(
+                scale_out.run(os.path.join(work, "scale-out"))))
         if args.only in ("all", "metadata"):
             bench.step("metadata callbacks", lambda: meta.update(metadata_latency.run(
                 work, args.meta_versions, cleanup=cleanup)))
@@ -545,11 +550,13 @@ def main(argv: list[str] | None = None) -> int:
     results["load"] = (load_at_start, report.load_average())
     results["drs"] = drs
     results["scale"] = scaled
+    results["scale_out"] = scaled_out
     results["http"] = http
     with open(os.path.join(work, "results.json"), "w") as handle:
         json.dump(results, handle, indent=2, default=lambda o: o.as_dict())
     with open(args.output, "w") as handle:
-        handle.write(report.render(results) + metadata_latency.render(meta))
+        handle.write(report.render(results) + metadata_latency.render(meta)
+                     + scale_out.render(scaled_out))
     bench.say(f"wrote {args.output}; logs and results.json in {work}")
     return 1 if bench.errors else 0
 

@@ -96,8 +96,27 @@ def prepare(config: ServeConfig) -> Prepared:
         created = True
     Tokens(tokens_file)
     load_resolver(config.drs_resolver)
-    shutil.rmtree(os.path.join(config.data_dir, "import-spool"), ignore_errors=True)
+    _clear_dead(os.path.join(config.data_dir, "import-spool"))
     return Prepared(tokens_file, created, store.describe())
+
+
+def _clear_dead(folder: str) -> None:
+    """Remove the per-process folders (named by PID) in ``folder`` of processes that no
+    longer run: another server process may share the data dir."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.isdigit():
+            try:
+                os.kill(int(name), 0)
+                continue
+            except ProcessLookupError:
+                pass
+            except OSError:
+                continue
+        shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
 
 
 class Scanner:
@@ -280,7 +299,8 @@ def run(config: ServeConfig) -> int:
     url = url_of(config, listener.getsockname()[1])
     front = _front(config, listener)
     if config.metrics_port is not None:
-        metrics.prepare_dir(os.path.join(config.data_dir, "metrics"))
+        _clear_dead(os.path.join(config.data_dir, "metrics"))
+        metrics.prepare_dir(os.path.join(config.data_dir, "metrics", str(os.getpid())))
         try:
             port = metrics.serve_endpoint(config.metrics_host, config.metrics_port)
         except OSError as exc:

@@ -8,7 +8,7 @@ compare-and-swap (:meth:`Store.replace`, ``If-Match`` on S3) or a create-once fo
 one; a swap that loses to another process reads again, at most :data:`RETRIES` times, with a
 short random pause.
 
-Exactness: an event is admitted only by a write that
+Exactness (docs/drs.md#budgets-across-servers): an event is admitted only by a write that
 succeeded against the latest version of the document, which then holds it, so no interval
 of ``window`` seconds ever holds more than ``limit`` admitted events, whatever the number of
 processes.  The budget can fall short of its limit: a caller that lost :data:`RETRIES`
@@ -16,9 +16,6 @@ swaps in a row is told to wait :data:`CONTENDED_WAIT` seconds although room was 
 deferred caller comes back only when the slot it waits for is free, plus its scheduling
 delay.  Expiry compares the processes' wall clocks; their skew adds to the shortfall, never
 to an excess, as long as it stays below the window.
-
-Not yet used by the import engine, whose budgets are still per process; wiring this in
-is the scale-out work still to do.
 
 Threading: safe from any thread; all state is in the store.
 """

@@ -22,10 +22,7 @@ A lease is a small document in the store, ``leases/{name}``::
 
 Expiry compares the wall clocks of the processes: their skew must stay well under the TTL
 (NTP keeps it to milliseconds).  A process picks up an expired lease within TTL plus one
-scan period of the holder's last renewal.
-
-Leases are not yet used by the copier and the import engine; wiring them in (with
-``hcafs serve --workers``) is the scale-out work still to do.
+scan period of the holder's last renewal (docs/server.md#running-several-servers).
 
 Threading: :meth:`start` starts one renewer thread; every change of a held lease (renew,
 publish, release) happens under one lock; :meth:`close` stops the thread through an Event,

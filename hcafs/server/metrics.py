@@ -9,10 +9,7 @@ starts the endpoint, and :func:`enable` (in each worker) creates the metrics.  U
 :func:`enable` runs, the recording functions do nothing, so the engines and their tests run
 without metrics.
 
-Every name starts with ``hcafs_``.
-
-Not yet wired into ``hcafs serve``: the endpoint and ``--metrics-port`` come with the
-scale-out work still to do.
+Every name starts with ``hcafs_`` (docs/server.md#what-to-monitor).
 
 Threading: the recording functions are safe from any thread (prometheus-client locks).
 """
