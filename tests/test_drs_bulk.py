@@ -105,7 +105,8 @@ def test_250_items_take_three_bulk_calls_three_access_calls_and_no_single_gets(
         assert 1 <= len(access) <= 3
         assert singles == []
         assert len(blobs) == 250
-        assert sum(1 for c in calls if "service-info" in c.path) <= 1
+        # read once by each worker process that runs a job (default: one per core)
+        assert sum(1 for c in calls if "service-info" in c.path) <= (os.cpu_count() or 1)
     finally:
         importer.stop()
 

@@ -41,7 +41,7 @@ from ..checksums import TAG_KEYS, Checksummer, checksum_file
 from ..errors import HcafsError, NotFound, Problem, RemoteError, bad_request
 from ..remote.s3 import S3
 from . import metrics
-from .leases import Lease, LeaseLost, Leases
+from .leases import Lease, LeaseLost, Leases, gone
 from .store import LocalStore, Store
 
 log = logging.getLogger(__name__)
@@ -291,7 +291,8 @@ class Copier:
         background = (source.size > self.async_threshold
                       and self.store.blob_size(source.blob_key()) != source.size)
         record = {"task_id": str(_uuid.uuid4()), "state": "running", "document": document,
-                  "source": source.__dict__, "sync": not background, "since": time.time()}
+                  "source": source.__dict__, "sync": not background, "since": time.time(),
+                  "holder": self.leases.holder if self.leases is not None else ""}
         joined = self._claim(name, record)
         if joined is not None:
             return joined
@@ -468,7 +469,8 @@ class Copier:
                 return False
         if self.leases is None:
             return True
-        if record.get("sync") and time.time() - record.get("since", 0) < self.leases.ttl:
+        if record.get("sync") and time.time() - record.get("since", 0) < self.leases.ttl \
+                and not gone(record.get("holder", "")):
             return False  # a request is copying it now
         return not self.leases.live(f"copy-{name}")
 

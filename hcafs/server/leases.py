@@ -94,11 +94,27 @@ def _dead(holder: str) -> bool:
         return True
     except OSError:
         return False
-    return False
+    return _zombie(int(pid))
+
+
+def _zombie(pid: int) -> bool:
+    """True if ``pid`` exited and waits to be reaped (a killed server's worker whose new
+    parent has not collected it yet): it answers signals, but holds nothing."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return False
 
 
 def _expired(record: dict) -> bool:
     return record.get("expires", 0) <= time.time() or _dead(record.get("holder", ""))
+
+
+def gone(holder: str) -> bool:
+    """True if ``holder`` (a :func:`holder_id`) is known to run no more: a process of this
+    machine that exited.  False when that cannot be told (another machine)."""
+    return _dead(holder)
 
 
 class Leases:
