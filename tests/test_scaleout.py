@@ -10,13 +10,13 @@ and the request budget holding across processes, and ``/internal/health``.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import signal
 import threading
 import time
 import uuid as _uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pytest
@@ -177,25 +177,29 @@ def wait_for(what, timeout: float, message: str):
 
 
 def test_writes_through_any_server_read_through_every_server(cluster):
+    """200 files and 50 bundles written round-robin (4 clients at once), then every one
+    read through every entry, right after the writes."""
     s3 = cluster.seaweed.client()
-    rr = itertools.cycle(cluster.entries)
-    files = []
-    for n in range(200):
+
+    def write_file(n: int) -> tuple[str, str, str]:
         data = f"file {n}\n".encode() * (n + 1)
         uuid, version = new_ids()
-        answer = put_file(next(rr), uuid, version, stage(s3, cluster.staging, data))
+        answer = put_file(cluster.entries[n % 3], uuid, version,
+                          stage(s3, cluster.staging, data))
         assert answer.status_code == 201, answer.text
-        files.append((uuid, version, hashlib.sha256(data).hexdigest()))
-    bundles = []
-    for n in range(50):
+        return uuid, version, hashlib.sha256(data).hexdigest()
+
+    def write_bundle(n: int) -> tuple[str, str]:
         uuid, version = str(_uuid.uuid4()), files[n * 4][1]
         members = [{"uuid": f[0], "version": f[1], "name": f"m{i}", "indexed": False}
                    for i, f in enumerate(files[n * 4:n * 4 + 4])]
-        answer = next(rr).call("PUT", f"/bundles/{uuid}", USER, params=at(version),
-                               json={"creator_uid": 3, "files": members})
+        answer = cluster.entries[n % 3].call("PUT", f"/bundles/{uuid}", USER,
+                                             params=at(version),
+                                             json={"creator_uid": 3, "files": members})
         assert answer.status_code == 201, answer.text
-        bundles.append((uuid, version))
-    for server in cluster.entries:  # each entry reads everything, right after the writes
+        return uuid, version
+
+    def read_all(server: DSSServer) -> None:
         for uuid, version, sha in files:
             head = server.call("HEAD", f"/files/{uuid}", params=at(version))
             assert head.status_code == 200 and head.headers["X-DSS-SHA256"] == sha
@@ -205,6 +209,11 @@ def test_writes_through_any_server_read_through_every_server(cluster):
         listed = server.call("GET", "/bundles/all", params={"replica": "aws",
                                                              "per_page": 500}).json()
         assert set(bundles) <= {(b["uuid"], b["version"]) for b in listed["bundles"]}
+
+    with ThreadPoolExecutor(4) as pool:
+        files = list(pool.map(write_file, range(200)))
+        bundles = list(pool.map(write_bundle, range(50)))
+        list(pool.map(read_all, cluster.entries))
 
 
 def _put_at_once(barrier, statuses, server, uuid, version, url, creator) -> None:
