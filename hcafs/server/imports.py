@@ -691,6 +691,7 @@ class Importer:
         """Move a job on; returns when to come back to it (its budget is spent), or None.
         RUNNING goes a batch at a time (:meth:`_batch`), and the job is written once per
         batch."""
+        self._fence(job_id)  # a holder that stalled past its lease stops here
         job = self._load(job_id)
         if job is None or job["state"] == FINISHED:
             self.store.delete(f"import-running/{job_id}")
@@ -944,6 +945,7 @@ class Importer:
                     self._drop_ahead(job["id"], index)
                 index += 1
         self._fetch_ahead(job, ready, entries)
+        self._fence(job["id"])  # no admission for a job taken over while it fetched
         cut, wait = index, None
         admitted = []
         for i in range(first, index):
