@@ -34,23 +34,25 @@ def open_store(spec):
     return S3Store(spec[1], S3(spec[2]))
 
 
-def _race(spec, name, start_at, results):
+def _race(spec, name, start_at, results, release):
     leases = Leases(open_store(spec), ttl=30)
     while time.time() < start_at:
         pass
     lease = leases.claim(name)
     results.put((os.getpid(), lease is not None and not lease.lost))
+    release.wait(30)  # a holder that exited holds nothing: the winner stays until all tried
 
 
 def test_racing_claims_have_exactly_one_winner(store_spec):
     for round_ in range(10):
-        results = FORK.Queue()
+        results, release = FORK.Queue(), FORK.Event()
         start_at = time.time() + 0.5
         workers = [FORK.Process(target=_race, args=(store_spec, f"race-{round_}", start_at,
-                                                    results)) for _ in range(4)]
+                                                    results, release)) for _ in range(4)]
         for worker in workers:
             worker.start()
         won = [results.get(timeout=30)[1] for _ in workers]
+        release.set()
         for worker in workers:
             worker.join(timeout=30)
         assert won.count(True) == 1, (round_, won)
@@ -117,3 +119,24 @@ def test_a_dead_process_of_this_machine_is_taken_over_at_once(tmp_path):
 
 def _claim_and_exit(root):
     Leases(LocalStore(root), ttl=600).claim("copy-dead")
+
+
+def test_an_exited_holder_not_yet_reaped_is_taken_over_at_once(tmp_path):
+    """A killed server's worker may stay a zombie for a while (its new parent reaps it
+    late): it answers signals, but holds nothing."""
+    store = LocalStore(str(tmp_path / "store"))
+    child = FORK.Process(target=_claim_and_exit, args=(str(tmp_path / "store"),))
+    child.start()
+    deadline = time.monotonic() + 30
+    while _state(child.pid) != "Z":  # exited, and not reaped: nobody waited for it
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    try:
+        assert Leases(store, ttl=30).claim("copy-dead").token == 2
+    finally:
+        child.join(timeout=30)
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as handle:
+        return handle.read().rsplit(")", 1)[1].split()[0]

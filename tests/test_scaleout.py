@@ -389,6 +389,54 @@ def test_file_budget_across_processes_and_an_import_taken_over(cluster, repo):
             victim.start()
 
 
+def test_a_stopped_job_holder_wakes_up_refused_and_nothing_is_stored_twice(cluster, repo):
+    """60 files against a budget of 50 per 10 s: once the job's holder admitted 50 and
+    waits for the window, SIGSTOP it past its TTL; another process takes the job over and
+    finishes it.  Woken, the old holder is refused: every unit admitted and stored once."""
+    data = {n: f"stopped {n} {cluster.kind}\n".encode() * 20 for n in range(3)}
+    fqids = [repo.put_file(data[n]) for n in range(3)]
+    items = [{"drs_uri": repo.uri(fqids[k % 3]), "project": f"admin/{cluster.kind}",
+              "name": f"s-{k}"} for k in range(60)]
+    answer = requests.post(f"{cluster.entries[0].url}/v2/bulk/drs/imports/create",
+                           json={"items": items}, headers={"X-SBG-Auth-Token": ADMIN},
+                           timeout=60)
+    assert answer.status_code == 200, answer.text
+    job_id, name = answer.json()["id"], f"import-{answer.json()['id']}"
+
+    def admissions() -> list[dict]:
+        return [a for a in audit(cluster.entries[1])["admissions"] if a["job"] == job_id]
+
+    wait_for(lambda: len(admissions()) >= FILE_LIMIT, 60, "the first window never filled")
+    stopped = cluster.holder_pid(name)
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        wait_for(lambda: (cluster.lease(name) or {"token": 2})["token"] > 1, TAKEOVER_BOUND,
+                 "nobody took the job over")
+        wait_for(lambda: any(j["id"] == job_id and j["state"] == "FINISHED"
+                             for j in audit(cluster.entries[1])["jobs"]), 60,
+                 "the job was never finished")
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+    refusal = f"DRS import {job_id}: "
+    wait_for(lambda: any(refusal in line and ("taken over" in line or "refused" in line)
+                         for line in cluster.log().splitlines()), 30,
+             "the woken holder was not refused")
+    admitted = admissions()
+    assert sorted(a["unit"] for a in admitted) == list(range(60))  # each unit once
+    job = requests.get(f"{cluster.entries[2].url}/v2/bulk/drs/imports/{job_id}", timeout=30,
+                       headers={"X-SBG-Auth-Token": ADMIN}).json()
+    versions = cluster.file_versions()
+    assert len(job["result"]) == 60
+    for entry in job["result"]:
+        dss = entry["resource"]["dss"]
+        assert versions[dss["uuid"]] == [dss["version"]]  # stored once
+    for entry in job["result"][45:55]:  # both sides of the takeover
+        dss = entry["resource"]["dss"]
+        head = cluster.entries[2].call("HEAD", f"/files/{dss['uuid']}", params=at(dss["version"]))
+        k = int(entry["resource"]["name"].rsplit("-", 1)[1])
+        assert head.headers["X-DSS-SHA256"] == hashlib.sha256(data[k % 3]).hexdigest()
+
+
 def test_request_budget_across_processes(cluster):
     """R + k requests spread round-robin over the entries: at most R answers 2xx."""
     extra = 10
