@@ -213,9 +213,33 @@ class LocalStore(Store):
             finally:
                 os.close(fd)
 
+    def _swapped(self, key: str, data: bytes, tag: str | None) -> bool:
+        """Rename ``data`` over ``key`` under the file's lock (if ``tag`` is given, only
+        if the file there has that tag).  The lock covers the comparison and the rename
+        alone (staging and fsyncs happen outside it), so a process paused anywhere else
+        never holds up the others' swaps."""
+        path = self._path(key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = self._staged([data])
+        try:
+            with self._locked(path) as fd:
+                if tag is not None and (fd is None or _tag(_read_fd(fd)) != tag):
+                    return False
+                os.replace(tmp, path)
+                tmp = None
+        finally:
+            if tmp is not None:
+                os.unlink(tmp)
+        if self.durable:
+            dir_fd = os.open(os.path.dirname(path), os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        return True
+
     def write(self, key: str, data: bytes) -> None:
-        with self._locked(self._path(key)):
-            self._publish(self._staged([data]), key)
+        self._swapped(key, data, None)
 
     def create(self, key: str, data: bytes) -> bool:
         return self._publish(self._staged([data]), key, replace=False)
@@ -241,11 +265,7 @@ class LocalStore(Store):
         return None if data is None else (data, _tag(data))
 
     def replace(self, key: str, data: bytes, tag: str) -> bool:
-        with self._locked(self._path(key)) as fd:
-            if fd is None or _tag(_read_fd(fd)) != tag:
-                return False
-            self._publish(self._staged([data]), key)
-            return True
+        return self._swapped(key, data, tag)
 
     def delete(self, key: str) -> None:
         path = self._path(key)
