@@ -37,6 +37,7 @@ COMMON_ARGS = ["--async-threshold", "1M", "--import-rate-limit", str(FILE_LIMIT)
                str(REQUEST_LIMIT), "--import-request-window", "300", *LEASE_ARGS]
 ADMISSION_DELAY = 2.0  # d of docs/drs.md#budgets-across-servers, for a loaded machine
 TAKEOVER_BOUND = TTL + SCAN + 20  # the documented bound, plus room for a loaded machine
+CRASH_LOOP = 6.0  # a worker that dies within 5.5 s of its restart stops the server (granian)
 
 
 @dataclass
@@ -111,6 +112,15 @@ class Cluster:
 
     def log(self) -> str:
         return "".join(server.log() for server in self.servers)
+
+    def kill_worker(self, pid: int) -> None:
+        """``kill -9`` of one worker; returns once its replacement answers, and late
+        enough that a later kill is not taken for a crash loop."""
+        killed = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: len(worker_pids(self.gated)) == 3, 60,  # the dead one cannot answer
+                 "the killed worker was never replaced")
+        time.sleep(max(0.0, killed + CRASH_LOOP - time.monotonic()))
 
 
 def worker_pids(server: DSSServer, tries: int = 30) -> set[int]:
@@ -267,6 +277,7 @@ def _check_stored(cluster, uuid: str, version: str, data: bytes) -> None:
 def test_kill_9_of_the_copy_holder_a_live_process_finishes_it(cluster):
     uuid, version, data = _stalled_copy(cluster, 3 * 1024 * 1024 + 5)
     name = f"copy-{uuid}.{version}"
+    killed = time.monotonic()
     try:
         holder = cluster.holder_pid(name)
         assert cluster.lease(name)["token"] == 1
@@ -274,6 +285,7 @@ def test_kill_9_of_the_copy_holder_a_live_process_finishes_it(cluster):
             cluster.gated.stop(signal.SIGKILL)  # the server, and its worker with it
         else:
             os.kill(holder, signal.SIGKILL)  # one worker; the others live on
+            killed = time.monotonic()
     finally:
         cluster.gate.open_gate()
     try:
@@ -284,6 +296,9 @@ def test_kill_9_of_the_copy_holder_a_live_process_finishes_it(cluster):
     finally:
         if cluster.kind == "servers":
             cluster.gated.start()
+        else:  # its replacement answers, late enough for a later kill not to be a loop
+            wait_for(lambda: len(worker_pids(cluster.gated)) == 3, 60, "never replaced")
+            time.sleep(max(0.0, killed + CRASH_LOOP - time.monotonic()))
 
 
 def test_a_stopped_holder_wakes_up_to_a_refused_publish(cluster):
@@ -358,7 +373,7 @@ def test_file_budget_across_processes_and_an_import_taken_over(cluster, repo):
     if victim is not None:
         victim.stop(signal.SIGKILL)
     else:
-        os.kill(victim_pid, signal.SIGKILL)
+        cluster.kill_worker(victim_pid)
     live = [s for s in cluster.servers if s is not victim]
     try:
         wait_for(lambda: all(job["state"] == "FINISHED" for job in audit(live[0])["jobs"]
