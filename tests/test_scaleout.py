@@ -405,8 +405,8 @@ def test_file_budget_across_processes_and_an_import_taken_over(cluster, repo):
 
 
 def test_a_stopped_job_holder_wakes_up_refused_and_nothing_is_stored_twice(cluster, repo):
-    """60 files against a budget of 50 per 10 s: once the job's holder stored 50 and
-    waits for the window, SIGSTOP it past its TTL; another process takes the job over and
+    """100 files against a budget of 50 per 10 s: once the job's holder stored a window's
+    worth and waits for the next, SIGSTOP it past its TTL; another process takes the job over and
     finishes it.  Woken, the old holder is refused: every unit admitted and stored once.
     (Stopped while it waits: on the local store, a process paused inside a
     compare-and-swap, for the time of a rename, holds that one record up until it runs
@@ -414,7 +414,7 @@ def test_a_stopped_job_holder_wakes_up_refused_and_nothing_is_stored_twice(clust
     data = {n: f"stopped {n} {cluster.kind}\n".encode() * 20 for n in range(3)}
     fqids = [repo.put_file(data[n]) for n in range(3)]
     items = [{"drs_uri": repo.uri(fqids[k % 3]), "project": f"admin/{cluster.kind}",
-              "name": f"s-{k}"} for k in range(60)]
+              "name": f"s-{k}"} for k in range(100)]
     answer = requests.post(f"{cluster.entries[0].url}/v2/bulk/drs/imports/create",
                            json={"items": items}, headers={"X-SBG-Auth-Token": ADMIN},
                            timeout=60)
@@ -424,12 +424,15 @@ def test_a_stopped_job_holder_wakes_up_refused_and_nothing_is_stored_twice(clust
     def admissions() -> list[dict]:
         return [a for a in audit(cluster.entries[1])["admissions"] if a["job"] == job_id]
 
-    def saved() -> int:
-        return next((j["results"] for j in audit(cluster.entries[1])["jobs"]
-                     if j["id"] == job_id), 0)
+    def waiting() -> int | None:
+        """The holder's pid once it stored a window's worth and waits for the next."""
+        job = json.loads(cluster.stored(f"imports/{job_id}") or b"{}")
+        lease = cluster.lease(name)
+        if lease is None or len(job.get("results") or ()) != FILE_LIMIT:
+            return None
+        return int(lease["holder"].split(":")[1])
 
-    wait_for(lambda: saved() >= FILE_LIMIT, 60, "the first window never filled")
-    stopped = cluster.holder_pid(name)
+    stopped = wait_for(waiting, 60, "the job never waited for its window")
     os.kill(stopped, signal.SIGSTOP)
     try:
         wait_for(lambda: (cluster.lease(name) or {"token": 2})["token"] > 1, TAKEOVER_BOUND,
@@ -444,11 +447,11 @@ def test_a_stopped_job_holder_wakes_up_refused_and_nothing_is_stored_twice(clust
                          for line in cluster.log().splitlines()), 30,
              "the woken holder was not refused")
     admitted = admissions()
-    assert sorted(a["unit"] for a in admitted) == list(range(60))  # each unit once
+    assert sorted(a["unit"] for a in admitted) == list(range(100))  # each unit once
     job = requests.get(f"{cluster.entries[2].url}/v2/bulk/drs/imports/{job_id}", timeout=30,
                        headers={"X-SBG-Auth-Token": ADMIN}).json()
     versions = cluster.file_versions()
-    assert len(job["result"]) == 60
+    assert len(job["result"]) == 100
     for entry in job["result"]:
         dss = entry["resource"]["dss"]
         assert versions[dss["uuid"]] == [dss["version"]]  # stored once
