@@ -30,7 +30,7 @@ os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 import mfusepy as fuse  # noqa: E402  (the library name must be chosen before import)
 
 from ..errors import HcafsError  # noqa: E402
-from ..model.tree import Attr, Tree  # noqa: E402
+from ..model.tree import Attr, Tree, streamed  # noqa: E402
 from .bufvec import fd_bufvec  # noqa: E402
 from .refusals import EXPLAINED, Refusals  # noqa: E402
 
@@ -74,6 +74,20 @@ def _errno(func: Callable) -> Callable:
             raise fuse.FuseOSError(errno.EIO) from exc
 
     return wrapper
+
+
+class _Listing:
+    """One open directory: its first entries, and for bundles/ where the rows went on."""
+
+    def __init__(self, head: list[tuple[str, dict]], streamed: bool):
+        self.head = head
+        self.streamed = streamed
+        self.after: dict[int, str] = {}  # offset -> the name of the entry just before it
+
+    def remember(self, offset: int, name: str) -> None:
+        self.after[offset] = name
+        if len(self.after) > 4:  # the filler stops at most one entry past what it took
+            del self.after[min(self.after)]
 
 
 class Operations(fuse.Operations):
@@ -138,21 +152,47 @@ class Operations(fuse.Operations):
 
     @_errno
     def opendir(self, path: str) -> int:
-        entries = self.tree.listdir(path)
+        listed = streamed(path)
+        entries = self.tree.pending_entries() if listed else self.tree.listdir(path)
         here = self.stat(self.tree.getattr(path))
         listing = [(".", here), ("..", here)] + [(n, self.stat(a)) for n, a in entries]
         with self._lock:
             handle = next(self._dir_ids)
-            self._dirs[handle] = listing
+            self._dirs[handle] = _Listing(listing, listed)
         return handle
+
+    def cached_listing(self, path: str) -> bool:
+        """Whether the kernel may keep this directory's listing across opens (bundles/:
+        invalidated whenever its rows change, see Tree.__init__)."""
+        return streamed(path)
 
     def readdir_plus(self, path: str, offset: int, fh: int):
         """``(name, stat, next_offset)`` from ``offset`` on, for the PLUS filler."""
         with self._lock:
-            listing = self._dirs.get(fh, [])
-        for index in range(offset, len(listing)):
-            name, attrs = listing[index]
+            listing = self._dirs.get(fh)
+        if listing is None:
+            return
+        head = listing.head
+        for index in range(offset, len(head)):
+            name, attrs = head[index]
             yield name, attrs, index + 1
+        if not listing.streamed:
+            return
+        # Listed versions come from SQLite a page at a time.  The kernel asks again from the
+        # offset after the last entry it took, so the row before each offset is kept to
+        # go on from it by key; any other offset is counted from the start.
+        offset = max(offset, len(head))
+        after = listing.after.get(offset)
+        skip = offset - len(head)
+        while True:
+            page = self.tree.bundle_entries(after, 1000, 0 if after else skip)
+            if not page:
+                return
+            for name, attr in page:
+                offset += 1
+                listing.remember(offset, name)
+                yield name, self.stat(attr), offset
+            after = page[-1][0]
 
     def readdir(self, path: str, fh: int):  # used only if the PLUS path is unavailable
         return [name for name, _, _ in self.readdir_plus(path, 0, fh)]
@@ -290,6 +330,14 @@ class FUSE(fuse.FUSE):
 
     def __init__(self, operations, mountpoint: str, **options):
         super().__init__(operations, mountpoint, raw_fi=True, **options)
+
+    def opendir(self, path: bytes, fip) -> int:
+        name = path.decode(self.encoding, self.errors)
+        fip.contents.fh = self.operations.opendir(name)
+        if self.operations.cached_listing(name) and hasattr(fip.contents, "cache_readdir"):
+            fip.contents.cache_readdir = 1  # libfuse >= 3.5: the kernel caches it
+            fip.contents.keep_cache = 1  # across opens, until invalidated
+        return 0
 
     def readdir_fuse_3(self, path, buf, filler, offset, fip, flags) -> int:
         try:

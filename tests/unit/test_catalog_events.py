@@ -1,0 +1,206 @@
+"""Model tier: the catalog kept up to date through ``/v1/events``, against a real
+``hcafs serve`` (behind a fault proxy that counts requests and can take ``/events`` away).
+
+* A refresh with nothing changed is one request; creates and deletes made through the API
+  show up, deletions leave the listing.
+* A late commit (a version older than the events already read) shows up.
+* A server without ``/events`` (404) is listed whole, as before.
+* A first listing stopped part-way resumes from where it stopped; until it completes, a
+  lookup asks the server and a miss is not remembered.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from fixtures.dss_server import ADMIN, DSSServer
+from fixtures.faults import Fault, FaultyHttpProxy
+from fixtures.publishing import publish
+
+import hcafs.cache.catalog as catalog_module
+from hcafs.cache.cachedb import CacheDB
+from hcafs.cache.catalog import Catalog
+from hcafs.remote.client import DSSClient, RetryPolicy
+from hcafs.versions import now_version
+
+QUICK = RetryPolicy(attempts=2, base_delay=0.05, max_delay=0.1)
+
+
+@pytest.fixture
+def world(tmp_path):
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    server = DSSServer(str(tmp_path / "server"), args=["--staging-root", str(staging)])
+    server.start()
+    proxy = FaultyHttpProxy(server.url)
+    try:
+        yield server, staging, proxy
+    finally:
+        proxy.close()
+        server.stop()
+
+
+def _catalog(tmp_path, url: str) -> Catalog:
+    client = DSSClient(url, token=ADMIN, retry=QUICK)
+    return Catalog(CacheDB(str(tmp_path / "cache" / "hcafs.db")), client, ttl=300)
+
+
+def _more(client: DSSClient, files: list[dict], count: int, version: str | None = None
+          ) -> list[str]:
+    """``count`` new bundle versions holding ``files`` (PUT /bundles each)."""
+    made = []
+    for _ in range(count):
+        bundle = str(uuid.uuid4())
+        at = version or now_version()
+        status, _ = client.put_bundle(bundle, at, files)
+        assert status == 201
+        made.append(f"{bundle}.{at}")
+    return made
+
+
+def _files(client: DSSClient, fqid: str) -> list[dict]:
+    return [{"uuid": f["uuid"], "version": f["version"], "name": f["name"],
+             "indexed": f["indexed"]} for f in client.get_bundle(*fqid.split(".", 1))["files"]]
+
+
+def _requests(proxy: FaultyHttpProxy, since: int, part: str) -> int:
+    return sum(1 for seen in proxy.seen[since:] if part in seen.path)
+
+
+def test_a_refresh_applies_creates_and_deletes_and_costs_one_request_when_idle(tmp_path,
+                                                                               world):
+    server, staging, proxy = world
+    client = DSSClient(server.url, token=ADMIN)
+    first, _ = publish(client, staging, {"a.txt": b"alpha\n"})
+    catalog = _catalog(tmp_path, proxy.url)
+    catalog.refresh()
+    assert catalog.bundles() == [first] and catalog.complete
+
+    mark = len(proxy.seen)
+    catalog.refresh()
+    assert _requests(proxy, mark, "/v1/events") == 1
+    assert _requests(proxy, mark, "/v1/bundles") == 0
+    assert catalog.bundles() == [first]
+
+    made = _more(client, _files(client, first), 3)
+    client.delete_bundle(*first.split(".", 1), reason="test")
+    mark = len(proxy.seen)
+    catalog.refresh()
+    assert catalog.bundles() == sorted(made)
+    assert _requests(proxy, mark, "/v1/bundles") == 0  # events only, no listing
+
+    # Every version of one bundle deleted at once (the event has no version).
+    client.delete_bundle(made[0].split(".", 1)[0], None, reason="test")
+    catalog.refresh()
+    assert catalog.bundles() == sorted(made[1:])
+
+    # Kept across a restart: the cursor is in the cache, the next refresh is events.
+    again = _catalog(tmp_path, proxy.url)
+    assert again.complete and again.bundles() == sorted(made[1:])
+    mark = len(proxy.seen)
+    again.refresh()
+    assert _requests(proxy, mark, "/v1/bundles") == 0
+    assert again.bundles() == sorted(made[1:])
+
+
+def test_a_late_commit_older_than_the_events_read_shows_up(tmp_path, world):
+    server, staging, proxy = world
+    client = DSSClient(server.url, token=ADMIN)
+    first, _ = publish(client, staging, {"a.txt": b"alpha\n"})
+    catalog = _catalog(tmp_path, proxy.url)
+    catalog.refresh()
+    later = _more(client, _files(client, first), 1)
+    catalog.refresh()
+    # A version chosen an hour ago, committed only now: older than every event read.
+    late = _more(client, _files(client, first), 1, version="2026-01-01T000000.000000Z")
+    catalog.refresh()
+    assert catalog.bundles() == sorted([first, *later, *late])
+
+
+def test_a_server_without_events_is_listed_whole(tmp_path, world):
+    server, staging, proxy = world
+    client = DSSClient(server.url, token=ADMIN)
+    first, _ = publish(client, staging, {"a.txt": b"alpha\n"})
+    proxy.when(Fault.error(404), path="/v1/events", times=1000)
+    catalog = _catalog(tmp_path, proxy.url)
+    catalog.refresh()
+    made = _more(client, _files(client, first), 2)
+    client.delete_bundle(*first.split(".", 1), reason="test")
+    mark = len(proxy.seen)
+    catalog.refresh()
+    assert catalog.bundles() == sorted(made)
+    assert _requests(proxy, mark, "/v1/bundles/all") >= 1
+    mark = len(proxy.seen)
+    catalog.refresh()  # /events is not asked again on this server
+    assert _requests(proxy, mark, "/v1/events") == 0
+    assert catalog.bundles() == sorted(made)
+
+
+def test_a_first_listing_cut_short_resumes_and_is_never_shown_complete(tmp_path, world,
+                                                                      monkeypatch):
+    server, staging, proxy = world
+    monkeypatch.setattr(catalog_module, "LISTING_PAGE", 10)
+    client = DSSClient(server.url, token=ADMIN)
+    first, _ = publish(client, staging, {"a.txt": b"alpha\n"})
+    made = sorted([first, *_more(client, _files(client, first), 24)])
+
+    catalog = _catalog(tmp_path, proxy.url)
+    catalog.refresh(pages=1)  # then the process "dies": nothing more is written
+    assert not catalog.complete and catalog.bundle_count() == 10
+
+    restarted = _catalog(tmp_path, proxy.url)
+    assert not restarted.complete and restarted.bundles() == made[:10]
+    # Not listed yet: asked of the server, and a miss is asked again, not remembered.
+    assert restarted.has_bundle(made[-1])
+    missing = f"{uuid.uuid4()}.{now_version()}"
+    mark = len(proxy.seen)
+    assert not restarted.has_bundle(missing) and not restarted.has_bundle(missing)
+    assert _requests(proxy, mark, "/v1/bundles/") == 2
+
+    # Changes while it was down: one listed version deleted, one new one.
+    client.delete_bundle(*made[0].split(".", 1), reason="test")
+    extra = _more(client, _files(client, first), 1)
+    mark = len(proxy.seen)
+    restarted.refresh(pages=1)
+    assert not restarted.complete and restarted.bundle_count() == 20
+    assert "search_after" in proxy.seen[mark].path  # resumed, not started over
+    restarted.refresh()
+    assert restarted.complete
+    restarted.refresh()  # the events since the listing began
+    assert restarted.bundles() == sorted([*made[1:], *extra])
+
+
+def test_bundles_readdir_is_streamed_by_offset_from_sqlite(tmp_path):
+    """The adapter's READDIRPLUS for bundles/: every row once, in order, whether the kernel
+    goes on from where its buffer ended or asks an arbitrary offset; a row deleted between
+    two calls is simply not shown."""
+    from hcafs.cache.blobcache import BlobCache
+    from hcafs.model.tree import Tree
+    from hcafs.mount import fuse_ops
+
+    db = CacheDB(str(tmp_path / "hcafs.db"))
+    rows = sorted(f"{uuid.UUID(int=n)}.2026-01-01T000000.{n:06d}Z" for n in range(2500))
+    db.db().conn.executemany("insert into bundles values (?, ?, ?)",
+                             [(f, *f.split(".", 1)) for f in rows])
+    catalog = Catalog(db, None, ttl=300)
+    ops = fuse_ops.Operations(Tree(catalog, BlobCache(str(tmp_path / "b"), db, 1 << 20)),
+                              (1.0, 1.0, 1.0), lambda: None, lambda: None)
+    handle = ops.opendir("/bundles")
+    seen, offset = [], 0
+    while True:  # a buffer of 333 entries, and one more that did not fit
+        batch = []
+        for name, _, following in ops.readdir_plus("/bundles", offset, handle):
+            if len(batch) == 333:
+                break
+            batch.append((name, following))
+        if not batch:
+            break
+        seen += [name for name, _ in batch]
+        offset = batch[-1][1]
+    assert seen == [".", "..", *rows]
+    assert [n for n, _, _ in ops.readdir_plus("/bundles", 1502, handle)][:2] == rows[1500:1502]
+    catalog.forget_bundle(rows[2000])
+    listed = [n for n, _, _ in ops.readdir_plus("/bundles", 1902, handle)]
+    assert listed == rows[1900:2000] + rows[2001:]
+    ops.releasedir("/bundles", handle)
