@@ -39,7 +39,7 @@ from collections import OrderedDict
 from ..errors import ApiError, Busy, NotFound, PermissionDenied, RemoteError, Unreachable
 from ..remote.client import DSSClient
 from ..versions import VERSION_FORMAT, now_version, parse_fqid, version_datetime
-from .cachedb import CacheDB
+from .cachedb import CacheDB, mtime_ns
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,18 @@ class Catalog:
                               [limit, skip])
         return [r[0] for r in rows]
 
+    def bundle_rows(self, after: str | None = None, limit: int = 1000, skip: int = 0
+                    ) -> list[tuple[str, int]]:
+        """:meth:`bundle_page` as ``(FQID, mtime in ns)`` rows (see :func:`mtime_ns`)."""
+        db = self.db.db()
+        if after is not None:
+            rows = db.execute("select fqid, mtime_ns from bundles where fqid > ? "
+                              "order by fqid limit ?", [after, limit])
+        else:
+            rows = db.execute("select fqid, mtime_ns from bundles order by fqid "
+                              "limit ? offset ?", [limit, skip])
+        return rows.fetchall()
+
     def listed(self, fqid: str) -> bool:
         """In the listing (no network)."""
         return self.db.db().execute("select 1 from bundles where fqid = ?",
@@ -263,8 +275,8 @@ class Catalog:
     def add_bundle(self, fqid: str) -> None:
         """A bundle version this mount just made: list it now, not at the next refresh."""
         uuid, version = parse_fqid(fqid)
-        self.db.db()["bundles"].upsert({"fqid": fqid, "uuid": uuid, "version": version},
-                                       pk="fqid")
+        self.db.db().execute("insert or replace into bundles (fqid, uuid, version, mtime_ns) "
+                             "values (?, ?, ?, ?)", [fqid, uuid, version, mtime_ns(version)])
         with self._lock:
             self._absent.pop(f"bundle {fqid}", None)
         self.on_change()
@@ -412,8 +424,9 @@ class Catalog:
                      "refreshed" if self._complete else "in progress", count,
                      len(self._collections))
 
-    def _rows(self, items) -> list[tuple[str, str, str]]:
-        return [(f"{i['uuid']}.{i['version']}", i["uuid"], i["version"]) for i in items]
+    def _rows(self, items) -> list[tuple[str, str, str, int]]:
+        return [(f"{i['uuid']}.{i['version']}", i["uuid"], i["version"],
+                 mtime_ns(i["version"])) for i in items]
 
     def _list_into(self, client: DSSClient, pages: int | None) -> None:
         """The first listing, written page by page into ``bundles`` with the next page's
@@ -441,8 +454,9 @@ class Catalog:
                 if not self.db.get_meta("listing_since"):
                     self.db.set_meta("listing_since", body.get("event_timestamp")
                                      or now_version())
-                db.conn.executemany("insert or replace into bundles (fqid, uuid, version) "
-                               "values (?, ?, ?)", self._rows(body.get("bundles", [])))
+                db.conn.executemany("insert or replace into bundles (fqid, uuid, version, "
+                                    "mtime_ns) values (?, ?, ?, ?)",
+                                    self._rows(body.get("bundles", [])))
                 self.db.set_meta("listing_next", following or "")
                 if not following:
                     since = self.db.get_meta("listing_since")
@@ -462,19 +476,19 @@ class Catalog:
         first, then swapped in at once, so a listing that fails part-way changes nothing."""
         db = self.db.db()
         db.execute("create temp table if not exists relisting "
-                   "(fqid text primary key, uuid text, version text)")
+                   "(fqid text primary key, uuid text, version text, mtime_ns integer)")
         db.execute("delete from temp.relisting")
         first = None
         for page in client.pages("/bundles/all", {"replica": client.replica,
                                                   "per_page": LISTING_PAGE}):
             first = first or page.get("event_timestamp") or now_version()
-            db.conn.executemany("insert or replace into temp.relisting values (?, ?, ?)",
+            db.conn.executemany("insert or replace into temp.relisting values (?, ?, ?, ?)",
                            self._rows(page.get("bundles", [])))
         with self.db.atomic():
             db.execute("delete from bundles where fqid not in (select fqid from "
                        "temp.relisting)")
-            db.execute("insert or ignore into bundles (fqid, uuid, version) "
-                       "select fqid, uuid, version from temp.relisting")
+            db.execute("insert or ignore into bundles (fqid, uuid, version, mtime_ns) "
+                       "select fqid, uuid, version, mtime_ns from temp.relisting")
             self.db.set_meta("events_cursor", first)
         db.execute("delete from temp.relisting")
         self._cursor, self._changed = first, True
@@ -526,8 +540,9 @@ class Catalog:
         if not uuid:
             return
         if event.get("type") == "create" and version:
-            db.execute("insert or replace into bundles (fqid, uuid, version) "
-                       "values (?, ?, ?)", [f"{uuid}.{version}", uuid, version])
+            db.execute("insert or replace into bundles (fqid, uuid, version, mtime_ns) "
+                       "values (?, ?, ?, ?)", [f"{uuid}.{version}", uuid, version,
+                                               mtime_ns(version)])
         elif event.get("type") == "delete" and version:
             db.execute("delete from bundles where fqid = ?", [f"{uuid}.{version}"])
         elif event.get("type") == "delete":  # every version of the bundle

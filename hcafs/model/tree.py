@@ -259,6 +259,12 @@ class Tree:
         return [(fqid, Attr("dir", 0, version_mtime(fqid.split(".", 1)[1])))
                 for fqid in self.catalog.bundle_page(after, limit, skip)]
 
+    def bundle_times(self, after: str | None = None, limit: int = 1000, skip: int = 0
+                     ) -> list[tuple[str, int]]:
+        """:meth:`bundle_entries` as ``(FQID, mtime in ns)``: listed versions are read-only
+        directories, so their time is all that differs (what readdir of a million needs)."""
+        return self.catalog.bundle_rows(after, limit, skip)
+
     def readlink(self, path: str) -> str:
         node = self.resolve(path)
         if node.kind == "item":

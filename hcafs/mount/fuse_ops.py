@@ -37,6 +37,7 @@ from .refusals import EXPLAINED, Refusals  # noqa: E402
 log = logging.getLogger(__name__)
 
 FUSE_FILL_DIR_PLUS = 1 << 1
+FUSE_CAP_READDIRPLUS_AUTO = 1 << 14  # fuse_common.h
 ENOATTR = errno.ENODATA
 
 
@@ -76,18 +77,18 @@ def _errno(func: Callable) -> Callable:
     return wrapper
 
 
+LISTED_PAGE = 1000  # bundles/ rows read from SQLite at a time for readdir
+
+
 class _Listing:
-    """One open directory: its first entries, and for bundles/ where the rows went on."""
+    """One open directory: its first entries (``.``, ``..`` and, for bundles/, the pending
+    bundles) and, for bundles/, the page of listed rows the kernel is reading through."""
 
     def __init__(self, head: list[tuple[str, dict]], streamed: bool):
         self.head = head
         self.streamed = streamed
-        self.after: dict[int, str] = {}  # offset -> the name of the entry just before it
-
-    def remember(self, offset: int, name: str) -> None:
-        self.after[offset] = name
-        if len(self.after) > 4:  # the filler stops at most one entry past what it took
-            del self.after[min(self.after)]
+        self.page: list[tuple[str, int]] = []  # listed rows: (FQID, mtime in ns)
+        self.page_at = 0  # the offset of page[0]
 
 
 class Operations(fuse.Operations):
@@ -103,7 +104,7 @@ class Operations(fuse.Operations):
         self._on_destroy = on_destroy
         self._uid, self._gid = os.getuid(), os.getgid()
         self._fuse = None  # libfuse's struct fuse *, for invalidations
-        self._dirs: dict[int, list[tuple[str, dict]]] = {}
+        self._dirs: dict[int, _Listing] = {}
         self._dir_ids = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -129,6 +130,9 @@ class Operations(fuse.Operations):
             config.negative_timeout = self.negative_timeout
         if conn is not None:
             conn.max_readahead = 1024 * 1024
+            # READDIRPLUS always, not only for the first buffer of a listing: every entry
+            # of ``ls -l bundles`` then comes with its attributes, and needs no LOOKUP.
+            conn.want &= ~FUSE_CAP_READDIRPLUS_AUTO
         self._fuse = ctypes.c_void_p(fuse._libfuse.fuse_get_context().contents.fuse)
         self._on_init()
 
@@ -161,38 +165,52 @@ class Operations(fuse.Operations):
             self._dirs[handle] = _Listing(listing, listed)
         return handle
 
-    def cached_listing(self, path: str) -> bool:
-        """Whether the kernel may keep this directory's listing across opens (bundles/:
-        invalidated whenever its rows change, see Tree.__init__)."""
-        return streamed(path)
+    def directory(self, fh: int) -> _Listing | None:
+        """The open directory ``fh`` (None once released)."""
+        with self._lock:
+            return self._dirs.get(fh)
 
     def readdir_plus(self, path: str, offset: int, fh: int):
         """``(name, stat, next_offset)`` from ``offset`` on, for the PLUS filler."""
-        with self._lock:
-            listing = self._dirs.get(fh)
+        listing = self.directory(fh)
         if listing is None:
             return
         head = listing.head
         for index in range(offset, len(head)):
             name, attrs = head[index]
             yield name, attrs, index + 1
-        if not listing.streamed:
-            return
-        # Listed versions come from SQLite a page at a time.  The kernel asks again from the
-        # offset after the last entry it took, so the row before each offset is kept to
-        # go on from it by key; any other offset is counted from the start.
-        offset = max(offset, len(head))
-        after = listing.after.get(offset)
-        skip = offset - len(head)
+        if listing.streamed:
+            template = self.stat(Attr("dir"))
+            for name, mtime, following in self.listed_rows(listing, offset):
+                yield name, {**template, "st_mtime": mtime, "st_ctime": mtime,
+                             "st_atime": mtime}, following
+
+    def listed_rows(self, listing: _Listing, offset: int):
+        """``(FQID, mtime in ns, next_offset)`` of bundles/'s listed rows from ``offset``
+        on (all of them are read-only directories, so that is all their attributes).
+
+        The rows come from SQLite a page at a time and the page is kept: the kernel reads
+        on from the offset after the last entry its buffer took, which is usually inside
+        the page, or just past its end (then the next page is read by key).  Any other
+        offset is counted from the first row."""
+        offset = max(offset, len(listing.head))
         while True:
-            page = self.tree.bundle_entries(after, 1000, 0 if after else skip)
-            if not page:
-                return
-            for name, attr in page:
+            index = offset - listing.page_at
+            if not 0 <= index <= len(listing.page):
+                listing.page, listing.page_at = [], offset
+                after, skip, index = None, offset - len(listing.head), 0
+            elif index == len(listing.page):
+                after = listing.page[-1][0] if listing.page else None
+                skip = offset - len(listing.head)
+                listing.page, listing.page_at, index = [], offset, 0
+            if not listing.page:
+                listing.page = self.tree.bundle_times(after, LISTED_PAGE,
+                                                      0 if after else skip)
+                if not listing.page:
+                    return
+            for name, mtime in listing.page[index:]:
                 offset += 1
-                listing.remember(offset, name)
-                yield name, self.stat(attr), offset
-            after = page[-1][0]
+                yield name, mtime, offset
 
     def readdir(self, path: str, fh: int):  # used only if the PLUS path is unavailable
         return [name for name, _, _ in self.readdir_plus(path, 0, fh)]
@@ -325,29 +343,63 @@ class Operations(fuse.Operations):
         return self.tree.touch(path, mtime)
 
 
+_TIMES_AT = fuse.c_stat.st_atimespec.offset
+# atime, mtime and ctime side by side (Linux): one slice assignment fills all three.
+_TIMES_TOGETHER = (fuse.c_stat.st_mtimespec.offset == _TIMES_AT + ctypes.sizeof(fuse.c_timespec)
+                   and fuse.c_stat.st_ctimespec.offset
+                   == _TIMES_AT + 2 * ctypes.sizeof(fuse.c_timespec)
+                   and ctypes.sizeof(fuse.c_timespec) == 16)
+
+
+class _Times:
+    """The three timespecs of a ``c_stat``, set at once with ``times[:] = (s, ns) * 3``."""
+
+    def __init__(self, st):
+        self._moments = (st.st_atimespec, st.st_mtimespec, st.st_ctimespec)
+
+    def __setitem__(self, _, values) -> None:
+        for moment in self._moments:
+            moment.tv_sec, moment.tv_nsec = values[0], values[1]
+
+
+def _times_of(st):
+    if _TIMES_TOGETHER:
+        return (ctypes.c_int64 * 6).from_buffer(st, _TIMES_AT)
+    return _Times(st)
+
+
 class FUSE(fuse.FUSE):
     """mfusepy's FUSE with a readdir that fills READDIRPLUS attributes at real offsets."""
 
     def __init__(self, operations, mountpoint: str, **options):
         super().__init__(operations, mountpoint, raw_fi=True, **options)
 
-    def opendir(self, path: bytes, fip) -> int:
-        name = path.decode(self.encoding, self.errors)
-        fip.contents.fh = self.operations.opendir(name)
-        if self.operations.cached_listing(name) and hasattr(fip.contents, "cache_readdir"):
-            fip.contents.cache_readdir = 1  # libfuse >= 3.5: the kernel caches it
-            fip.contents.keep_cache = 1  # across opens, until invalidated
-        return 0
-
     def readdir_fuse_3(self, path, buf, filler, offset, fip, flags) -> int:
         try:
+            operations = self.operations
+            listing = operations.directory(fip.contents.fh)
+            if listing is None:
+                return 0
             st = fuse.c_stat()
-            for name, attrs, next_offset in self.operations.readdir_plus(
-                    path.decode(self.encoding, self.errors) if path else None, offset,
-                    fip.contents.fh):
+            for index in range(offset, len(listing.head)):
+                name, attrs = listing.head[index]
                 ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
                 fuse.set_st_attrs(st, attrs, use_ns=True)
-                if filler(buf, name.encode(self.encoding, self.errors), st, next_offset,
+                if filler(buf, name.encode(self.encoding, self.errors), st, index + 1,
+                          FUSE_FILL_DIR_PLUS) != 0:
+                    return 0
+            if not listing.streamed:
+                return 0
+            # Listed bundle versions differ only in their times: the rest is filled once
+            # (a million rows cost a million fillers, and little else).
+            ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
+            fuse.set_st_attrs(st, operations.stat(Attr("dir")), use_ns=True)
+            times = _times_of(st)
+            encoding, errors = self.encoding, self.errors
+            for name, mtime, following in operations.listed_rows(listing, offset):
+                seconds, nanoseconds = divmod(mtime, 1_000_000_000)
+                times[:] = (seconds, nanoseconds) * 3
+                if filler(buf, name.encode(encoding, errors), st, following,
                           FUSE_FILL_DIR_PLUS) != 0:
                     break
             return 0

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
 
 import pytest
@@ -19,7 +20,7 @@ from fixtures.faults import Fault, FaultyHttpProxy
 from fixtures.publishing import publish
 
 import hcafs.cache.catalog as catalog_module
-from hcafs.cache.cachedb import CacheDB
+from hcafs.cache.cachedb import CacheDB, mtime_ns
 from hcafs.cache.catalog import Catalog
 from hcafs.remote.client import DSSClient, RetryPolicy
 from hcafs.versions import now_version
@@ -171,18 +172,50 @@ def test_a_first_listing_cut_short_resumes_and_is_never_shown_complete(tmp_path,
     assert restarted.bundles() == sorted([*made[1:], *extra])
 
 
+def test_creates_at_the_page_boundaries_of_a_first_listing_all_show_up(tmp_path, world,
+                                                                       monkeypatch):
+    """Between two pages of a first listing, versions are created just past the last row
+    listed (a new version of its bundle: the page boundary), before it, and after it; once
+    the listing completes, the next refresh (events since the listing began) has them all."""
+    server, staging, proxy = world
+    monkeypatch.setattr(catalog_module, "LISTING_PAGE", 10)
+    client = DSSClient(server.url, token=ADMIN)
+    first, _ = publish(client, staging, {"a.txt": b"alpha\n"})
+    files = _files(client, first)
+    made = [first, *_more(client, files, 24)]
+    catalog = _catalog(tmp_path, proxy.url)
+    pages = 0
+    while not catalog.complete:
+        catalog.refresh(pages=1)
+        pages += 1
+        last = catalog.bundles()[-1]
+        boundary = f"{last.split('.', 1)[0]}.{now_version()}"
+        before = f"00000000-{uuid.uuid4().hex[:4]}-4000-8000-{uuid.uuid4().hex[:12]}." \
+            f"{now_version()}"  # sorts before every row listed so far
+        for fqid in (boundary, before):
+            status, _ = client.put_bundle(*fqid.split(".", 1), files)
+            assert status == 201
+        made += [boundary, before, *_more(client, files, 1)]
+    assert pages >= 3
+    catalog.refresh()
+    listed = sorted(f"{u}.{v}" for u, v in client.iter_bundles())
+    assert catalog.bundles() == sorted(made) == listed
+
+
 def test_bundles_readdir_is_streamed_by_offset_from_sqlite(tmp_path):
     """The adapter's READDIRPLUS for bundles/: every row once, in order, whether the kernel
-    goes on from where its buffer ended or asks an arbitrary offset; a row deleted between
-    two calls is simply not shown."""
+    goes on from where its buffer ended or asks an arbitrary offset; a row deleted before
+    the page holding it is read is not shown.  Each row's mtime is its version's."""
     from hcafs.cache.blobcache import BlobCache
+    from hcafs.model.entries import version_mtime
     from hcafs.model.tree import Tree
     from hcafs.mount import fuse_ops
 
     db = CacheDB(str(tmp_path / "hcafs.db"))
-    rows = sorted(f"{uuid.UUID(int=n)}.2026-01-01T000000.{n:06d}Z" for n in range(2500))
-    db.db().conn.executemany("insert into bundles values (?, ?, ?)",
-                             [(f, *f.split(".", 1)) for f in rows])
+    rows = sorted(f"{uuid.UUID(int=n)}.2026-01-01T{n % 24:02d}0000.{n:06d}Z" for n in range(2500))
+    db.db().conn.executemany("insert into bundles values (?, ?, ?, ?)",
+                             [(f, *f.split(".", 1), mtime_ns(f.split(".", 1)[1]))
+                              for f in rows])
     catalog = Catalog(db, None, ttl=300)
     ops = fuse_ops.Operations(Tree(catalog, BlobCache(str(tmp_path / "b"), db, 1 << 20)),
                               (1.0, 1.0, 1.0), lambda: None, lambda: None)
@@ -190,17 +223,25 @@ def test_bundles_readdir_is_streamed_by_offset_from_sqlite(tmp_path):
     seen, offset = [], 0
     while True:  # a buffer of 333 entries, and one more that did not fit
         batch = []
-        for name, _, following in ops.readdir_plus("/bundles", offset, handle):
+        for name, attrs, following in ops.readdir_plus("/bundles", offset, handle):
             if len(batch) == 333:
                 break
             batch.append((name, following))
+            if name not in (".", ".."):
+                version = name.split(".", 1)[1]
+                assert attrs["st_mtime"] == int(version_mtime(version) * 1e9)
+                assert attrs["st_mtime"] == ops.getattr(f"/bundles/{name}")["st_mtime"]
         if not batch:
             break
         seen += [name for name, _ in batch]
         offset = batch[-1][1]
     assert seen == [".", "..", *rows]
     assert [n for n, _, _ in ops.readdir_plus("/bundles", 1502, handle)][:2] == rows[1500:1502]
-    catalog.forget_bundle(rows[2000])
-    listed = [n for n, _, _ in ops.readdir_plus("/bundles", 1902, handle)]
-    assert listed == rows[1900:2000] + rows[2001:]
+    ops.releasedir("/bundles", handle)
+
+    handle = ops.opendir("/bundles")
+    head = [n for n, _, _ in itertools.islice(ops.readdir_plus("/bundles", 0, handle), 502)]
+    catalog.forget_bundle(rows[2000])  # in a page not read yet
+    rest = [n for n, _, _ in ops.readdir_plus("/bundles", 502, handle)]
+    assert head[2:] + rest == rows[:2000] + rows[2001:]
     ops.releasedir("/bundles", handle)
