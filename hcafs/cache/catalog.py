@@ -34,6 +34,7 @@ import json
 import logging
 import threading
 import time
+import urllib.parse
 from collections import OrderedDict
 
 from ..errors import ApiError, Busy, NotFound, PermissionDenied, RemoteError, Unreachable
@@ -47,6 +48,14 @@ MANIFEST_MEMORY = 256
 NEGATIVE_MEMORY = 10_000  # remembered 404s before the expired ones are swept
 LISTING_PAGE = 500  # bundle versions per page of /bundles/all
 EVENTS_OVERLAP = 10.0  # seconds of events asked for again at each catch-up (see _catch_up)
+
+
+def _under_api(url: str) -> str:
+    """A next-page link as a path under the API base: a listing resumed at the next mount
+    goes to the server's address then (an embedded server gets a new port each time)."""
+    parts = urllib.parse.urlsplit(url)
+    path = parts.path[len("/v1"):] if parts.path.startswith("/v1/") else parts.path
+    return f"{path}?{parts.query}" if parts.query else path
 
 
 def _earlier(cursor: str, seconds: float) -> str:
@@ -457,7 +466,7 @@ class Catalog:
                 db.conn.executemany("insert or replace into bundles (fqid, uuid, version, "
                                     "mtime_ns) values (?, ?, ?, ?)",
                                     self._rows(body.get("bundles", [])))
-                self.db.set_meta("listing_next", following or "")
+                self.db.set_meta("listing_next", _under_api(following) if following else "")
                 if not following:
                     since = self.db.get_meta("listing_since")
                     self.db.set_meta("events_cursor", since)

@@ -167,8 +167,10 @@ def test_a_first_listing_cut_short_resumes_and_is_never_shown_complete(tmp_path,
     _more(client, _files(client, first), 24)
     made = _served(client)
 
-    catalog = _catalog(tmp_path, proxy.url)
+    earlier = FaultyHttpProxy(server.url)  # the server's address before the restart
+    catalog = _catalog(tmp_path, earlier.url)
     catalog.refresh(pages=1)  # then the process "dies": nothing more is written
+    earlier.close()
     assert not catalog.complete and catalog.bundle_count() == 10
 
     restarted = _catalog(tmp_path, proxy.url)
@@ -186,7 +188,8 @@ def test_a_first_listing_cut_short_resumes_and_is_never_shown_complete(tmp_path,
     mark = len(proxy.seen)
     restarted.refresh(pages=1)
     assert not restarted.complete and restarted.bundle_count() == 20
-    assert "search_after" in proxy.seen[mark].path  # resumed, not started over
+    # Resumed, not started over, and at the server's address now.
+    assert "search_after" in proxy.seen[mark].path
     restarted.refresh()
     assert restarted.complete
     restarted.refresh()  # the events since the listing began
