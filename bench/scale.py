@@ -134,6 +134,12 @@ def _requests_logged(log: str, skip: int) -> tuple[int, int]:
     return sum(1 for line in lines[skip:] if _REQUEST.search(line)), len(lines)
 
 
+def _rss_mib(pid: int, field: str) -> float:
+    with open(f"/proc/{pid}/status") as handle:
+        line = next(line for line in handle if line.startswith(f"{field}:"))
+    return int(line.split()[1]) / 1024
+
+
 def mount_figures(server: _Server, data_dir: str, work: str, count: int) -> dict:
     """The mount's figures against ``server`` (``count`` versions; adds :data:`ADDED`)."""
     where = os.path.join(work, f"mount-{count}")
@@ -160,6 +166,7 @@ def mount_figures(server: _Server, data_dir: str, work: str, count: int) -> dict
             time.sleep(0.05)
         figures["listing_s"] = time.perf_counter() - started
         pid = status()["pid"]
+        figures["rss_listed_mib"] = _rss_mib(pid, "VmRSS")  # the listing alone, before ls
         figures["listed"] = len(os.listdir(os.path.join(mnt, "bundles")))
         _timed_ls(os.path.join(mnt, "bundles"))  # the kernel's caches warm
         figures["ls_mount_s"] = min(_timed_ls(os.path.join(mnt, "bundles"))
@@ -186,9 +193,7 @@ def mount_figures(server: _Server, data_dir: str, work: str, count: int) -> dict
         os.setxattr(mnt, "user.hcafs.refresh", b"1")
         figures["refresh_added_s"] = time.perf_counter() - begun
         figures["listed_after"] = status()["listing"]["versions"]
-        with open(f"/proc/{pid}/status") as handle:
-            peak = next(line for line in handle if line.startswith("VmHWM:"))
-        figures["rss_peak_mib"] = int(peak.split()[1]) / 1024
+        figures["rss_peak_mib"] = _rss_mib(pid, "VmHWM")
     finally:
         _hcafs("umount", mnt, env=env)
     started = time.perf_counter()
@@ -367,6 +372,8 @@ def section(d: dict) -> list[str]:
         for s in mounted:
             m = s["mount"]
             ratio = m["ls_mount_s"] / max(m["ls_native_s"], 1e-6)
+            listed = f" ({m['rss_listed_mib']:.0f} MiB listed, before any `ls`)" \
+                if "rss_listed_mib" in m else ""
             lines.append(
                 f"| {s['count']:,} | {m['mount_empty_s']:.2f} s | {m['listing_s']:.1f} s "
                 f"({m['listed']:,} listed) | {m['mount_warm_s']:.2f} s | "
@@ -374,7 +381,7 @@ def section(d: dict) -> list[str]:
                 f"{m['refresh_idle_ms']:.1f} ms, {m['refresh_idle_requests']} "
                 f"request{'s' if m['refresh_idle_requests'] != 1 else ''} | "
                 f"{m['refresh_added_s']:.2f} s ({m['listed_after']:,} listed after) | "
-                f"{m['collection_ms']:.1f} ms | {m['rss_peak_mib']:.0f} MiB |")
+                f"{m['collection_ms']:.1f} ms | {m['rss_peak_mib']:.0f} MiB{listed} |")
     total = sum(s["seed"]["seconds"] for s in sizes)
     lines += ["", f"Seeding {sizes[-1]['count']:,} versions from an empty store took "
               f"{total:.0f} s in all."]
