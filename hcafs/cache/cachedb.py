@@ -114,7 +114,7 @@ def mtime_ns(version: str) -> int:
 
 
 @migrations()
-def m007_bundle_times(db: sqlite_utils.Database) -> None:
+def m008_bundle_times(db: sqlite_utils.Database) -> None:
     # The bundle list is kept in SQLite and read by readdir page by page, a million rows
     # at a time when it is that long: each row carries the mtime its directory shows, so
     # no date is parsed while listing.  Rows listed before this column are filled here.
