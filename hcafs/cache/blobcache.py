@@ -235,18 +235,21 @@ class BlobCache:
     def _follow(self, blob: _Blob, last: int, readahead: int, fetch: Fetch) -> None:
         """Keep up to ``streams`` background fetches running ahead of a sequential reader.
 
-        Each stream claims the next ``chunk`` of missing blocks within the reader's window
-        (``readahead``: as far as it has read in sequence, at most ``max_readahead``), fetches it with one ranged request, and claims the next; it waits while
+        Each stream claims the next ``chunk`` of missing blocks within ``max_readahead`` of
+        the reader (once it has read a chunk in sequence), fetches it with one ranged request, and claims the next; it waits while
         the window is full and stops when the file is closed.
         """
         with blob.cond:
             if last > blob.read_pos:
                 blob.read_pos = last
                 blob.cond.notify_all()
-            blob.window = min(readahead, self.max_readahead)
-            # Streams start once the reader has read a whole chunk in sequence: one random
-            # read (with the kernel's own read-ahead) never sets a chunk of fetches going.
-            if readahead < max(2 * BLOCK, self.chunk_blocks * BLOCK) or \
+            # Streams start once the reader has read a whole chunk in sequence (one random
+            # read, with the kernel's own read-ahead, never sets a chunk of fetches going),
+            # and then fetch up to max_readahead ahead; a reader that turns random shrinks
+            # the window to what it asks, so running streams stop claiming.
+            sequential = readahead >= max(2 * BLOCK, self.chunk_blocks * BLOCK)
+            blob.window = self.max_readahead if sequential else readahead
+            if not sequential or \
                     blob.streams >= self.streams or \
                     self._next_chunk(blob, claim=False) is None:
                 return
