@@ -236,8 +236,9 @@ class BlobCache:
         """Keep up to ``streams`` background fetches running ahead of a sequential reader.
 
         Each stream claims the next ``chunk`` of missing blocks within ``max_readahead`` of
-        the reader (once it has read a chunk in sequence), fetches it with one ranged request, and claims the next; it waits while
-        the window is full and stops when the file is closed.
+        the reader (once it has read a chunk in sequence), fetches it with one ranged
+        request, and claims the next; it waits while the window is full and stops when the
+        file is closed.
         """
         with blob.cond:
             if last > blob.read_pos:
