@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 
 MAX_ITEMS = 100
 LINGER = 0.25  # a call with fewer than MAX_ITEMS waits this long after the last enqueue ...
-MAX_LINGER = 2.0  # ... but its oldest item no longer than this
+MAX_LINGER = 5.0  # ... but its oldest item no longer than this
 IDLE = 30.0  # the flusher looks at the queue at least this often
 HEADS = 8  # HEAD calls in flight while a job's results are applied
 MAX_CONTENT = 64 * 1024
@@ -130,7 +130,7 @@ def normalize_uri(uri: str, resolver: dict[str, str]) -> str:
 
 
 @dataclass
-class _Poll:
+class Poll:
     """When a job is polled next, after how many polls without progress, and its results
     at the last poll."""
 
@@ -171,8 +171,10 @@ class DrsQueue:
         self._heads: ThreadPoolExecutor | None = None
         self._hold_until = 0.0
         self._last_enqueue = 0.0
+        self._enqueued = 0  # items queued since the mount started
+        self._idle = True  # the flusher waits for no queued item
         self._reopens: float | None = None  # when the spent budget grows again
-        self._polls: dict[str, _Poll] = {}
+        self._polls: dict[str, Poll] = {}
 
     # ------------------------------------------------------------ enqueueing (FUSE threads)
 
@@ -198,7 +200,12 @@ class DrsQueue:
                                    json.dumps(sorted(request.tags)), request.conflict):
             log.info("queued import of %s into %s/%s", request.drs_uri, bundle, name)
             self._last_enqueue = time.time()
-            self._wake.set()
+            self._enqueued += 1
+            # The flusher needs waking for the first item, or when a call is full; between
+            # these it is lingering and looks again when the writers pause.
+            if self._idle or self._enqueued % MAX_ITEMS == 0:
+                self._idle = False
+                self._wake.set()
 
     def waiting(self, bundle: str) -> int:
         return self.journal.imports_waiting(bundle)
@@ -247,19 +254,19 @@ class DrsQueue:
         fresh = seen is not None and seen.reset > now
         sent = self.journal.imports_sent_since(now - self.window)
         own = min(self.limit, seen.limit if fresh else self.limit) - sent
-        server = own
+        server = None
         if fresh:
             explained = self.journal.imports_sent_since(seen.seen - 2 * self.window, seen.seen)
             if seen.limit - seen.remaining > explained:
                 server = seen.remaining - self.journal.imports_sent_since(seen.seen)
-        room = min(own, server)
+        room = own if server is None else min(own, server)
         if room > 0:
             return room, None
         reopens = []
         if own <= 0:
             first = self.journal.first_sent_since(now - self.window)
             reopens.append((first or now) + self.window)
-        if server <= 0:
+        if server is not None and server <= 0:
             reopens.append(seen.reset)
         return 0, max(max(reopens), now + 0.01)
 
@@ -275,6 +282,9 @@ class DrsQueue:
             due, oldest, later = self.journal.imports_due(now)
             if not due:
                 self._reopens = None
+                self._idle = True
+                if self.journal.imports_due(now)[0]:  # an enqueue came in between
+                    continue
                 return later or float("inf")
             room, self._reopens = self.budget(now)
             if room <= 0:
@@ -311,7 +321,7 @@ class DrsQueue:
         self._holds = 0
         job_id = str(job["id"])
         self.journal.batch_submitted(key, job_id)
-        self._polls[job_id] = _Poll(time.time() + self.poll.base_delay)
+        self._polls[job_id] = Poll(time.time() + self.poll.base_delay)
         log.info("submitted %d DRS imports as job %s", len(rows), job_id)
         return True
 
@@ -334,14 +344,14 @@ class DrsQueue:
         for job_id in set(self._polls) - set(jobs):
             del self._polls[job_id]
         for job_id in jobs:
-            poll = self._polls.setdefault(job_id, _Poll(0.0))  # after a restart: now
+            poll = self._polls.setdefault(job_id, Poll(0.0))  # after a restart: now
             if poll.at <= time.time():
                 self._poll_one(job_id, poll)
             if job_id in self._polls:
                 soonest = min(soonest, poll.at)
         return soonest
 
-    def _poll_one(self, job_id: str, poll: _Poll) -> None:
+    def _poll_one(self, job_id: str, poll: Poll) -> None:
         try:
             job = self.api.get(job_id)
         except Exception as exc:
@@ -360,17 +370,21 @@ class DrsQueue:
             else:  # the server has done the import: never submit it again, apply it again
                 poll.at = time.time() + 10
             return
-        poll.misses = 0 if len(results) > poll.results else poll.misses + 1
-        poll.results = len(results)
-        poll.at = time.time() + self.poll.backoff(poll.misses)
-        reopens = self._window_reopens()
+        self.schedule(poll, len(results), time.time())
+
+    def schedule(self, poll: Poll, results: int, now: float) -> None:
+        """When to poll a job next that had ``results`` at its poll at ``now``: soon if
+        it made progress, later each time it did not, and at the latest just after the
+        rate window reopens (when a job that waits for the budget moves on)."""
+        poll.misses = 0 if results > poll.results else poll.misses + 1
+        poll.results = results
+        poll.at = now + self.poll.backoff(poll.misses)
+        reopens = self._window_reopens(now)
         if reopens is not None:
-            # a job that waits for the budget moves on when the window reopens
             poll.at = min(poll.at, reopens + self.poll.base_delay)
 
-    def _window_reopens(self) -> float | None:
+    def _window_reopens(self, now: float) -> float | None:
         """When a spent budget grows again: ours, else the server's (its headers)."""
-        now = time.time()
         if self._reopens is not None and self._reopens > now:
             return self._reopens
         seen = self.api.limit
