@@ -12,7 +12,10 @@ The flusher sends the queue to a bulk DRS import API (the Seven Bridges contract
   with fewer goes only once the writers pause (no new item for :data:`LINGER`), its oldest
   item has waited :data:`MAX_LINGER`, or the budget has room for fewer;
 * never more items than the rate limit allows: ``limit`` items per ``window`` (a sliding
-  window over the submission times in the journal, so it survives restarts).  The server's
+  window over the submission times in the journal, so it survives restarts), each call
+  sent :data:`LEAD` before its room is back, so that the server has resolved and fetched
+  its items when its own window (which counts admissions, and enforces the limit) lets
+  them in.  The server's
   ``X-RateLimit-Remaining``/``X-RateLimit-Reset`` rule instead when it counts more use
   than these submissions explain (a DRS bundle's members, other clients of the same
   account, a lower limit), and a 429 or 5xx holds submission until its ``Retry-After``
@@ -46,6 +49,7 @@ import logging
 import re
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -61,10 +65,11 @@ __all__ = ["BulkImportClient", "DrsQueue", "ImportRequest", "normalize_uri",
 log = logging.getLogger(__name__)
 
 MAX_ITEMS = 100
-LINGER = 0.25  # a call with fewer than MAX_ITEMS waits this long after the last enqueue ...
+LINGER = 0.5  # a call with fewer than MAX_ITEMS waits this long after the last enqueue ...
 MAX_LINGER = 5.0  # ... but its oldest item no longer than this
 IDLE = 30.0  # the flusher looks at the queue at least this often
 HEADS = 8  # HEAD calls in flight while a job's results are applied
+LEAD = 1.0  # a call goes this long (at most a tenth of the window) before its budget is back
 MAX_CONTENT = 64 * 1024
 CONFLICTS = ("SKIP", "RENAME", "OVERWRITE")
 _HOST_FORM = re.compile(r"^drs://(?P<host>[A-Za-z0-9.\-]+(:\d+)?)/(?P<id>[^\s/][^\s]*)$")
@@ -137,6 +142,7 @@ class Poll:
     at: float
     misses: int = 0
     results: int = -1
+    last: float = 0.0  # when it was polled last
 
 
 class DrsQueue:
@@ -170,11 +176,15 @@ class DrsQueue:
         self._thread: threading.Thread | None = None
         self._heads: ThreadPoolExecutor | None = None
         self._hold_until = 0.0
+        self._submit_at = 0.0  # when _submit has something to do next
         self._last_enqueue = 0.0
         self._enqueued = 0  # items queued since the mount started
         self._idle = True  # the flusher waits for no queued item
         self._reopens: float | None = None  # when the spent budget grows again
         self._polls: dict[str, Poll] = {}
+        # When jobs were seen FINISHED: their files leave the server's window about one
+        # window later, and a job waiting for room moves on then.
+        self._finishes: deque[float] = deque()
 
     # ------------------------------------------------------------ enqueueing (FUSE threads)
 
@@ -241,7 +251,14 @@ class DrsQueue:
     def step(self) -> float:
         """Submit what may go now and poll the jobs that are due; returns the epoch time
         when there is something to do next (unless an enqueue comes first)."""
-        return min(self._submit(), self._poll())
+        self._submit_at = self._submit()
+        polls = self._poll()
+        return min(self._submit_at, polls)
+
+    def _submit_if_due(self) -> None:
+        """Submission does not wait for a long poll round or the results of a big job."""
+        if self._wake.is_set() or time.time() >= self._submit_at:
+            self._submit_at = self._submit()
 
     def budget(self, now: float) -> tuple[int, float | None]:
         """(items that may be sent now, and when the budget grows again if that is 0).
@@ -252,7 +269,8 @@ class DrsQueue:
         bundle's members, or another client of the same account, use it too)."""
         seen = self.api.limit
         fresh = seen is not None and seen.reset > now
-        sent = self.journal.imports_sent_since(now - self.window)
+        span = self.window - min(LEAD, self.window / 10)
+        sent = self.journal.imports_sent_since(now - span)
         own = min(self.limit, seen.limit if fresh else self.limit) - sent
         server = None
         if fresh:
@@ -264,8 +282,8 @@ class DrsQueue:
             return room, None
         reopens = []
         if own <= 0:
-            first = self.journal.first_sent_since(now - self.window)
-            reopens.append((first or now) + self.window)
+            first = self.journal.first_sent_since(now - span)
+            reopens.append((first or now) + span)
         if server is not None and server <= 0:
             reopens.append(seen.reset)
         return 0, max(max(reopens), now + 0.01)
@@ -347,6 +365,7 @@ class DrsQueue:
             poll = self._polls.setdefault(job_id, Poll(0.0))  # after a restart: now
             if poll.at <= time.time():
                 self._poll_one(job_id, poll)
+                self._submit_if_due()
             if job_id in self._polls:
                 soonest = min(soonest, poll.at)
         return soonest
@@ -365,6 +384,7 @@ class DrsQueue:
             failed = sum(1 for r in results if r.get("error"))
             self.journal.job_seen(job_id, state, len(results) - failed, failed)
         if state == "FINISHED":
+            self._finishes.append(time.time())
             if self._apply(job_id, results):
                 del self._polls[job_id]
             else:  # the server has done the import: never submit it again, apply it again
@@ -374,23 +394,30 @@ class DrsQueue:
 
     def schedule(self, poll: Poll, results: int, now: float) -> None:
         """When to poll a job next that had ``results`` at its poll at ``now``: soon if
-        it made progress, later each time it did not, and at the latest just after the
-        rate window reopens (when a job that waits for the budget moves on)."""
-        poll.misses = 0 if results > poll.results else poll.misses + 1
-        poll.results = results
+        it made progress or the window reopened since the last poll, later each time
+        neither happened, and at the latest just after the window's next reopening (when
+        a job that waits for the budget moves on)."""
+        while self._finishes and self._finishes[0] + self.window < now - 2 * IDLE:
+            self._finishes.popleft()
+        reopened = any(poll.last < done + self.window <= now for done in self._finishes)
+        poll.misses = 0 if results > poll.results or reopened else poll.misses + 1
+        poll.results, poll.last = results, now
         poll.at = now + self.poll.backoff(poll.misses)
         reopens = self._window_reopens(now)
         if reopens is not None:
             poll.at = min(poll.at, reopens + self.poll.base_delay)
 
     def _window_reopens(self, now: float) -> float | None:
-        """When a spent budget grows again: ours, else the server's (its headers)."""
+        """The next moment the server's window is expected to let more in: our spent
+        budget's return, the server's reset when its headers say it is spent, or one
+        window after a job was seen finished (its files leave the window then)."""
+        moments = [done + self.window for done in self._finishes if done + self.window > now]
         if self._reopens is not None and self._reopens > now:
-            return self._reopens
+            moments.append(self._reopens)
         seen = self.api.limit
         if seen is not None and seen.remaining <= 0 and seen.reset > now:
-            return seen.reset
-        return None
+            moments.append(seen.reset)
+        return min(moments, default=None)
 
     def _apply(self, job_id: str, results: list[dict]) -> bool:
         """Apply a finished job's results; False if some could not be (kept for later)."""
@@ -398,10 +425,14 @@ class DrsQueue:
         by_item = _results_by_item(results, len(rows))
         landed = sorted({_resource_fqid(r["resource"]) for result in by_item
                          for r in result if r.get("resource")})
-        infos = dict(zip(landed, (self._heads.map if self._heads else map)(self._head, landed),
-                         strict=True))
+        # HEADs run ahead in the pool while the flusher applies the items in order: each
+        # waits only for its own files' records.
+        infos = {fqid: (self._heads.submit(self._head, fqid) if self._heads else
+                        _Done(self._head(fqid))) for fqid in landed}
         applied = True
-        for row, result in zip(rows, by_item, strict=True):
+        for number, (row, result) in enumerate(zip(rows, by_item, strict=True)):
+            if number % 10 == 9:
+                self._submit_if_due()
             bundle, name = row[1], row[2]
             try:
                 self._apply_one(*row, result, infos)
@@ -441,7 +472,7 @@ class DrsQueue:
         entries = []
         directory = name.rpartition("/")[0]
         for resource in resources:
-            info = infos[_resource_fqid(resource)]
+            info = infos[_resource_fqid(resource)].result()
             if isinstance(info, Exception):
                 raise info
             member = resource.get("member")  # a DRS bundle's member: its path inside
@@ -454,6 +485,16 @@ class DrsQueue:
         self.journal.import_done(import_id, bundle, drs_file_id, conflict, entries)
         log.info("imported %s into %s (%d file%s)", name, bundle, len(entries),
                  "" if len(entries) == 1 else "s")
+
+
+@dataclass(frozen=True)
+class _Done:
+    """A value already at hand, read like a finished future."""
+
+    value: object
+
+    def result(self) -> object:
+        return self.value
 
 
 def _resource_fqid(resource: dict) -> tuple[str, str]:

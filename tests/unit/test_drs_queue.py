@@ -12,7 +12,7 @@ from hcafs.cache import journal as j
 from hcafs.cache.cachedb import CacheDB
 from hcafs.cache.journal import Journal
 from hcafs.remote.bulk_import import BulkImportClient, RateLimit
-from hcafs.sync.drs_queue import DrsQueue, Poll
+from hcafs.sync.drs_queue import LEAD, DrsQueue, Poll
 
 BUNDLE = "11111111-1111-4111-8111-111111111111"
 
@@ -49,8 +49,9 @@ def test_the_budget_is_the_last_windows_submissions_and_reopens_with_the_oldest(
         _submit(journal, 100, f"job{n}")
     first = journal.first_sent_since(0)
     room, reopens = queue.budget(time.time())
-    assert room == 0 and reopens == pytest.approx(first + 10)
-    assert queue.budget(first + 10.001)[0] == 100  # the oldest call has left the window
+    # the next call goes a second early: the server lets it in when its window reopens
+    assert room == 0 and reopens == pytest.approx(first + 10 - LEAD)
+    assert queue.budget(first + 10 - LEAD + 0.001)[0] == 100  # the oldest call is out
 
 
 def test_headers_that_our_submissions_explain_do_not_stall_the_next_call(journal):
@@ -64,7 +65,7 @@ def test_headers_that_our_submissions_explain_do_not_stall_the_next_call(journal
     first = journal.first_sent_since(0)
     queue.api.limit = RateLimit(500, 0, reset=time.time() + 9.5, seen=time.time())
     room, reopens = queue.budget(time.time())
-    assert room == 0 and reopens == pytest.approx(first + 10)
+    assert room == 0 and reopens == pytest.approx(first + 10 - LEAD)
 
 
 def test_use_the_submissions_do_not_explain_follows_the_server(journal):
@@ -87,7 +88,7 @@ def test_a_lower_limit_on_the_server_is_followed(journal):
     _submit(journal, 100, "job0")
     queue.api.limit = RateLimit(100, 100, reset=time.time() + 10, seen=time.time())
     room, reopens = queue.budget(time.time())
-    assert room == 0 and reopens == pytest.approx(journal.first_sent_since(0) + 10)
+    assert room == 0 and reopens == pytest.approx(journal.first_sent_since(0) + 10 - LEAD)
 
 
 def test_polls_come_soon_back_off_and_wake_when_the_window_reopens(journal):
@@ -123,3 +124,19 @@ def test_job_progress_is_kept_for_status(journal):
                                  failed=0, waiting=50)
     assert summary["import_items"] == {"queued": 0, "submitted": 150, "landed": 0,
                                        "failed": 0}
+
+
+def test_a_waiting_job_is_polled_when_an_earlier_jobs_files_leave_the_window(journal):
+    """A job seen FINISHED at T: its files leave the server's window at about T + window,
+    and a job that waits for room is polled just then, and soon after (not 30 s later)."""
+    queue = _queue(journal, limit=500, window=300)
+    now = time.time()
+    poll = Poll(now)
+    for _ in range(10):
+        queue.schedule(poll, 0, now)  # backed off to 30 s
+    queue._finishes.append(now - 290)  # seen finished 290 s ago: its files leave in 10 s
+    queue.schedule(poll, 0, now)
+    assert poll.at - now == pytest.approx(10.25)
+    later = poll.at
+    queue.schedule(poll, 0, later)  # polled once the window reopened: soon again
+    assert poll.at - later == pytest.approx(0.25)
