@@ -258,7 +258,8 @@ def direct(work: str, peer_url: str, peer_log: str, fqids: list[str], limit: int
     host = peer_url.split("://", 1)[1]
     try:
         since = os.path.getsize(peer_log)
-        cpu_before = _cpu_seconds(process.pid)
+        workers = [process.pid, *_descendants(process.pid)]  # it forks its workers
+        cpu_before = sum(map(_cpu_seconds, workers))
         session = requests.Session()
         started = time.time()
 
@@ -287,7 +288,7 @@ def direct(work: str, peer_url: str, peer_log: str, fqids: list[str], limit: int
                 raise RuntimeError(f"{len(waiting)} jobs did not finish")
             time.sleep(0.25)  # a job's answer holds all its results: do not poll hard
         landed = time.time()
-        cpu = _cpu_seconds(process.pid) - cpu_before
+        cpu = sum(map(_cpu_seconds, workers)) - cpu_before
     finally:
         _stop(process)
     calls = _drs_calls(peer_log, since)
