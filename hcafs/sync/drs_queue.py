@@ -143,6 +143,7 @@ class Poll:
     misses: int = 0
     results: int = -1
     last: float = 0.0  # when it was polled last
+    state: str = ""
 
 
 class DrsQueue:
@@ -380,9 +381,10 @@ class DrsQueue:
             return
         results = job.get("result") or []
         state = str(job.get("state"))
-        if len(results) != poll.results or state == "FINISHED":
+        if len(results) != poll.results or state != poll.state:
             failed = sum(1 for r in results if r.get("error"))
             self.journal.job_seen(job_id, state, len(results) - failed, failed)
+            poll.state = state
         if state == "FINISHED":
             self._finishes.append(time.time())
             if self._apply(job_id, results):
