@@ -15,12 +15,11 @@ The flusher sends the queue to a bulk DRS import API (the Seven Bridges contract
   window over the submission times in the journal, so it survives restarts), each call
   sent :data:`LEAD` before its room is back, so that the server has resolved and fetched
   its items when its own window (which counts admissions, and enforces the limit) lets
-  them in.  The server's
-  ``X-RateLimit-Remaining``/``X-RateLimit-Reset`` rule instead when it counts more use
-  than these submissions explain (a DRS bundle's members, other clients of the same
-  account, a lower limit), and a 429 or 5xx holds submission until its ``Retry-After``
-  (else the reset, else the hold policy's next step).  The flusher sleeps until the moment
-  the window reopens, not a tick longer;
+  them in.  The server's ``X-RateLimit-Remaining``/``X-RateLimit-Reset`` rule instead
+  when it counts more use than these submissions explain (a DRS bundle's members, other
+  clients of the same account, a lower limit), and a 429 or 5xx holds submission until its
+  ``Retry-After`` (else the reset, else the hold policy's next step).  The flusher sleeps
+  until the moment the window reopens, not a tick longer;
 * each batch gets an ``Idempotency-Key`` recorded in the journal *before* it is sent, so a
   batch whose answer was lost (a crash, a reset) is sent again under the same key and the
   server returns the job it already made; a job whose id was recorded is polled, never
