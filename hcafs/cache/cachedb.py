@@ -104,6 +104,14 @@ def m006_block_checksums(db: sqlite_utils.Database) -> None:
     db["blobs"].add_column("crcs", bytes)
 
 
+@migrations()
+def m007_drs_jobs(db: sqlite_utils.Database) -> None:
+    # The bulk import jobs the DRS queue made, as last polled (for `hcafs status`).
+    db["drs_jobs"].create({"job_id": str, "state": str, "items": int, "landed": int,
+                           "failed": int, "submitted_at": float, "polled_at": float},
+                          pk="job_id")
+
+
 def mtime_ns(version: str) -> int:
     """The modification time a listed bundle version shows: the moment its version names,
     in ns since the epoch (0 for a version that names none)."""

@@ -261,8 +261,15 @@ def _render(report: dict) -> str:
         detail = bundle["fqid"] or bundle["error"] or ""
         lines.append(f"  bundle {bundle['name']}: {bundle['state']} {detail}".rstrip())
     if report.get("imports"):
-        lines.append("  DRS imports: " + ", ".join(f"{n} {state}" for state, n in
-                                                 sorted(report["imports"].items())))
+        items = report.get("import_items") or {}
+        lines.append("  DRS imports: " + ", ".join(f"{items.get(state, 0)} {state}" for state
+                                                 in ("queued", "submitted", "landed",
+                                                     "failed")))
+    for job in report.get("import_jobs", []):
+        # landed/failed count the server's results: a DRS bundle's members each have one
+        lines.append(f"  import job {job['id']}: {job['state']}, {job['items']} items: "
+                     f"{job['landed']} landed, {job['failed']} failed"
+                     + (f", {job['waiting']} to apply" if job["waiting"] else ""))
     for error in report.get("import_errors", []):
         lines.append(f"  import error {error['bundle']}/{error['path']}: {error['error']}")
     for error in report["errors"]:
