@@ -382,6 +382,10 @@ def section(d: dict) -> list[str]:
                 f"request{'s' if m['refresh_idle_requests'] != 1 else ''} | "
                 f"{m['refresh_added_s']:.2f} s ({m['listed_after']:,} listed after) | "
                 f"{m['collection_ms']:.1f} ms | {m['rss_peak_mib']:.0f} MiB{listed} |")
+        lines += ["", "The daemon's RSS peaks after `ls -l`: libfuse keeps one node per name "
+                  "the kernel holds (about 260 bytes each), freed when the kernel drops "
+                  "the entries; the catalog itself is not in memory (docs/mount.md, "
+                  "*Caches*)."]
     total = sum(s["seed"]["seconds"] for s in sizes)
     lines += ["", f"Seeding {sizes[-1]['count']:,} versions from an empty store took "
               f"{total:.0f} s in all."]
