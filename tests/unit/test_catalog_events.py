@@ -270,3 +270,25 @@ def test_bundles_readdir_is_streamed_by_offset_from_sqlite(tmp_path):
     rest = [n for n, _, _ in ops.readdir_plus("/bundles", 502, handle)]
     assert head[2:] + rest == rows[:2000] + rows[2001:]
     ops.releasedir("/bundles", handle)
+
+
+def test_a_cache_from_before_the_bundle_times_keeps_its_listing(tmp_path):
+    """A cache DB written before the rows carried their mtime (no ``mtime_ns``, migration
+    not applied) is migrated at its first open: every row kept, each with its version's
+    time, as readdir shows it."""
+    from hcafs.model.entries import version_mtime
+
+    path = str(tmp_path / "hcafs.db")
+    old = CacheDB(path).db().conn
+    rows = sorted((f"{uuid.uuid4()}.2026-0{n % 9 + 1}-1{n % 10}T{n % 24:02d}3000.{n:06d}Z")
+                  for n in range(50))
+    old.executemany("insert into bundles (fqid, uuid, version) values (?, ?, ?)",
+                    [(f, *f.split(".", 1)) for f in rows])
+    old.execute("alter table bundles drop column mtime_ns")
+    old.execute("delete from _sqlite_migrations where name = 'm008_bundle_times'")
+    old.close()
+
+    catalog = Catalog(CacheDB(path), None, ttl=300)
+    assert catalog.bundle_rows(limit=100) == [
+        (f, int(version_mtime(f.split(".", 1)[1]) * 1e9)) for f in rows]
+    assert all(mtime > 0 for _, mtime in catalog.bundle_rows(limit=100))
