@@ -1,4 +1,4 @@
-"""Issue 5 benchmark: 1,000 ``.drs`` files through the mount, rate limit 500 per 10 s.
+"""DRS imports benchmark: 1,000 ``.drs`` files through the mount, rate limit 500 per 10 s.
 
 An external ``hcafs serve`` holds 1,000 small files.  A mount on the embedded server (started
 with ``--import-rate-limit 500 --import-rate-window 10``, which the embedded server follows)
