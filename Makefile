@@ -7,6 +7,9 @@ PYTHON ?= python3
 VENV := .venv
 HCA_VENV := .venv-hca
 PYTEST_ARGS ?=
+# `make test` runs the test files on this many processes (pytest-xdist; each file stays
+# on one, so a module's shared server is started once). TEST_JOBS=0 runs them in one.
+TEST_JOBS ?= 2
 
 # hca 7.0.1 pins tenacity<5.1 and Jinja2<3, which do not import on Python 3.11, and
 # pip refuses to override a pin, so hca goes in with --no-deps and its requirements come
@@ -40,7 +43,7 @@ $(HCA_VENV)/.stamp: $(HCA_REQS)
 
 # pytest exits 5 when it collected no tests; that is not a failure here.
 test: venv hca-venv
-	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	$(VENV)/bin/python -m pytest -q $(if $(filter-out 0,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile) $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
 
 # The model and FUSE-adapter tiers and the import contract: no FUSE, no S3, seconds.

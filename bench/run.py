@@ -1,7 +1,7 @@
 """``make bench``: hcafs side by side with its baselines, written to ``docs/benchmarks.md``.
 
 One run starts ``hcafs serve`` on 127.0.0.1, fills it (a 512 MiB file and 10,000 bundle
-versions), and measures (issue 3):
+versions), and measures listing and reading:
 
 (a) ``ls -l MNT/bundles`` cold and warm, against a local directory as large;
 (b) a cold sequential read through the mount, against a direct streaming GET;
@@ -88,7 +88,7 @@ class Bench:
         self.server: Server | None = None
         self.data: Dataset | None = None
         self.read_cache: str | None = None  # the complete cache dir left by (b)
-        self.writes: WriteBench | None = None  # the issue-4 steps
+        self.writes: WriteBench | None = None  # the writing steps
 
     def run(self, name: str) -> Runs:
         return self.runs.setdefault(name, Runs(_UNITS[name]))
@@ -415,7 +415,7 @@ _UNITS = {
     "cold_read_direct_sha256": "MiB/s", "cold_read_rss_growth": "MiB",
     "random_read_mount": "MiB/s", "random_read_ranged_get": "MiB/s",
     "random_read_fetched_per_read": "x",
-    # issue 4
+    # writing
     "cp_local": "MiB/s", "cp_mount": "MiB/s", "tree_hcafs": "s", "tree_hcafs_cp": "s",
     "tree_hcafs_commit": "s", "tree_hca": "s", "tree_rss_peak": "MiB",
     "tree_rss_start": "MiB", "tree_sync_failures": "count", "wb_peak_rss": "MiB",
@@ -442,13 +442,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--random-reads", type=int, default=64,
                         help="random 1 MiB reads per run (default 64)")
     parser.add_argument("--cp-mib", type=int, default=1024,
-                        help="size of the file copied in issue 4 (a), MiB (default 1024)")
+                        help="size of the file copied in writing (a), MiB (default 1024)")
     parser.add_argument("--tree-big-mib", type=int, default=512,
-                        help="the big file of the issue-4 (b) tree, MiB (default 512)")
+                        help="the big file of the writing (b) tree, MiB (default 512)")
     parser.add_argument("--tree-files", type=int, default=512,
-                        help="1 MiB files in the issue-4 (b) tree (default 512)")
+                        help="1 MiB files in the writing (b) tree (default 512)")
     parser.add_argument("--tree-repeats", type=int, default=3,
-                        help="runs of each side of issue 4 (b) (default 3)")
+                        help="runs of each side of writing (b) (default 3)")
     parser.add_argument("--ingest-files", type=int, default=256,
                         help="1 MiB files per ingest run (default 256)")
     parser.add_argument("--baseline-ref", default="main",
@@ -513,15 +513,15 @@ def main(argv: list[str] | None = None) -> int:
             bench.step("random 1 MiB reads", bench.random_reads)
             bench.step("FUSE callback counts", bench.callback_counts)
         if args.only in ("all", "writes"):
-            bench.step("issue 4 setup (SeaweedFS, server, data)", writes.prepare)
+            bench.step("writing setup (SeaweedFS, server, data)", writes.prepare)
             if writes.server is not None:
-                bench.step("issue 4 (a) cp", writes.cp)
-                bench.step("issue 4 (b)+(c) tree to a bundle", writes.trees)
-                bench.step("issue 4 FUSE callback counts", writes.callback_counts)
+                bench.step("writing (a) cp", writes.cp)
+                bench.step("writing (b)+(c) tree to a bundle", writes.trees)
+                bench.step("writing: FUSE callback counts", writes.callback_counts)
                 bench.step("write path ingest (d)-(f), against the baseline tree",
                            writes.ingest)
         if args.only in ("all", "imports"):
-            bench.step("issue 5 DRS imports (1,000 .drs files)", lambda: drs.update(
+            bench.step("DRS imports (1,000 .drs files)", lambda: drs.update(
                 drs_imports.run(os.path.join(work, "drs"))))
         if args.only in ("all", "scale"):
             bench.step("scale (100,000 and 1,000,000 bundle versions)", lambda: scaled.update(

@@ -1,4 +1,4 @@
-"""Issue 4: writing through the mount, side by side with its baselines.
+"""Writing through the mount, side by side with its baselines.
 
 (a) ``cp`` of one 1 GiB file into a pending bundle, against ``cp`` of the same file to the
     local disk (the filesystem the cache dir is on);
@@ -121,7 +121,7 @@ def _pre_read(root: str) -> int:
 
 
 class WriteBench:
-    """The issue-4 steps; ``bench`` is the run's :class:`run.Bench` (figures, cleanup)."""
+    """The writing steps; ``bench`` is the run's :class:`run.Bench` (figures, cleanup)."""
 
     def __init__(self, bench):
         self.b = bench

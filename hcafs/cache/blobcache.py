@@ -72,6 +72,7 @@ class _Blob:
         self.dirty = False
         self.failed: IntegrityError | None = None  # set when the bytes failed their sha256
         self.read_pos = -1  # the furthest block a sequential reader has reached
+        self.window = 0  # bytes the streams may fetch past read_pos (the reader's readahead)
         self.streams = 0  # read-ahead streams running
         self.hashing = False  # the sha256 worker has a pass queued or running
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -235,14 +236,22 @@ class BlobCache:
         """Keep up to ``streams`` background fetches running ahead of a sequential reader.
 
         Each stream claims the next ``chunk`` of missing blocks within ``max_readahead`` of
-        the reader, fetches it with one ranged request, and claims the next; it waits while
-        the window is full and stops when the file is closed.
+        the reader (once it has read a chunk in sequence), fetches it with one ranged
+        request, and claims the next; it waits while the window is full and stops when the
+        file is closed.
         """
         with blob.cond:
             if last > blob.read_pos:
                 blob.read_pos = last
                 blob.cond.notify_all()
-            if readahead < 2 * BLOCK or blob.streams >= self.streams or \
+            # Streams start once the reader has read a whole chunk in sequence (one random
+            # read, with the kernel's own read-ahead, never sets a chunk of fetches going),
+            # and then fetch up to max_readahead ahead; a reader that turns random shrinks
+            # the window to what it asks, so running streams stop claiming.
+            sequential = readahead >= max(2 * BLOCK, self.chunk_blocks * BLOCK)
+            blob.window = self.max_readahead if sequential else readahead
+            if not sequential or \
+                    blob.streams >= self.streams or \
                     self._next_chunk(blob, claim=False) is None:
                 return
             blob.streams += 1
@@ -254,7 +263,7 @@ class BlobCache:
         """The next run of blocks inside the reader's window that needs work (cond held):
         ``(first, last, fetch)``, either missing blocks to fetch or present blocks not yet
         checked since they were loaded (checked ahead of the reader, off its path)."""
-        window = max(1, self.max_readahead // BLOCK)
+        window = max(1, blob.window // BLOCK)
         first = blob.read_pos + 1
         stop = min(blob.nblocks, blob.read_pos + 1 + window)
         while first < stop and (blob.inflight[first] or blob.checked[first]):

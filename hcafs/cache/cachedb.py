@@ -20,6 +20,8 @@ from collections.abc import Iterator
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
+from ..versions import version_datetime
+
 migrations = Migrations("hcafs")
 
 # What a statement raises when the database cannot take it now (locked, disk full): callers
@@ -100,6 +102,33 @@ def m006_block_checksums(db: sqlite_utils.Database) -> None:
     # refetched instead of served.  Blocks cached before this column existed have no sum
     # and count as absent.
     db["blobs"].add_column("crcs", bytes)
+
+
+@migrations()
+def m007_drs_jobs(db: sqlite_utils.Database) -> None:
+    # The bulk import jobs the DRS queue made, as last polled (for `hcafs status`).
+    db["drs_jobs"].create({"job_id": str, "state": str, "items": int, "landed": int,
+                           "failed": int, "submitted_at": float, "polled_at": float},
+                          pk="job_id")
+
+
+def mtime_ns(version: str) -> int:
+    """The modification time a listed bundle version shows: the moment its version names,
+    in ns since the epoch (0 for a version that names none)."""
+    try:
+        return int(version_datetime(version).timestamp() * 1e9)
+    except ValueError:
+        return 0
+
+
+@migrations()
+def m008_bundle_times(db: sqlite_utils.Database) -> None:
+    # The bundle list is kept in SQLite and read by readdir page by page, a million rows
+    # at a time when it is that long: each row carries the mtime its directory shows, so
+    # no date is parsed while listing.  Rows listed before this column are filled here.
+    db["bundles"].add_column("mtime_ns", int)
+    db.conn.create_function("hcafs_mtime_ns", 1, mtime_ns, deterministic=True)
+    db.execute("update bundles set mtime_ns = hcafs_mtime_ns(version)")
 
 
 REFUSALS_KEPT = 50

@@ -1,11 +1,16 @@
 """What the DSS holds, as the mount last saw it: bundle list, manifests, files, collections.
 
-Everything is cached in SQLite and served from memory, so ``ls`` never waits for the
-network once the cache is warm, and works with the server gone.
+Everything is cached in SQLite, so ``ls`` never waits for the network once the cache is
+warm, and works with the server gone.
 
-* The bundle list is refreshed whole (every page of ``/bundles/all``) on a TTL in the
-  background and on demand (``hcafs refresh``); a refresh that fails part-way changes
-  nothing, because "unreachable" must never read as "deleted".
+* The bundle list is the ``bundles`` table, read page by page (:meth:`Catalog.bundle_page`),
+  never held in memory.  A first listing is written page by page with the next page's
+  address, so a restart resumes it; it is marked complete with its last page.  After that a
+  refresh (on a TTL in the background, and on demand) applies ``/v1/events`` since the last
+  cursor; a server without events is listed whole again, into a temporary table swapped in
+  at once.  A refresh that fails part-way changes nothing it had not committed with its
+  cursor, because "unreachable" must never read as "deleted".
+* Collections are listed again only when the server's collections mark changed.
 * Manifests and file metadata are immutable per version: fetched once, kept.
 * Collections are the caller's own; each appears as a directory named ``NAME`` (or
   ``NAME.UUID`` where names clash).
@@ -17,27 +22,46 @@ network once the cache is warm, and works with the server gone.
 * Names this mount gave collection items (``ln -s TARGET collections/C/NAME``) are kept
   here: the server stores only the item, so other mounts show it under its FQID.
 
-Threading: FUSE threads read the in-memory snapshots; the refresher thread builds new ones
-and swaps them in under ``_lock``.  Each thread uses its own SQLite connection.
+Threading: FUSE threads read the bundle rows from SQLite and the collections snapshot from
+memory; the refresher thread writes rows and swaps snapshots in under ``_lock``.  Each thread
+uses its own SQLite connection.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import logging
 import threading
 import time
+import urllib.parse
 from collections import OrderedDict
 
-from ..errors import Busy, NotFound, PermissionDenied, RemoteError, Unreachable
+from ..errors import ApiError, Busy, NotFound, PermissionDenied, RemoteError, Unreachable
 from ..remote.client import DSSClient
-from ..versions import parse_fqid
-from .cachedb import CacheDB
+from ..versions import VERSION_FORMAT, now_version, parse_fqid, version_datetime
+from .cachedb import CacheDB, mtime_ns
 
 log = logging.getLogger(__name__)
 
 MANIFEST_MEMORY = 256
 NEGATIVE_MEMORY = 10_000  # remembered 404s before the expired ones are swept
+LISTING_PAGE = 500  # bundle versions per page of /bundles/all
+EVENTS_OVERLAP = 10.0  # seconds of events asked for again at each catch-up (see _catch_up)
+
+
+def _under_api(url: str) -> str:
+    """A next-page link as a path under the API base: a listing resumed at the next mount
+    goes to the server's address then (an embedded server gets a new port each time)."""
+    parts = urllib.parse.urlsplit(url)
+    path = parts.path[len("/v1"):] if parts.path.startswith("/v1/") else parts.path
+    return f"{path}?{parts.query}" if parts.query else path
+
+
+def _earlier(cursor: str, seconds: float) -> str:
+    """The DSS_VERSION ``seconds`` before an event cursor (or a bare DSS_VERSION)."""
+    moment = version_datetime(cursor[:25]) - _dt.timedelta(seconds=seconds)
+    return moment.strftime(VERSION_FORMAT)
 
 
 class Health:
@@ -93,15 +117,22 @@ class Catalog:
         self.health = Health()
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
-        self._bundles: list[str] = [r[0] for r in db.db().execute(
-            "select fqid from bundles order by fqid")]
-        self._bundle_set = set(self._bundles)
+        stamp = db.get_meta("bundles_refreshed_at")
+        self.refreshed_at = float(stamp) if stamp else 0.0
+        state = db.get_meta("listing_state")
+        # A cache from before listing_state was kept holds only complete listings.
+        self._complete = state == "complete" or (state is None and bool(stamp))
+        self._cursor = db.get_meta("events_cursor") or ""
+        self._events = True  # until the server answers 404 or 501 on /events
+        self._seen: dict[str, str] = {}  # event id -> cursor, within the overlap
+        self._mark = db.get_meta("collections_mark") or None
+        self._mark_seen: str | None = None
+        self._changed = False  # the rows changed in this refresh
+        self.on_change = lambda: None  # the listing changed (the mount invalidates it)
         self._collections = self._load_collections()
         self._names = self._load_names()
         self._changes = 0  # collection changes this mount made (a refresh in flight keeps them)
         self._manifests: OrderedDict[str, dict] = OrderedDict()
-        stamp = db.get_meta("bundles_refreshed_at")
-        self.refreshed_at = float(stamp) if stamp else 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -119,19 +150,47 @@ class Catalog:
 
     # ------------------------------------------------------------ bundles
 
+    def bundle_count(self) -> int:
+        """How many bundle versions are listed (all of them once :attr:`complete`)."""
+        return self.db.db().execute("select count(*) from bundles").fetchone()[0]
+
     def bundles(self) -> list[str]:
-        with self._lock:
-            return self._bundles
+        """Every listed FQID (a small listing's whole; the mount reads pages instead)."""
+        return [r[0] for r in self.db.db().execute("select fqid from bundles order by fqid")]
+
+    def bundle_page(self, after: str | None = None, limit: int = 1000, skip: int = 0
+                    ) -> list[str]:
+        """Up to ``limit`` listed FQIDs in order: those after ``after``, or from the
+        ``skip``-th on.  Read from SQLite each time, so no listing is held in memory."""
+        db = self.db.db()
+        if after is not None:
+            rows = db.execute("select fqid from bundles where fqid > ? order by fqid "
+                              "limit ?", [after, limit])
+        else:
+            rows = db.execute("select fqid from bundles order by fqid limit ? offset ?",
+                              [limit, skip])
+        return [r[0] for r in rows]
+
+    def bundle_rows(self, after: str | None = None, limit: int = 1000, skip: int = 0
+                    ) -> list[tuple[str, int]]:
+        """:meth:`bundle_page` as ``(FQID, mtime in ns)`` rows (see :func:`mtime_ns`)."""
+        db = self.db.db()
+        if after is not None:
+            rows = db.execute("select fqid, mtime_ns from bundles where fqid > ? "
+                              "order by fqid limit ?", [after, limit])
+        else:
+            rows = db.execute("select fqid, mtime_ns from bundles order by fqid "
+                              "limit ? offset ?", [limit, skip])
+        return rows.fetchall()
 
     def listed(self, fqid: str) -> bool:
-        """In the last listing (no network)."""
-        with self._lock:
-            return fqid in self._bundle_set
+        """In the listing (no network)."""
+        return self.db.db().execute("select 1 from bundles where fqid = ?",
+                                    [fqid]).fetchone() is not None
 
     def has_bundle(self, fqid: str) -> bool:
-        with self._lock:
-            if fqid in self._bundle_set:
-                return True
+        if self.listed(fqid):
+            return True
         if parse_fqid(fqid) is None:
             return False
         try:
@@ -191,6 +250,8 @@ class Catalog:
             raise
         except NotFound:
             self.health.ok()
+            if not self._complete:
+                raise  # not listed yet is no proof of absence: ask again next time
             with self._lock:
                 if len(self._absent) > NEGATIVE_MEMORY:
                     now = time.monotonic()
@@ -223,20 +284,16 @@ class Catalog:
     def add_bundle(self, fqid: str) -> None:
         """A bundle version this mount just made: list it now, not at the next refresh."""
         uuid, version = parse_fqid(fqid)
-        self.db.db()["bundles"].upsert({"fqid": fqid, "uuid": uuid, "version": version},
-                                       pk="fqid")
+        self.db.db().execute("insert or replace into bundles (fqid, uuid, version, mtime_ns) "
+                             "values (?, ?, ?, ?)", [fqid, uuid, version, mtime_ns(version)])
         with self._lock:
             self._absent.pop(f"bundle {fqid}", None)
-            if fqid not in self._bundle_set:
-                self._bundles = sorted([*self._bundles, fqid])
-                self._bundle_set = set(self._bundles)
+        self.on_change()
 
     def forget_bundle(self, fqid: str) -> None:
         """A bundle version this mount just deleted."""
         self.db.db().execute("delete from bundles where fqid = ?", [fqid])
-        with self._lock:
-            self._bundles = [f for f in self._bundles if f != fqid]
-            self._bundle_set.discard(fqid)
+        self.on_change()
 
     # ------------------------------------------------------------ collections
 
@@ -319,16 +376,29 @@ class Catalog:
 
     # ------------------------------------------------------------ refreshing
 
-    def refresh(self, client: DSSClient | None = None) -> None:
-        """Fetch the bundle list and collections now; on failure keep what was cached."""
+    @property
+    def complete(self) -> bool:
+        """Whether the listing is whole (False while a first listing is under way)."""
+        return self._complete
+
+    def refresh(self, client: DSSClient | None = None, pages: int | None = None) -> None:
+        """Bring the listing and collections up to date; on failure keep what was cached.
+
+        A listing not yet complete goes on page by page from where it stopped (``pages``
+        bounds how many pages this call reads).  A complete one catches up through
+        ``/events`` since its cursor; a server without events is listed whole again."""
         client = client or self.client
         if client is None:
             return
         with self._refresh_lock:
             with self._lock:
                 changes = self._changes
+            self._changed = False
             try:
-                fqids = [f"{u}.{v}" for u, v in client.iter_bundles()]
+                if not self._complete:
+                    self._list_into(client, pages)
+                elif not (self._events and self._cursor and self._catch_up(client)):
+                    self._relist(client)
                 collections = self._fetch_collections(client)
             except Unreachable as exc:
                 self.health.failed(exc)
@@ -338,28 +408,155 @@ class Catalog:
                 if self._changes != changes:  # this mount changed one while we listed:
                     collections = None  # keep its rows; the next refresh brings the rest
             db = self.db.db()
+            count = self.bundle_count()
             with self.db.atomic():
-                db.execute("delete from bundles")
-                db["bundles"].insert_all(
-                    ({"fqid": f, "uuid": f.split(".", 1)[0], "version": f.split(".", 1)[1]}
-                     for f in fqids), batch_size=1000)
                 if collections is not None:
                     db.execute("delete from collections")
                     db["collections"].insert_all(
                         {"dirname": d, **{k: v for k, v in c.items() if k != "contents"},
                          "contents": json.dumps(c["contents"])}
                         for d, c in collections.items())
+                    self.db.set_meta("collections_mark", self._mark_seen or "")
                 stamp = time.time()
-                self.db.set_meta("bundles_refreshed_at", str(stamp))
-            fqids.sort()
+                if self._complete:
+                    self.db.set_meta("bundles_refreshed_at", str(stamp))
             with self._lock:
                 self._absent.clear()
-                self._bundles, self._bundle_set = fqids, set(fqids)
                 if collections is not None:
                     self._collections = collections
-                self.refreshed_at = stamp
-            log.info("listing refreshed: %d bundle versions, %d collections", len(fqids),
+                    self._mark = self._mark_seen
+                if self._complete:
+                    self.refreshed_at = stamp
+            if self._changed:
+                self.on_change()
+            log.info("listing %s: %d bundle versions, %d collections",
+                     "refreshed" if self._complete else "in progress", count,
                      len(self._collections))
+
+    def _rows(self, items) -> list[tuple[str, str, str, int]]:
+        return [(f"{i['uuid']}.{i['version']}", i["uuid"], i["version"],
+                 mtime_ns(i["version"])) for i in items]
+
+    def _list_into(self, client: DSSClient, pages: int | None) -> None:
+        """The first listing, written page by page into ``bundles`` with the next page's
+        address beside it, so a restart resumes where the last committed page ended.  The
+        listing is marked complete in the transaction that writes its last page."""
+        db = self.db.db()
+        following = self.db.get_meta("listing_next")
+        fresh = self.db.get_meta("listing_state") != "listing" or not following
+        if fresh:  # start over (nothing listed, or no page to resume at)
+            response = client.request("GET", "/bundles/all", params={
+                "replica": client.replica, "per_page": LISTING_PAGE})
+        else:
+            response = client.request("GET", following)
+        read = 0
+        while True:
+            body = response.json()
+            following = response.links.get("next", {}).get("url") \
+                if response.status_code == 206 else None
+            with self.db.atomic():
+                if fresh:  # what was there goes with the first page, not before it
+                    db.execute("delete from bundles")
+                    self.db.set_meta("listing_state", "listing")
+                    self.db.set_meta("listing_since", "")
+                    fresh = False
+                if not self.db.get_meta("listing_since"):
+                    self.db.set_meta("listing_since", body.get("event_timestamp")
+                                     or now_version())
+                db.conn.executemany("insert or replace into bundles (fqid, uuid, version, "
+                                    "mtime_ns) values (?, ?, ?, ?)",
+                                    self._rows(body.get("bundles", [])))
+                self.db.set_meta("listing_next", _under_api(following) if following else "")
+                if not following:
+                    since = self.db.get_meta("listing_since")
+                    self.db.set_meta("events_cursor", since)
+                    self.db.set_meta("listing_state", "complete")
+            read += 1
+            self._changed = True
+            if not following:
+                self._cursor, self._complete = since, True
+                return
+            if pages is not None and read >= pages:
+                return
+            response = client.request("GET", following)
+
+    def _relist(self, client: DSSClient) -> None:
+        """The whole listing again (a server without events): read into a temporary table
+        first, then swapped in at once, so a listing that fails part-way changes nothing."""
+        db = self.db.db()
+        db.execute("create temp table if not exists relisting "
+                   "(fqid text primary key, uuid text, version text, mtime_ns integer)")
+        db.execute("delete from temp.relisting")
+        first = None
+        for page in client.pages("/bundles/all", {"replica": client.replica,
+                                                  "per_page": LISTING_PAGE}):
+            first = first or page.get("event_timestamp") or now_version()
+            db.conn.executemany("insert or replace into temp.relisting values (?, ?, ?, ?)",
+                           self._rows(page.get("bundles", [])))
+        with self.db.atomic():
+            db.execute("delete from bundles where fqid not in (select fqid from "
+                       "temp.relisting)")
+            db.execute("insert or ignore into bundles (fqid, uuid, version, mtime_ns) "
+                       "select fqid, uuid, version, mtime_ns from temp.relisting")
+            self.db.set_meta("events_cursor", first)
+        db.execute("delete from temp.relisting")
+        self._cursor, self._changed = first, True
+
+    def _catch_up(self, client: DSSClient) -> bool:
+        """Apply the events since the cursor (less :data:`EVENTS_OVERLAP`, skipping the
+        event ids already applied); False if the server has no ``/events``."""
+        since = _earlier(self._cursor, EVENTS_OVERLAP)
+        try:
+            response = client.request("GET", "/events", params={
+                "replica": client.replica, "since": since, "per_page": 10})
+        except ApiError as exc:
+            if exc.status in (404, 501):
+                log.info("the server has no /v1/events (%s): the listing is refreshed whole",
+                         exc.status)
+                self._events = False
+                return False
+            raise
+        db = self.db.db()
+        applied = 0
+        while True:
+            body = response.json()
+            fresh = [e for stream in body.get("event_streams", [])
+                     for e in stream.get("events", []) if e["event_id"] not in self._seen]
+            cursor = body.get("cursor") or self._cursor
+            with self.db.atomic():
+                for event in fresh:
+                    self._apply(db, event)
+                self.db.set_meta("events_cursor", max(cursor, self._cursor))
+            for event in fresh:
+                self._seen[event["event_id"]] = event.get("cursor") or cursor
+            applied += len(fresh)
+            self._cursor = max(cursor, self._cursor)
+            following = response.links.get("next", {}).get("url") \
+                if response.status_code == 206 else None
+            if not following:
+                break
+            response = client.request("GET", following)
+        horizon = _earlier(self._cursor, EVENTS_OVERLAP)
+        self._seen = {k: v for k, v in self._seen.items() if v >= horizon}
+        if applied:
+            self._changed = True
+            log.info("applied %d events", applied)
+        return True
+
+    @staticmethod
+    def _apply(db, event: dict) -> None:
+        uuid, version = event.get("uuid"), event.get("version")
+        if not uuid:
+            return
+        if event.get("type") == "create" and version:
+            db.execute("insert or replace into bundles (fqid, uuid, version, mtime_ns) "
+                       "values (?, ?, ?, ?)", [f"{uuid}.{version}", uuid, version,
+                                               mtime_ns(version)])
+        elif event.get("type") == "delete" and version:
+            db.execute("delete from bundles where fqid = ?", [f"{uuid}.{version}"])
+        elif event.get("type") == "delete":  # every version of the bundle
+            db.execute("delete from bundles where fqid > ? and fqid < ?",
+                       [f"{uuid}.", f"{uuid}/"])
 
     def refresh_within(self, timeout: float) -> None:
         """:meth:`refresh`, waited on for at most ``timeout`` seconds (for a FUSE callback);
@@ -382,11 +579,25 @@ class Catalog:
             raise failure[0]
 
     def _fetch_collections(self, client: DSSClient) -> dict[str, dict] | None:
-        """The caller's collections (latest version of each), or None without a token."""
+        """The caller's collections (latest version of each), or None without a token (or
+        when the collections mark says they did not change)."""
+        if not client.has_token:
+            return None
         try:
-            listed = client.list_collections()
+            response = client.request("GET", "/collections", params={"per_page": 500},
+                                      auth=True)
         except PermissionDenied:
             return None
+        mark = response.headers.get("X-HCAFS-Collections-Mark")
+        self._mark_seen = mark
+        if mark is not None and mark == self._mark:
+            return None  # unchanged since the rows we hold
+        listed = list(response.json()["collections"])
+        following = response.links.get("next", {}).get("url") \
+            if response.status_code == 206 else None
+        if following:
+            for page in client.pages(following, {}, auth=True):
+                listed.extend(page["collections"])
         latest: dict[str, str] = {}
         for item in listed:
             if item["version"] > latest.get(item["uuid"], ""):
@@ -413,7 +624,9 @@ class Catalog:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(max(1.0, self.refreshed_at + self.ttl - time.time())):
+        wait = 0.0  # at once: a first listing to finish, or a warm cache to catch up
+        while not self._stop.wait(wait):
+            wait = max(1.0, self.refreshed_at + self.ttl - time.time())
             try:
                 self.refresh()
             except RemoteError as exc:

@@ -22,7 +22,8 @@ import lands, the row is replaced by the imported files (kind ``remote``).
 A bundle's life: ``open`` → ``commit`` (requested) → ``committed`` (with its FQID); a commit
 that the server refuses goes back to ``open`` with the reason in ``error``.
 
-The journal is the only writer of ``pending_bundles``, ``pending_files`` and ``drs_imports``:
+The journal is the only writer of ``pending_bundles``, ``pending_files``, ``drs_imports``
+and ``drs_jobs`` (each import job as last polled):
 each change of the model is one of its methods, and one transaction.  An import item's life
 in ``drs_imports``: ``queued`` → ``submitting`` (batch key recorded before the call) →
 ``submitted`` (job id recorded) → ``done`` or ``failed``; a transient failure goes back to
@@ -47,6 +48,7 @@ OPEN, COMMIT, COMMITTED = "open", "commit", "committed"
 SUBMITTING, SUBMITTED, DONE, FAILED = "submitting", "submitted", "done", "failed"
 IMPORTS_ACTIVE = (QUEUED, SUBMITTING, SUBMITTED)
 MAX_BACKOFF = BACKGROUND.max_delay
+JOBS_SHOWN = 20  # import jobs listed by the summary, the latest first
 SYNC_NOW_KEY = "sync_now_before"  # meta: files changed before this epoch are due at once
 
 
@@ -389,9 +391,26 @@ class Journal:
                                "state = ?", [bundle, FAILED]).fetchall()
         return [f"{name}: {error}" for name, error in rows]
 
-    def imports_sent_since(self, since: float) -> int:
-        return self.db.execute("select count(*) from drs_imports where submitted_at > ?",
-                               [since]).fetchone()[0]
+    def imports_sent_since(self, since: float, until: float | None = None) -> int:
+        """Items submitted after ``since`` (and up to ``until``)."""
+        return self.db.execute("select count(*) from drs_imports where submitted_at > ? and "
+                               "submitted_at <= ?", [since, until or float("inf")]
+                               ).fetchone()[0]
+
+    def first_sent_since(self, since: float) -> float | None:
+        """When the oldest item submitted after ``since`` was submitted."""
+        return self.db.execute("select min(submitted_at) from drs_imports where "
+                               "submitted_at > ?", [since]).fetchone()[0]
+
+    def imports_due(self, now: float) -> tuple[int, float | None, float | None]:
+        """(queued items due now, when the oldest of them was queued, when the next queued
+        one that is not due yet becomes due)."""
+        due, oldest = self.db.execute(
+            "select count(*), min(created) from drs_imports where state = ? and "
+            "coalesce(next_try, 0) <= ?", [QUEUED, now]).fetchone()
+        later = self.db.execute("select min(next_try) from drs_imports where state = ? and "
+                                "next_try > ?", [QUEUED, now]).fetchone()[0]
+        return due, oldest, later
 
     def unanswered_batches(self) -> list[str]:
         """Keys of batches sent (or about to be) whose answer was never recorded."""
@@ -424,8 +443,24 @@ class Journal:
             "order by i.id", [key]).fetchall()
 
     def batch_submitted(self, key: str, job_id: str) -> None:
-        self.db.execute("update drs_imports set state = ?, job_id = ?, submitted_at = ? "
-                        "where batch = ?", [SUBMITTED, job_id, time.time(), key])
+        """The batch's job exists: its items are submitted, and the job is listed (as not
+        polled yet) for ``hcafs status``; jobs finished a day ago are forgotten."""
+        now = time.time()
+        with self.cachedb.atomic() as db:
+            cursor = db.execute("update drs_imports set state = ?, job_id = ?, "
+                                "submitted_at = ? where batch = ?",
+                                [SUBMITTED, job_id, now, key])
+            db.execute("delete from drs_jobs where state = 'FINISHED' and polled_at < ?",
+                       [now - 86400])
+            db.execute("insert or replace into drs_jobs (job_id, state, items, landed, "
+                       "failed, submitted_at) values (?, 'SUBMITTED', ?, 0, 0, ?)",
+                       [job_id, cursor.rowcount, now])
+
+    def job_seen(self, job_id: str, state: str, landed: int, failed: int) -> None:
+        """What the latest poll of a job said: its state and its results so far."""
+        self.db.execute("update drs_jobs set state = ?, landed = ?, failed = ?, "
+                        "polled_at = ? where job_id = ?",
+                        [state, landed, failed, time.time(), job_id])
 
     def imports_failed(self, ids: list[int], reason: str) -> None:
         """The server refused these items for good: the reason goes on each ``.drs`` file."""
@@ -511,8 +546,20 @@ class Journal:
                                    "state = ? order by id", [FAILED]).fetchall()
         invalid = db.execute("select bundle, path, error from pending_files where kind = ? "
                              "and state = ?", [DRS, ERROR]).fetchall()
+        jobs = db.execute(
+            "select j.job_id, j.state, j.items, j.landed, j.failed, j.submitted_at, "
+            "(select count(*) from drs_imports i where i.job_id = j.job_id and i.state = ?) "
+            "from drs_jobs j order by j.submitted_at desc limit ?",
+            [SUBMITTED, JOBS_SHOWN]).fetchall()
+        states = dict(imports)
         return {
             "imports": dict(imports),
+            "import_items": {"queued": states.get(QUEUED, 0) + states.get(SUBMITTING, 0),
+                             "submitted": states.get(SUBMITTED, 0),
+                             "landed": states.get(DONE, 0), "failed": states.get(FAILED, 0)},
+            "import_jobs": [{"id": i, "state": st, "items": n, "landed": ok,
+                             "failed": bad, "submitted_at": at, "waiting": w}
+                            for i, st, n, ok, bad, at, w in reversed(jobs)],
             "import_errors": [{"bundle": b, "path": p, "error": e}
                               for b, p, e in import_errors + invalid],
             "pending_files": pending[0], "pending_bytes": pending[1],

@@ -88,6 +88,7 @@ class Tree:
         self._handles: dict[int, _Handle] = {}
         self._ids = itertools.count(1)
         self._urls: dict[str, str] = {}
+        catalog.on_change = lambda: self.invalidate("/bundles")
 
     # ------------------------------------------------------------ resolving
 
@@ -217,13 +218,10 @@ class Tree:
         if node.kind == "root":
             return [(name, self._fixed_dir_attr(name != "files")) for name in TOP]
         if node.kind == "top" and node.name == "bundles":
-            listing = [(fqid, Attr("dir", 0, version_mtime(fqid.split(".", 1)[1])))
-                       for fqid in self.catalog.bundles()]
-            if self.pending is not None:
-                for name, row in self.pending.bundles().items():
-                    attr = Attr("link", len(row.fqid), row.changed or 0.0) \
-                        if row.state == COMMITTED else Attr("dir", 0, row.changed or 0.0, True)
-                    listing.append((name, attr))
+            listing, after = self.pending_entries(), None
+            while page := self.bundle_entries(after):
+                listing.extend(page)
+                after = page[-1][0]
             return listing
         if node.kind == "top" and node.name == "collections":
             return [(name, Attr("dir", 0, version_mtime(c["version"]), True))
@@ -244,6 +242,28 @@ class Tree:
             tree = self._bundle_tree(node.name) if not node.path else node.value
             return [(name, child.attr) for name, child in sorted(tree.children.items())]
         raise NotADirectory(f"{path} is not a directory")
+
+    def pending_entries(self) -> list[tuple[str, Attr]]:
+        """The pending (and just committed) bundles of ``bundles/``."""
+        listing = []
+        if self.pending is not None:
+            for name, row in self.pending.bundles().items():
+                attr = Attr("link", len(row.fqid), row.changed or 0.0) \
+                    if row.state == COMMITTED else Attr("dir", 0, row.changed or 0.0, True)
+                listing.append((name, attr))
+        return listing
+
+    def bundle_entries(self, after: str | None = None, limit: int = 1000, skip: int = 0
+                       ) -> list[tuple[str, Attr]]:
+        """Listed bundle versions in order, after ``after`` (or from the ``skip``-th)."""
+        return [(fqid, Attr("dir", 0, version_mtime(fqid.split(".", 1)[1])))
+                for fqid in self.catalog.bundle_page(after, limit, skip)]
+
+    def bundle_times(self, after: str | None = None, limit: int = 1000, skip: int = 0
+                     ) -> list[tuple[str, int]]:
+        """:meth:`bundle_entries` as ``(FQID, mtime in ns)``: listed versions are read-only
+        directories, so their time is all that differs (what readdir of a million needs)."""
+        return self.catalog.bundle_rows(after, limit, skip)
 
     def readlink(self, path: str) -> str:
         node = self.resolve(path)
@@ -305,7 +325,8 @@ class Tree:
 
     def status(self) -> dict:
         status = {"online": self.catalog.health.online,
-                  "bundles": len(self.catalog.bundles()),
+                  "bundles": self.catalog.bundle_count(),
+                  "listing": "complete" if self.catalog.complete else "in progress",
                   "collections": len(self.catalog.collections()),
                   "refreshed_at": self.catalog.refreshed_at,
                   "cache_bytes": self.blobs.used, "cache_limit": self.blobs.max_bytes}
@@ -570,6 +591,12 @@ class Tree:
                 contents.append(item)
         self.catalog.collection_saved(collection["uuid"], answer["version"],
                                       collection["name"], contents)
+
+
+def streamed(path: str) -> bool:
+    """True for ``bundles/``: its listed versions are read page by page
+    (:meth:`Tree.bundle_entries`) after :meth:`Tree.pending_entries`, never held whole."""
+    return path.strip("/") == "bundles"
 
 
 def _item_key(item: dict) -> tuple:

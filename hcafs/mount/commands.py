@@ -15,6 +15,7 @@ import time
 
 from ..cache.cachedb import CacheDB
 from ..cache.journal import IMPORTS_ACTIVE, Journal
+from ..cache.listing import listing_progress
 from ..config import runtime_dir
 from ..errors import Busy, NotFound, RemoteError, Unreachable, UsageError
 from .records import MountRecord, pid_alive
@@ -223,7 +224,8 @@ def status(mountpoint: str | None, as_json: bool, watch: bool) -> int:
             summary = journal.summary()
             summary.update(mountpoint=record.mountpoint, server=record.dss_url,
                            pid=record.pid, running=pid_alive(record.pid),
-                           refusals=journal.cachedb.refusals(REFUSALS_SHOWN))
+                           refusals=journal.cachedb.refusals(REFUSALS_SHOWN),
+                           listing=listing_progress(journal.cachedb))
             reports.append(summary)
         if as_json:
             print(json.dumps(reports if not mountpoint else reports[0], indent=2), flush=True)
@@ -246,6 +248,11 @@ def _render(report: dict) -> str:
     lines = [f"{report['mountpoint']}  ({report['server']}, "
              f"{'running' if report['running'] else 'NOT RUNNING'})",
              f"  pending: {report['pending_files']} files, {_size(report['pending_bytes'])}"]
+    listing = report.get("listing")
+    if listing:
+        so_far = " listed so far" if listing["state"] != "complete" else ""
+        lines.append(f"  listing: {listing['state']}, {listing['versions']:,} bundle "
+                     f"versions{so_far}")
     for item in report["in_flight"]:
         lines.append(f"  {item['state']:<11} {_bar(item['sent'], item['size'])} "
                      f"{_size(item['sent'])}/{_size(item['size'])}  "
@@ -254,8 +261,15 @@ def _render(report: dict) -> str:
         detail = bundle["fqid"] or bundle["error"] or ""
         lines.append(f"  bundle {bundle['name']}: {bundle['state']} {detail}".rstrip())
     if report.get("imports"):
-        lines.append("  DRS imports: " + ", ".join(f"{n} {state}" for state, n in
-                                                 sorted(report["imports"].items())))
+        items = report.get("import_items") or {}
+        lines.append("  DRS imports: " + ", ".join(f"{items.get(state, 0)} {state}" for state
+                                                 in ("queued", "submitted", "landed",
+                                                     "failed")))
+    for job in report.get("import_jobs", []):
+        # landed/failed count the server's results: a DRS bundle's members each have one
+        lines.append(f"  import job {job['id']}: {job['state']}, {job['items']} items: "
+                     f"{job['landed']} landed, {job['failed']} failed"
+                     + (f", {job['waiting']} to apply" if job["waiting"] else ""))
     for error in report.get("import_errors", []):
         lines.append(f"  import error {error['bundle']}/{error['path']}: {error['error']}")
     for error in report["errors"]:

@@ -220,11 +220,15 @@ class Daemon:
                                       "Unauthorized); check --token/--token-file") from exc
                 except PermissionDenied:
                     pass  # a valid token that may not list collections
-            self.catalog.refresh(quick)
+            if not self.catalog.complete:
+                # The first page now (it proves the server answers); the rest of the
+                # listing goes on in the background once mounted.
+                self.catalog.refresh(quick, pages=1)
+            # A complete listing is served at once and caught up by the refresher.
         except (Unreachable, ApiError) as exc:
             if isinstance(exc, ApiError) and not exc.transient:
                 raise
-            if not self.catalog.bundles() and not self.catalog.refreshed_at:
+            if not self.catalog.bundle_count() and not self.catalog.refreshed_at:
                 raise Unreachable(f"server {self.url} is unreachable and nothing is cached "
                                   f"in {self.config.cache_dir}") from exc
             log.warning("server %s is unreachable; serving the cached listing", self.url)

@@ -30,13 +30,14 @@ os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 import mfusepy as fuse  # noqa: E402  (the library name must be chosen before import)
 
 from ..errors import HcafsError  # noqa: E402
-from ..model.tree import Attr, Tree  # noqa: E402
+from ..model.tree import Attr, Tree, streamed  # noqa: E402
 from .bufvec import fd_bufvec  # noqa: E402
 from .refusals import EXPLAINED, Refusals  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 FUSE_FILL_DIR_PLUS = 1 << 1
+FUSE_CAP_READDIRPLUS_AUTO = 1 << 14  # fuse_common.h
 ENOATTR = errno.ENODATA
 
 
@@ -76,6 +77,20 @@ def _errno(func: Callable) -> Callable:
     return wrapper
 
 
+LISTED_PAGE = 1000  # bundles/ rows read from SQLite at a time for readdir
+
+
+class _Listing:
+    """One open directory: its first entries (``.``, ``..`` and, for bundles/, the pending
+    bundles) and, for bundles/, the page of listed rows the kernel is reading through."""
+
+    def __init__(self, head: list[tuple[str, dict]], streamed: bool):
+        self.head = head
+        self.streamed = streamed
+        self.page: list[tuple[str, int]] = []  # listed rows: (FQID, mtime in ns)
+        self.page_at = 0  # the offset of page[0]
+
+
 class Operations(fuse.Operations):
     use_ns = True
 
@@ -89,7 +104,7 @@ class Operations(fuse.Operations):
         self._on_destroy = on_destroy
         self._uid, self._gid = os.getuid(), os.getgid()
         self._fuse = None  # libfuse's struct fuse *, for invalidations
-        self._dirs: dict[int, list[tuple[str, dict]]] = {}
+        self._dirs: dict[int, _Listing] = {}
         self._dir_ids = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -115,6 +130,9 @@ class Operations(fuse.Operations):
             config.negative_timeout = self.negative_timeout
         if conn is not None:
             conn.max_readahead = 1024 * 1024
+            # READDIRPLUS always, not only for the first buffer of a listing: every entry
+            # of ``ls -l bundles`` then comes with its attributes, and needs no LOOKUP.
+            conn.want &= ~FUSE_CAP_READDIRPLUS_AUTO
         self._fuse = ctypes.c_void_p(fuse._libfuse.fuse_get_context().contents.fuse)
         self._on_init()
 
@@ -138,21 +156,61 @@ class Operations(fuse.Operations):
 
     @_errno
     def opendir(self, path: str) -> int:
-        entries = self.tree.listdir(path)
+        listed = streamed(path)
+        entries = self.tree.pending_entries() if listed else self.tree.listdir(path)
         here = self.stat(self.tree.getattr(path))
         listing = [(".", here), ("..", here)] + [(n, self.stat(a)) for n, a in entries]
         with self._lock:
             handle = next(self._dir_ids)
-            self._dirs[handle] = listing
+            self._dirs[handle] = _Listing(listing, listed)
         return handle
+
+    def directory(self, fh: int) -> _Listing | None:
+        """The open directory ``fh`` (None once released)."""
+        with self._lock:
+            return self._dirs.get(fh)
 
     def readdir_plus(self, path: str, offset: int, fh: int):
         """``(name, stat, next_offset)`` from ``offset`` on, for the PLUS filler."""
-        with self._lock:
-            listing = self._dirs.get(fh, [])
-        for index in range(offset, len(listing)):
-            name, attrs = listing[index]
+        listing = self.directory(fh)
+        if listing is None:
+            return
+        head = listing.head
+        for index in range(offset, len(head)):
+            name, attrs = head[index]
             yield name, attrs, index + 1
+        if listing.streamed:
+            template = self.stat(Attr("dir"))
+            for name, mtime, following in self.listed_rows(listing, offset):
+                yield name, {**template, "st_mtime": mtime, "st_ctime": mtime,
+                             "st_atime": mtime}, following
+
+    def listed_rows(self, listing: _Listing, offset: int):
+        """``(FQID, mtime in ns, next_offset)`` of bundles/'s listed rows from ``offset``
+        on (all of them are read-only directories, so that is all their attributes).
+
+        The rows come from SQLite a page at a time and the page is kept: the kernel reads
+        on from the offset after the last entry its buffer took, which is usually inside
+        the page, or just past its end (then the next page is read by key).  Any other
+        offset is counted from the first row."""
+        offset = max(offset, len(listing.head))
+        while True:
+            index = offset - listing.page_at
+            if not 0 <= index <= len(listing.page):
+                listing.page, listing.page_at = [], offset
+                after, skip, index = None, offset - len(listing.head), 0
+            elif index == len(listing.page):
+                after = listing.page[-1][0] if listing.page else None
+                skip = offset - len(listing.head)
+                listing.page, listing.page_at, index = [], offset, 0
+            if not listing.page:
+                listing.page = self.tree.bundle_times(after, LISTED_PAGE,
+                                                      0 if after else skip)
+                if not listing.page:
+                    return
+            for name, mtime in listing.page[index:]:
+                offset += 1
+                yield name, mtime, offset
 
     def readdir(self, path: str, fh: int):  # used only if the PLUS path is unavailable
         return [name for name, _, _ in self.readdir_plus(path, 0, fh)]
@@ -285,6 +343,31 @@ class Operations(fuse.Operations):
         return self.tree.touch(path, mtime)
 
 
+_TIMES_AT = fuse.c_stat.st_atimespec.offset
+# atime, mtime and ctime side by side (Linux): one slice assignment fills all three.
+_TIMES_TOGETHER = (fuse.c_stat.st_mtimespec.offset == _TIMES_AT + ctypes.sizeof(fuse.c_timespec)
+                   and fuse.c_stat.st_ctimespec.offset
+                   == _TIMES_AT + 2 * ctypes.sizeof(fuse.c_timespec)
+                   and ctypes.sizeof(fuse.c_timespec) == 16)
+
+
+class _Times:
+    """The three timespecs of a ``c_stat``, set at once with ``times[:] = (s, ns) * 3``."""
+
+    def __init__(self, st):
+        self._moments = (st.st_atimespec, st.st_mtimespec, st.st_ctimespec)
+
+    def __setitem__(self, _, values) -> None:
+        for moment in self._moments:
+            moment.tv_sec, moment.tv_nsec = values[0], values[1]
+
+
+def _times_of(st):
+    if _TIMES_TOGETHER:
+        return (ctypes.c_int64 * 6).from_buffer(st, _TIMES_AT)
+    return _Times(st)
+
+
 class FUSE(fuse.FUSE):
     """mfusepy's FUSE with a readdir that fills READDIRPLUS attributes at real offsets."""
 
@@ -293,13 +376,30 @@ class FUSE(fuse.FUSE):
 
     def readdir_fuse_3(self, path, buf, filler, offset, fip, flags) -> int:
         try:
+            operations = self.operations
+            listing = operations.directory(fip.contents.fh)
+            if listing is None:
+                return 0
             st = fuse.c_stat()
-            for name, attrs, next_offset in self.operations.readdir_plus(
-                    path.decode(self.encoding, self.errors) if path else None, offset,
-                    fip.contents.fh):
+            for index in range(offset, len(listing.head)):
+                name, attrs = listing.head[index]
                 ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
                 fuse.set_st_attrs(st, attrs, use_ns=True)
-                if filler(buf, name.encode(self.encoding, self.errors), st, next_offset,
+                if filler(buf, name.encode(self.encoding, self.errors), st, index + 1,
+                          FUSE_FILL_DIR_PLUS) != 0:
+                    return 0
+            if not listing.streamed:
+                return 0
+            # Listed bundle versions differ only in their times: the rest is filled once
+            # (a million rows cost a million fillers, and little else).
+            ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
+            fuse.set_st_attrs(st, operations.stat(Attr("dir")), use_ns=True)
+            times = _times_of(st)
+            encoding, errors = self.encoding, self.errors
+            for name, mtime, following in operations.listed_rows(listing, offset):
+                seconds, nanoseconds = divmod(mtime, 1_000_000_000)
+                times[:] = (seconds, nanoseconds) * 3
+                if filler(buf, name.encode(encoding, errors), st, following,
                           FUSE_FILL_DIR_PLUS) != 0:
                     break
             return 0

@@ -21,7 +21,6 @@ import time
 
 from ..config import MountConfig, ensure_runtime_dir, private_dir
 from ..errors import Busy, ConfigError, HcafsError, NotFound
-from .daemon import Daemon
 
 log = logging.getLogger("hcafs.mount")
 
@@ -182,6 +181,8 @@ class _Ready:
 
 def run_daemon(config: MountConfig, ready_fd: int | None) -> int:
     """Mount and serve until unmounted.  Reports OK/ERR through ``ready_fd``."""
+    from .daemon import Daemon  # here, not at the top: ``hcafs mount`` only spawns it
+
     ready = _Ready(ready_fd)
     os.chdir("/")  # every path in config is absolute; do not pin the caller's directory
     try:

@@ -3,10 +3,14 @@
 Calls go through :class:`~hcafs.remote.http.HttpClient`, so they are retried like every
 other remote call.  A job is created under an ``Idempotency-Key`` the caller chose and
 recorded first, so a retry (here, or after a crash) makes no second job.  The server's
-``X-RateLimit-*`` headers are kept in :attr:`BulkImportClient.limit` for the caller's budget.
+``X-RateLimit-*`` headers of every answer (polls included) are kept in
+:attr:`BulkImportClient.limit`, with the time they were seen, for the caller's budget.
 """
 
 from __future__ import annotations
+
+import time
+from dataclasses import dataclass
 
 import requests
 
@@ -17,6 +21,17 @@ from .http import HttpClient
 IMPORT_RETRY = RetryPolicy(attempts=3, base_delay=0.5, max_delay=10.0)
 
 
+@dataclass(frozen=True)
+class RateLimit:
+    """The server's file budget as one answer stated it: ``remaining`` of ``limit`` files
+    at ``seen`` (epoch), all of it back at ``reset`` (epoch)."""
+
+    limit: int
+    remaining: int
+    reset: float
+    seen: float
+
+
 class BulkImportClient(HttpClient):
     def __init__(self, base_url: str, token: str | None, verify: bool | str = True,
                  retry: RetryPolicy | None = None):
@@ -24,7 +39,7 @@ class BulkImportClient(HttpClient):
         super().__init__(base_url if base_url.endswith("/v2") else f"{base_url}/v2",
                          retry=retry or IMPORT_RETRY, verify=verify, pool_size=4)
         self._token = token
-        self.limit: tuple[int, int, float] | None = None  # limit, remaining, reset (epoch)
+        self.limit: RateLimit | None = None
 
     def __repr__(self) -> str:  # no token in any repr
         return f"BulkImportClient({self.base!r})"
@@ -34,9 +49,10 @@ class BulkImportClient(HttpClient):
 
     def _seen(self, response: requests.Response) -> None:
         try:
-            self.limit = (int(response.headers["X-RateLimit-Limit"]),
-                          int(response.headers["X-RateLimit-Remaining"]),
-                          float(response.headers["X-RateLimit-Reset"]))
+            self.limit = RateLimit(int(response.headers["X-RateLimit-Limit"]),
+                                   int(response.headers["X-RateLimit-Remaining"]),
+                                   _epoch(float(response.headers["X-RateLimit-Reset"])),
+                                   time.time())
         except (KeyError, ValueError):
             pass
 
@@ -55,3 +71,8 @@ class BulkImportClient(HttpClient):
 
     def get(self, job_id: str) -> dict:
         return self.request("GET", f"/bulk/drs/imports/{job_id}", auth=True).json()
+
+
+def _epoch(reset: float) -> float:
+    """``X-RateLimit-Reset`` in epoch seconds (some servers send milliseconds)."""
+    return reset / 1000 if reset > 1e11 else reset

@@ -5,24 +5,40 @@ A ``.drs`` file holds a ``drs://`` URI on one line, or a JSON object
 is parsed and queued in the journal (``drs_imports``); invalid content leaves the file as it
 is, with the reason in ``user.hcafs.error``, ``hcafs status`` and the log.
 
-The flusher sends the queue to a bulk DRS import API (the Seven Bridges contract) in batches:
+The flusher sends the queue to a bulk DRS import API (the Seven Bridges contract):
 
-* at most 100 items a call, grouped so that each call's request-level fields
-  (``conflict_resolution``, ``tags``) are shared by its items;
-* never more items than the rate limit allows: a client-side budget of N items per window
-  (counted from the journal, so it survives restarts) that also follows the server's
-  ``X-RateLimit-*`` headers, 429 and ``Retry-After``;
+* calls are full: 100 items each (the contract's most), grouped so that each call's
+  request-level fields (``conflict_resolution``, ``tags``) are shared by its items.  A call
+  with fewer goes only once the writers pause (no new item for :data:`LINGER`), its oldest
+  item has waited :data:`MAX_LINGER`, or the budget has room for fewer;
+* never more items than the rate limit allows: ``limit`` items per ``window`` (a sliding
+  window over the submission times in the journal, so it survives restarts), each call
+  sent :data:`LEAD` before its room is back, so that the server has resolved and fetched
+  its items when its own window (which counts admissions, and enforces the limit) lets
+  them in.  The server's ``X-RateLimit-Remaining``/``X-RateLimit-Reset`` rule instead
+  when it counts more use than these submissions explain (a DRS bundle's members, other
+  clients of the same account, a lower limit), and a 429 or 5xx holds submission until its
+  ``Retry-After`` (else the reset, else the hold policy's next step).  The flusher sleeps
+  until the moment the window reopens, not a tick longer;
 * each batch gets an ``Idempotency-Key`` recorded in the journal *before* it is sent, so a
   batch whose answer was lost (a crash, a reset) is sent again under the same key and the
   server returns the job it already made; a job whose id was recorded is polled, never
   submitted again;
-* jobs are polled until FINISHED, and each item's result is applied: on success NAME appears
-  in the pending bundle as a file already on the server and the ``.drs`` file goes away; on
-  error the server's message is kept on the ``.drs`` file; transient errors are retried.
+* jobs are polled on a schedule that adapts (:attr:`DrsQueue.poll`): soon after
+  submission, then backing off while a job shows no progress, back to soon when it does,
+  and at the latest just after the rate window reopens (when a waiting job moves on).
+  Each poll's state and results are recorded for ``hcafs status``;
+* each item's result is applied: on success NAME appears in the pending bundle as a file
+  already on the server and the ``.drs`` file goes away; on error the server's message is
+  kept on the ``.drs`` file; transient errors are retried.
 
-Threading: one flusher thread owns the network side.  Every row it changes (the queue's, and
-when a result lands the pending-file rows involved) it changes through one journal method,
-one transaction each; the calls go through :mod:`hcafs.remote.bulk_import`.
+Threading: one flusher thread owns the network side and every change of state.  It sleeps
+on an Event until its next deadline (a poll, the window's reopening, the end of a linger)
+or until an enqueue wakes it.  A small pool reads the landed files' records from the DSS
+(``HEAD``) in parallel and returns them; the flusher applies them.  Every row it changes
+(the queue's, the jobs', and when a result lands the pending-file rows involved) it changes
+through one journal method, one transaction each; the calls go through
+:mod:`hcafs.remote.bulk_import`.  The pool starts and stops with the thread.
 """
 
 from __future__ import annotations
@@ -32,6 +48,8 @@ import logging
 import re
 import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..cache.journal import Journal
@@ -46,6 +64,11 @@ __all__ = ["BulkImportClient", "DrsQueue", "ImportRequest", "normalize_uri",
 log = logging.getLogger(__name__)
 
 MAX_ITEMS = 100
+LINGER = 0.5  # a call with fewer than MAX_ITEMS waits this long after the last enqueue ...
+MAX_LINGER = 5.0  # ... but its oldest item no longer than this
+IDLE = 30.0  # the flusher looks at the queue at least this often
+HEADS = 8  # HEAD calls in flight while a job's results are applied
+LEAD = 1.0  # a call goes this long (at most a tenth of the window) before its budget is back
 MAX_CONTENT = 64 * 1024
 CONFLICTS = ("SKIP", "RENAME", "OVERWRITE")
 _HOST_FORM = re.compile(r"^drs://(?P<host>[A-Za-z0-9.\-]+(:\d+)?)/(?P<id>[^\s/][^\s]*)$")
@@ -110,6 +133,18 @@ def normalize_uri(uri: str, resolver: dict[str, str]) -> str:
     raise UsageError(f"{uri!r} is not a drs:// URI (drs://host/id or drs://prefix:accession)")
 
 
+@dataclass
+class Poll:
+    """When a job is polled next, after how many polls without progress, and its results
+    at the last poll."""
+
+    at: float
+    misses: int = 0
+    results: int = -1
+    last: float = 0.0  # when it was polled last
+    state: str = ""
+
+
 class DrsQueue:
     """The import queue's front (parsing closed ``.drs`` files) and its flusher thread.
 
@@ -131,12 +166,25 @@ class DrsQueue:
         # never longer than the rate-limit window; the server's Retry-After comes first.
         self.hold = RetryPolicy(attempts=0, base_delay=5.0, max_delay=window,
                                 jitter=False)
+        # The pause between two polls of a job: 0.25 s after its submission or its latest
+        # progress, doubling while it shows none, at most a tenth of the window (2-30 s).
+        self.poll = RetryPolicy(attempts=0, base_delay=0.25,
+                                max_delay=min(30.0, max(2.0, window / 10)), jitter=False)
         self._holds = 0
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._heads: ThreadPoolExecutor | None = None
         self._hold_until = 0.0
-        self._polled: dict[str, float] = {}
+        self._submit_at = 0.0  # when _submit has something to do next
+        self._last_enqueue = 0.0
+        self._enqueued = 0  # items queued since the mount started
+        self._idle = True  # the flusher waits for no queued item
+        self._reopens: float | None = None  # when the spent budget grows again
+        self._polls: dict[str, Poll] = {}
+        # When jobs were seen FINISHED: their files leave the server's window about one
+        # window later, and a job waiting for room moves on then.
+        self._finishes: deque[float] = deque()
 
     # ------------------------------------------------------------ enqueueing (FUSE threads)
 
@@ -161,7 +209,13 @@ class DrsQueue:
                                    json.dumps(request.metadata),
                                    json.dumps(sorted(request.tags)), request.conflict):
             log.info("queued import of %s into %s/%s", request.drs_uri, bundle, name)
-            self._wake.set()
+            self._last_enqueue = time.time()
+            self._enqueued += 1
+            # The flusher needs waking for the first item, or when a call is full; between
+            # these it is lingering and looks again when the writers pause.
+            if self._idle or self._enqueued % MAX_ITEMS == 0:
+                self._idle = False
+                self._wake.set()
 
     def waiting(self, bundle: str) -> int:
         return self.journal.imports_waiting(bundle)
@@ -172,6 +226,7 @@ class DrsQueue:
     # ------------------------------------------------------------ the flusher
 
     def start(self) -> None:
+        self._heads = ThreadPoolExecutor(HEADS, thread_name_prefix="drs-head")
         self._thread = threading.Thread(target=self._run, name="drs-flusher", daemon=True)
         self._thread.start()
 
@@ -180,40 +235,87 @@ class DrsQueue:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        if self._heads is not None:
+            self._heads.shutdown(wait=True, cancel_futures=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._wake.clear()
             try:
-                self._flush()
-                self._poll()
+                deadline = self.step()
             except Exception:
                 log.exception("DRS import flusher error")
-            self._wake.wait(0.5)
-            self._wake.clear()
+                deadline = time.time() + 1.0
+            self._wake.wait(min(max(deadline - time.time(), 0.01), IDLE))
 
-    def budget(self, now: float) -> int:
-        """Items that may be sent now without passing the rate limit."""
-        room = self.limit - self.journal.imports_sent_since(now - self.window)
-        if self.api.limit is not None:
-            _, remaining, reset = self.api.limit
-            if reset > now:
-                room = min(room, remaining)
-        return max(0, room)
+    def step(self) -> float:
+        """Submit what may go now and poll the jobs that are due; returns the epoch time
+        when there is something to do next (unless an enqueue comes first)."""
+        self._submit_at = self._submit()
+        polls = self._poll()
+        return min(self._submit_at, polls)
 
-    def _flush(self) -> None:
-        now = time.time()
+    def _submit_if_due(self) -> None:
+        """Submission does not wait for a long poll round or the results of a big job."""
+        if self._wake.is_set() or time.time() >= self._submit_at:
+            self._submit_at = self._submit()
+
+    def budget(self, now: float) -> tuple[int, float | None]:
+        """(items that may be sent now, and when the budget grows again if that is 0).
+
+        Our own count of the last window's submissions bounds it; the server's latest
+        rate-limit headers bound it too when they show a lower limit, or more use than
+        our submissions of the last two windows explain (the server counts files: a DRS
+        bundle's members, or another client of the same account, use it too)."""
+        seen = self.api.limit
+        fresh = seen is not None and seen.reset > now
+        span = self.window - min(LEAD, self.window / 10)
+        sent = self.journal.imports_sent_since(now - span)
+        own = min(self.limit, seen.limit if fresh else self.limit) - sent
+        server = None
+        if fresh:
+            explained = self.journal.imports_sent_since(seen.seen - 2 * self.window, seen.seen)
+            if seen.limit - seen.remaining > explained:
+                server = seen.remaining - self.journal.imports_sent_since(seen.seen)
+        room = own if server is None else min(own, server)
+        if room > 0:
+            return room, None
+        reopens = []
+        if own <= 0:
+            first = self.journal.first_sent_since(now - span)
+            reopens.append((first or now) + span)
+        if server is not None and server <= 0:
+            reopens.append(seen.reset)
+        return 0, max(max(reopens), now + 0.01)
+
+    def _submit(self) -> float:
         # Batches whose answer was lost are sent again under the same key.
         for key in self.journal.unanswered_batches():
-            self._send(key)
-        if now < self._hold_until:
-            return
+            if not self._send(key):
+                return self._hold_until
         while True:
-            room = min(MAX_ITEMS, self.budget(time.time()))
+            now = time.time()
+            if now < self._hold_until:
+                return self._hold_until
+            due, oldest, later = self.journal.imports_due(now)
+            if not due:
+                self._reopens = None
+                self._idle = True
+                if self.journal.imports_due(now)[0]:  # an enqueue came in between
+                    continue
+                return later or float("inf")
+            room, self._reopens = self.budget(now)
             if room <= 0:
-                return
-            key = self.journal.claim_batch(now, room)
+                return self._reopens
+            size = min(MAX_ITEMS, room)
+            if due < size:
+                # Fill the call: wait while the writers go on, a little.
+                ready = min(self._last_enqueue + LINGER, oldest + MAX_LINGER)
+                if now < ready:
+                    return ready
+            key = self.journal.claim_batch(now, size)
             if key is None or not self._send(key):
-                return
+                return self._hold_until if key else now + 0.1
 
     def _send(self, key: str) -> bool:
         rows = self.journal.batch(key)
@@ -235,8 +337,10 @@ class DrsQueue:
             self._hold_off(exc, None)
             return False
         self._holds = 0
-        self.journal.batch_submitted(key, str(job["id"]))
-        log.info("submitted %d DRS imports as job %s", len(rows), job["id"])
+        job_id = str(job["id"])
+        self.journal.batch_submitted(key, job_id)
+        self._polls[job_id] = Poll(time.time() + self.poll.base_delay)
+        log.info("submitted %d DRS imports as job %s", len(rows), job_id)
         return True
 
     def _hold_off(self, exc: Exception, retry_after: str | None) -> None:
@@ -244,43 +348,111 @@ class DrsQueue:
         window resets, else the hold policy's next step."""
         now = time.time()
         if not retry_after and isinstance(exc, ApiError) and self.api.limit is not None \
-                and self.api.limit[2] > now:
-            retry_after = str(self.api.limit[2] - now)
+                and self.api.limit.reset > now:
+            retry_after = str(self.api.limit.reset - now)
         delay = self.hold.delay(self._holds, retry_after)
         self._holds += 1
         self._hold_until = now + delay
         log.warning("bulk import API: %s; waiting %.0fs", exc, delay)
 
-    def _poll(self) -> None:
-        now = time.monotonic()
-        for job_id in self.journal.submitted_jobs():
-            if self._polled.get(job_id, 0) > now:
-                continue
-            self._polled[job_id] = now + 1.0
-            try:
-                job = self.api.get(job_id)
-            except Exception as exc:
-                log.debug("polling import job %s failed: %s", job_id, exc)
-                continue
-            if job.get("state") == "FINISHED":
-                self._apply(job_id, job.get("result") or [])
+    def _poll(self) -> float:
+        """Poll the jobs that are due; returns when the next one is."""
+        soonest = float("inf")
+        jobs = self.journal.submitted_jobs()
+        for job_id in set(self._polls) - set(jobs):
+            del self._polls[job_id]
+        for job_id in jobs:
+            poll = self._polls.setdefault(job_id, Poll(0.0))  # after a restart: now
+            if poll.at <= time.time():
+                self._poll_one(job_id, poll)
+                self._submit_if_due()
+            if job_id in self._polls:
+                soonest = min(soonest, poll.at)
+        return soonest
 
-    def _apply(self, job_id: str, results: list[dict]) -> None:
+    def _poll_one(self, job_id: str, poll: Poll) -> None:
+        try:
+            job = self.api.get(job_id)
+        except Exception as exc:
+            log.debug("polling import job %s failed: %s", job_id, exc)
+            poll.misses += 1
+            poll.at = time.time() + self.poll.backoff(poll.misses)
+            return
+        results = job.get("result") or []
+        state = str(job.get("state"))
+        if len(results) != poll.results or state != poll.state:
+            failed = sum(1 for r in results if r.get("error"))
+            self.journal.job_seen(job_id, state, len(results) - failed, failed)
+            poll.state = state
+        if state == "FINISHED":
+            self._finishes.append(time.time())
+            if self._apply(job_id, results):
+                del self._polls[job_id]
+            else:  # the server has done the import: never submit it again, apply it again
+                poll.at = time.time() + 10
+            return
+        self.schedule(poll, len(results), time.time())
+
+    def schedule(self, poll: Poll, results: int, now: float) -> None:
+        """When to poll a job next that had ``results`` at its poll at ``now``: soon if
+        it made progress or the window reopened since the last poll, later each time
+        neither happened, and at the latest just after the window's next reopening (when
+        a job that waits for the budget moves on)."""
+        while self._finishes and self._finishes[0] + self.window < now - 2 * IDLE:
+            self._finishes.popleft()
+        reopened = any(poll.last < done + self.window <= now for done in self._finishes)
+        poll.misses = 0 if results > poll.results or reopened else poll.misses + 1
+        poll.results, poll.last = results, now
+        poll.at = now + self.poll.backoff(poll.misses)
+        reopens = self._window_reopens(now)
+        if reopens is not None:
+            poll.at = min(poll.at, reopens + self.poll.base_delay)
+
+    def _window_reopens(self, now: float) -> float | None:
+        """The next moment the server's window is expected to let more in: our spent
+        budget's return, the server's reset when its headers say it is spent, or one
+        window after a job was seen finished (its files leave the window then)."""
+        moments = [done + self.window for done in self._finishes if done + self.window > now]
+        if self._reopens is not None and self._reopens > now:
+            moments.append(self._reopens)
+        seen = self.api.limit
+        if seen is not None and seen.remaining <= 0 and seen.reset > now:
+            moments.append(seen.reset)
+        return min(moments, default=None)
+
+    def _apply(self, job_id: str, results: list[dict]) -> bool:
+        """Apply a finished job's results; False if some could not be (kept for later)."""
         rows = self.journal.job_items(job_id)
         by_item = _results_by_item(results, len(rows))
-        for row, result in zip(rows, by_item, strict=True):
+        landed = sorted({_resource_fqid(r["resource"]) for result in by_item
+                         for r in result if r.get("resource")})
+        # HEADs run ahead in the pool while the flusher applies the items in order: each
+        # waits only for its own files' records.
+        infos = {fqid: (self._heads.submit(self._head, fqid) if self._heads else
+                        _Done(self._head(fqid))) for fqid in landed}
+        applied = True
+        for number, (row, result) in enumerate(zip(rows, by_item, strict=True)):
+            if number % 10 == 9:
+                self._submit_if_due()
             bundle, name = row[1], row[2]
             try:
-                self._apply_one(*row, result)
+                self._apply_one(*row, result, infos)
             except Exception as exc:
-                # The server has done the import: never submit it again, apply it again.
                 log.warning("applying the result of import job %s for %s/%s failed "
                             "(will retry): %s", job_id, bundle, name, exc)
-                self._polled[job_id] = time.monotonic() + 10
+                applied = False
             self.on_change(bundle)
+        return applied
+
+    def _head(self, fqid: tuple[str, str]):
+        """The DSS record of a landed file, or the error reading it (a pool worker)."""
+        try:
+            return self.dss.head_file(*fqid)
+        except Exception as exc:
+            return exc
 
     def _apply_one(self, import_id: int, bundle: str, name: str, drs_file_id: int,
-                   conflict: str, result: list[dict]) -> None:
+                   conflict: str, result: list[dict], infos: dict) -> None:
         errors = [r["error"] for r in result if r.get("error")]
         resources = [r["resource"] for r in result if r.get("resource")]
         if errors and not resources:
@@ -301,8 +473,9 @@ class DrsQueue:
         entries = []
         directory = name.rpartition("/")[0]
         for resource in resources:
-            file_uuid, version = _resource_fqid(resource)
-            info = self.dss.head_file(file_uuid, version)
+            info = infos[_resource_fqid(resource)].result()
+            if isinstance(info, Exception):
+                raise info
             member = resource.get("member")  # a DRS bundle's member: its path inside
             path = f"{name}/{member}" if member else (
                 f"{directory}/{resource['name']}" if directory and resource.get("name") and
@@ -313,6 +486,16 @@ class DrsQueue:
         self.journal.import_done(import_id, bundle, drs_file_id, conflict, entries)
         log.info("imported %s into %s (%d file%s)", name, bundle, len(entries),
                  "" if len(entries) == 1 else "s")
+
+
+@dataclass(frozen=True)
+class _Done:
+    """A value already at hand, read like a finished future."""
+
+    value: object
+
+    def result(self) -> object:
+        return self.value
 
 
 def _resource_fqid(resource: dict) -> tuple[str, str]:

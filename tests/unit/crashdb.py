@@ -15,7 +15,8 @@ import sqlite_utils
 
 from hcafs.cache.cachedb import CacheDB
 
-TABLES = ("pending_bundles", "pending_files", "drs_imports", "bundles", "manifests", "meta")
+TABLES = ("pending_bundles", "pending_files", "drs_imports", "drs_jobs", "bundles",
+          "manifests", "meta")
 
 
 class InjectedCrash(Exception):

@@ -79,32 +79,47 @@ def _parse(text: str) -> ast.Module:  # the copies share most files: parse each 
     return ast.parse(text)
 
 
+@functools.cache
+def _imports(text: str) -> tuple[tuple, ...]:
+    """Every import statement of a module's text, anywhere in it (inside functions too), as
+    ``("import", names, line)`` or ``("from", level, module, names, line)``; walked once
+    per text, since the temporary copies share all but one file."""
+    found: list[tuple] = []
+    for node in ast.walk(_parse(text)):
+        if isinstance(node, ast.Import):
+            found.append(("import", tuple(a.name for a in node.names), node.lineno))
+        elif isinstance(node, ast.ImportFrom):
+            found.append(("from", node.level, node.module,
+                          tuple(a.name for a in node.names), node.lineno))
+    return tuple(found)
+
+
 def load(root: Path) -> Package:
     """Parse every module under ``root`` (a copy of ``hcafs/``) and list its imports."""
-    modules = {module_name(root, path): _parse(path.read_text())
-               for path in sorted(root.rglob("*.py"))}
+    texts = {module_name(root, path): path.read_text() for path in sorted(root.rglob("*.py"))}
+    modules = {name: _parse(text) for name, text in texts.items()}
     packages = {module_name(root, path.parent) for path in root.rglob("__init__.py")}
     edges = []
-    for name, tree in modules.items():
+    for name, text in texts.items():
         base = name if name in packages else name.rpartition(".")[0]
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                edges += [Edge(name, alias.name if alias.name.startswith("hcafs")
-                               else alias.name.split(".")[0], node.lineno)
-                          for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    anchor = base.split(".")[: len(base.split(".")) - node.level + 1]
-                    target = ".".join(anchor + ([node.module] if node.module else []))
-                else:
-                    target = node.module or ""
-                if not target.startswith("hcafs"):
-                    edges.append(Edge(name, target.split(".")[0], node.lineno))
-                    continue
-                for alias in node.names:  # `from . import spec` imports the module spec
-                    child = f"{target}.{alias.name}"
-                    edges.append(Edge(name, child if child in modules else target,
-                                      node.lineno))
+        for found in _imports(text):
+            if found[0] == "import":
+                _, names, line = found
+                edges += [Edge(name, alias if alias.startswith("hcafs")
+                               else alias.split(".")[0], line) for alias in names]
+                continue
+            _, level, module, names, line = found
+            if level:
+                anchor = base.split(".")[: len(base.split(".")) - level + 1]
+                target = ".".join(anchor + ([module] if module else []))
+            else:
+                target = module or ""
+            if not target.startswith("hcafs"):
+                edges.append(Edge(name, target.split(".")[0], line))
+                continue
+            for alias in names:  # `from . import spec` imports the module spec
+                child = f"{target}.{alias}"
+                edges.append(Edge(name, child if child in modules else target, line))
     return Package(modules, edges)
 
 
@@ -213,13 +228,19 @@ def sql_outside_cache(package: Package) -> list[str]:
     for name, tree in package.modules.items():
         if name.startswith("hcafs.cache"):
             continue
-        skip = _docstrings(tree)
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
-                    id(node) not in skip and SQL_STATEMENT.match(node.value):
-                out.append(f"{name}:{node.lineno} holds SQL {node.value[:40]!r}: "
-                           "SQL belongs in hcafs.cache")
+        out += [f"{name}:{line} holds SQL {text[:40]!r}: SQL belongs in hcafs.cache"
+                for line, text in _sql_strings(tree)]
     return out
+
+
+@functools.cache
+def _sql_strings(tree: ast.Module) -> tuple[tuple[int, str], ...]:
+    """The string constants of a module (docstrings aside) that read as SQL statements;
+    found once per parsed text."""
+    skip = _docstrings(tree)
+    return tuple((node.lineno, node.value) for node in ast.walk(tree)
+                 if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                 and id(node) not in skip and SQL_STATEMENT.match(node.value))
 
 
 def mount_importers(package: Package) -> list[str]:

@@ -32,19 +32,29 @@ from hcafs.remote.client import DSSClient, RetryPolicy
 QUICK = RetryPolicy(attempts=2, base_delay=0.05, max_delay=0.1)
 
 
-@pytest.fixture
-def world(tmp_path):
-    staging = tmp_path / "staging"
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """One server, relay and published bundle for the module (a server start is most of
+    a test's time); each test gets its own cache, and leaves no collection behind."""
+    work = tmp_path_factory.mktemp("served")
+    staging = work / "staging"
     staging.mkdir()
-    server = DSSServer(str(tmp_path / "server"), args=["--staging-root", str(staging)])
+    server = DSSServer(str(work / "server"), args=["--staging-root", str(staging)])
     server.start()
     proxy = FaultyHttpProxy(server.url)
     client = DSSClient(server.url, token=USER)
     fqid, registered = publish(client, staging, {"a.txt": b"alpha\n"})
     yield {"server": server, "proxy": proxy, "client": client, "fqid": fqid,
-           "file": ".".join(registered["a.txt"]), "work": tmp_path}
+           "file": ".".join(registered["a.txt"])}
     proxy.close()
     server.stop()
+
+
+@pytest.fixture
+def world(served, tmp_path):
+    yield {**served, "work": tmp_path}
+    for uuid in {c["uuid"] for c in served["client"].list_collections()}:
+        served["client"].delete_collection(uuid)
 
 
 def _tree(world, negative_ttl: float = 30.0, cache: str = "cache") -> Tree:

@@ -41,6 +41,7 @@ def _base(journal: Journal) -> dict:
     key = journal.claim_batch(1e12, 1)  # the first one is being submitted
     journal.batch_submitted(key, "job-1")
     ids["import"] = journal.job_items("job-1")[0][0]
+    ids["batch"] = key
     return ids
 
 
@@ -65,6 +66,9 @@ CHANGES: dict[str, Change] = {
         ids["drs2"], 30, "b", "z.bin", "drs://h/z", "{}", "[]", "RENAME"),
     "drs_rejected": lambda jn, ids: jn.drs_rejected(ids["drs2"], 3, "invalid .drs file"),
     "claim_batch": lambda jn, ids: jn.claim_batch(1e12, 100),
+    "batch_submitted (an answer seen again)": lambda jn, ids: jn.batch_submitted(
+        ids["batch"], "job-2"),
+    "job_seen": lambda jn, ids: jn.job_seen("job-1", "RUNNING", 1, 0),
     "imports_failed": lambda jn, ids: jn.imports_failed([ids["import"]], "5104: nope"),
     "import_retry": lambda jn, ids: jn.import_retry(ids["import"], "503: later"),
     "import_skipped": lambda jn, ids: jn.import_skipped(ids["import"], ids["drs"]),

@@ -1,0 +1,125 @@
+"""The mount side of bulk DRS imports without FUSE: a real :class:`DrsQueue` on a real
+journal (a temporary SQLite file) sends ``.drs`` requests to a real ``hcafs serve``'s bulk
+import API, behind a relay that records every call, and the files come from a second
+``hcafs serve``.  Counted: the create calls and their items (the server's audit record),
+and each job's polls (the relay)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from fixtures.dss_server import ADMIN, DSSServer
+from fixtures.faults import FaultyHttpProxy
+from fixtures.hcafs_mount import wait_until
+from fixtures.publishing import publish
+
+from hcafs.cache.cachedb import CacheDB
+from hcafs.cache.journal import DRS, REMOTE, Journal
+from hcafs.remote.bulk_import import BulkImportClient
+from hcafs.remote.client import DSSClient
+from hcafs.sync.drs_queue import DrsQueue
+
+LIMIT, WINDOW = 100, 4.0
+
+
+@pytest.fixture
+def peers(tmp_path: Path):
+    staging = tmp_path / "external-staging"
+    staging.mkdir()
+    external = DSSServer(str(tmp_path / "external"),
+                         args=["--staging-root", str(staging)]).start()
+    importer = DSSServer(str(tmp_path / "importer"), args=[
+        "--import-rate-limit", str(LIMIT), "--import-rate-window", str(WINDOW)]).start()
+    relay = FaultyHttpProxy(importer.url)
+    try:
+        yield SimpleNamespace(external=external, staging=staging, importer=importer,
+                              relay=relay)
+    finally:
+        relay.close()
+        importer.stop()
+        external.stop()
+
+
+def _import(peers, tmp_path: Path, uris: list[str], timeout: float = 120) -> Journal:
+    """Queue one ``.drs`` request per URI, as closed files would, and run the flusher
+    until every import has landed."""
+    journal = Journal(CacheDB(str(tmp_path / "cache" / "hcafs.db")))
+    journal.add_bundle("b", str(uuid.uuid4()), None, [])
+    queue = DrsQueue(journal, BulkImportClient(peers.relay.url, ADMIN),
+                     DSSClient(peers.importer.url, token=ADMIN), limit=LIMIT, window=WINDOW,
+                     default_conflict="SKIP", resolver={})
+    queue.start()
+    try:
+        for n, uri in enumerate(uris):
+            file_id = journal.add_file("b", f"f{n:03d}.drs", DRS)
+            queue.enqueue_file(file_id, "b", f"f{n:03d}.drs", uri.encode(), len(uri))
+        wait_until(lambda: not journal.imports_waiting("b"), timeout=timeout,
+                   what="the imports to land")
+    finally:
+        queue.stop()
+    return journal
+
+
+def _log(peers) -> dict:
+    import requests
+
+    answer = requests.get(f"{peers.importer.url}/internal/imports/log", timeout=30,
+                          headers={"Authorization": f"Bearer {ADMIN}"})
+    answer.raise_for_status()
+    return answer.json()
+
+
+def test_calls_are_full_and_wait_for_the_window_not_longer(peers, tmp_path):
+    blobs = {f"x{n:03d}": f"file {n}\n".encode() for n in range(250)}
+    _, files = publish(DSSClient(peers.external.url, token=ADMIN), peers.staging, blobs)
+    host = peers.external.url.split("://", 1)[1]
+    uris = [f"drs://{host}/{'.'.join(files[name])}" for name in blobs]
+    journal = _import(peers, tmp_path, uris)
+
+    landed = {row.path: row for row in journal.files("b")}
+    assert sorted(landed) == [f"f{n:03d}" for n in range(250)]
+    assert all(row.kind == REMOTE and row.size == len(blobs[f"x{int(path[1:]):03d}"])
+               for path, row in landed.items())
+    log = _log(peers)
+    calls = sorted((c for c in log["calls"] if not c["replay"]), key=lambda c: c["time"])
+    assert [c["items"] for c in calls] == [100, 100, 50]  # full calls: 3, not one a file
+    assert all(c["accepted"] for c in calls)
+    # The budget is 100 items per 4 s: each next call waits for the window to reopen (it
+    # goes a tenth of the window early, the server holds it until then), and goes when it
+    # does (woken then, not on a later tick; the bound is generous).
+    for before, after in zip(calls, calls[1:], strict=False):
+        assert WINDOW * 0.9 - 0.1 <= after["time"] - before["time"] <= WINDOW + 3.0
+    admitted = sorted(a["time"] for a in log["admissions"])
+    assert len(admitted) == 250
+    assert max(sum(1 for t in admitted if start <= t < start + WINDOW)
+               for start in admitted) <= LIMIT
+
+
+def test_polling_starts_soon_backs_off_and_sees_finished_promptly(peers, tmp_path):
+    blobs = {f"p{n:03d}": f"polled {n}\n".encode() * 4 for n in range(150)}
+    _, files = publish(DSSClient(peers.external.url, token=ADMIN), peers.staging, blobs)
+    host = peers.external.url.split("://", 1)[1]
+    clock = time.time() - time.monotonic()  # the relay records monotonic times
+    _import(peers, tmp_path, [f"drs://{host}/{'.'.join(files[n])}" for n in blobs])
+
+    log = _log(peers)
+    jobs = {job["id"]: job for job in log["jobs"]}
+    assert len(jobs) == 2
+    polls: dict[str, list[float]] = {job_id: [] for job_id in jobs}
+    for seen in peers.relay.seen:
+        if seen.method == "GET" and seen.path.startswith("/v2/bulk/drs/imports/"):
+            polls[seen.path.rsplit("/", 1)[1].split("?")[0]].append(seen.at + clock)
+    for job_id, job in jobs.items():
+        created = job["history"][0]["time"]
+        finished = next(h["time"] for h in job["history"] if h["state"] == "FINISHED")
+        times = sorted(polls[job_id])
+        assert times, f"job {job_id} was never polled"
+        assert times[0] - created <= 2.0  # soon after submission (at 0.25 s)
+        assert times[-1] >= finished  # the last poll saw it FINISHED ...
+        assert times[-1] - finished <= 3.0  # ... promptly: polls are at most 2 s apart
+        # backing off: a job that lives D seconds gets a handful of polls, not D / 0.25
+        assert len(times) <= 5 + (finished - created) / 2.0 * 1.5, (job_id, times)

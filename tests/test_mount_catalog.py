@@ -1,0 +1,138 @@
+"""Real mounts: the listing kept in the cache DB, caught up through ``/v1/events``.
+
+* ``hcafs refresh`` shows creates made through the API and deletes made through a second
+  mount.
+* A server without ``/events`` (a fault proxy answering 404) is listed whole instead.
+* A first listing runs in the background; a ``kill -9`` of the daemon in the middle of it,
+  then a remount, ends with a correct, complete listing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+from fixtures.dss_server import ADMIN, DSSServer
+from fixtures.faults import Fault, FaultyHttpProxy
+from fixtures.hcafs_mount import Mount, needs_fuse, run_hcafs, wait_until
+from fixtures.mounts import unmount_leftovers
+from fixtures.publishing import publish
+
+from hcafs.remote.client import DSSClient
+from hcafs.versions import now_version
+
+pytestmark = needs_fuse
+
+
+@pytest.fixture
+def world(tmp_path):
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    server = DSSServer(str(tmp_path / "server"), args=["--staging-root", str(staging)])
+    server.start()
+    proxy = FaultyHttpProxy(server.url)
+    client = DSSClient(server.url, token=ADMIN)
+    first, _ = publish(client, staging, {"a.txt": b"alpha\n"})
+    files = [{"uuid": f["uuid"], "version": f["version"], "name": f["name"],
+              "indexed": f["indexed"]} for f in client.get_bundle(*first.split(".", 1))["files"]]
+    try:
+        yield {"server": server, "proxy": proxy, "client": client, "first": first,
+               "files": files}
+    finally:
+        proxy.close()
+        server.stop()
+
+
+def _more(world: dict, count: int) -> list[str]:
+    made = []
+    for _ in range(count):
+        bundle, version = str(uuid.uuid4()), now_version()
+        status, _ = world["client"].put_bundle(bundle, version, world["files"])
+        assert status == 201
+        made.append(f"{bundle}.{version}")
+    return made
+
+
+def _listed(mount: Mount) -> list[str]:
+    return sorted(os.listdir(Path(mount.path) / "bundles"))
+
+
+def _status(mount: Mount) -> dict:
+    result = run_hcafs("status", "--json", mount.path, env=mount.env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_refresh_shows_api_creates_and_second_mount_deletes(tmp_path, world):
+    made = sorted([world["first"], *_more(world, 3)])
+    one = Mount(str(tmp_path / "one"), world["proxy"].url, token=ADMIN)
+    two = Mount(str(tmp_path / "two"), world["proxy"].url, token=ADMIN)
+    with one, two:
+        assert _listed(one) == made and _listed(two) == made
+        os.rmdir(Path(two.path) / "bundles" / made[0])  # DELETE through the second mount
+        assert _listed(two) == made[1:]
+        extra = _more(world, 2)  # PUTs through the API
+        mark = len(world["proxy"].seen)
+        one.refresh()
+        assert _listed(one) == sorted([*made[1:], *extra])
+        assert not [s for s in world["proxy"].seen[mark:] if "/bundles/all" in s.path]
+        two.refresh()
+        assert _listed(two) == sorted([*made[1:], *extra])
+
+
+def test_a_server_without_events_is_listed_whole(tmp_path, world):
+    world["proxy"].when(Fault.error(404), path="/v1/events", times=1000)
+    made = sorted([world["first"], *_more(world, 2)])
+    with Mount(str(tmp_path / "m"), world["proxy"].url, token=ADMIN) as mount:
+        assert _listed(mount) == made
+        world["client"].delete_bundle(*made[0].split(".", 1), reason="test")
+        extra = _more(world, 1)
+        mark = len(world["proxy"].seen)
+        mount.refresh()
+        assert _listed(mount) == sorted([*made[1:], *extra])
+        assert [s for s in world["proxy"].seen[mark:] if "/bundles/all" in s.path]
+
+
+def test_a_daemon_killed_during_the_first_listing_leaves_a_correct_listing(tmp_path, world):
+    made = sorted([world["first"], *_more(world, 1099)])  # three pages of 500
+    gate = threading.Event()
+    world["proxy"].when(Fault(hold=gate), path="search_after", times=1)  # the second page
+    mount = Mount(str(tmp_path / "m"), world["proxy"].url, token=ADMIN)
+    try:
+        mount.start()  # returns with the first page listed
+        assert _listed(mount) == made[:500]
+        status = _status(mount)
+        assert status["listing"] == {"state": "in progress", "versions": 500}
+        os.kill(status["pid"], signal.SIGKILL)
+        wait_until(lambda: not _alive(status["pid"]), 30, "the daemon to die")
+        gate.set()
+        unmount_leftovers([Path(mount.path)])
+
+        world["client"].delete_bundle(*made[0].split(".", 1), reason="test")  # listed
+        extra = _more(world, 1)
+        mount.start()
+        wait_until(lambda: _status(mount)["listing"]["state"] == "complete", 120,
+                   "the listing to complete")
+        mount.refresh()
+        assert _listed(mount) == sorted([*made[1:], *extra])
+        assert _status(mount)["listing"] == {"state": "complete", "versions": 1100}
+    finally:
+        gate.set()
+        mount.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for this purpose
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,142 @@
+"""Model tier: the DRS import flusher's budget and poll schedule, on a real journal (a
+temporary SQLite file) and a real bulk-import client that is never called: its
+``limit`` is set as the server's rate-limit headers would set it."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from hcafs.cache import journal as j
+from hcafs.cache.cachedb import CacheDB
+from hcafs.cache.journal import Journal
+from hcafs.remote.bulk_import import BulkImportClient, RateLimit
+from hcafs.sync.drs_queue import LEAD, DrsQueue, Poll
+
+BUNDLE = "11111111-1111-4111-8111-111111111111"
+
+
+@pytest.fixture
+def journal(tmp_path) -> Journal:
+    journal = Journal(CacheDB(str(tmp_path / "hcafs.db")))
+    journal.add_bundle("b", BUNDLE, None, [])
+    return journal
+
+
+def _queue(journal: Journal, limit: int = 500, window: float = 10.0) -> DrsQueue:
+    api = BulkImportClient("http://127.0.0.1:9", None)  # port 9: nothing is ever sent
+    return DrsQueue(journal, api, None, limit=limit, window=window, default_conflict="SKIP",
+                    resolver={})
+
+
+def _queue_items(journal: Journal, count: int, start: int = 0) -> None:
+    for n in range(start, start + count):
+        file_id = journal.add_file("b", f"f{n}.drs", j.DRS)
+        journal.drs_queued(file_id, 20, "b", f"f{n}", f"drs://h/{n}", "{}", "[]", "SKIP")
+
+
+def _submit(journal: Journal, items: int, job: str) -> None:
+    key = journal.claim_batch(time.time(), items)
+    journal.batch_submitted(key, job)
+
+
+def test_the_budget_is_the_last_windows_submissions_and_reopens_with_the_oldest(journal):
+    queue = _queue(journal, limit=500, window=10)
+    _queue_items(journal, 1000)
+    assert queue.budget(time.time()) == (500, None)
+    for n in range(5):
+        _submit(journal, 100, f"job{n}")
+    first = journal.first_sent_since(0)
+    room, reopens = queue.budget(time.time())
+    # the next call goes a second early: the server lets it in when its window reopens
+    assert room == 0 and reopens == pytest.approx(first + 10 - LEAD)
+    assert queue.budget(first + 10 - LEAD + 0.001)[0] == 100  # the oldest call is out
+
+
+def test_headers_that_our_submissions_explain_do_not_stall_the_next_call(journal):
+    """The server counts admissions, which lag the submissions: "0 remaining, all back at
+    reset" after our own 500 must not hold the next call until that reset (the sliding
+    window gives room back call by call)."""
+    queue = _queue(journal, limit=500, window=10)
+    _queue_items(journal, 1000)
+    for n in range(5):
+        _submit(journal, 100, f"job{n}")
+    first = journal.first_sent_since(0)
+    queue.api.limit = RateLimit(500, 0, reset=time.time() + 9.5, seen=time.time())
+    room, reopens = queue.budget(time.time())
+    assert room == 0 and reopens == pytest.approx(first + 10 - LEAD)
+
+
+def test_use_the_submissions_do_not_explain_follows_the_server(journal):
+    """One item that is a DRS bundle of 1,000 members spends the server's whole budget:
+    nothing more goes until the server's reset, although our count has room."""
+    queue = _queue(journal, limit=500, window=10)
+    _queue_items(journal, 3)
+    _submit(journal, 1, "bundle-job")
+    reset = time.time() + 7
+    queue.api.limit = RateLimit(500, 0, reset=reset, seen=time.time())
+    assert queue.budget(time.time()) == (0, reset)
+    queue.api.limit = RateLimit(500, 40, reset=reset, seen=time.time())
+    assert queue.budget(time.time()) == (40, None)
+    assert queue.budget(reset + 0.01) == (499, None)  # past its reset a header says nothing
+
+
+def test_a_lower_limit_on_the_server_is_followed(journal):
+    queue = _queue(journal, limit=500, window=10)
+    _queue_items(journal, 300)
+    _submit(journal, 100, "job0")
+    queue.api.limit = RateLimit(100, 100, reset=time.time() + 10, seen=time.time())
+    room, reopens = queue.budget(time.time())
+    assert room == 0 and reopens == pytest.approx(journal.first_sent_since(0) + 10 - LEAD)
+
+
+def test_polls_come_soon_back_off_and_wake_when_the_window_reopens(journal):
+    queue = _queue(journal, limit=500, window=300)  # polls at most 30 s apart
+    now = time.time()
+    poll = Poll(now)
+    steps = []
+    for _ in range(10):  # no progress: 0.25 s, 0.5 s, 1 s ... at most 30 s
+        queue.schedule(poll, 0, now)
+        steps.append(round(poll.at - now, 2))
+    assert steps == [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    queue.schedule(poll, 100, now)  # progress: soon again
+    assert poll.at - now == pytest.approx(0.25)
+    for _ in range(8):
+        queue.schedule(poll, 100, now)
+    assert poll.at - now == pytest.approx(30)
+    # The server's budget is spent and comes back in 5 s: the job is polled just after.
+    queue.api.limit = RateLimit(500, 0, reset=now + 5, seen=now)
+    queue.schedule(poll, 100, now)
+    assert poll.at - now == pytest.approx(5.25)
+
+
+def test_job_progress_is_kept_for_status(journal):
+    _queue_items(journal, 150)
+    _submit(journal, 100, "job-a")
+    _submit(journal, 50, "job-b")
+    journal.job_seen("job-a", "RUNNING", 60, 2)
+    summary = journal.summary()
+    jobs = {job["id"]: job for job in summary["import_jobs"]}
+    assert jobs["job-a"] == dict(jobs["job-a"], state="RUNNING", items=100, landed=60,
+                                 failed=2, waiting=100)
+    assert jobs["job-b"] == dict(jobs["job-b"], state="SUBMITTED", items=50, landed=0,
+                                 failed=0, waiting=50)
+    assert summary["import_items"] == {"queued": 0, "submitted": 150, "landed": 0,
+                                       "failed": 0}
+
+
+def test_a_waiting_job_is_polled_when_an_earlier_jobs_files_leave_the_window(journal):
+    """A job seen FINISHED at T: its files leave the server's window at about T + window,
+    and a job that waits for room is polled just then, and soon after (not 30 s later)."""
+    queue = _queue(journal, limit=500, window=300)
+    now = time.time()
+    poll = Poll(now)
+    for _ in range(10):
+        queue.schedule(poll, 0, now)  # backed off to 30 s
+    queue._finishes.append(now - 290)  # seen finished 290 s ago: its files leave in 10 s
+    queue.schedule(poll, 0, now)
+    assert poll.at - now == pytest.approx(10.25)
+    later = poll.at
+    queue.schedule(poll, 0, later)  # polled once the window reopened: soon again
+    assert poll.at - later == pytest.approx(0.25)
