@@ -458,8 +458,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", choices=("all", "reads", "writes", "imports", "http",
                                            "metadata", "scale", "scale-out"),
                         default="all",
-                        help="run only the issue-3 (reads), issue-4 (writes) or issue-5 "
-                        "(imports) benchmarks, or the HTTP front under load (http)")
+                        help="run only one part: reading and listing (reads), writing "
+                        "(writes), DRS imports (imports), the HTTP front under load (http), "
+                        "metadata callbacks (metadata), a million bundle versions (scale) or "
+                        "several servers (scale-out)")
     parser.add_argument("--ls-timeout", type=float, default=300,
                         help="give up on one ls -l after this many seconds (default 300)")
     parser.add_argument("--output", default=os.path.join(REPO, "docs", "benchmarks.md"),

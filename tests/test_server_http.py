@@ -243,6 +243,20 @@ def test_a_200_mib_blob_streams_whole_and_ranged(serve, tmp_path, record_propert
     record_property("rss_growth_mib", round(growth / MiB, 1))
     print(f"200 MiB blob streamed; worker RSS growth {growth / MiB:.1f} MiB")
     assert growth <= 50 * MiB
+    # Small ranged reads on one keep-alive connection (what a mount's random reads send):
+    # with Nagle on, each answer's body waited for the client's delayed ACK, ~30 ms a read.
+    with requests.Session() as session:
+        times = []
+        for n in range(60):
+            started = time.perf_counter()
+            small = session.get(blob, headers={"Range": f"bytes={n * MiB}-{n * MiB}"},
+                                timeout=60)
+            times.append(time.perf_counter() - started)
+            assert small.status_code == 206 and small.content == bytes([n])
+    times = times[20:]  # past the connection's first quick ACKs
+    median = sorted(times)[len(times) // 2]
+    record_property("small_range_median_ms", round(median * 1000, 1))
+    assert median < 0.015, f"a 1-byte ranged GET takes {median * 1000:.1f} ms (median)"
 
 
 def test_json_bodies_have_a_limit_and_get_and_head_take_none(serve):
