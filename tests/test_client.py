@@ -245,7 +245,7 @@ def test_bulk_import_calls_share_the_retry_path(proxy):
     assert len(posts) == 2  # the 503, then the same request again
     assert api.create([item], "SKIP", [], key)["id"] == job["id"]  # same key, same job
     assert api.get(job["id"])["id"] == job["id"]
-    assert api.limit is not None and api.limit[0] > 0  # the server's X-RateLimit-* headers
+    assert api.limit is not None and api.limit.limit > 0  # the server's X-RateLimit-* headers
 
 
 def test_bulk_import_errors_come_from_the_one_status_map(proxy):

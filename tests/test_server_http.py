@@ -30,7 +30,10 @@ def serve(tmp_path: Path) -> Iterator:
     started: list[DSSServer] = []
 
     def make(name: str, *args: str) -> DSSServer:
-        server = DSSServer(str(tmp_path / name), args=list(args))
+        # One worker process unless a test asks for more: the thread and memory checks
+        # below watch the worker that serves the request.
+        workers = [] if "--workers" in args else ["--workers", "1"]
+        server = DSSServer(str(tmp_path / name), args=[*workers, *args])
         started.append(server)
         return server.start()
 
