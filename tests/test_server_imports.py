@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import threading
 import time
 import uuid as _uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -507,6 +509,27 @@ def test_the_request_budget_answers_429_with_code_1000(repo, tmp_path):
         assert create(server, {"items": [item]}, token=OTHER).status_code == 200
         refused = [c for c in import_log(server)["calls"] if not c["accepted"]]
         assert [(c["identity"], c["items"]) for c in refused] == [("user@example.org", 1)]
+    finally:
+        server.stop()
+
+
+def test_many_requests_of_one_identity_at_once_are_not_refused_under_the_limit(tmp_path):
+    """64 clients of one identity at the same instant, far below the request limit, on two
+    workers: losing the shared budget's compare-and-swap to each other is no 429."""
+    server = DSSServer(str(tmp_path / "contended"), args=["--workers", "2"]).start()
+    try:
+        barrier = threading.Barrier(64)
+
+        def client(_: int) -> list[int]:
+            with requests.Session() as session:
+                barrier.wait(timeout=60)
+                return [session.get(f"{server.url}/v2/files/{_uuid.uuid4()}",
+                                    headers={"X-SBG-Auth-Token": USER},
+                                    timeout=60).status_code for _ in range(4)]
+
+        with ThreadPoolExecutor(64) as pool:
+            statuses = [code for codes in pool.map(client, range(64)) for code in codes]
+        assert statuses.count(404) == len(statuses) == 256, sorted(set(statuses))
     finally:
         server.stop()
 
