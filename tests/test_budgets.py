@@ -86,3 +86,22 @@ def test_state_says_what_is_left_and_when_it_comes_back(tmp_path):
     assert budget.take("b")[0] is not None  # keys are apart
     now[0] = 1010.5
     assert budget.take("a")[0] == 1010.5
+
+
+def test_a_batch_is_admitted_in_one_write_as_far_as_the_room_goes(tmp_path):
+    now = [1000.0]
+    store = open_store(("local", str(tmp_path)))
+    budget = SharedBudget(store, "files", 5, 10, clock=lambda: now[0])
+    writes = []
+    replace, create = store.replace, store.create
+    store.replace = lambda *a, **k: writes.append("replace") or replace(*a, **k)
+    store.create = lambda *a, **k: writes.append("create") or create(*a, **k)
+    assert budget.take_many("a", 3) == ([1000.0] * 3, 0.0)
+    now[0] = 1002.0
+    assert budget.take_many("a", 4) == ([1002.0] * 2, 8.0)  # room for two; the third at 1010
+    assert writes == ["create", "replace"]
+    assert budget.take_many("a", 1) == ([], 8.0)
+    assert budget.state("a") == (0, 1010.0, 1012.0)
+    assert budget.take_many("a", 0) == ([], 0.0)
+    now[0] = 1010.0
+    assert budget.take_many("a", 10) == ([1010.0] * 3, 2.0)

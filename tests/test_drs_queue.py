@@ -44,13 +44,16 @@ def peers(tmp_path: Path):
         external.stop()
 
 
-def _import(peers, tmp_path: Path, uris: list[str], timeout: float = 120) -> Journal:
+def _import(peers, tmp_path: Path, uris: list[str], timeout: float = 120,
+            dss_url: str | None = None) -> Journal:
     """Queue one ``.drs`` request per URI, as closed files would, and run the flusher
-    until every import has landed."""
+    until every import has landed.  The DSS is the importer, asked directly unless
+    ``dss_url`` says otherwise."""
     journal = Journal(CacheDB(str(tmp_path / "cache" / "hcafs.db")))
     journal.add_bundle("b", str(uuid.uuid4()), None, [])
     queue = DrsQueue(journal, BulkImportClient(peers.relay.url, ADMIN),
-                     DSSClient(peers.importer.url, token=ADMIN), limit=LIMIT, window=WINDOW,
+                     DSSClient(dss_url or peers.importer.url, token=ADMIN), limit=LIMIT,
+                     window=WINDOW,
                      default_conflict="SKIP", resolver={})
     queue.start()
     try:
@@ -97,6 +100,38 @@ def test_calls_are_full_and_wait_for_the_window_not_longer(peers, tmp_path):
     assert len(admitted) == 250
     assert max(sum(1 for t in admitted if start <= t < start + WINDOW)
                for start in admitted) <= LIMIT
+
+
+def test_a_landed_file_is_headed_only_when_the_import_api_is_not_its_dss(peers, tmp_path):
+    blobs = {f"h{n:02d}": f"headed {n}\n".encode() * (n + 1) for n in range(12)}
+    _, files = publish(DSSClient(peers.external.url, token=ADMIN), peers.staging, blobs)
+    host = peers.external.url.split("://", 1)[1]
+    uris = [f"drs://{host}/{'.'.join(files[name])}" for name in blobs]
+
+    def heads(relay) -> int:
+        return sum(1 for seen in relay.seen
+                   if seen.method == "HEAD" and seen.path.startswith("/v1/files/"))
+
+    # The import API and the DSS are one server (one origin): the results carry the DSS
+    # records, and no HEAD is sent.
+    same = _import(peers, tmp_path / "same", uris[:6], dss_url=peers.relay.url)
+    assert heads(peers.relay) == 0
+    # Another origin for the DSS: what it stored is asked of it, one HEAD per file.
+    second = FaultyHttpProxy(peers.importer.url)
+    try:
+        other = _import(peers, tmp_path / "other", uris[6:], dss_url=second.url)
+        assert heads(second) == 6 and heads(peers.relay) == 0
+    finally:
+        second.close()
+    dss = DSSClient(peers.importer.url)
+    for journal in (same, other):
+        rows = journal.files("b")
+        assert len(rows) == 6
+        for row in rows:
+            info = dss.head_file(row.file_uuid, row.file_version)
+            assert (row.size, row.sha256, row.sha1, row.crc32c, row.s3_etag,
+                    row.content_type) == (info.size, info.sha256, info.sha1, info.crc32c,
+                                          info.s3_etag, info.content_type)
 
 
 def test_polling_starts_soon_backs_off_and_sees_finished_promptly(peers, tmp_path):

@@ -89,6 +89,38 @@ def test_a_publish_past_the_fence_is_finished_by_the_next_holder(store_spec):
     assert json.loads(store.read("files/y")) == {"v": 1}
 
 
+def test_a_batch_published_past_the_fence_is_finished_by_the_next_holder(store_spec):
+    store = open_store(store_spec)
+    dying = Leases(store, ttl=0.6, holder="elsewhere:5:e")
+    lease = dying.claim("import-8")
+    batch = [(f"files/b{n}", json.dumps({"n": n}).encode()) for n in range(3)]
+    created = []
+
+    def dies_after_one(calls):  # the fence passed; the holder dies after the first create
+        call, *args = calls[0]
+        created.append(call(*args))
+        lease.lost = True  # this holder writes nothing more
+        return created
+
+    assert dying.publish_many(lease, batch, run=dies_after_one) == [True]
+    assert store.read("files/b1") is None
+    time.sleep(0.8)
+    taker = Leases(store, ttl=30, holder="elsewhere:6:f")
+    assert taker.claim("import-8").token == 2
+    assert [json.loads(store.read(key)) for key, _ in batch] == [{"n": 0}, {"n": 1}, {"n": 2}]
+
+
+def test_a_stalled_holder_publishes_nothing_of_a_batch(store_spec):
+    store = open_store(store_spec)
+    first = Leases(store, ttl=0.6, holder="elsewhere:7:g")
+    old = first.claim("import-9")
+    time.sleep(0.8)
+    assert Leases(store, ttl=30, holder="elsewhere:8:h").claim("import-9").token == 2
+    with pytest.raises(LeaseLost):
+        first.publish_many(old, [("files/c0", b"{}"), ("files/c1", b"{}")])
+    assert store.read("files/c0") is None and store.read("files/c1") is None
+
+
 def test_the_renewer_keeps_a_lease_past_its_ttl_and_release_frees_it(store_spec):
     store = open_store(store_spec)
     holder = Leases(store, ttl=0.9, holder="elsewhere:5:e")

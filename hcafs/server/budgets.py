@@ -52,26 +52,39 @@ class SharedBudget:
 
     def take(self, key: str) -> tuple[float | None, float]:
         """``(when, 0)`` if an event was admitted now, else ``(None, seconds to wait)``."""
+        admitted, wait = self.take_many(key, 1)
+        return (admitted[0], 0.0) if admitted else (None, wait)
+
+    def take_many(self, key: str, count: int) -> tuple[list[float], float]:
+        """Admit up to ``count`` events now, in one write: ``(times, wait)``, where
+        ``times`` holds one entry per admitted event and ``wait`` is how long until the
+        next one could be (0 when all ``count`` were admitted)."""
+        if count <= 0:
+            return [], 0.0
         doc = self._key(key)
         for _ in range(RETRIES):
             found = self.store.read_versioned(doc)
             now = self._clock()
             events = self._live(found[0] if found else None, now)
-            if len(events) >= self.limit:
+            room = min(count, self.limit - len(events))
+            if room <= 0:
                 metrics.budget_wait(self.name)
-                return None, max(events[0] + self.window - now, 0.01)
-            events = sorted([*events, now])  # another clock may run a little behind
+                return [], max(events[0] + self.window - now, 0.01)
+            events = sorted([*events, *[now] * room])  # another clock may run behind
             data = json.dumps({"events": events}, separators=(",", ":")).encode()
             if found is None:
                 done = self.store.create(doc, data)
             else:
                 done = self.store.replace(doc, data, found[1])
             if done:
-                return now, 0.0
+                if room == count:
+                    return [now] * room, 0.0
+                metrics.budget_wait(self.name)
+                return [now] * room, max(events[0] + self.window - now, 0.01)
             metrics.budget_conflict(self.name)
             time.sleep(random.uniform(0.002, 0.02))
         metrics.budget_wait(self.name)
-        return None, CONTENDED_WAIT
+        return [], CONTENDED_WAIT
 
     def state(self, key: str) -> tuple[int, float, float]:
         """``(remaining, next_free, all_free)``: epoch seconds when the next event is

@@ -959,31 +959,32 @@ class Importer:
                 if index in entries:
                     self._drop_ahead(job["id"], index)
                 index += 1
-        self._fetch_ahead(job, ready, entries)
-        self._fence(job["id"])  # no admission for a job taken over while it fetched
-        cut, wait = index, None
-        admitted = []
-        for i in range(first, index):
-            if i in entries:
-                continue
+        # Admission comes first, in unit order and in one budget write: a file admitted
+        # against the window is fetched and stored now, whatever the room ahead; the ones
+        # past the budget are fetched ahead, as far as that room allows, and wait there.
+        self._fence(job["id"])  # no admission for a job taken over while it prepared
+        order = [i for i in range(first, index) if i not in entries]
+        times, seconds = self.file_budget.take_many(owner_key(job["owner"]), len(order))
+        admitted = dict(zip(order, times, strict=False))  # the first len(times) units
+        cut, wait = (order[len(times)], seconds) if len(times) < len(order) else (index, None)
+        self._fetch_ahead(job, {i: ready[i] for i in order}, entries, must=set(admitted))
+        self._fence(job["id"])  # nothing stored for a job taken over while it fetched
+        landing = []
+        for i, when in admitted.items():
             with self._ahead_lock:
                 sums = self._ahead.get((job["id"], i))
-            if sums is None:  # no room to fetch it yet
-                cut, wait = i, 0.0
-                break
-            when, seconds = self.file_budget.take(owner_key(job["owner"]))
-            if when is None:
-                cut, wait = i, seconds
-                break
-            admitted.append((i, when, sums))
-        landed = self._in_parallel(job, [(i, self._land, job, i, ready[i], when, sums)
-                                         for i, when, sums in admitted], entries)
+            if sums is not None and i not in entries:
+                landing.append((i, when, *self._file_document(ready[i], sums)))
+        self._publish_files(job, [(key, _dumps(document)) for *_, key, document in landing])
+        landed = self._in_parallel(job, [(i, self._land, job, i, ready[i], when, key,
+                                          document)
+                                         for i, when, key, document in landing], entries)
         for i, record in landed:  # names are bound in unit order (RENAME, SKIP)
             try:
                 entries[i] = dict(_entry(job["plan"][i]), resource=self._name(job, record))
             except (DrsError, ItemError, FolderError) as exc:
                 entries[i] = dict(_entry(job["plan"][i]), error=_item_error(exc))
-        for i, _, _ in admitted:
+        for i in admitted:
             self._drop_ahead(job["id"], i)
         return [entries[i] for i in range(first, cut)], wait
 
@@ -1010,19 +1011,23 @@ class Importer:
             raise failure
         return done
 
-    def _fetch_ahead(self, job: dict, ready: dict[int, dict], entries: dict) -> None:
-        """Fetch the ready units that are not fetched yet, in parallel, as far as the
-        room ahead of admission allows (the first one always); each fetched unit's
-        checksums wait in :attr:`_ahead`, its failure in ``entries``."""
+    def _fetch_ahead(self, job: dict, ready: dict[int, dict], entries: dict,
+                     must: set[int] = frozenset()) -> None:
+        """Fetch the ready units that are not fetched yet, in parallel: those in ``must``
+        (admitted already) always, the others as far as the room ahead of admission
+        allows; each fetched unit's checksums wait in :attr:`_ahead`, its failure in
+        ``entries``."""
         with self._ahead_lock:
             files, size = len(self._ahead), self._ahead_bytes
-        todo = []
+        todo, full = [], False
         for i, work in ready.items():
             if (job["id"], i) in self._ahead:
                 continue
-            size += work["found"]["size"]
-            if todo and (files + len(todo) >= AHEAD_FILES or size > AHEAD_BYTES):
-                break
+            if i not in must:
+                size += work["found"]["size"]
+                full = full or files + len(todo) >= AHEAD_FILES or size > AHEAD_BYTES
+                if full:
+                    continue
             todo.append((i, work))
         self._give_access([work for _, work in todo])
         for i, sums in self._in_parallel(job, [(i, self._stage, job, work)
@@ -1125,39 +1130,70 @@ class Importer:
                 self.reader.access(found, unit["object"], work["auth"])
         return self._fetch(job, work)
 
-    def _land(self, job: dict, index: int, work: dict, when: float, sums: Checksums
-              ) -> dict:
-        """After admission (at ``when``): the admission's record, the DSS file of the
-        fetched bytes, and the file's record (named next, by :meth:`_name`)."""
-        self._admission(job, index, work["unit"], when)
+    @staticmethod
+    def _file_document(work: dict, sums: Checksums) -> tuple[str, dict]:
+        """The DSS file of a fetched unit's bytes: its key and document."""
         unit, found, leaf = work["unit"], work["found"], work["leaf"]
         version = now_version()
         content_type = mimetypes.guess_type(leaf)[0] or _mime_type(found.get("mime_type"))
         source = Source(url=unit["object"], size=sums.size, content_type=content_type,
                         checksums={name: getattr(sums, name) for name in TAG_KEYS})
-        file_uuid = work["file_uuid"]
-        key, document = f"files/{file_uuid}.{version}", _dumps(file_document(source, 0, version))
+        return f"files/{work['file_uuid']}.{version}", file_document(source, 0, version)
+
+    def _publish_files(self, job: dict, files: list[tuple[str, bytes]]) -> None:
+        """Create the DSS files of a batch's admitted units: under the job's lease, one
+        fence for the batch (refused, :class:`LeaseLost`, once another process took the
+        job over), the creates in parallel."""
+        if not files:
+            return
         lease = self._held.get(job["id"])
-        if lease is not None:  # refused (LeaseLost) once another process took the job
-            self.leases.publish(lease, key, document)
+        if lease is not None:
+            self.leases.publish_many(lease, files, run=self._run_all)
         else:
-            self.store.create(key, document)
-        record = self._record(job, unit, work["folder"], leaf, f"{file_uuid}.{version}",
-                              sums.size, work["check"].label)
+            self._run_all([(self.store.create, key, document) for key, document in files])
+
+    def _run_all(self, calls: list[tuple]) -> list:
+        """``(function, *args)`` calls on the fetch threads; their results, in order (the
+        first exception is raised once all have ended)."""
+        futures = [self._fetchers.submit(call, *args) for call, *args in calls]
+        results, failure = [], None
+        for future in futures:
+            try:
+                results.append(future.result())
+            except Exception as exc:  # noqa: BLE001 - raised once all have ended
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+        return results
+
+    def _land(self, job: dict, index: int, work: dict, when: float, key: str,
+              document: dict) -> dict:
+        """After admission (at ``when``) and the DSS file's creation (``key``,
+        ``document``): the admission's record and the file's record (named next, by
+        :meth:`_name`)."""
+        self._admission(job, index, work["unit"], when)
+        record = self._record(job, work["unit"], work["folder"], work["leaf"],
+                              key.split("/", 1)[1], document, work["check"].label)
         self.store.write(f"imported-files/{record['id']}", _dumps(record))
         return record
 
     @staticmethod
-    def _record(job: dict, unit: dict, folder: dict, leaf: str, fqid: str, size: int,
+    def _record(job: dict, unit: dict, folder: dict, leaf: str, fqid: str, document: dict,
                 verified: str) -> dict:
-        """An imported file's record (``GET /v2/files/{id}``), named ``leaf`` for now."""
+        """An imported file's record (``GET /v2/files/{id}``), named ``leaf`` for now.
+        Its ``dss`` carries the DSS file's fqid, content type and checksums (what a
+        ``HEAD /v1/files`` would say), so a client need not ask for them."""
         file_uuid, _, version = fqid.partition(".")
         now = _iso(time.time())
-        return {"id": fqid, "type": "file", "name": leaf, "size": size,
+        dss = {"uuid": file_uuid, "version": version,
+               "content_type": document["content-type"], "sha256": document["sha256"],
+               "sha1": document["sha1"], "crc32c": document["crc32c"],
+               "s3_etag": document["s3-etag"]}
+        return {"id": fqid, "type": "file", "name": leaf, "size": document["size"],
                 "project": folder["project"], "parent": folder["id"],
                 "metadata": job["items"][unit["item"]]["metadata"], "tags": job["tags"],
                 "created_on": now, "modified_on": now,
-                "dss": {"uuid": file_uuid, "version": version},
+                "dss": dss,
                 "drs_uri": job["items"][unit["item"]]["drs_uri"], "import": job["id"],
                 "verified": verified, "owner": job["owner"],
                 **({"member": unit["member"]} if unit.get("member") else {})}
@@ -1177,7 +1213,7 @@ class Importer:
                 document = json.loads(self.store.read(key) or b"null")
                 if document is None:
                     continue
-                record = self._record(job, unit, folder, leaf, fqid, document["size"],
+                record = self._record(job, unit, folder, leaf, fqid, document,
                                       verified)
                 self.store.write(f"imported-files/{fqid}", _dumps(record))
             log.info("DRS import %s: %s was stored by the job's previous holder", job["id"],

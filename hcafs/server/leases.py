@@ -4,7 +4,8 @@ accepted it.
 A lease is a small document in the store, ``leases/{name}``::
 
     {"holder": "host:pid:random", "token": N, "expires": EPOCH_SECONDS,
-     "publish": {"key": ..., "data": ...}}        (the last only while a publish is due)
+     "publish": {"key": ..., "data": ...}}        (the last only while a publish is due;
+                                                   a list of them for a batch)
 
 * :meth:`Leases.claim` creates it once (token 1), or takes over one that expired (or was
   released) by a compare-and-swap that raises the token by one, so the token counts the
@@ -18,7 +19,8 @@ A lease is a small document in the store, ``leases/{name}``::
   stalled past its TTL (paused, not dead) finds its record replaced, its swap refused, and
   publishes nothing (:class:`LeaseLost`).  A holder that swapped and then died leaves its
   publish in the record, and whoever takes the lease over finishes that create first, so a
-  publish that passed the fence always lands, exactly once.
+  publish that passed the fence always lands, exactly once.  :meth:`Leases.publish_many`
+  fences a batch of keys with one swap, the same way.
 
 Expiry compares the wall clocks of the processes: their skew must stay well under the TTL
 (NTP keeps it to milliseconds).  A process picks up an expired lease within TTL plus one
@@ -38,6 +40,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import HcafsError
@@ -107,6 +110,10 @@ def _zombie(pid: int) -> bool:
         return False
 
 
+def _one_by_one(calls: list[tuple]) -> list:
+    return [call(*args) for call, *args in calls]
+
+
 def _expired(record: dict) -> bool:
     return record.get("expires", 0) <= time.time() or _dead(record.get("holder", ""))
 
@@ -151,7 +158,8 @@ class Leases:
                 return None
             if "publish" in earlier:  # the previous holder passed the fence, then died
                 publish = earlier["publish"]
-                self.store.create(publish["key"], publish["data"].encode())
+                for one in publish if isinstance(publish, list) else [publish]:
+                    self.store.create(one["key"], one["data"].encode())
             record = self._record(int(earlier.get("token", 0)) + 1)
             if self.store.replace(key, _dumps(record), tag):
                 if earlier.get("holder"):
@@ -206,12 +214,25 @@ class Leases:
     def publish(self, lease: Lease, key: str, data: bytes) -> bool:
         """Create ``key`` under the fence: True if created, False if it already existed;
         :class:`LeaseLost` (nothing written) if another process took the lease over."""
+        return self.publish_many(lease, [(key, data)])[0]
+
+    def publish_many(self, lease: Lease, items: list[tuple[str, bytes]],
+                     run: Callable[[list[tuple]], list] | None = None) -> list[bool]:
+        """Create each ``(key, data)`` under one fence: the lease record names them all,
+        so a takeover finishes what a holder that died after the fence began.  ``run``
+        makes the ``(function, *args)`` creates (in parallel, say); by default one after
+        the other.  For each key, True if created, False if it already existed;
+        :class:`LeaseLost` (nothing written) if another process took the lease over."""
+        named = [{"key": key, "data": data.decode()} for key, data in items]
         with self._lock:
             if not self._swap(lease, self._record(lease.token,
-                                                  {"key": key, "data": data.decode()})):
-                raise LeaseLost(f"publish of {key} refused: the lease on {lease.name} "
-                                f"(token {lease.token}) was taken over")
-            return self.store.create(key, data)
+                                                  named if len(named) > 1 else named[0])):
+                keys = ", ".join(key for key, _ in items[:3])
+                raise LeaseLost(f"publish of {keys}{', …' if len(items) > 3 else ''} "
+                                f"refused: the lease on {lease.name} (token {lease.token}) "
+                                f"was taken over")
+            calls = [(self.store.create, key, data) for key, data in items]
+            return (run or _one_by_one)(calls)
 
     def release(self, lease: Lease) -> None:
         """Give the lease up (the work is done, or handed back): expire it, then drop it."""

@@ -51,11 +51,12 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from ..cache.journal import Journal
 from ..errors import ApiError, UsageError
 from ..remote.bulk_import import BulkImportClient
-from ..remote.client import DSSClient
+from ..remote.client import DSSClient, FileInfo
 from ..retry import RetryPolicy
 
 __all__ = ["BulkImportClient", "DrsQueue", "ImportRequest", "normalize_uri",
@@ -162,6 +163,10 @@ class DrsQueue:
         self.default_conflict = default_conflict
         self.resolver = resolver
         self.on_change = on_change
+        # The DSS records an import result carries are taken only from the DSS itself:
+        # an import API elsewhere is asked for names, and the DSS for what it stored.
+        self._same_server = api is not None and dss is not None and \
+            _origin(api.base) == _origin(dss.base)
         # How long the flusher holds off after a refusal or no answer: 5 s, 10 s, 20 s ...
         # never longer than the rate-limit window; the server's Retry-After comes first.
         self.hold = RetryPolicy(attempts=0, base_delay=5.0, max_delay=window,
@@ -424,12 +429,17 @@ class DrsQueue:
         """Apply a finished job's results; False if some could not be (kept for later)."""
         rows = self.journal.job_items(job_id)
         by_item = _results_by_item(results, len(rows))
-        landed = sorted({_resource_fqid(r["resource"]) for result in by_item
-                         for r in result if r.get("resource")})
-        # HEADs run ahead in the pool while the flusher applies the items in order: each
-        # waits only for its own files' records.
-        infos = {fqid: (self._heads.submit(self._head, fqid) if self._heads else
-                        _Done(self._head(fqid))) for fqid in landed}
+        resources = {_resource_fqid(r["resource"]): r["resource"] for result in by_item
+                     for r in result if r.get("resource")}
+        # A resource that carries its DSS record (hcafs serve's ``dss`` fields) needs no
+        # HEAD.  Others' HEADs run ahead in the pool while the flusher applies the items in
+        # order: each waits only for its own files' records.
+        infos = {}
+        for fqid in sorted(resources):
+            known = _carried(fqid, resources[fqid]) if self._same_server else None
+            infos[fqid] = _Done(known) if known is not None else (
+                self._heads.submit(self._head, fqid) if self._heads else
+                _Done(self._head(fqid)))
         applied = True
         for number, (row, result) in enumerate(zip(rows, by_item, strict=True)):
             if number % 10 == 9:
@@ -496,6 +506,26 @@ class _Done:
 
     def result(self) -> object:
         return self.value
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
+def _carried(fqid: tuple[str, str], resource: dict) -> FileInfo | None:
+    """The DSS record a resource carries in its ``dss`` fields, if all are there."""
+    dss = resource.get("dss") or {}
+    try:
+        values = {name: dss[name] for name in ("content_type", "sha256", "sha1", "crc32c",
+                                               "s3_etag")}
+        size = resource["size"]
+    except (KeyError, TypeError):
+        return None
+    if not (isinstance(size, int) and size >= 0 and
+            all(isinstance(value, str) and value for value in values.values())):
+        return None
+    return FileInfo(uuid=fqid[0], version=fqid[1], size=size, creator_uid=0, **values)
 
 
 def _resource_fqid(resource: dict) -> tuple[str, str]:
