@@ -163,6 +163,11 @@ class CacheDB:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         _private_file(path)
         self._lock = threading.Lock()
+        # This process's writers take turns here, woken at once when the one before them
+        # commits; SQLite's own busy handler (for other processes) sleeps 1, 2, 5, 10 ms …
+        # between tries, which put whole milliseconds on a FUSE create that came while a
+        # close was being recorded.
+        self._writer = threading.Lock()
         self._connections: dict[int, sqlite_utils.Database] = {}
         migrations.apply(self.db())
 
@@ -198,20 +203,22 @@ class CacheDB:
 
         A deferred transaction that reads first and writes later can fail at once with
         "database is locked" when another connection writes in between; an immediate one
-        waits its turn (busy_timeout) instead.
+        waits its turn instead: behind this process's other writers on a lock, behind other
+        processes through busy_timeout.
         """
         db = self.db()
         if db.conn.in_transaction:
             with db.atomic():
                 yield db
             return
-        db.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.conn.execute("ROLLBACK")
-            raise
-        db.conn.execute("COMMIT")
+        with self._writer:
+            db.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.conn.execute("ROLLBACK")
+                raise
+            db.conn.execute("COMMIT")
 
     def make_durable(self) -> None:
         """Force every commit so far to disk (a checkpoint syncs the WAL and the database)."""

@@ -93,6 +93,9 @@ class _Listing:
 
 class Operations(fuse.Operations):
     use_ns = True
+    # No ioctl callback: libfuse answers ENOSYS itself, and the isatty() that Python's
+    # open() makes on every file costs no round trip through Python.
+    ioctl = None
 
     def __init__(self, tree: Tree, timeouts: tuple[float, float, float],
                  on_init: Callable[[], None], on_destroy: Callable[[], None],
