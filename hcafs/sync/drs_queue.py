@@ -69,6 +69,7 @@ LINGER = 0.5  # a call with fewer than MAX_ITEMS waits this long after the last 
 MAX_LINGER = 5.0  # ... but its oldest item no longer than this
 IDLE = 30.0  # the flusher looks at the queue at least this often
 HEADS = 8  # HEAD calls in flight while a job's results are applied
+SETTLE = 1.0  # a job is polled every base delay this long after its items are let in
 LEAD = 1.0  # a call goes this long (at most a tenth of the window) before its budget is back
 MAX_CONTENT = 64 * 1024
 CONFLICTS = ("SKIP", "RENAME", "OVERWRITE")
@@ -144,6 +145,7 @@ class Poll:
     results: int = -1
     last: float = 0.0  # when it was polled last
     state: str = ""
+    due: float = 0.0  # when the server's window is expected to let its last item in
 
 
 class DrsQueue:
@@ -344,9 +346,19 @@ class DrsQueue:
         self._holds = 0
         job_id = str(job["id"])
         self.journal.batch_submitted(key, job_id)
-        self._polls[job_id] = Poll(time.time() + self.poll.base_delay)
+        now = time.time()
+        self._polls[job_id] = Poll(now + self.poll.base_delay, due=self._let_in(now))
         log.info("submitted %d DRS imports as job %s", len(rows), job_id)
         return True
+
+    def _let_in(self, now: float) -> float:
+        """When the server's window is expected to let in the last item sent (by our own
+        sends: the server lets an item in no sooner than we sent it)."""
+        over = self.journal.imports_sent_since(now - self.window) - self.limit
+        if over <= 0:
+            return now
+        oldest = self.journal.nth_sent_since(now - self.window, over - 1)
+        return now if oldest is None else max(now, oldest + self.window)
 
     def _hold_off(self, exc: Exception, retry_after: str | None) -> None:
         """Send nothing new for a while: as long as the server said, else until its rate
@@ -409,6 +421,8 @@ class DrsQueue:
         poll.misses = 0 if results > poll.results or reopened else poll.misses + 1
         poll.results, poll.last = results, now
         poll.at = now + self.poll.backoff(poll.misses)
+        if now < poll.due + SETTLE:  # its items are being let in: look often, for a while
+            poll.at = min(poll.at, max(now, poll.due) + self.poll.base_delay)
         reopens = self._window_reopens(now)
         if reopens is not None:
             poll.at = min(poll.at, reopens + self.poll.base_delay)
