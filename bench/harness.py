@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from hcafs import readyfile
+from hcafs.processes import pid_alive
 
 PYTHON = sys.executable
 MiB = 1024 * 1024
@@ -177,21 +178,6 @@ def unmount(mountpoint: str, env: dict[str, str]) -> bool:
         subprocess.run(["fusermount3", "-u", "-z", mountpoint], env=env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
     return not is_mounted(mountpoint)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child of ours counts as gone.
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def stop_pid(pid: int, grace: float = 15) -> None:

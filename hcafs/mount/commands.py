@@ -18,7 +18,8 @@ from ..cache.journal import IMPORTS_ACTIVE, Journal
 from ..cache.listing import listing_progress
 from ..config import runtime_dir
 from ..errors import Busy, NotFound, RemoteError, Unreachable, UsageError
-from .records import MountRecord, pid_alive
+from ..processes import pid_alive
+from .records import MountRecord
 
 REFUSALS_SHOWN = 5
 

@@ -61,14 +61,3 @@ class MountRecord:
             os.unlink(self.path_for(self.mountpoint))
         except FileNotFoundError:
             pass
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-

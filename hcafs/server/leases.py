@@ -44,6 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import HcafsError
+from ..processes import pid_alive
 from . import metrics
 from .store import Store
 
@@ -91,23 +92,7 @@ def _dead(holder: str) -> bool:
     pid = rest.partition(":")[0]
     if not MACHINE or machine != MACHINE or not pid.isdigit():
         return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False
-    return _zombie(int(pid))
-
-
-def _zombie(pid: int) -> bool:
-    """True if ``pid`` exited and waits to be reaped (a killed server's worker whose new
-    parent has not collected it yet): it answers signals, but holds nothing."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except (OSError, IndexError):
-        return False
+    return not pid_alive(int(pid))
 
 
 def _one_by_one(calls: list[tuple]) -> list:
