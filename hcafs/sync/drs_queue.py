@@ -215,7 +215,7 @@ class DrsQueue:
         if self.journal.drs_queued(file_id, size, bundle, name, request.drs_uri,
                                    json.dumps(request.metadata),
                                    json.dumps(sorted(request.tags)), request.conflict):
-            log.info("queued import of %s into %s/%s", request.drs_uri, bundle, name)
+            log.debug("queued import of %s into %s/%s", request.drs_uri, bundle, name)
             self._last_enqueue = time.time()
             self._enqueued += 1
             # The flusher needs waking for the first item, or when a call is full; between
