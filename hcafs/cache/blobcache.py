@@ -106,7 +106,16 @@ class BlobCache:
         self._pool = ThreadPoolExecutor(max_workers=self.streams, thread_name_prefix="readahead")
         self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
         self._closing = threading.Event()  # set by close(): streams stop at once
+        self._buffers = threading.local()  # each thread's block buffer for reading back
         self._warned_full = False
+
+    def _buffer(self) -> memoryview:
+        """This thread's buffer of one block, for reading blocks back from a cache file
+        (kept for the thread's life: no fresh megabyte, page-faulted in, per block)."""
+        buffer = getattr(self._buffers, "block", None)
+        if buffer is None:
+            buffer = self._buffers.block = memoryview(bytearray(BLOCK))
+        return buffer
 
     def path(self, sha256: str) -> str:
         return os.path.join(self.root, sha256[:2], sha256)
@@ -216,7 +225,8 @@ class BlobCache:
             if blob.checked[block]:
                 continue
             start, stop = blob.span(block)
-            data = os.pread(blob.fd, stop - start, start)
+            buffer = self._buffer()
+            data = buffer[:os.preadv(blob.fd, [buffer[:stop - start]], start)]
             with blob.cond:
                 if blob.checked[block] or not blob.present[block]:
                     continue
@@ -447,7 +457,7 @@ class BlobCache:
     def _hash_pass(self, blob: _Blob) -> None:
         """Advance the in-order sha256 over the present prefix, reading it back from the
         cache file (blocks that landed out of order); verify at the end."""
-        buffer = memoryview(bytearray(BLOCK))  # reused: no fresh 1 MiB per block
+        buffer = self._buffer()
         try:
             while True:
                 with blob.hash_lock:
