@@ -10,10 +10,11 @@
   loaded from disk is checked against it before it is first served (once per load of the
   blob): bytes that changed on disk are never served, the read fails with
   :class:`~hcafs.errors.IntegrityError` and the block is fetched again by the next read.
-  The whole file's sha256 is computed in order as the contiguous prefix grows, on a worker
-  thread off the readers' path; a mismatch discards every block.  So a reader of a file
-  that has never been read to the end gets bytes exactly as the server sent them, checked
-  against local corruption, but not yet against the file's sha256.
+  The whole file's sha256 is computed in order as the contiguous prefix grows: from memory
+  for a block that lands where the hash stands, by reading it back on a worker thread off
+  the readers' path for one that landed ahead of it; a mismatch discards every block.  So
+  a reader of a file that has never been read to the end gets bytes exactly as the server
+  sent them, checked against local corruption, but not yet against the file's sha256.
 * **Bounded.**  ``max_bytes`` caps the blocks on disk; the least recently used blobs that are
   neither open nor pinned are evicted to make room.  Pinned blobs (bytes not yet on the
   server) are never evicted.
