@@ -4,6 +4,7 @@ bytes, and parallel ranged fetches that survive a broken stream."""
 from __future__ import annotations
 
 import errno
+import http.server
 import os
 import random
 import threading
@@ -15,6 +16,7 @@ from fixtures.faults import Fault, FaultyHttpProxy
 from fixtures.hcafs_mount import Mount, needs_fuse
 from fixtures.publishing import publish
 
+from hcafs.errors import Unreachable
 from hcafs.remote.client import DSSClient
 
 MiB = 1024 * 1024
@@ -33,7 +35,8 @@ def world(tmp_path_factory):
     fqid, registered = publish(client, staging, {"big.bin": data})
     sha256 = client.head_file(*registered["big.bin"]).sha256
     proxy = FaultyHttpProxy(server.url)
-    yield {"server": server, "fqid": fqid, "data": data, "sha256": sha256, "proxy": proxy}
+    yield {"server": server, "fqid": fqid, "data": data, "sha256": sha256, "proxy": proxy,
+           "file": registered["big.bin"]}
     proxy.close()
     server.stop()
 
@@ -134,3 +137,80 @@ def test_parallel_ranges_survive_a_stream_cut_mid_range(world, tmp_path):
     ranged = [seen for seen in proxy.seen if seen.method == "GET" and "/blobs/" in seen.path]
     assert len(ranged) >= 4, "the file came in fewer ranged fetches than streams"
     assert "Traceback" not in log
+
+
+def _received(chunks) -> tuple[bytearray, list[memoryview | bytes], BaseException | None]:
+    """What a stream yielded (copied as it came) and the error it ended with, if any."""
+    got, seen = bytearray(), []
+    try:
+        for chunk in chunks:
+            seen.append(chunk)
+            got += chunk
+    except Unreachable as exc:
+        return got, seen, exc
+    return got, seen, None
+
+
+def test_a_ranged_stream_is_received_into_one_buffer_and_keeps_its_connection(world):
+    data = world["data"]
+    client = DSSClient(world["server"].url, token=USER)
+    url = client.file_url(*world["file"])
+    start, end = MiB + 5, 6 * MiB + 17
+    got, seen, error = _received(client.stream(url, start, end, reuse=True))
+    assert error is None and bytes(got) == data[start:end]
+    assert [len(chunk) for chunk in seen] == [MiB] * 5 + [12]
+    assert all(isinstance(chunk, memoryview) and chunk.obj is seen[0].obj for chunk in seen)
+    got, seen, error = _received(client.stream(url, start, None))
+    assert error is None and bytes(got) == data[start:]
+    assert all(isinstance(chunk, bytes) for chunk in seen)
+    assert _kept_open(client) == 1  # the whole body read, its connection went back open
+
+
+def _kept_open(client: DSSClient) -> int:
+    """Idle connections in the client's pools whose socket is still open."""
+    pools = client.session.get_adapter("http://").poolmanager.pools
+    return sum(1 for key in pools.keys() for conn in list(pools[key].pool.queue)
+               if conn is not None and conn.sock is not None)
+
+
+def test_a_ranged_stream_cut_mid_block_is_unreachable_after_the_bytes_that_came(world):
+    data, proxy = world["data"], world["proxy"]
+    client = DSSClient(proxy.url, token=USER)
+    url = client.file_url(*world["file"])
+    cut = proxy.when(Fault(cut_after=2 * MiB + 300 * 1024), method="GET", path="/blobs/",
+                     times=1)
+    got, _, error = _received(client.stream(url, MiB, 8 * MiB, reuse=True))
+    assert cut.reached.is_set(), "the stream was not cut: the test proved nothing"
+    assert isinstance(error, Unreachable) and "broke off" in str(error)
+    # What arrived is right (a reset may drop bytes the client had not read yet).
+    assert len(got) <= 2 * MiB + 300 * 1024 and bytes(got) == data[MiB:MiB + len(got)]
+
+
+class _ShortBody(http.server.BaseHTTPRequestHandler):
+    """Promises 3 MiB, sends 2.5 MiB of a known pattern, then closes cleanly."""
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        self.send_response(206)
+        self.send_header("Content-Length", str(3 * MiB))
+        self.end_headers()
+        self.wfile.write(bytes(range(256)) * (10 * 1024))  # 2.5 MiB
+        self.close_connection = True
+
+    def log_message(self, format, *args):  # noqa: A002 - quiet
+        pass
+
+
+def test_a_body_short_of_its_length_is_unreachable_not_a_short_file():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ShortBody)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        client = DSSClient(f"http://127.0.0.1:{server.server_address[1]}")
+        url = f"http://127.0.0.1:{server.server_address[1]}/blobs/x"
+        got, _, error = _received(client.stream(url, 0, 3 * MiB, reuse=True))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert isinstance(error, Unreachable) and "broke off" in str(error)
+    assert bytes(got) == bytes(range(256)) * (10 * 1024)

@@ -10,10 +10,11 @@
   loaded from disk is checked against it before it is first served (once per load of the
   blob): bytes that changed on disk are never served, the read fails with
   :class:`~hcafs.errors.IntegrityError` and the block is fetched again by the next read.
-  The whole file's sha256 is computed in order as the contiguous prefix grows, on a worker
-  thread off the readers' path; a mismatch discards every block.  So a reader of a file
-  that has never been read to the end gets bytes exactly as the server sent them, checked
-  against local corruption, but not yet against the file's sha256.
+  The whole file's sha256 is computed in order as the contiguous prefix grows: from memory
+  for a block that lands where the hash stands, by reading it back on a worker thread off
+  the readers' path for one that landed ahead of it; a mismatch discards every block.  So
+  a reader of a file that has never been read to the end gets bytes exactly as the server
+  sent them, checked against local corruption, but not yet against the file's sha256.
 * **Bounded.**  ``max_bytes`` caps the blocks on disk; the least recently used blobs that are
   neither open nor pinned are evicted to make room.  Pinned blobs (bytes not yet on the
   server) are never evicted.
@@ -47,7 +48,9 @@ log = logging.getLogger(__name__)
 BLOCK = 1024 * 1024
 CRC = 4  # bytes of crc32c per block
 RESUMES = 3  # broken fetches in a row, with nothing gained, before a read fails
-Fetch = Callable[[int, int], Iterator[bytes]]  # bytes [start, end) of the blob
+# Bytes [start, end) of the blob, in chunks; a chunk may be a view of a buffer the fetcher
+# reuses for the next one, so each is used up before the next is asked for.
+Fetch = Callable[[int, int], Iterator["bytes | memoryview"]]
 
 
 class _Blob:
@@ -104,7 +107,16 @@ class BlobCache:
         self._pool = ThreadPoolExecutor(max_workers=self.streams, thread_name_prefix="readahead")
         self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
         self._closing = threading.Event()  # set by close(): streams stop at once
+        self._buffers = threading.local()  # each thread's block buffer for reading back
         self._warned_full = False
+
+    def _buffer(self) -> memoryview:
+        """This thread's buffer of one block, for reading blocks back from a cache file
+        (kept for the thread's life: no fresh megabyte, page-faulted in, per block)."""
+        buffer = getattr(self._buffers, "block", None)
+        if buffer is None:
+            buffer = self._buffers.block = memoryview(bytearray(BLOCK))
+        return buffer
 
     def path(self, sha256: str) -> str:
         return os.path.join(self.root, sha256[:2], sha256)
@@ -214,7 +226,8 @@ class BlobCache:
             if blob.checked[block]:
                 continue
             start, stop = blob.span(block)
-            data = os.pread(blob.fd, stop - start, start)
+            buffer = self._buffer()
+            data = buffer[:os.preadv(blob.fd, [buffer[:stop - start]], start)]
             with blob.cond:
                 if blob.checked[block] or not blob.present[block]:
                     continue
@@ -262,7 +275,8 @@ class BlobCache:
     def _next_chunk(self, blob: _Blob, claim: bool) -> tuple[int, int, bool] | None:
         """The next run of blocks inside the reader's window that needs work (cond held):
         ``(first, last, fetch)``, either missing blocks to fetch or present blocks not yet
-        checked since they were loaded (checked ahead of the reader, off its path)."""
+        checked since they were loaded (checked ahead of the reader, off its path).  A run
+        to fetch is a whole chunk unless something other than the window's edge ends it."""
         window = max(1, blob.window // BLOCK)
         first = blob.read_pos + 1
         stop = min(blob.nblocks, blob.read_pos + 1 + window)
@@ -276,6 +290,11 @@ class BlobCache:
                 not blob.inflight[last + 1] and not blob.checked[last + 1] and \
                 (not blob.present[last + 1]) == fetch:
             last += 1
+        if fetch and last + 1 == stop < blob.nblocks and last - first + 1 < self.chunk_blocks \
+                and window >= self.chunk_blocks:
+            # Only the window's edge cuts this run short: wait until the reader has made
+            # room for a whole chunk, rather than sending a request per block it reads.
+            return None
         if claim:
             for b in range(first, last + 1):
                 blob.inflight[b] = 1
@@ -392,7 +411,35 @@ class BlobCache:
                     blob.inflight[b] = 0
                 blob.cond.notify_all()
 
-    def _store_block(self, blob: _Blob, block: int, data: bytes) -> None:
+    def _store_block(self, blob: _Blob, block: int, data: bytes | memoryview) -> None:
+        """Write one fetched block in place and mark it present.
+
+        A block that lands where the in-order sha256 stands is hashed from ``data`` at
+        once, instead of being read back by the sha256 worker; the hash lock is held from
+        the write to the hash, so no discard of the file can come between them.
+        """
+        if blob.hashed == block and not blob.verified:  # a hint, checked again under the lock
+            with blob.hash_lock:
+                self._write_block(blob, block, data)
+                if blob.hashed == block and not blob.verified:
+                    blob.hasher.update(data)
+                    blob.hashed += 1
+                    if blob.hashed == blob.nblocks:
+                        self._verify(blob)
+        else:
+            self._write_block(blob, block, data)
+        with blob.cond:
+            schedule = not blob.verified and not blob.hashing and \
+                blob.hashed < blob.nblocks and bool(blob.present[blob.hashed])
+            if schedule:
+                blob.hashing = True
+        if schedule:
+            with self._lock:
+                blob.users += 1
+            self._hasher.submit(self._hash_pass, blob)
+
+    def _write_block(self, blob: _Blob, block: int, data: bytes | memoryview) -> None:
+        """``pwrite`` a block with its crc32c, then wake the readers waiting for it."""
         try:
             os.pwrite(blob.fd, data, block * BLOCK)
         except OSError as exc:
@@ -407,17 +454,11 @@ class BlobCache:
             blob.inflight[block] = 0
             blob.dirty = True
             blob.cond.notify_all()
-            schedule = not blob.verified and not blob.hashing and \
-                blob.hashed < blob.nblocks and bool(blob.present[blob.hashed])
-            if schedule:
-                blob.hashing = True
-        if schedule:
-            with self._lock:
-                blob.users += 1
-            self._hasher.submit(self._hash_pass, blob)
 
     def _hash_pass(self, blob: _Blob) -> None:
-        """Advance the in-order sha256 over the present prefix; verify at the end."""
+        """Advance the in-order sha256 over the present prefix, reading it back from the
+        cache file (blocks that landed out of order); verify at the end."""
+        buffer = self._buffer()
         try:
             while True:
                 with blob.hash_lock:
@@ -428,7 +469,8 @@ class BlobCache:
                             return
                         block = blob.hashed
                     start, stop = blob.span(block)
-                    blob.hasher.update(os.pread(blob.fd, stop - start, start))
+                    got = os.preadv(blob.fd, [buffer[:stop - start]], start)
+                    blob.hasher.update(buffer[:got])
                     blob.hashed += 1
                     if blob.hashed == blob.nblocks:
                         self._verify(blob)

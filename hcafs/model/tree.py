@@ -391,7 +391,7 @@ class Tree:
                 if url is None:
                     url = client.file_url(entry.uuid, entry.version)
                     self._urls[entry.sha256] = url
-                yield from client.stream(url, start, end)
+                yield from client.stream(url, start, end, reuse=True)
             except Unreachable as exc:
                 self.catalog.health.failed(exc)
                 raise

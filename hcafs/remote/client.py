@@ -16,6 +16,7 @@ connection pool that is safe for that.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import time
 from collections.abc import Iterator
@@ -154,19 +155,33 @@ class DSSClient(HttpClient):
         return data
 
     def stream(self, url: str, start: int = 0, end: int | None = None,
-               chunk: int = 1024 * 1024) -> Iterator[bytes]:
-        """The bytes ``[start, end)`` of a blob URL (to the end when None), streamed."""
-        headers = None
+               chunk: int = 1024 * 1024, reuse: bool = False) -> Iterator[bytes | memoryview]:
+        """The bytes ``[start, end)`` of a blob URL (to the end when None), streamed in
+        chunks of ``chunk`` bytes (the last may be shorter).
+
+        The body is received straight into one buffer of ``chunk`` bytes, with no copy on
+        the way: with ``reuse`` each chunk is a view of that buffer, overwritten by the
+        next one (the caller is done with a chunk when it asks for the next); without it
+        each chunk is a copy of its own.  A body that ends before its ``Content-Length``,
+        or breaks off, raises :class:`~hcafs.errors.Unreachable` after the chunks received
+        so far.
+        """
+        headers = {"Accept-Encoding": "identity"}  # the bytes as stored, nothing to decode
         if start or end is not None:
             last = "" if end is None else str(end - 1)
-            headers = {"Range": f"bytes={start}-{last}"}
+            headers["Range"] = f"bytes={start}-{last}"
         response = self.request("GET", url, headers=headers, stream=True)
         with response:
+            chunks = _received_into(response, bytearray(chunk))
             try:
-                yield from response.iter_content(chunk)
-            except requests.exceptions.RequestException as exc:
+                for view in chunks:
+                    yield view if reuse else bytes(view)
+            except (OSError, http.client.HTTPException,
+                    requests.exceptions.RequestException) as exc:
                 raise Unreachable(f"GET {_strip(url)} broke off: {type(exc).__name__}") \
                     from exc
+            finally:
+                chunks.close()
 
     # ------------------------------------------------------------ bundles
 
@@ -245,3 +260,39 @@ class DSSClient(HttpClient):
         return self.request("DELETE", f"/collections/{uuid}",
                             params={"replica": self.replica}, auth=True).json()
 
+
+
+def _received_into(response: requests.Response, buffer: bytearray) -> Iterator[memoryview]:
+    """The body of a streamed answer, read into ``buffer`` a buffer's length at a time:
+    views of it (the last may be shorter); IncompleteRead when it ends before its length.
+
+    The bytes go from the socket straight into the buffer through the ``readinto`` of
+    http.client's response under urllib3's (``raw._fp``: urllib3's own ``readinto`` reads
+    into a fresh bytes object and copies), and the connection goes back to the pool once
+    the body is whole.  A body with a content coding goes through requests' decoding.
+    """
+    view = memoryview(buffer)
+    expected = response.headers.get("Content-Length")
+    expected = int(expected) if expected and expected.isdigit() else None
+    body = getattr(response.raw, "_fp", None)
+    if response.headers.get("Content-Encoding", "identity") != "identity" or \
+            not hasattr(body, "readinto"):
+        for data in response.iter_content(len(buffer)):  # urllib3 checks the length
+            yield memoryview(data)
+        return
+    got = 0
+    while True:
+        filled = 0
+        while filled < len(view):
+            count = body.readinto(view[filled:])
+            if not count:
+                break
+            filled += count
+        got += filled
+        if filled:
+            yield view[:filled]
+        if filled < len(view):
+            break
+    if expected is not None and got < expected:
+        raise http.client.IncompleteRead(b"", expected - got)
+    response.raw.release_conn()  # read whole: the connection can serve the next call

@@ -22,16 +22,23 @@ from hcafs.errors import IntegrityError, Unreachable
 class Source:
     """Ranges of ``data`` as a server would stream them, counting what it sent."""
 
-    def __init__(self, data: bytes, chunk: int = BLOCK):
+    def __init__(self, data: bytes, chunk: int = BLOCK, reuse: bool = False):
         self.data = data
         self.chunk = chunk
+        self.reuse = reuse  # yield views of one buffer, overwritten by the next chunk
         self.sent = 0
+        self.ranges: list[tuple[int, int]] = []
+        self.streamed: list[tuple[int, int]] = []  # the ranges the read-ahead streams asked
         self.break_after: int | None = None  # bytes into the next fetch, then Unreachable
         self.lock = threading.Lock()
 
     def fetch(self, start: int, end: int):
         with self.lock:
             cut, self.break_after = self.break_after, None
+            self.ranges.append((start, end))
+            if threading.current_thread().name.startswith("readahead"):
+                self.streamed.append((start, end))
+        buffer = memoryview(bytearray(self.chunk))
         position = start
         while position < end:
             piece = self.data[position:min(end, position + self.chunk)]
@@ -39,7 +46,12 @@ class Source:
                 raise Unreachable("stream broke off")
             with self.lock:
                 self.sent += len(piece)
-            yield piece
+            if self.reuse:
+                buffer[:len(piece)] = piece
+                yield buffer[:len(piece)]
+                buffer[:len(piece)] = bytes(len(piece))  # a chunk kept past its turn is wrong
+            else:
+                yield piece
             position += len(piece)
 
 
@@ -209,3 +221,83 @@ def test_close_does_not_wait_for_a_reader_that_never_comes_back(tmp_path):
     closing.start()
     closing.join(10)
     assert not closing.is_alive(), "close() hung on a read-ahead stream"
+
+
+@pytest.mark.parametrize("chunk", [BLOCK, 256 * 1024, BLOCK + 4096])
+def test_chunks_that_are_views_of_a_reused_buffer_are_stored_before_the_next(cache, chunk):
+    data, sha = _blob(9 * BLOCK + 999)
+    source = Source(data, chunk=chunk, reuse=True)
+    blob = cache.acquire(sha, len(data))
+    try:
+        out = bytearray()
+        while len(out) < len(data):
+            out += cache.read(blob, len(out), BLOCK, source.fetch, readahead=16 * BLOCK)
+        assert bytes(out) == data
+        assert cache.wait_verified(blob)
+    finally:
+        cache.release(blob)
+    with open(cache.path(sha), "rb") as handle:
+        assert handle.read() == data
+
+
+def test_a_reused_buffer_cut_mid_block_resumes_at_the_first_missing_block(cache):
+    data, sha = _blob(6 * BLOCK)
+    source = Source(data, reuse=True)
+    source.break_after = 3 * BLOCK + 4096  # blocks 0-2 land, block 3 is cut in its middle
+    blob = cache.acquire(sha, len(data))
+    try:
+        assert cache.read(blob, 0, len(data), source.fetch) == data
+        assert source.ranges == [(0, 6 * BLOCK), (3 * BLOCK, 6 * BLOCK)]
+        assert cache.wait_verified(blob)
+    finally:
+        cache.release(blob)
+
+
+def test_blocks_landing_in_order_are_hashed_as_they_land(cache):
+    """One fetch of the whole file: each block is the one the sha256 needs next, so the
+    file is verified the moment its last block lands, with no pass of the worker."""
+    data, sha = _blob(5 * BLOCK + 10)
+    source = Source(data, reuse=True)
+    blob = cache.acquire(sha, len(data))
+    try:
+        cache._hasher.shutdown(wait=True)  # a pass it was asked for would raise, and be seen
+        assert cache.read(blob, 0, len(data), source.fetch) == data
+        assert blob.verified and blob.hashed == blob.nblocks
+    finally:
+        cache.release(blob)
+
+
+def test_wrong_bytes_landing_in_order_are_discarded(cache):
+    data, sha = _blob(4 * BLOCK)
+    bad = bytearray(data)
+    bad[2 * BLOCK + 77] ^= 1
+    source = Source(bytes(bad), reuse=True)
+    blob = cache.acquire(sha, len(data))
+    try:
+        with pytest.raises(IntegrityError):
+            cache.read(blob, 0, len(data), source.fetch)
+        assert not any(blob.present)
+    finally:
+        cache.release(blob)
+
+
+def test_read_ahead_asks_for_whole_chunks_not_a_block_per_read(tmp_path):
+    db = CacheDB(str(tmp_path / "hcafs.db"))
+    blobs = BlobCache(str(tmp_path / "blobs"), db, 1024 * BLOCK, streams=2,
+                      max_readahead=8 * BLOCK, chunk=4 * BLOCK)
+    data, sha = _blob(64 * BLOCK)
+    source = Source(data, reuse=True)
+    blob = blobs.acquire(sha, len(data))
+    try:
+        offset = 0
+        while offset < len(data):
+            offset += len(blobs.read(blob, offset, BLOCK, source.fetch, readahead=16 * BLOCK))
+            time.sleep(0.002)  # a reader slower than its streams: the window stays full
+        assert blobs.wait_verified(blob)
+    finally:
+        blobs.release(blob)
+        blobs.close()
+    short = [(start, end) for start, end in source.streamed
+             if end - start < 4 * BLOCK and end != len(data)]
+    assert source.streamed, "no read-ahead stream ran: the test proved nothing"
+    assert not short, f"read-ahead sent runs shorter than a chunk: {short}"
