@@ -22,6 +22,8 @@ from sqlite_utils.migrations import Migrations
 
 from ..versions import version_datetime
 
+BUSY_SECONDS = 30.0  # how long a writer waits for the database before it gives up
+
 migrations = Migrations("hcafs")
 
 # What a statement raises when the database cannot take it now (locked, disk full): callers
@@ -183,7 +185,7 @@ class CacheDB:
         # only a power loss can undo the latest ones, and fsync() through the mount
         # closes that gap with make_durable().
         conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute(f"PRAGMA busy_timeout={int(BUSY_SECONDS * 1000)}")
         db = sqlite_utils.Database(conn)
         with self._lock:
             if len(self._connections) >= self.SWEEP_AT:
@@ -211,7 +213,12 @@ class CacheDB:
             with db.atomic():
                 yield db
             return
-        with self._writer:
+        # Waits no longer than SQLite would have: a writer stuck that long is a fault,
+        # reported as SQLite reports it, not a hang.
+        if not self._writer.acquire(timeout=BUSY_SECONDS):
+            raise sqlite3.OperationalError(f"database is locked (another writer of this "
+                                           f"process held it for {BUSY_SECONDS:.0f} s)")
+        try:
             db.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield db
@@ -219,6 +226,8 @@ class CacheDB:
                 db.conn.execute("ROLLBACK")
                 raise
             db.conn.execute("COMMIT")
+        finally:
+            self._writer.release()
 
     def make_durable(self) -> None:
         """Force every commit so far to disk (a checkpoint syncs the WAL and the database)."""
