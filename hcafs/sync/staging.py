@@ -5,8 +5,11 @@ Two targets, one interface:
 * :class:`S3Stager` (``--staging s3://bucket/prefix``): the object is uploaded with boto3
   (plain PUT up to 64 MiB, multipart above, with the DSS part size so that the S3 ETag
   equals the ``hca-dss-s3_etag`` tag), tagged with the four checksums and given a
-  Content-Type.  The checksums are computed in one pass over the bytes before the upload;
-  the upload streams the file in parts, so memory stays bounded whatever the file's size.
+  Content-Type.  A small file (up to 4 MiB) is read once, checksummed and sent from memory;
+  a larger one is checksummed in one pass before a plain PUT, or, in parts, while its parts
+  upload (the tags are set when both are done).  Uploads stream the file in parts, so memory
+  stays bounded whatever the file's size.  Their bodies are not signed (``UNSIGNED-PAYLOAD``:
+  no SHA-256 pass of botocore's own); the DSS verifies all four checksums when it copies.
   The file is registered only once a HEAD shows the object with its size and ETag (a store
   may acknowledge a PUT before every reader sees the object).
 * :class:`LocalStager` (the embedded server): the bytes are copied into the server's
@@ -25,6 +28,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from ..checksums import MIN_PART_SIZE, Checksummer, Checksums, part_size
 from ..errors import NotFound, RemoteError
@@ -34,6 +38,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 4 * 1024 * 1024
 PART_WORKERS = 4  # parts of one file uploaded at once (each streams from disk)
+SMALL_FILE = 4 * 1024 * 1024  # read into memory once, for checksums and upload alike
 CONFIRM_SECONDS = 30.0  # how long a staged object may take to become visible
 Progress = Callable[[int], None]
 
@@ -149,24 +154,37 @@ class S3Stager(Stager):
         fd = os.open(path, os.O_RDONLY)
         try:
             size = os.fstat(fd).st_size
-            sums = _checksum_fd(fd, size)
-            sent = [0]
+            extra = {"ContentType": content_type(name)}
+            if size <= SMALL_FILE:
+                sums = self._put_small(fd, size, key, extra)
+                progress(size)
+            elif size <= MIN_PART_SIZE:
+                sums = _checksum_fd(fd, size)
+                sent = [0]
 
-            def advance(count: int) -> None:
-                sent[0] += count
-                progress(min(sent[0], size))
+                def advance(count: int) -> None:
+                    sent[0] += count
+                    progress(min(sent[0], size))
 
-            tags = "&".join(f"{k}={v}" for k, v in sums.tags().items())
-            extra = {"ContentType": content_type(name), "Tagging": tags}
-            if size <= MIN_PART_SIZE:
                 self.s3.call("put_object", Bucket=self.bucket, Key=key,
-                             Body=_Slice(fd, 0, size, advance), ContentLength=size, **extra)
+                             Body=_Slice(fd, 0, size, advance), ContentLength=size,
+                             Tagging=_tagging(sums), **extra)
             else:
-                self._multipart(fd, size, key, extra, advance)
+                sums = self._multipart(fd, size, key, extra, progress)
         finally:
             os.close(fd)
         self._confirm(key, size, sums.s3_etag)
         return self.source_url(file_uuid, version, name), sums
+
+    def _put_small(self, fd: int, size: int, key: str, extra: dict) -> Checksums:
+        """A small file is read once: checksummed in memory, then sent from there."""
+        data = _read_fd(fd, size)
+        summer = Checksummer(size)
+        summer.update(data)
+        sums = summer.result()
+        self.s3.call("put_object", Bucket=self.bucket, Key=key, Body=data,
+                     ContentLength=size, Tagging=_tagging(sums), **extra)
+        return sums
 
     def _confirm(self, key: str, size: int, etag: str) -> None:
         """Return once the staged object answers a HEAD with its size and ETag.
@@ -195,19 +213,33 @@ class S3Stager(Stager):
             time.sleep(pause)
             pause = min(pause * 2, 1.0)
 
-    def _multipart(self, fd: int, size: int, key: str, extra: dict, advance) -> None:
+    def _multipart(self, fd: int, size: int, key: str, extra: dict,
+                   progress: Progress) -> Checksums:
         """The file in parts of the DSS part size, a few at a time, each streamed from
-        disk, through the one multipart path (:meth:`S3.multipart`)."""
+        disk, through the one multipart path (:meth:`S3.multipart`), while one more thread
+        checksums the file in order; the checksums become the object's tags once both are
+        done (the file is registered only after that, so no reader sees it untagged)."""
         step = part_size(size)
         lock = threading.Lock()
+        sent = [0]
 
         def counted(count: int) -> None:
             with lock:
-                advance(count)
+                sent[0] += count
+                progress(min(sent[0], size))
 
         parts = [_Slice(fd, start, min(step, size - start), counted)
                  for start in range(0, size, step)]
-        self.s3.multipart(self.bucket, key, parts, extra, workers=PART_WORKERS)
+        with ThreadPoolExecutor(1, thread_name_prefix="checksum") as pool:
+            summing = pool.submit(_checksum_fd, fd, size)
+            try:
+                self.s3.multipart(self.bucket, key, parts, extra, workers=PART_WORKERS)
+            finally:
+                sums = summing.result()  # the fd stays open until the pass is done
+        tags = [{"Key": k, "Value": v} for k, v in sums.tags().items()]
+        self.s3.call("put_object_tagging", Bucket=self.bucket, Key=key,
+                     Tagging={"TagSet": tags})
+        return sums
 
     def discard(self, file_uuid: str, version: str, name: str) -> None:
         try:
@@ -215,6 +247,23 @@ class S3Stager(Stager):
                          Key=self._key(file_uuid, version, name))
         except Exception:  # best effort: a leftover staged object costs only space
             pass
+
+
+def _tagging(sums: Checksums) -> str:
+    return "&".join(f"{k}={v}" for k, v in sums.tags().items())
+
+
+def _read_fd(fd: int, size: int) -> bytes:
+    data = os.pread(fd, size, 0)
+    if len(data) == size:
+        return data
+    data = bytearray(data)
+    while len(data) < size:
+        chunk = os.pread(fd, size - len(data), len(data))
+        if not chunk:
+            raise OSError("file shrank while it was staged")
+        data += chunk
+    return bytes(data)
 
 
 def _checksum_fd(fd: int, size: int) -> Checksums:

@@ -168,7 +168,9 @@ class Syncer:
         finally:
             with self._lock:
                 self._inflight.discard(claimed.id)
-            self._wake.set()
+                drained = not self._inflight
+            if drained:  # a commit may be ready now; otherwise the next tick looks
+                self._wake.set()
 
     def _registered_before(self, row) -> bool:
         """True if an earlier attempt registered this generation although its answer was
