@@ -21,6 +21,7 @@ overwrites the same object instead of leaving a second one.
 
 from __future__ import annotations
 
+import errno
 import logging
 import mimetypes
 import os
@@ -41,6 +42,7 @@ PART_WORKERS = 4  # parts of one file uploaded at once (each streams from disk)
 SMALL_FILE = 4 * 1024 * 1024  # read into memory once, for checksums and upload alike
 CONFIRM_SECONDS = 30.0  # how long a staged object may take to become visible
 Progress = Callable[[int], None]
+Known = Callable[[int], Checksums | None]  # fd -> checksums computed as it was written
 
 
 def content_type(name: str) -> str:
@@ -50,8 +52,11 @@ def content_type(name: str) -> str:
 class Stager(ABC):
     @abstractmethod
     def stage(self, path: str, file_uuid: str, version: str, name: str,
-              progress: Progress) -> tuple[str, Checksums]:
-        """Stage the file at ``path``; returns its source URL and checksums."""
+              progress: Progress, known: Known | None = None) -> tuple[str, Checksums]:
+        """Stage the file at ``path``; returns its source URL and checksums.
+
+        ``known(fd)``, given the file open, returns its checksums if they were computed
+        while it was written and still hold (then no pass of its own is made), or None."""
 
     @abstractmethod
     def source_url(self, file_uuid: str, version: str, name: str) -> str:
@@ -75,23 +80,27 @@ class LocalStager(Stager):
         return "file://" + self._path(file_uuid, version, name)
 
     def stage(self, path: str, file_uuid: str, version: str, name: str,
-              progress: Progress) -> tuple[str, Checksums]:
+              progress: Progress, known: Known | None = None) -> tuple[str, Checksums]:
         target = self._path(file_uuid, version, name)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with open(path, "rb") as source, os.fdopen(os.open(
                 target + ".part", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
             size = os.fstat(source.fileno()).st_size
-            summer = Checksummer(size)
-            sent = 0
-            while chunk := source.read(CHUNK):
-                summer.update(chunk)
-                out.write(chunk)
-                sent += len(chunk)
-                progress(sent)
+            sums = _usable(known, source.fileno(), size)
+            if sums is not None:  # the kernel copies; nothing passes through Python
+                _copy_range(source.fileno(), out.fileno(), size, progress)
+            else:
+                summer = Checksummer(size)
+                sent = 0
+                while chunk := source.read(CHUNK):
+                    summer.update(chunk)
+                    out.write(chunk)
+                    sent += len(chunk)
+                    progress(sent)
+                sums = summer.result()
             out.flush()
             os.fsync(out.fileno())
         os.replace(target + ".part", target)
-        sums = summer.result()
         if sums.size != size:
             raise OSError(f"{path} changed size while it was staged")
         return self.source_url(file_uuid, version, name), sums
@@ -149,17 +158,18 @@ class S3Stager(Stager):
         return f"s3://{self.bucket}/{self._key(file_uuid, version, name)}"
 
     def stage(self, path: str, file_uuid: str, version: str, name: str,
-              progress: Progress) -> tuple[str, Checksums]:
+              progress: Progress, known: Known | None = None) -> tuple[str, Checksums]:
         key = self._key(file_uuid, version, name)
         fd = os.open(path, os.O_RDONLY)
         try:
             size = os.fstat(fd).st_size
+            sums = _usable(known, fd, size)
             extra = {"ContentType": content_type(name)}
             if size <= SMALL_FILE:
-                sums = self._put_small(fd, size, key, extra)
+                sums = self._put_small(fd, size, key, extra, sums)
                 progress(size)
             elif size <= MIN_PART_SIZE:
-                sums = _checksum_fd(fd, size)
+                sums = sums or _checksum_fd(fd, size)
                 sent = [0]
 
                 def advance(count: int) -> None:
@@ -170,18 +180,21 @@ class S3Stager(Stager):
                              Body=_Slice(fd, 0, size, advance), ContentLength=size,
                              Tagging=_tagging(sums), **extra)
             else:
-                sums = self._multipart(fd, size, key, extra, progress)
+                sums = self._multipart(fd, size, key, extra, progress, sums)
         finally:
             os.close(fd)
         self._confirm(key, size, sums.s3_etag)
         return self.source_url(file_uuid, version, name), sums
 
-    def _put_small(self, fd: int, size: int, key: str, extra: dict) -> Checksums:
-        """A small file is read once: checksummed in memory, then sent from there."""
+    def _put_small(self, fd: int, size: int, key: str, extra: dict,
+                   sums: Checksums | None) -> Checksums:
+        """A small file is read once: checksummed in memory (unless ``sums`` are known),
+        then sent from there."""
         data = _read_fd(fd, size)
-        summer = Checksummer(size)
-        summer.update(data)
-        sums = summer.result()
+        if sums is None:
+            summer = Checksummer(size)
+            summer.update(data)
+            sums = summer.result()
         self.s3.call("put_object", Bucket=self.bucket, Key=key, Body=data,
                      ContentLength=size, Tagging=_tagging(sums), **extra)
         return sums
@@ -214,7 +227,7 @@ class S3Stager(Stager):
             pause = min(pause * 2, 1.0)
 
     def _multipart(self, fd: int, size: int, key: str, extra: dict,
-                   progress: Progress) -> Checksums:
+                   progress: Progress, known: Checksums | None) -> Checksums:
         """The file in parts of the DSS part size, a few at a time, each streamed from
         disk, through the one multipart path (:meth:`S3.multipart`), while one more thread
         checksums the file in order; the checksums become the object's tags once both are
@@ -230,6 +243,10 @@ class S3Stager(Stager):
 
         parts = [_Slice(fd, start, min(step, size - start), counted)
                  for start in range(0, size, step)]
+        if known is not None:
+            self.s3.multipart(self.bucket, key, parts, dict(extra, Tagging=_tagging(known)),
+                              workers=PART_WORKERS)
+            return known
         with ThreadPoolExecutor(1, thread_name_prefix="checksum") as pool:
             summing = pool.submit(_checksum_fd, fd, size)
             try:
@@ -247,6 +264,34 @@ class S3Stager(Stager):
                          Key=self._key(file_uuid, version, name))
         except Exception:  # best effort: a leftover staged object costs only space
             pass
+
+
+def _usable(known: Known | None, fd: int, size: int) -> Checksums | None:
+    sums = known(fd) if known is not None else None
+    return sums if sums is not None and sums.size == size else None
+
+
+def _copy_range(source: int, target: int, size: int, progress: Progress) -> None:
+    """Copy ``size`` bytes in the kernel where it can (else through a buffer)."""
+    sent = 0
+    in_kernel = True
+    while sent < size:
+        count = min(CHUNK, size - sent)
+        if in_kernel:
+            try:
+                count = os.copy_file_range(source, target, count, sent, sent)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS,
+                                     errno.EOPNOTSUPP):
+                    raise
+                in_kernel = False
+                continue
+        else:
+            count = os.pwrite(target, os.pread(source, count, sent), sent)
+        if not count:
+            raise OSError("file shrank while it was staged")
+        sent += count
+        progress(sent)
 
 
 def _tagging(sums: Checksums) -> str:

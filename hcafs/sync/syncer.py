@@ -208,8 +208,9 @@ class Syncer:
                     self.journal.progress(row.id, sent)
 
             started = time.monotonic()
-            source, sums = self.stager.stage(self.pending.data_path(row.id), file_uuid,
-                                             version, row.path, progress)
+            source, sums = self.stager.stage(
+                self.pending.data_path(row.id), file_uuid, version, row.path, progress,
+                known=lambda fd: self.pending.written_checksums(row.id, fd))
             self.stats.add("stage", time.monotonic() - started, sums.size)
             if not self.journal.staged(row.id, row.generation, sums, content_type(row.path)):
                 return
