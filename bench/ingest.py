@@ -58,6 +58,20 @@ def proc_io(pid: int) -> dict[str, int]:
     return total
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its children (threads included)."""
+    total = 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    for one in [pid, *_children(pid)]:
+        try:
+            with open(f"/proc/{one}/stat") as handle:
+                fields = handle.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
 def _children(pid: int) -> list[int]:
     found = []
     try:

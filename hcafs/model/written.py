@@ -27,7 +27,7 @@ import threading
 
 from ..checksums import MAX_PARTS, MIN_PART_SIZE, Checksummer, Checksums
 
-BUDGET = 32 * 1024 * 1024  # bytes handed over and not yet hashed, all files together
+BUDGET = 16 * 1024 * 1024  # bytes handed over and not yet hashed, all files together
 _END = None
 
 

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 CHUNK = 4 * 1024 * 1024
 PART_WORKERS = 4  # parts of one file uploaded at once (each streams from disk)
 SMALL_FILE = 4 * 1024 * 1024  # read into memory once, for checksums and upload alike
+DELETE_BATCH = 1000  # staged objects deleted by one request (the S3 maximum)
 CONFIRM_SECONDS = 30.0  # how long a staged object may take to become visible
 Progress = Callable[[int], None]
 Known = Callable[[int], Checksums | None]  # fd -> checksums computed as it was written
@@ -64,7 +65,11 @@ class Stager(ABC):
 
     @abstractmethod
     def discard(self, file_uuid: str, version: str, name: str) -> None:
-        """Remove a staged copy the server no longer needs (best effort)."""
+        """Remove a staged copy the server no longer needs (best effort; it may wait
+        for :meth:`flush`)."""
+
+    def flush(self) -> None:  # noqa: B027  (most stagers remove at once: nothing waits)
+        """Finish the removals :meth:`discard` left waiting (best effort)."""
 
 
 class LocalStager(Stager):
@@ -150,6 +155,8 @@ class S3Stager(Stager):
         self.prefix = target.key.strip("/") + "/" if target.key.strip("/") else ""
         self.s3 = s3
         self.unconfirmed = 0  # HEADs that did not (yet) show a staged object as uploaded
+        self._lock = threading.Lock()
+        self._discarded: list[str] = []  # keys to delete, DELETE_BATCH to a request
 
     def _key(self, file_uuid: str, version: str, name: str) -> str:
         return f"{self.prefix}{file_uuid}.{version}/{os.path.basename(name) or 'data'}"
@@ -259,11 +266,23 @@ class S3Stager(Stager):
         return sums
 
     def discard(self, file_uuid: str, version: str, name: str) -> None:
-        try:
-            self.s3.call("delete_object", Bucket=self.bucket,
-                         Key=self._key(file_uuid, version, name))
-        except Exception:  # best effort: a leftover staged object costs only space
-            pass
+        """Queued: staged copies are deleted many to a request by :meth:`flush`."""
+        with self._lock:
+            self._discarded.append(self._key(file_uuid, version, name))
+            full = len(self._discarded) >= DELETE_BATCH
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            keys, self._discarded = self._discarded, []
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = [{"Key": key} for key in keys[start:start + DELETE_BATCH]]
+            try:
+                self.s3.call("delete_objects", Bucket=self.bucket,
+                             Delete={"Objects": batch, "Quiet": True})
+            except Exception as exc:  # best effort: a leftover staged object costs space
+                log.debug("could not delete %d staged objects: %s", len(batch), exc)
 
 
 def _usable(known: Known | None, fd: int, size: int) -> Checksums | None:
