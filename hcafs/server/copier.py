@@ -4,7 +4,10 @@ A source is an ``s3://`` object (its checksums read from its tags, merged over i
 ``x-amz-meta-*`` metadata, tags winning) or, when the server was given a staging root, a
 ``file://`` path inside that root (its checksums computed by the server).  Every byte copied
 is checksummed on the way; a blob is published under its content key only when all four
-checksums and the size match, so a bad copy never becomes visible.
+checksums and the size match, so a bad copy never becomes visible.  An ``s3://`` source is
+looked at with a GET rather than a HEAD: a small one (up to :data:`SMALL_SOURCE`, copied
+inside the request) comes whole with it, is verified then and there, and those very bytes
+are what :meth:`Copier.copy` writes; a larger one is read again, streaming, by the copy.
 
 Copies up to ``async_threshold`` bytes run inside the request; larger ones answer 202 and run
 on a pool.  Either way the version is first *claimed*: its copy record
