@@ -58,6 +58,20 @@ def proc_io(pid: int) -> dict[str, int]:
     return total
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its children (threads included)."""
+    total = 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    for one in [pid, *_children(pid)]:
+        try:
+            with open(f"/proc/{one}/stat") as handle:
+                fields = handle.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
 def _children(pid: int) -> list[int]:
     found = []
     try:
@@ -151,10 +165,12 @@ class IngestBench:
             file_items.append((str(_uuid.uuid4()), now_version(), f"file://{path}"))
         os.sync()
         for kind, items in (("s3", s3_items), ("file", file_items)):
-            before = proc_io(server.pid)
+            before, cpu = proc_io(server.pid), cpu_seconds(server.pid)
             seconds = _put_all(client, items)
             io = io_delta(before, proc_io(server.pid))
             self.run(f"ingest_{kind}_{side}", "files/s").add(len(items) / seconds)
+            self.run(f"ingest_{kind}_{side}_cpu_ms", "ms/file").add(
+                1000 * (cpu_seconds(server.pid) - cpu) / len(items))
             ingested = len(items) * MiB
             self.run(f"ingest_{kind}_{side}_read", "B/B").add(io["read_bytes"] / ingested)
             self.run(f"ingest_{kind}_{side}_write", "B/B").add(io["write_bytes"] / ingested)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -37,7 +38,7 @@ from harness import (
     start_server,
     timed,
 )
-from ingest import IngestBench, io_delta, proc_io
+from ingest import IngestBench, cpu_seconds, io_delta, proc_io
 from workload import _write_random
 
 from hcafs.remote.client import DSSClient
@@ -265,6 +266,7 @@ class WriteBench:
         try:
             self.fresh()
             io_before = proc_io(mount.pid), proc_io(self.server.pid)
+            cpu_before = self._cpu(mount.pid)
             with RssTrace(mount.pid) as trace:
                 started = time.perf_counter()
                 os.mkdir(pending)
@@ -273,6 +275,7 @@ class WriteBench:
                     [PYTHON, "-m", "hcafs", "commit", pending, "--timeout", "900"],
                     env=b.env, capture_output=True, text=True, timeout=960)
                 total = time.perf_counter() - started
+            self._add_cpu("tree_hcafs", cpu_before, self._cpu(mount.pid))
             daemon_io = io_delta(io_before[0], proc_io(mount.pid))
             server_io = io_delta(io_before[1], proc_io(self.server.pid))
             for who, io in (("daemon", daemon_io), ("server", server_io)):
@@ -310,10 +313,12 @@ class WriteBench:
     def tree_hca(self) -> None:
         b = self.b
         self.fresh()
+        cpu_before = self._cpu(None)
         started = time.perf_counter()
         result = self.hca.run("dss", "upload", "--src-dir", self.tree, "--replica", "aws",
                               "--staging-bucket", HCA_BUCKET, "--no-progress", timeout=1200)
         total = time.perf_counter() - started
+        self._add_cpu("tree_hca", cpu_before, self._cpu(None))
         answer = json.loads(result.stdout)
         self._check_bundle(f"{answer['bundle_uuid']}.{answer['version']}", "hca dss upload")
         b.run("tree_hca").add(total)
@@ -323,6 +328,21 @@ class WriteBench:
             keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
             if keys:
                 s3.delete_objects(Bucket=HCA_BUCKET, Delete={"Objects": keys})
+
+    def _cpu(self, daemon: int | None) -> dict[str, float]:
+        """CPU seconds so far of each process a tree run uses: the bench's children (cp,
+        ``hcafs commit``, the hca CLI), the mount daemon, the server, SeaweedFS."""
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return {"client": children.ru_utime + children.ru_stime,
+                "daemon": cpu_seconds(daemon) if daemon else 0.0,
+                "server": cpu_seconds(self.server.pid),
+                "s3": cpu_seconds(self.seaweed.process.pid)}
+
+    def _add_cpu(self, side: str, before: dict[str, float], after: dict[str, float]) -> None:
+        spent = {k: after[k] - before[k] for k in after}
+        for who, seconds in spent.items():
+            self._run(f"{side}_cpu_{who}", "s").add(seconds)
+        self._run(f"{side}_cpu", "s").add(sum(spent.values()))
 
     def warm_up(self) -> None:
         """Untimed: push the tree's worth of objects through each bucket and delete them.

@@ -259,6 +259,10 @@ def _stalled_copy(cluster, size: int) -> tuple[str, str, bytes]:
     answer = put_file(cluster.gated, uuid, version, url)
     assert answer.status_code == 202, answer.text
     assert cluster.gate.stalled.wait(30), "the copy never started"
+    # (The request's own look at the source, a GET whose body is not read, may be what
+    # stalled first: the copy has started once it holds its lease.)
+    wait_for(lambda: cluster.lease(f"copy-{uuid}.{version}") is not None, 30,
+             "the copy never took its lease")
     return uuid, version, data
 
 

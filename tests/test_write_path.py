@@ -66,3 +66,35 @@ def test_no_registration_before_the_staged_object_is_visible(server, seaweed, la
     assert failures == []
     puts = [s for s in late_s3.seen if s.method == "PUT" and "/late.bin" in s.path]
     assert len(puts) == 1  # waited for, not staged again
+
+
+def test_small_files_cost_the_server_one_read_and_leave_no_staged_copy(server, seaweed,
+                                                                      late_s3, tmp_path):
+    """The server brings a small staged object in with one GET (headers and bytes, checked
+    together; no HEAD), the mount confirms it with one HEAD, and the staged copies are
+    deleted (many to a request) before the commit is reported."""
+    bucket = seaweed.make_bucket()
+    mount = Mount(str(tmp_path / "m"), server.url, token=ADMIN, env=seaweed.env(), args=[
+        "--staging", f"s3://{bucket}/staged", "--s3-endpoint", late_s3.url,
+        "--write-back-delay", "0.2"])
+    files = {f"once-{n}.bin": os.urandom(100_000 + n) for n in range(3)}
+    with mount:
+        pending = os.path.join(mount.path, "bundles", "once")
+        os.mkdir(pending)
+        for name, data in files.items():
+            with open(os.path.join(pending, name), "wb") as handle:
+                handle.write(data)
+        fqid = commit(mount, "once", timeout=120)
+    listed = DSSClient(server.url, token=ADMIN).get_bundle(*fqid.split(".", 1))["files"]
+    assert sorted((f["name"], f["size"]) for f in listed) == \
+        sorted((name, len(data)) for name, data in files.items())
+    for name in files:
+        seen = [s for s in late_s3.seen if s.path.split("?")[0].endswith(f"/{name}")]
+        reads = [s for s in seen if s.method == "GET" and "tagging" not in s.path]
+        assert len(reads) == 1, seen
+        assert sum(1 for s in seen if s.method == "HEAD") == 1, seen
+    deletes = [s for s in late_s3.seen if s.method == "POST" and
+               s.path.startswith(f"/{bucket}?delete")]
+    assert 1 <= len(deletes) <= len(files)
+    left = seaweed.client().list_objects_v2(Bucket=bucket, Prefix="staged/")
+    assert left.get("KeyCount", 0) == 0

@@ -48,6 +48,7 @@ from ..errors import (
 )
 from ..versions import is_uuid, new_uuid, parse_fqid
 from .entries import FileEntry, version_mtime
+from .written import WrittenSums
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class PendingBundles:
         self._handles: dict[int, PendingHandle] = {}
         self._writers: dict[int, int] = {}
         self._ids = itertools.count(1)
+        self.written = WrittenSums()  # checksums computed as files are written in order
 
     def data_path(self, file_id: int) -> str:
         return os.path.join(self.root, str(file_id))
@@ -187,6 +189,7 @@ class PendingBundles:
         if row == "dir":
             raise PermissionDenied(f"bundles/{name}/{path} is a directory")
         self.journal.remove_file(row.id)  # with its queued import: one transaction
+        self.written.drop(row.id)
         try:
             os.unlink(self.data_path(row.id))
         except FileNotFoundError:
@@ -205,6 +208,7 @@ class PendingBundles:
             raise NotEmpty(f"bundles/{new_name}/{new} is not empty")
         self.journal.rename(name, old, new, new_bundle=new_name)
         if isinstance(target, FileRow):  # replaced: its bytes go once the journal says so
+            self.written.drop(target.id)
             try:
                 os.unlink(self.data_path(target.id))
             except FileNotFoundError:
@@ -227,6 +231,7 @@ class PendingBundles:
         file_id = self.journal.add_file(name, path, kind=DRS if path.endswith(".drs")
                                         else LOCAL)
         fd = os.open(self.data_path(file_id), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self.written.start(file_id)
         return self._new_handle(PendingHandle(file_id, fd, writable=True, dirty=True))
 
     def _new_handle(self, handle: PendingHandle) -> int:
@@ -252,6 +257,10 @@ class PendingBundles:
             self.journal.mark_dirty(row.id, size=0)
             os.ftruncate(fd, 0)
             handle.dirty = True
+        if write and truncate:
+            self.written.start(row.id)
+        elif write or truncate:
+            self.written.drop(row.id)
         return self._new_handle(handle)
 
     def _materialize(self, row: FileRow, empty: bool) -> None:
@@ -297,7 +306,16 @@ class PendingBundles:
         if not handle.dirty:  # journal first: a crash after this write leaves it dirty
             self.journal.mark_dirty(handle.file_id)
             handle.dirty = True
-        return os.pwrite(handle.fd, data, offset)
+        try:
+            count = os.pwrite(handle.fd, data, offset)
+        except BaseException:
+            self.written.drop(handle.file_id)
+            raise
+        if count == len(data):
+            self.written.wrote(handle.file_id, data, offset)
+        else:
+            self.written.drop(handle.file_id)
+        return count
 
     def _check_space(self, incoming: int) -> None:
         """Refuse a write that would leave the journal no room (SQLite needs some to record
@@ -323,21 +341,26 @@ class PendingBundles:
             raise PermissionDenied(f"bundles/{name}/{path} is a directory")
         if row.kind == REMOTE:
             self._materialize(row, empty=length == 0)
+        self.written.drop(row.id)
         self.journal.mark_dirty(row.id, size=length, to_local=True)
         os.truncate(self.data_path(row.id), length)
 
     def release(self, number: int) -> None:
         with self._lock:
             handle = self._handles.pop(number, None)
+            last = False
             if handle is not None and handle.writable:
                 self._writers[handle.file_id] -= 1
                 if not self._writers[handle.file_id]:
                     del self._writers[handle.file_id]
+                    last = True
         if handle is None:
             return
         if handle.blob is not None:
             self.blobs.release(handle.blob)
         if handle.fd is not None:
+            if last:
+                self.written.closed(handle.file_id, handle.fd)
             try:
                 if handle.dirty:
                     self._closed(handle, os.fstat(handle.fd).st_size)
@@ -359,6 +382,11 @@ class PendingBundles:
         else:
             content = os.pread(handle.fd, 65 * 1024, 0)
             self.drs_queue.enqueue_file(row.id, row.bundle, row.path, content, size)
+
+    def written_checksums(self, file_id: int, fd: int):
+        """The file's checksums as computed while it was written, if they still hold for
+        the data file open as ``fd`` (see ``written.py``); None: compute them afresh."""
+        return self.written.checksums(file_id, fd)
 
     def is_open_for_write(self, file_id: int) -> bool:
         with self._lock:

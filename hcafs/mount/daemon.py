@@ -185,7 +185,7 @@ class Daemon:
 
     def _stager(self) -> Stager | None:
         if self.config.staging:
-            return S3Stager(self.config.staging, S3(self.config.s3_endpoint))
+            return S3Stager(self.config.staging, S3(self.config.s3_endpoint, sign_payload=False))
         if self.server is not None:
             return LocalStager(self.server.staging_root)
         return None

@@ -61,13 +61,19 @@ class PreconditionFailed(RemoteError):
 class S3:
     """A boto3 S3 client with hcafs's retry policy and error translation."""
 
-    def __init__(self, endpoint_url: str | None = None, max_pool: int = 16):
+    def __init__(self, endpoint_url: str | None = None, max_pool: int = 16,
+                 sign_payload: bool = True):
+        """``sign_payload=False``: requests carry ``UNSIGNED-PAYLOAD`` instead of the SHA-256
+        of their body (which botocore otherwise computes over every byte sent on a plain
+        ``http://`` endpoint).  Only for uploads whose bytes are checked end to end anyway:
+        the staging uploads, whose four checksums the DSS verifies when it copies them."""
         config = botocore.config.Config(
             retries={"mode": "standard", "max_attempts": 8},
             max_pool_connections=max_pool,
             connect_timeout=10,
             read_timeout=60,
-            s3={"addressing_style": "path"},
+            s3={"addressing_style": "path",
+                **({} if sign_payload else {"payload_signing_enabled": False})},
             # The DSS checksums every byte itself (hcafs.checksums): no extra CRC pass over
             # each upload and download unless the operation requires one.
             request_checksum_calculation="when_required",
@@ -139,6 +145,22 @@ class S3:
                 time.sleep(0.05 * 2 ** conflicts)
             except NotFound:  # If-Match on a key that is gone
                 return None
+
+    def get_small(self, bucket: str, key: str, limit: int) -> tuple[dict, bytes | None]:
+        """One GET: the object's headers (as a HEAD gives them) and, if it holds at most
+        ``limit`` bytes, its bytes (None for a larger one, whose body is not read)."""
+        answer = self.call("get_object", Bucket=bucket, Key=key)
+        body = answer.pop("Body")
+        try:
+            data = body.read() if answer["ContentLength"] <= limit else None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise Unreachable(f"S3 read of s3://{bucket}/{key} broke off: {exc}") from exc
+        finally:
+            body.close()
+        if data is not None and len(data) != answer["ContentLength"]:
+            raise Unreachable(f"S3 read of s3://{bucket}/{key} ended after {len(data)} of "
+                              f"{answer['ContentLength']} bytes")
+        return answer, data
 
     def tags(self, bucket: str, key: str) -> dict[str, str]:
         answer = self.call("get_object_tagging", Bucket=bucket, Key=key)

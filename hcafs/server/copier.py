@@ -4,7 +4,10 @@ A source is an ``s3://`` object (its checksums read from its tags, merged over i
 ``x-amz-meta-*`` metadata, tags winning) or, when the server was given a staging root, a
 ``file://`` path inside that root (its checksums computed by the server).  Every byte copied
 is checksummed on the way; a blob is published under its content key only when all four
-checksums and the size match, so a bad copy never becomes visible.
+checksums and the size match, so a bad copy never becomes visible.  An ``s3://`` source is
+looked at with a GET rather than a HEAD: a small one (up to :data:`SMALL_SOURCE`, copied
+inside the request) comes whole with it, is verified then and there, and those very bytes
+are what :meth:`Copier.copy` writes; a larger one is read again, streaming, by the copy.
 
 Copies up to ``async_threshold`` bytes run inside the request; larger ones answer 202 and run
 on a pool.  Either way the version is first *claimed*: its copy record
@@ -37,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
-from ..checksums import TAG_KEYS, Checksummer, checksum_file
+from ..checksums import TAG_KEYS, Checksummer, Checksums, checksum_file
 from ..errors import HcafsError, NotFound, Problem, RemoteError, bad_request
 from ..remote.s3 import S3
 from . import metrics
@@ -54,6 +57,7 @@ _FORMATS = {
     "s3_etag": re.compile(r"^[a-z0-9]{32}(-([2-9]|[1-9][0-9]{1,3}|10000))?$"),
 }
 READ_CHUNK = 4 * 1024 * 1024
+SMALL_SOURCE = 4 * 1024 * 1024  # an s3:// source up to this size is read once, at inspect
 CLAIM_WAIT_SECONDS = 20.0
 CLAIM_POLL_SECONDS = 0.1
 # How often a file:// source is looked for while a racing PUT moves it in.
@@ -94,6 +98,7 @@ class Copier:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="copy")
         self._lock = threading.Lock()
         self._active: set[str] = set()
+        self._fetched = threading.local()  # .data: (Source, bytes) inspect read and verified
         self.moved = 0  # file sources published by rename
 
     # ------------------------------------------------------------ inspecting sources
@@ -115,7 +120,10 @@ class Copier:
         if self._s3 is None:
             raise Problem(400, "unknown_source_schema", "this server has no S3 access")
         try:
-            head = self._s3.head(bucket, key)
+            # One GET instead of a HEAD: its answer has the same headers, and a small
+            # object's bytes come with it, verified here and written by :meth:`copy`.
+            head, data = self._s3.get_small(bucket, key,
+                                            min(SMALL_SOURCE, self.async_threshold))
             tags = self._s3.tags(bucket, key)
         except NotFound as exc:
             raise Problem(404, "not_found", f"source object {url} does not exist") from exc
@@ -129,9 +137,16 @@ class Copier:
             raise Problem(422, "invalid_checksum",
                           f"the object's S3 ETag {etag} differs from its hca-dss-s3_etag tag "
                           f"{checksums['s3_etag']}")
-        return Source(url=url, size=head["ContentLength"],
-                      content_type=head.get("ContentType") or "application/octet-stream",
-                      checksums=checksums, bucket=bucket, key=key)
+        source = Source(url=url, size=head["ContentLength"],
+                        content_type=head.get("ContentType") or "application/octet-stream",
+                        checksums=checksums, bucket=bucket, key=key)
+        self._fetched.data = None
+        if data is not None:
+            summer = Checksummer(source.size)
+            summer.update(data)
+            _check(source, summer.result())
+            self._fetched.data = (source, data)
+        return source
 
     def _inspect_file(self, url: str) -> Source:
         path = os.path.realpath("/" + url[len("file://"):].lstrip("/"))
@@ -208,15 +223,7 @@ class Copier:
             if pending is not None:
                 yield pending
             pending = chunk
-        got = summer.result()
-        if got.size != source.size:
-            raise Problem(422, "invalid_checksum",
-                          f"{source.url} holds {got.size} bytes, not {source.size}")
-        for name, claimed in source.checksums.items():
-            if getattr(got, name) != claimed:
-                raise Problem(422, "invalid_checksum",
-                              f"{name} of {source.url} is {getattr(got, name)}, "
-                              f"not {claimed} as claimed")
+        _check(source, summer.result())
         if fence is not None:
             fence()
         if pending is not None:
@@ -226,7 +233,11 @@ class Copier:
         """Publish the source's bytes as a blob (unless that blob is already there);
         ``fence`` raises when the copy may no longer publish."""
         key = source.blob_key()
+        fetched = self._take_fetched(source)
         if self.store.blob_size(key) == source.size:
+            return
+        if fetched is not None:
+            self.store.write_blob(key, [fetched])
             return
         if fence is not None and source.path and source.stamp:
             fence()
@@ -239,6 +250,14 @@ class Copier:
         except RemoteError as exc:
             raise Problem(502, "source_unavailable", f"copy of {source.url} failed: {exc}") \
                 from exc
+
+    def _take_fetched(self, source: Source) -> bytes | None:
+        """The bytes of ``source`` that :meth:`inspect` fetched and verified in this
+        thread, if it did (each request's thread inspects, then copies)."""
+        fetched, self._fetched.data = getattr(self._fetched, "data", None), None
+        if fetched is not None and fetched[0] == source:
+            return fetched[1]
+        return None
 
     def _move(self, source: Source, key: str) -> bool:
         """Publish a file source by renaming it into the store: its bytes were checksummed
@@ -295,8 +314,10 @@ class Copier:
                   "holder": self.leases.holder if self.leases is not None else ""}
         joined = self._claim(name, record)
         if joined is not None:
+            self._fetched.data = None
             return joined
         if background:
+            self._fetched.data = None
             self._submit(uuid, version, record)
             return 202, record["task_id"]
         try:
@@ -507,6 +528,18 @@ def _dumps(document: dict) -> bytes:
 
 def _conflict(name: str, what: str) -> Problem:
     return Problem(409, "file_already_exists", f"file {name} {what}")
+
+
+def _check(source: Source, got: Checksums) -> None:
+    """422 unless ``got`` (computed from the bytes read) matches what the source claims."""
+    if got.size != source.size:
+        raise Problem(422, "invalid_checksum",
+                      f"{source.url} holds {got.size} bytes, not {source.size}")
+    for name, claimed in source.checksums.items():
+        if getattr(got, name) != claimed:
+            raise Problem(422, "invalid_checksum",
+                          f"{name} of {source.url} is {getattr(got, name)}, "
+                          f"not {claimed} as claimed")
 
 
 def _claimed(claims: dict[str, str]) -> dict[str, str]:

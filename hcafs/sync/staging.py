@@ -5,8 +5,11 @@ Two targets, one interface:
 * :class:`S3Stager` (``--staging s3://bucket/prefix``): the object is uploaded with boto3
   (plain PUT up to 64 MiB, multipart above, with the DSS part size so that the S3 ETag
   equals the ``hca-dss-s3_etag`` tag), tagged with the four checksums and given a
-  Content-Type.  The checksums are computed in one pass over the bytes before the upload;
-  the upload streams the file in parts, so memory stays bounded whatever the file's size.
+  Content-Type.  A small file (up to 4 MiB) is read once, checksummed and sent from memory;
+  a larger one is checksummed in one pass before a plain PUT, or, in parts, while its parts
+  upload (the tags are set when both are done).  Uploads stream the file in parts, so memory
+  stays bounded whatever the file's size.  Their bodies are not signed (``UNSIGNED-PAYLOAD``:
+  no SHA-256 pass of botocore's own); the DSS verifies all four checksums when it copies.
   The file is registered only once a HEAD shows the object with its size and ETag (a store
   may acknowledge a PUT before every reader sees the object).
 * :class:`LocalStager` (the embedded server): the bytes are copied into the server's
@@ -18,6 +21,7 @@ overwrites the same object instead of leaving a second one.
 
 from __future__ import annotations
 
+import errno
 import logging
 import mimetypes
 import os
@@ -25,6 +29,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from ..checksums import MIN_PART_SIZE, Checksummer, Checksums, part_size
 from ..errors import NotFound, RemoteError
@@ -34,8 +39,11 @@ log = logging.getLogger(__name__)
 
 CHUNK = 4 * 1024 * 1024
 PART_WORKERS = 4  # parts of one file uploaded at once (each streams from disk)
+SMALL_FILE = 4 * 1024 * 1024  # read into memory once, for checksums and upload alike
+DELETE_BATCH = 1000  # staged objects deleted by one request (the S3 maximum)
 CONFIRM_SECONDS = 30.0  # how long a staged object may take to become visible
 Progress = Callable[[int], None]
+Known = Callable[[int], Checksums | None]  # fd -> checksums computed as it was written
 
 
 def content_type(name: str) -> str:
@@ -45,8 +53,11 @@ def content_type(name: str) -> str:
 class Stager(ABC):
     @abstractmethod
     def stage(self, path: str, file_uuid: str, version: str, name: str,
-              progress: Progress) -> tuple[str, Checksums]:
-        """Stage the file at ``path``; returns its source URL and checksums."""
+              progress: Progress, known: Known | None = None) -> tuple[str, Checksums]:
+        """Stage the file at ``path``; returns its source URL and checksums.
+
+        ``known(fd)``, given the file open, returns its checksums if they were computed
+        while it was written and still hold (then no pass of its own is made), or None."""
 
     @abstractmethod
     def source_url(self, file_uuid: str, version: str, name: str) -> str:
@@ -54,7 +65,11 @@ class Stager(ABC):
 
     @abstractmethod
     def discard(self, file_uuid: str, version: str, name: str) -> None:
-        """Remove a staged copy the server no longer needs (best effort)."""
+        """Remove a staged copy the server no longer needs (best effort; it may wait
+        for :meth:`flush`)."""
+
+    def flush(self) -> None:  # noqa: B027  (most stagers remove at once: nothing waits)
+        """Finish the removals :meth:`discard` left waiting (best effort)."""
 
 
 class LocalStager(Stager):
@@ -70,23 +85,27 @@ class LocalStager(Stager):
         return "file://" + self._path(file_uuid, version, name)
 
     def stage(self, path: str, file_uuid: str, version: str, name: str,
-              progress: Progress) -> tuple[str, Checksums]:
+              progress: Progress, known: Known | None = None) -> tuple[str, Checksums]:
         target = self._path(file_uuid, version, name)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with open(path, "rb") as source, os.fdopen(os.open(
                 target + ".part", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
             size = os.fstat(source.fileno()).st_size
-            summer = Checksummer(size)
-            sent = 0
-            while chunk := source.read(CHUNK):
-                summer.update(chunk)
-                out.write(chunk)
-                sent += len(chunk)
-                progress(sent)
+            sums = _usable(known, source.fileno(), size)
+            if sums is not None:  # the kernel copies; nothing passes through Python
+                _copy_range(source.fileno(), out.fileno(), size, progress)
+            else:
+                summer = Checksummer(size)
+                sent = 0
+                while chunk := source.read(CHUNK):
+                    summer.update(chunk)
+                    out.write(chunk)
+                    sent += len(chunk)
+                    progress(sent)
+                sums = summer.result()
             out.flush()
             os.fsync(out.fileno())
         os.replace(target + ".part", target)
-        sums = summer.result()
         if sums.size != size:
             raise OSError(f"{path} changed size while it was staged")
         return self.source_url(file_uuid, version, name), sums
@@ -136,6 +155,8 @@ class S3Stager(Stager):
         self.prefix = target.key.strip("/") + "/" if target.key.strip("/") else ""
         self.s3 = s3
         self.unconfirmed = 0  # HEADs that did not (yet) show a staged object as uploaded
+        self._lock = threading.Lock()
+        self._discarded: list[str] = []  # keys to delete, DELETE_BATCH to a request
 
     def _key(self, file_uuid: str, version: str, name: str) -> str:
         return f"{self.prefix}{file_uuid}.{version}/{os.path.basename(name) or 'data'}"
@@ -144,29 +165,46 @@ class S3Stager(Stager):
         return f"s3://{self.bucket}/{self._key(file_uuid, version, name)}"
 
     def stage(self, path: str, file_uuid: str, version: str, name: str,
-              progress: Progress) -> tuple[str, Checksums]:
+              progress: Progress, known: Known | None = None) -> tuple[str, Checksums]:
         key = self._key(file_uuid, version, name)
         fd = os.open(path, os.O_RDONLY)
         try:
             size = os.fstat(fd).st_size
-            sums = _checksum_fd(fd, size)
-            sent = [0]
+            sums = _usable(known, fd, size)
+            extra = {"ContentType": content_type(name)}
+            if size <= SMALL_FILE:
+                sums = self._put_small(fd, size, key, extra, sums)
+                progress(size)
+            elif size <= MIN_PART_SIZE:
+                sums = sums or _checksum_fd(fd, size)
+                sent = [0]
 
-            def advance(count: int) -> None:
-                sent[0] += count
-                progress(min(sent[0], size))
+                def advance(count: int) -> None:
+                    sent[0] += count
+                    progress(min(sent[0], size))
 
-            tags = "&".join(f"{k}={v}" for k, v in sums.tags().items())
-            extra = {"ContentType": content_type(name), "Tagging": tags}
-            if size <= MIN_PART_SIZE:
                 self.s3.call("put_object", Bucket=self.bucket, Key=key,
-                             Body=_Slice(fd, 0, size, advance), ContentLength=size, **extra)
+                             Body=_Slice(fd, 0, size, advance), ContentLength=size,
+                             Tagging=_tagging(sums), **extra)
             else:
-                self._multipart(fd, size, key, extra, advance)
+                sums = self._multipart(fd, size, key, extra, progress, sums)
         finally:
             os.close(fd)
         self._confirm(key, size, sums.s3_etag)
         return self.source_url(file_uuid, version, name), sums
+
+    def _put_small(self, fd: int, size: int, key: str, extra: dict,
+                   sums: Checksums | None) -> Checksums:
+        """A small file is read once: checksummed in memory (unless ``sums`` are known),
+        then sent from there."""
+        data = _read_fd(fd, size)
+        if sums is None:
+            summer = Checksummer(size)
+            summer.update(data)
+            sums = summer.result()
+        self.s3.call("put_object", Bucket=self.bucket, Key=key, Body=data,
+                     ContentLength=size, Tagging=_tagging(sums), **extra)
+        return sums
 
     def _confirm(self, key: str, size: int, etag: str) -> None:
         """Return once the staged object answers a HEAD with its size and ETag.
@@ -195,26 +233,101 @@ class S3Stager(Stager):
             time.sleep(pause)
             pause = min(pause * 2, 1.0)
 
-    def _multipart(self, fd: int, size: int, key: str, extra: dict, advance) -> None:
+    def _multipart(self, fd: int, size: int, key: str, extra: dict,
+                   progress: Progress, known: Checksums | None) -> Checksums:
         """The file in parts of the DSS part size, a few at a time, each streamed from
-        disk, through the one multipart path (:meth:`S3.multipart`)."""
+        disk, through the one multipart path (:meth:`S3.multipart`), while one more thread
+        checksums the file in order; the checksums become the object's tags once both are
+        done (the file is registered only after that, so no reader sees it untagged)."""
         step = part_size(size)
         lock = threading.Lock()
+        sent = [0]
 
         def counted(count: int) -> None:
             with lock:
-                advance(count)
+                sent[0] += count
+                progress(min(sent[0], size))
 
         parts = [_Slice(fd, start, min(step, size - start), counted)
                  for start in range(0, size, step)]
-        self.s3.multipart(self.bucket, key, parts, extra, workers=PART_WORKERS)
+        if known is not None:
+            self.s3.multipart(self.bucket, key, parts, dict(extra, Tagging=_tagging(known)),
+                              workers=PART_WORKERS)
+            return known
+        with ThreadPoolExecutor(1, thread_name_prefix="checksum") as pool:
+            summing = pool.submit(_checksum_fd, fd, size)
+            try:
+                self.s3.multipart(self.bucket, key, parts, extra, workers=PART_WORKERS)
+            finally:
+                sums = summing.result()  # the fd stays open until the pass is done
+        tags = [{"Key": k, "Value": v} for k, v in sums.tags().items()]
+        self.s3.call("put_object_tagging", Bucket=self.bucket, Key=key,
+                     Tagging={"TagSet": tags})
+        return sums
 
     def discard(self, file_uuid: str, version: str, name: str) -> None:
-        try:
-            self.s3.call("delete_object", Bucket=self.bucket,
-                         Key=self._key(file_uuid, version, name))
-        except Exception:  # best effort: a leftover staged object costs only space
-            pass
+        """Queued: staged copies are deleted many to a request by :meth:`flush`."""
+        with self._lock:
+            self._discarded.append(self._key(file_uuid, version, name))
+            full = len(self._discarded) >= DELETE_BATCH
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            keys, self._discarded = self._discarded, []
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = [{"Key": key} for key in keys[start:start + DELETE_BATCH]]
+            try:
+                self.s3.call("delete_objects", Bucket=self.bucket,
+                             Delete={"Objects": batch, "Quiet": True})
+            except Exception as exc:  # best effort: a leftover staged object costs space
+                log.debug("could not delete %d staged objects: %s", len(batch), exc)
+
+
+def _usable(known: Known | None, fd: int, size: int) -> Checksums | None:
+    sums = known(fd) if known is not None else None
+    return sums if sums is not None and sums.size == size else None
+
+
+def _copy_range(source: int, target: int, size: int, progress: Progress) -> None:
+    """Copy ``size`` bytes in the kernel where it can (else through a buffer)."""
+    sent = 0
+    in_kernel = True
+    while sent < size:
+        count = min(CHUNK, size - sent)
+        if in_kernel:
+            try:
+                count = os.copy_file_range(source, target, count, sent, sent)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS,
+                                     errno.EOPNOTSUPP):
+                    raise
+                in_kernel = False
+                continue
+        else:
+            count = os.pwrite(target, os.pread(source, count, sent), sent)
+        if not count:
+            raise OSError("file shrank while it was staged")
+        sent += count
+        progress(sent)
+
+
+def _tagging(sums: Checksums) -> str:
+    return "&".join(f"{k}={v}" for k, v in sums.tags().items())
+
+
+def _read_fd(fd: int, size: int) -> bytes:
+    data = os.pread(fd, size, 0)
+    if len(data) == size:
+        return data
+    data = bytearray(data)
+    while len(data) < size:
+        chunk = os.pread(fd, size - len(data), len(data))
+        if not chunk:
+            raise OSError("file shrank while it was staged")
+        data += chunk
+    return bytes(data)
 
 
 def _checksum_fd(fd: int, size: int) -> Checksums:

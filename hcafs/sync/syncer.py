@@ -48,6 +48,8 @@ from .staging import Stager, content_type
 log = logging.getLogger(__name__)
 
 TICK = 0.5
+COPY_POLL = 0.5  # seconds between looks at a background copy, at most
+COPY_WAIT = 3600.0
 
 
 class SyncStats:
@@ -125,6 +127,7 @@ class Syncer:
             try:
                 self._schedule()
                 self._commits()
+                self.stager.flush()
             except Exception:
                 log.exception("sync scheduler error")
             self._wake.wait(TICK)
@@ -168,7 +171,9 @@ class Syncer:
         finally:
             with self._lock:
                 self._inflight.discard(claimed.id)
-            self._wake.set()
+                drained = not self._inflight
+            if drained:  # a commit may be ready now; otherwise the next tick looks
+                self._wake.set()
 
     def _registered_before(self, row) -> bool:
         """True if an earlier attempt registered this generation although its answer was
@@ -206,8 +211,9 @@ class Syncer:
                     self.journal.progress(row.id, sent)
 
             started = time.monotonic()
-            source, sums = self.stager.stage(self.pending.data_path(row.id), file_uuid,
-                                             version, row.path, progress)
+            source, sums = self.stager.stage(
+                self.pending.data_path(row.id), file_uuid, version, row.path, progress,
+                known=lambda fd: self.pending.written_checksums(row.id, fd))
             self.stats.add("stage", time.monotonic() - started, sums.size)
             if not self.journal.staged(row.id, row.generation, sums, content_type(row.path)):
                 return
@@ -217,16 +223,31 @@ class Syncer:
         status, _ = self.client.put_file(file_uuid, version, source, self.creator_uid)
         registered = time.monotonic()
         self.stats.add("register", registered - started)
-        info = self.client.wait_file(file_uuid, version) if status == 202 else \
-            self.client.head_file(file_uuid, version)
         if status == 202:
+            info = self._wait_copied(file_uuid, version)
             self.stats.add("copy", time.monotonic() - registered)
+        else:
+            info = self.client.head_file(file_uuid, version)
         if info.sha256 != sha256:
             raise IntegrityError(f"the server holds sha256 {info.sha256} for {row.path}, "
                                  f"not {sha256}")
         if self.journal.registered(row.id, row.generation):
             log.info("synced %s/%s as %s.%s", row.bundle, row.path, file_uuid, version)
         self.stager.discard(file_uuid, version, row.path)
+
+    def _wait_copied(self, file_uuid: str, version: str):
+        """The file once the server's background copy of it is done: looked for often at
+        first, then every :data:`COPY_POLL` seconds (a HEAD is cheap; a commit waits)."""
+        deadline = time.monotonic() + COPY_WAIT
+        pause = 0.1
+        while True:
+            try:
+                return self.client.head_file(file_uuid, version)
+            except NotFound:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 1.5, COPY_POLL)
 
     # ------------------------------------------------------------ commits
 
@@ -285,6 +306,7 @@ class Syncer:
             self._retry_commit(bundle, str(exc))
             return
         self.stats.add("commit", time.monotonic() - started)
+        self.stager.flush()  # the staged copies of its files go before the commit is told
         fqid = f"{bundle.uuid}.{version}"
         self.journal.committed(bundle.name, fqid)
         self.catalog.add_bundle(fqid)
