@@ -374,7 +374,6 @@ class DrsQueue:
 
     def _poll(self) -> float:
         """Poll the jobs that are due; returns when the next one is."""
-        soonest = float("inf")
         jobs = self.journal.submitted_jobs()
         for job_id in set(self._polls) - set(jobs):
             del self._polls[job_id]
@@ -383,9 +382,9 @@ class DrsQueue:
             if poll.at <= time.time():
                 self._poll_one(job_id, poll)
                 self._submit_if_due()
-            if job_id in self._polls:
-                soonest = min(soonest, poll.at)
-        return soonest
+        # Over every job polled now, those submitted during this round included (their
+        # first poll is due soon, and nothing else may wake the flusher for them).
+        return min((poll.at for poll in self._polls.values()), default=float("inf"))
 
     def _poll_one(self, job_id: str, poll: Poll) -> None:
         try:

@@ -140,3 +140,29 @@ def test_a_waiting_job_is_polled_when_an_earlier_jobs_files_leave_the_window(jou
     later = poll.at
     queue.schedule(poll, 0, later)  # polled once the window reopened: soon again
     assert poll.at - later == pytest.approx(0.25)
+
+
+def test_a_job_submitted_during_a_poll_round_is_polled_soon(journal):
+    """A job's finish and the next job's submission in one poll round: the flusher's next
+    deadline is the new job's first poll, not "never" (it slept 30 s before)."""
+    queue = _queue(journal, limit=100, window=4)
+    _queue_items(journal, 150)
+    _submit(journal, 100, "first")
+    queue._polls["first"] = Poll(0.0)
+
+    def finished(job_id, poll):  # the first job is seen FINISHED and applied
+        del queue._polls[job_id]
+        journal.job_seen(job_id, "FINISHED", 100, 0)
+        for row in journal.job_items(job_id):
+            journal.import_skipped(row[0], row[3])
+
+    def submitted():  # ... and in the same round the window lets the second call go
+        if "second" not in queue._polls:
+            _submit(journal, 50, "second")
+            queue._polls["second"] = Poll(time.time() + 0.25)
+
+    queue._poll_one, queue._submit_if_due = finished, submitted
+    before = time.time()
+    soonest = queue._poll()
+    assert "second" in queue._polls
+    assert soonest <= before + 0.5, soonest - before
