@@ -206,7 +206,7 @@ class WriteBench:
         cache = os.path.join(self.work, "cache-cp")
         local_dir = os.path.join(self.work, "local-cp")
         os.makedirs(local_dir, exist_ok=True)
-        os.makedirs(cache, exist_ok=True)
+        os.makedirs(cache, mode=0o700, exist_ok=True)  # the mount refuses a shared cache
         if os.stat(local_dir).st_dev != os.stat(cache).st_dev:
             raise BenchError("the local copy and the cache dir are on different filesystems")
         mib = self.args.cp_mib
