@@ -42,6 +42,20 @@ def server(tmp_path_factory, seaweed, late_s3):
         server.stop()
 
 
+def _commit_and_check(mount: Mount, server, bundle: str, files: dict[str, bytes]) -> None:
+    """Write ``files`` into a new pending bundle, commit it, and check what the DSS lists."""
+    with mount:
+        pending = os.path.join(mount.path, "bundles", bundle)
+        os.mkdir(pending)
+        for name, data in files.items():
+            with open(os.path.join(pending, name), "wb") as handle:
+                handle.write(data)
+        fqid = commit(mount, bundle, timeout=120)
+    listed = DSSClient(server.url, token=ADMIN).get_bundle(*fqid.split(".", 1))["files"]
+    assert sorted((f["name"], f["size"]) for f in listed) == \
+        sorted((name, len(data)) for name, data in files.items())
+
+
 def test_no_registration_before_the_staged_object_is_visible(server, seaweed, late_s3,
                                                               tmp_path):
     bucket = seaweed.make_bucket()
@@ -50,16 +64,7 @@ def test_no_registration_before_the_staged_object_is_visible(server, seaweed, la
         "--staging", f"s3://{bucket}/staged", "--s3-endpoint", late_s3.url,
         "--write-back-delay", "0.2"])
     files = {"late.bin": os.urandom(300_000), "early.bin": os.urandom(1000)}
-    with mount:
-        pending = os.path.join(mount.path, "bundles", "late")
-        os.mkdir(pending)
-        for name, data in files.items():
-            with open(os.path.join(pending, name), "wb") as handle:
-                handle.write(data)
-        fqid = commit(mount, "late", timeout=120)
-    listed = DSSClient(server.url, token=ADMIN).get_bundle(*fqid.split(".", 1))["files"]
-    assert sorted((f["name"], f["size"]) for f in listed) == \
-        sorted((name, len(data)) for name, data in files.items())
+    _commit_and_check(mount, server, "late", files)
     heads = [s for s in late_s3.seen if s.method == "HEAD" and "/late.bin" in s.path]
     assert sum(1 for s in heads if s.fault is late) == LATE  # the object was late
     failures = [line for line in mount.log().splitlines() if "sync of" in line]
@@ -78,16 +83,7 @@ def test_small_files_cost_the_server_one_read_and_leave_no_staged_copy(server, s
         "--staging", f"s3://{bucket}/staged", "--s3-endpoint", late_s3.url,
         "--write-back-delay", "0.2"])
     files = {f"once-{n}.bin": os.urandom(100_000 + n) for n in range(3)}
-    with mount:
-        pending = os.path.join(mount.path, "bundles", "once")
-        os.mkdir(pending)
-        for name, data in files.items():
-            with open(os.path.join(pending, name), "wb") as handle:
-                handle.write(data)
-        fqid = commit(mount, "once", timeout=120)
-    listed = DSSClient(server.url, token=ADMIN).get_bundle(*fqid.split(".", 1))["files"]
-    assert sorted((f["name"], f["size"]) for f in listed) == \
-        sorted((name, len(data)) for name, data in files.items())
+    _commit_and_check(mount, server, "once", files)
     for name in files:
         seen = [s for s in late_s3.seen if s.path.split("?")[0].endswith(f"/{name}")]
         reads = [s for s in seen if s.method == "GET" and "tagging" not in s.path]

@@ -178,14 +178,18 @@ class LocalStore(Store):
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+        self._sync_dir(path)
+        return True
+
+    def _sync_dir(self, path: str) -> None:
+        """Make the name ``path`` durable (the fsync of its folder), if the store is."""
         if not self.durable:
-            return True
+            return
         dir_fd = os.open(os.path.dirname(path), os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        return True
 
     @contextmanager
     def _locked(self, path: str) -> Iterator[int | None]:
@@ -230,12 +234,7 @@ class LocalStore(Store):
         finally:
             if tmp is not None:
                 os.unlink(tmp)
-        if self.durable:
-            dir_fd = os.open(os.path.dirname(path), os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        self._sync_dir(path)
         return True
 
     def write(self, key: str, data: bytes) -> None:
@@ -252,12 +251,7 @@ class LocalStore(Store):
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
         except FileExistsError:
             return False
-        if self.durable:
-            dir_fd = os.open(os.path.dirname(path), os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        self._sync_dir(path)
         return True
 
     def read_versioned(self, key: str) -> tuple[bytes, str] | None:
