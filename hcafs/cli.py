@@ -172,6 +172,7 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         import_rate_window=float(pick("import_rate_window", 300)),
         import_request_limit=int(pick("import_request_limit", 1000)),
         import_request_window=float(pick("import_request_window", 300)),
+        import_window_kind=pick("import_window_kind", "fixed"),
         drs_allow_http=parse_bool(pick("drs_allow_http", False)),
         drs_allow_hosts=_list(pick("drs_allow_host", ())),
         drs_allow_networks=_list(pick("drs_allow_network", ())),
@@ -258,12 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="bulk DRS import: files admitted per identity and window "
                        "(default 500)")
     serve.add_argument("--import-rate-window", metavar="SECONDS", type=float,
-                       help="the sliding window of --import-rate-limit (default 300)")
+                       help="the window of --import-rate-limit (default 300)")
     serve.add_argument("--import-request-limit", metavar="N", type=int,
                        help="/v2 import API requests per identity and window before 429 "
                        "(default 1000)")
     serve.add_argument("--import-request-window", metavar="SECONDS", type=float,
-                       help="the sliding window of --import-request-limit (default 300)")
+                       help="the window of --import-request-limit (default 300)")
+    serve.add_argument("--import-window-kind", choices=("fixed", "sliding"),
+                       help="fixed: each budget is whole again when a period of the window "
+                       "that opened with its first use ends (the Seven Bridges contract); "
+                       "sliding: no window-long interval ever holds more than the limit "
+                       "(default fixed)")
     serve.add_argument("--drs-allow-http", action="store_const", const=True,
                        help="let imports fetch plain http from any host the egress policy "
                        "allows (default: loopback only)")

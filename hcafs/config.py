@@ -107,6 +107,7 @@ class ServeConfig:
     import_rate_window: float = 300.0
     import_request_limit: int = 1000
     import_request_window: float = 300.0
+    import_window_kind: str = "fixed"  # of both import budgets: fixed periods, or sliding
     drs_allow_http: bool = False
     drs_allow_hosts: tuple[str, ...] = ()  # HOST or HOST:PORT the egress policy opens
     drs_allow_networks: tuple[str, ...] = ()  # CIDR ranges the egress policy opens
@@ -154,6 +155,9 @@ class ServeConfig:
                      "import_request_window"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+        if self.import_window_kind not in ("fixed", "sliding"):
+            raise ConfigError("--import-window-kind must be fixed or sliding, not "
+                              f"{self.import_window_kind!r}")
         if not 1 <= self.workers <= 256:
             raise ConfigError("--workers must be between 1 and 256")
         if not 0.5 <= self.lease_ttl <= 3600:

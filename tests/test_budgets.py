@@ -1,6 +1,7 @@
 """Budgets shared through the store (hcafs/server/budgets.py): processes racing on one
-identity's budget, on both backends, never go over the limit, and fall short of it by at
-most what the re-admission delay costs (docs/drs.md#budgets-across-servers)."""
+identity's budget, on both backends and with both kinds of window, never go over the limit,
+and fall short of it by at most what the re-admission delay costs
+(docs/drs.md#budgets-across-servers)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 
 import pytest
 import test_leases
+from fixtures.drs_repo import max_in_period, period_delays, periods
 
 from hcafs.server.budgets import SharedBudget
 
@@ -20,8 +22,8 @@ LIMIT, WINDOW = 20, 3.0
 DELAY = 1.0  # the re-admission delay the check allows for, generous for a loaded machine
 
 
-def _hammer(spec, until, results):
-    budget = SharedBudget(open_store(spec), "files", LIMIT, WINDOW)
+def _hammer(spec, kind, until, results):
+    budget = SharedBudget(open_store(spec), "files", LIMIT, WINDOW, kind=kind)
     admitted = []
     while time.time() < until:
         when, wait = budget.take("someone")
@@ -57,26 +59,58 @@ def shortfalls(times: list[float], window: float, delay: float, limit: int = LIM
 
 
 @pytest.mark.timeout(120)
-def test_racing_processes_never_exceed_the_budget_and_fill_it(store_spec):
+@pytest.mark.parametrize("kind", ["fixed", "sliding"])
+def test_racing_processes_never_exceed_the_budget_and_fill_it(store_spec, kind):
     results = FORK.Queue()
     until = time.time() + 4 * WINDOW
-    workers = [FORK.Process(target=_hammer, args=(store_spec, until, results))
+    workers = [FORK.Process(target=_hammer, args=(store_spec, kind, until, results))
                for _ in range(4)]
     for worker in workers:
         worker.start()
     admitted = [when for _ in workers for when in results.get(timeout=60)]
     for worker in workers:
         worker.join(timeout=30)
-    assert max_in_window(admitted, WINDOW) <= LIMIT
-    short = shortfalls(admitted, WINDOW, DELAY)
-    assert short and max(short) == 0
     assert len({when for when in admitted}) == len(admitted)
+    if kind == "sliding":
+        assert max_in_window(admitted, WINDOW) <= LIMIT
+        short = shortfalls(admitted, WINDOW, DELAY)
+        assert short and max(short) == 0
+        return
+    # Fixed: no period holds more; work waited all along, so every period but the last is
+    # full, and each opens within the re-admission delay of the end of the one before.
+    found = periods(admitted, WINDOW)
+    assert max_in_period(admitted, WINDOW) <= LIMIT and len(found) >= 4
+    assert [count for _, count in found[:-1]] == [LIMIT] * (len(found) - 1)
+    assert all(0 <= delay < DELAY for delay in period_delays(admitted, WINDOW))
+
+
+def test_a_fixed_budget_comes_back_whole_when_its_period_ends(tmp_path):
+    now = [1000.0]
+    budget = SharedBudget(open_store(("local", str(tmp_path))), "files", 3, 10,
+                          clock=lambda: now[0])
+    assert budget.kind == "fixed" and budget.state("a") == (3, 1000.0, 1000.0)
+    for step in range(3):
+        now[0] = 1000.0 + step
+        assert budget.take("a") == (now[0], 0.0)
+    assert budget.take("a") == (None, 8.0)  # the period that opened at 1000 ends at 1010
+    assert budget.state("a") == (0, 1010.0, 1010.0)
+    now[0] = 1009.99
+    assert budget.take_many("a", 5) == ([], pytest.approx(0.01))
+    now[0] = 1010.0  # a new period opens with this admission: the whole budget is back
+    assert budget.take_many("a", 5) == ([1010.0] * 3, 10.0)
+    assert budget.state("a") == (0, 1020.0, 1020.0)
+    now[0] = 1031.0
+    assert budget.state("a") == (3, 1031.0, 1031.0)
+    assert budget.take_many("a", 2) == ([1031.0] * 2, 0.0)
+    assert budget.state("a") == (1, 1031.0, 1041.0)
+    with pytest.raises(ValueError):
+        SharedBudget(budget.store, "files", 3, 10, kind="leaky")
 
 
 def test_state_says_what_is_left_and_when_it_comes_back(tmp_path):
     now = [1000.0]
     budget = SharedBudget(open_store(("local", str(tmp_path))), "requests", 3, 10,
-                          clock=lambda: now[0])
+                          clock=lambda: now[0], kind="sliding")
     assert budget.state("a") == (3, 1000.0, 1000.0)
     for step in range(3):
         now[0] = 1000.0 + step
@@ -91,7 +125,7 @@ def test_state_says_what_is_left_and_when_it_comes_back(tmp_path):
 def test_a_batch_is_admitted_in_one_write_as_far_as_the_room_goes(tmp_path):
     now = [1000.0]
     store = open_store(("local", str(tmp_path)))
-    budget = SharedBudget(store, "files", 5, 10, clock=lambda: now[0])
+    budget = SharedBudget(store, "files", 5, 10, clock=lambda: now[0], kind="sliding")
     writes = []
     replace, create = store.replace, store.create
     store.replace = lambda *a, **k: writes.append("replace") or replace(*a, **k)

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from fixtures.drs_repo import max_in_period
 from fixtures.dss_server import ADMIN
 from fixtures.faults import Fault
 from fixtures.hcafs_mount import commit, needs_fuse, run_hcafs, wait_until
@@ -137,8 +138,7 @@ def test_batching_respects_100_items_and_the_window(tmp_path, seaweed):
         assert sum(c["items"] for c in calls) >= 250  # more only if an item was retried
         admitted = sorted(a["time"] for a in log["admissions"])
         assert sorted(a["name"] for a in log["admissions"]) == sorted(blobs)  # each once
-        for start in admitted:
-            assert sum(1 for t in admitted if start <= t < start + 4) <= 100
+        assert max_in_period(admitted, 4) <= 100
     finally:
         drs_world.close()
 

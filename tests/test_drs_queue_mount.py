@@ -11,6 +11,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from fixtures.drs_repo import max_in_period
 from fixtures.dss_server import ADMIN
 from fixtures.hcafs_mount import commit, needs_fuse, run_hcafs, wait_until
 from fixtures.worlds import DrsWorld
@@ -81,8 +82,7 @@ def test_a_drs_bundle_of_1000_members_through_one_drs_file(tmp_path, seaweed):
         assert [c["items"] for c in calls] == [1]  # one item, one call, never resubmitted
         admitted = sorted(a["time"] for a in log["admissions"])
         assert len(admitted) == MEMBERS
-        assert max(sum(1 for t in admitted if start <= t < start + 5)
-                   for start in admitted) <= 600
+        assert max_in_period(admitted, 5) <= 600
         # Polled while the bundle waited for the window: a bounded number of times.
         polls = [s for s in world.proxy.seen if s.method == "GET"
                  and s.path.startswith("/v2/bulk/drs/imports/")]
@@ -92,8 +92,9 @@ def test_a_drs_bundle_of_1000_members_through_one_drs_file(tmp_path, seaweed):
 
 
 def test_status_lists_queued_and_submitted_items_while_they_wait(tmp_path, seaweed):
-    """A window of 1 item per 60 s: the second ``.drs`` file waits, queued, and status
-    says so (and the job of the first)."""
+    """A window of 1 item per 60 s: the second ``.drs`` file is sent to wait at the server
+    for the next period, the third waits, queued, and status says so (and the job of the
+    first)."""
     world = DrsWorld(tmp_path / "world", seaweed, limit=1, window=60)
     try:
         client = DSSClient(world.external.url, token=ADMIN)
@@ -106,16 +107,18 @@ def test_status_lists_queued_and_submitted_items_while_they_wait(tmp_path, seawe
             (pending / "one.drs").write_text(uri)
             wait_until(lambda: (pending / "one").exists(), what="the first import")
             (pending / "two.drs").write_text(uri)
+            (pending / "three.drs").write_text(uri)
 
             def items() -> dict:
                 return json.loads(run_hcafs("status", mount.path, "--json",
                                             env=mount.env).stdout)["import_items"]
 
-            wait_until(lambda: items()["queued"] == 1, what="the second to be queued")
-            assert items() == {"queued": 1, "submitted": 0, "landed": 1, "failed": 0}
+            wait_until(lambda: items()["queued"] == 1 and items()["submitted"] == 1,
+                       what="the second to be sent and the third queued")
+            assert items() == {"queued": 1, "submitted": 1, "landed": 1, "failed": 0}
             text = run_hcafs("status", mount.path, env=mount.env).stdout
-            assert "DRS imports: 1 queued, 0 submitted, 1 landed, 0 failed" in text
+            assert "DRS imports: 1 queued, 1 submitted, 1 landed, 0 failed" in text
             assert "FINISHED, 1 items: 1 landed, 0 failed" in text
-            assert os.path.exists(pending / "two.drs")
+            assert os.path.exists(pending / "two.drs") and os.path.exists(pending / "three.drs")
     finally:
         world.close()

@@ -23,7 +23,9 @@ from fixtures import free_port
 from fixtures.drs_repo import (
     DrsRepo,
     RewritingProxy,
+    max_in_period,
     max_in_window,
+    periods,
     start_repo,
     wait_finished,
 )
@@ -457,9 +459,11 @@ def test_an_idempotency_key_makes_a_repeated_create_return_the_same_job(repo, im
 # ---------------------------------------------------------------- rate limits
 
 
-def test_a_job_past_the_file_budget_waits_for_the_window_and_finishes(repo, tmp_path):
+@pytest.mark.parametrize("kind", ["fixed", "sliding"])
+def test_a_job_past_the_file_budget_waits_for_the_window_and_finishes(repo, tmp_path, kind):
     server = DSSServer(str(tmp_path / "limited"), args=[
-        "--import-rate-limit", "20", "--import-rate-window", "3"]).start()
+        "--import-rate-limit", "20", "--import-rate-window", "3",
+        "--import-window-kind", kind]).start()
     try:
         fqid = repo.put_file(b"rate limited\n")
         items = [{"drs_uri": repo.uri(fqid), "project": "tester/rate", "name": f"f{n:02d}"}
@@ -484,7 +488,10 @@ def test_a_job_past_the_file_budget_waits_for_the_window_and_finishes(repo, tmp_
         admitted = [a["time"] for a in import_log(server)["admissions"]
                     if a["job"] == job_id]
         assert len(admitted) == 50
-        assert max_in_window(admitted, 3.0) <= 20
+        if kind == "sliding":
+            assert max_in_window(admitted, 3.0) <= 20
+        else:  # three periods: 20, 20 and 10, each opening once the one before has ended
+            assert [count for _, count in periods(admitted, 3.0)] == [20, 20, 10]
         assert max(admitted) - min(admitted) >= 6.0  # two windows had to reopen
     finally:
         server.stop()
@@ -559,7 +566,7 @@ def test_jobs_survive_a_crash_and_resume_within_the_budget(repo, tmp_path):
         assert "resumed 1 DRS import jobs" in server.log()
         admitted = [a["time"] for a in import_log(server)["admissions"]
                     if a["job"] == job_id]
-        assert len(admitted) >= 10 and max_in_window(admitted, 2.0) <= 4
+        assert len(admitted) >= 10 and max_in_period(admitted, 2.0) <= 4
         server.restart()
         assert wait_finished(server, job_id)[0] == job
     finally:

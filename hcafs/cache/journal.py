@@ -399,16 +399,11 @@ class Journal:
                                "submitted_at <= ?", [since, until or float("inf")]
                                ).fetchone()[0]
 
-    def first_sent_since(self, since: float) -> float | None:
-        """When the oldest item submitted after ``since`` was submitted."""
-        return self.db.execute("select min(submitted_at) from drs_imports where "
-                               "submitted_at > ?", [since]).fetchone()[0]
-
-    def nth_sent_since(self, since: float, n: int) -> float | None:
-        """When the ``n``-th oldest item (from 0) submitted after ``since`` was submitted."""
-        row = self.db.execute("select submitted_at from drs_imports where submitted_at > ? "
-                              "order by submitted_at limit 1 offset ?", [since, n]).fetchone()
-        return row[0] if row else None
+    def sent_times_since(self, since: float) -> list[float]:
+        """When each item submitted after ``since`` was submitted, oldest first."""
+        return [row[0] for row in self.db.execute(
+            "select submitted_at from drs_imports where submitted_at > ? "
+            "order by submitted_at", [since])]
 
     def imports_due(self, now: float) -> tuple[int, float | None, float | None]:
         """(queued items due now, when the oldest of them was queued, when the next queued

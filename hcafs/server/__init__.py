@@ -174,7 +174,8 @@ def build_app(config: ServeConfig) -> tuple[App, Engines]:
                                  config.drs_allow_http))
     reader = DrsReader(Resolver(load_resolver(config.drs_resolver)), egress)
     limits = ImportLimits(config.import_rate_limit, config.import_rate_window,
-                          config.import_request_limit, config.import_request_window)
+                          config.import_request_limit, config.import_request_window,
+                          window_kind=config.import_window_kind)
     spool = os.path.join(config.data_dir, "import-spool", str(os.getpid()))
     importer = Importer(store, reader, limits, spool,
                         credentials=Credentials.load(config.drs_credentials), leases=leases)

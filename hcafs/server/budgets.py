@@ -1,17 +1,25 @@
 """Budgets shared by every ``hcafs serve`` process on one store.
 
-A :class:`SharedBudget` admits at most ``limit`` events per ``window`` seconds per key over
-a sliding window, counted across all processes and workers: each key's admissions live in
-one store document, ``budgets/{name}-{key}``, the times of the events still inside the
-window, oldest first.  An admission is a read-modify-write of that document, made with a
+A :class:`SharedBudget` admits at most ``limit`` events per ``window`` seconds per key,
+counted across all processes and workers, over one of two kinds of window:
+
+* ``fixed`` (the default, the Seven Bridges contract: "the import will continue
+  automatically after the five-minute period expires"): a period of ``window`` seconds
+  opens with the first admission after the previous one ended, and holds at most ``limit``;
+  the budget is whole again the moment it ends (``X-RateLimit-Reset``).  Any ``window``
+  seconds thus hold at most ``2 * limit`` (the end of one period and the start of the next);
+* ``sliding``: no interval of ``window`` seconds ever holds more than ``limit``.
+
+Each key's admissions live in one store document, ``budgets/{name}-{key}``: the times of the
+events still counted, oldest first, and for a fixed window the start of its period.  An admission is a read-modify-write of that document, made with a
 compare-and-swap (:meth:`Store.replace`, ``If-Match`` on S3) or a create-once for the first
 one; a swap that loses to another process reads again, at most :data:`RETRIES` times, with a
 short random pause.
 
 Exactness (docs/drs.md#budgets-across-servers): an event is admitted only by a write that
 succeeded against the latest version of the document, which then holds it, so no interval
-of ``window`` seconds ever holds more than ``limit`` admitted events, whatever the number of
-processes.  The budget can fall short of its limit: a caller that lost :data:`RETRIES`
+of ``window`` seconds (sliding), or no period (fixed), ever holds more than ``limit``
+admitted events, whatever the number of processes.  The budget can fall short of its limit: a caller that lost :data:`RETRIES`
 swaps in a row is told to wait :data:`CONTENDED_WAIT` seconds although room was left, and a
 deferred caller comes back only when the slot it waits for is free, plus its scheduling
 delay.  Expiry compares the processes' wall clocks; their skew adds to the shortfall, never
@@ -33,22 +41,37 @@ from .store import Store
 RETRIES = 8
 CONTENDED_WAIT = 0.05  # seconds a caller that kept losing the swap is told to wait
 PREFIX = "budgets/"
+KINDS = ("fixed", "sliding")
 
 
 class SharedBudget:
     """At most ``limit`` events per ``window`` seconds per key, across processes."""
 
     def __init__(self, store: Store, name: str, limit: int, window: float,
-                 clock: Callable[[], float] = time.time):
-        self.store, self.name = store, name
+                 clock: Callable[[], float] = time.time, kind: str = "fixed"):
+        if kind not in KINDS:
+            raise ValueError(f"unknown budget window kind {kind!r}")
+        self.store, self.name, self.kind = store, name, kind
         self.limit, self.window, self._clock = limit, window, clock
 
     def _key(self, key: str) -> str:
         return f"{PREFIX}{self.name}-{key}"
 
-    def _live(self, raw: bytes | None, now: float) -> list[float]:
-        events = json.loads(raw)["events"] if raw is not None else []
-        return [when for when in events if when > now - self.window]
+    def _live(self, raw: bytes | None, now: float) -> tuple[float | None, list[float]]:
+        """``(start, events)``: the events that count at ``now``, and for a fixed window
+        the start of the period they belong to (None: no period is open)."""
+        doc = json.loads(raw) if raw is not None else {}
+        events = doc.get("events", [])
+        if self.kind == "sliding":
+            return None, [when for when in events if when > now - self.window]
+        start = doc.get("start")
+        if start is None or now >= start + self.window:
+            return None, []
+        return start, [when for when in events if when >= start]
+
+    def _back(self, start: float | None, events: list[float]) -> float:
+        """When the next event may be admitted, the budget being spent."""
+        return start + self.window if start is not None else events[0] + self.window
 
     def take(self, key: str) -> tuple[float | None, float]:
         """``(when, 0)`` if an event was admitted now, else ``(None, seconds to wait)``."""
@@ -65,13 +88,16 @@ class SharedBudget:
         for _ in range(RETRIES):
             found = self.store.read_versioned(doc)
             now = self._clock()
-            events = self._live(found[0] if found else None, now)
+            start, events = self._live(found[0] if found else None, now)
             room = min(count, self.limit - len(events))
             if room <= 0:
                 metrics.budget_wait(self.name)
-                return [], max(events[0] + self.window - now, 0.01)
+                return [], max(self._back(start, events) - now, 0.01)
+            if self.kind == "fixed" and start is None:
+                start = now  # this admission opens a period
             events = sorted([*events, *[now] * room])  # another clock may run behind
-            data = json.dumps({"events": events}, separators=(",", ":")).encode()
+            body = {"events": events} if start is None else {"start": start, "events": events}
+            data = json.dumps(body, separators=(",", ":")).encode()
             if found is None:
                 done = self.store.create(doc, data)
             else:
@@ -80,7 +106,7 @@ class SharedBudget:
                 if room == count:
                     return [now] * room, 0.0
                 metrics.budget_wait(self.name)
-                return [now] * room, max(events[0] + self.window - now, 0.01)
+                return [now] * room, max(self._back(start, events) - now, 0.01)
             metrics.budget_conflict(self.name)
             time.sleep(random.uniform(0.002, 0.02))
         metrics.budget_wait(self.name)
@@ -90,8 +116,9 @@ class SharedBudget:
         """``(remaining, next_free, all_free)``: epoch seconds when the next event is
         admitted again, and when the whole budget is back."""
         now = self._clock()
-        events = self._live(self.store.read(self._key(key)), now)
+        start, events = self._live(self.store.read(self._key(key)), now)
         if not events:
             return self.limit, now, now
-        next_free = events[0] + self.window if len(events) >= self.limit else now
-        return self.limit - len(events), next_free, events[-1] + self.window
+        next_free = self._back(start, events) if len(events) >= self.limit else now
+        all_free = start + self.window if start is not None else events[-1] + self.window
+        return self.limit - len(events), next_free, all_free

@@ -284,6 +284,7 @@ class ImportLimits:
     requests: int = 1000
     requests_window: float = 300.0
     job_bytes: int = JOB_BYTES
+    window_kind: str = "fixed"  # of both budgets (hcafs.server.budgets)
 
 
 class Importer:
@@ -306,9 +307,10 @@ class Importer:
         self._ahead_lock = threading.Lock()
         self._s3: dict[int, S3] = {}  # credentials entry → its S3 client
         self.folders = Folders(store)
-        self.file_budget = SharedBudget(store, "files", limits.files, limits.files_window)
+        self.file_budget = SharedBudget(store, "files", limits.files, limits.files_window,
+                                        kind=limits.window_kind)
         self.request_budget = SharedBudget(store, "requests", limits.requests,
-                                           limits.requests_window)
+                                           limits.requests_window, kind=limits.window_kind)
         self._due = _Due()
         self._spooling = 0  # bytes reserved by fetches in flight
         self._spool_lock = threading.Lock()
@@ -576,6 +578,7 @@ class Importer:
                            "files_window_seconds": self.limits.files_window,
                            "requests": self.limits.requests,
                            "requests_window_seconds": self.limits.requests_window,
+                           "window_kind": self.limits.window_kind,
                            "items_per_call": MAX_ITEMS},
                 "calls": list(documents("import-calls/")),
                 "admissions": list(documents("import-admissions/")),

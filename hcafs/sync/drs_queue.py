@@ -11,11 +11,14 @@ The flusher sends the queue to a bulk DRS import API (the Seven Bridges contract
   request-level fields (``conflict_resolution``, ``tags``) are shared by its items.  A call
   with fewer goes only once the writers pause (no new item for :data:`LINGER`), its oldest
   item has waited :data:`MAX_LINGER`, or the budget has room for fewer;
-* never more items than the rate limit allows: ``limit`` items per ``window`` (a sliding
-  window over the submission times in the journal, so it survives restarts), each call
-  sent :data:`LEAD` before its room is back, so that the server has resolved and fetched
-  its items when its own window (which counts admissions, and enforces the limit) lets
-  them in.  The server's ``X-RateLimit-Remaining``/``X-RateLimit-Reset`` rule instead
+* never more than one window's worth of items waiting for the rate limit: ``limit`` items
+  per ``window``, in fixed periods as the Seven Bridges contract has them (a period opens
+  with the first item let in after the one before ended).  Replayed over the submission
+  times in the journal (so it survives restarts), this says when the server is expected to
+  let each item sent in (:func:`let_in_times`); a call goes while at most ``limit`` items
+  sent would still be waiting then, so the next period's items are at the server, resolved
+  and fetched, when its budget comes back, and the limit is the only bound on the time an
+  import takes.  The server's ``X-RateLimit-Remaining``/``X-RateLimit-Reset`` rule instead
   when it counts more use than these submissions explain (a DRS bundle's members, other
   clients of the same account, a lower limit), and a 429 or 5xx holds submission until its
   ``Retry-After`` (else the reset, else the hold policy's next step).  The flusher sleeps
@@ -69,8 +72,8 @@ LINGER = 0.5  # a call with fewer than MAX_ITEMS waits this long after the last 
 MAX_LINGER = 5.0  # ... but its oldest item no longer than this
 IDLE = 30.0  # the flusher looks at the queue at least this often
 HEADS = 8  # HEAD calls in flight while a job's results are applied
+HISTORY = 3  # windows of submissions replayed to know what the server's budget holds
 SETTLE = 1.0  # a job is polled every base delay this long after its items are let in
-LEAD = 1.0  # a call goes this long (at most a tenth of the window) before its budget is back
 MAX_CONTENT = 64 * 1024
 CONFLICTS = ("SKIP", "RENAME", "OVERWRITE")
 _HOST_FORM = re.compile(r"^drs://(?P<host>[A-Za-z0-9.\-]+(:\d+)?)/(?P<id>[^\s/][^\s]*)$")
@@ -270,15 +273,22 @@ class DrsQueue:
     def budget(self, now: float) -> tuple[int, float | None]:
         """(items that may be sent now, and when the budget grows again if that is 0).
 
-        Our own count of the last window's submissions bounds it; the server's latest
-        rate-limit headers bound it too when they show a lower limit, or more use than
-        our submissions of the last two windows explain (the server counts files: a DRS
-        bundle's members, or another client of the same account, use it too)."""
+        Our own submissions bound it: what the current period still lets in, and one
+        period's worth more to wait at the server (:func:`let_in_times`).  The server's
+        latest rate-limit headers bound it too when they show a lower limit, or more use
+        than our submissions of the last two windows explain (the server counts files: a
+        DRS bundle's members, or another client of the same account, use it too)."""
         seen = self.api.limit
         fresh = seen is not None and seen.reset > now
-        span = self.window - min(LEAD, self.window / 10)
-        sent = self.journal.imports_sent_since(now - span)
-        own = min(self.limit, seen.limit if fresh else self.limit) - sent
+        limit = min(self.limit, seen.limit if fresh else self.limit)
+        lets, start, count = let_in_times(
+            self.journal.sent_times_since(now - HISTORY * self.window), limit, self.window)
+        waiting = [when for when in lets if when > now]
+        if waiting:  # the current period is full: the next one's items may wait
+            own, first = limit - len(waiting), waiting[0]
+        else:
+            spent = count if start is not None and now < start + self.window else 0
+            own, first = 2 * limit - spent, now
         server = None
         if fresh:
             explained = self.journal.imports_sent_since(seen.seen - 2 * self.window, seen.seen)
@@ -289,8 +299,7 @@ class DrsQueue:
             return room, None
         reopens = []
         if own <= 0:
-            first = self.journal.first_sent_since(now - span)
-            reopens.append((first or now) + span)
+            reopens.append(first)
         if server is not None and server <= 0:
             reopens.append(seen.reset)
         return 0, max(max(reopens), now + 0.01)
@@ -354,11 +363,9 @@ class DrsQueue:
     def _let_in(self, now: float) -> float:
         """When the server's window is expected to let in the last item sent (by our own
         sends: the server lets an item in no sooner than we sent it)."""
-        over = self.journal.imports_sent_since(now - self.window) - self.limit
-        if over <= 0:
-            return now
-        oldest = self.journal.nth_sent_since(now - self.window, over - 1)
-        return now if oldest is None else max(now, oldest + self.window)
+        lets = let_in_times(self.journal.sent_times_since(now - HISTORY * self.window),
+                            self.limit, self.window)[0]
+        return max(lets[-1], now) if lets else now
 
     def _hold_off(self, exc: Exception, retry_after: str | None) -> None:
         """Send nothing new for a while: as long as the server said, else until its rate
@@ -509,6 +516,27 @@ class DrsQueue:
         self.journal.import_done(import_id, bundle, drs_file_id, conflict, entries)
         log.info("imported %s into %s (%d file%s)", name, bundle, len(entries),
                  "" if len(entries) == 1 else "s")
+
+
+def let_in_times(sent: list[float], limit: int, window: float
+                 ) -> tuple[list[float], float | None, int]:
+    """When a server with a fixed-window budget of ``limit`` per ``window`` lets in each
+    item submitted at the times ``sent`` (oldest first), in order and no sooner than it was
+    sent: a period opens with the first item let in after the one before ended, and holds
+    ``limit``.  Returns those times, and the last period's start and count."""
+    lets: list[float] = []
+    start: float | None = None
+    count = 0
+    for when in sent:
+        when = max(when, lets[-1]) if lets else when
+        if start is None or when >= start + window:
+            start, count = when, 0
+        elif count >= limit:  # full: the item waits for the next period
+            start, count = start + window, 0
+            when = start
+        count += 1
+        lets.append(when)
+    return lets, start, count
 
 
 @dataclass(frozen=True)

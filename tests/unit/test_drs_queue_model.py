@@ -12,7 +12,7 @@ from hcafs.cache import journal as j
 from hcafs.cache.cachedb import CacheDB
 from hcafs.cache.journal import Journal
 from hcafs.remote.bulk_import import BulkImportClient, RateLimit
-from hcafs.sync.drs_queue import LEAD, DrsQueue, Poll
+from hcafs.sync.drs_queue import DrsQueue, Poll, let_in_times
 
 BUNDLE = "11111111-1111-4111-8111-111111111111"
 
@@ -41,31 +41,39 @@ def _submit(journal: Journal, items: int, job: str) -> None:
     journal.batch_submitted(key, job)
 
 
-def test_the_budget_is_the_last_windows_submissions_and_reopens_with_the_oldest(journal):
+def test_let_in_times_follow_fixed_periods_in_order():
+    # limit 2 per 10 s: a period opens with the first item let in after the last ended
+    lets, start, count = let_in_times([0, 1, 2, 3, 4, 25, 26, 27, 41], 2, 10)
+    assert lets == [0, 1, 10, 10, 20, 25, 30, 30, 41] and (start, count) == (41, 1)
+    assert let_in_times([], 2, 10) == ([], None, 0)
+
+
+def test_a_period_goes_at_once_one_more_waits_and_the_next_goes_when_it_ends(journal):
     queue = _queue(journal, limit=500, window=10)
-    _queue_items(journal, 1000)
-    assert queue.budget(time.time()) == (500, None)
+    _queue_items(journal, 1500)
+    assert queue.budget(time.time()) == (1000, None)
     for n in range(5):
         _submit(journal, 100, f"job{n}")
-    first = journal.first_sent_since(0)
+    assert queue.budget(time.time()) == (500, None)  # the next period's items may wait
+    for n in range(5, 10):
+        _submit(journal, 100, f"job{n}")
+    first = journal.sent_times_since(0)[0]
     room, reopens = queue.budget(time.time())
-    # the next call goes a second early: the server lets it in when its window reopens
-    assert room == 0 and reopens == pytest.approx(first + 10 - LEAD)
-    assert queue.budget(first + 10 - LEAD + 0.001)[0] == 100  # the oldest call is out
+    # 500 wait for the period that opens at first + 10: nothing more until then
+    assert room == 0 and reopens == pytest.approx(first + 10)
+    assert queue.budget(first + 10.001) == (500, None)  # they are let in; 500 more may wait
+    assert queue._let_in(time.time()) == pytest.approx(first + 10)
 
 
 def test_headers_that_our_submissions_explain_do_not_stall_the_next_call(journal):
     """The server counts admissions, which lag the submissions: "0 remaining, all back at
-    reset" after our own 500 must not hold the next call until that reset (the sliding
-    window gives room back call by call)."""
+    reset" after our own 500 must not hold the next period's items back until that reset."""
     queue = _queue(journal, limit=500, window=10)
     _queue_items(journal, 1000)
     for n in range(5):
         _submit(journal, 100, f"job{n}")
-    first = journal.first_sent_since(0)
     queue.api.limit = RateLimit(500, 0, reset=time.time() + 9.5, seen=time.time())
-    room, reopens = queue.budget(time.time())
-    assert room == 0 and reopens == pytest.approx(first + 10 - LEAD)
+    assert queue.budget(time.time()) == (500, None)
 
 
 def test_use_the_submissions_do_not_explain_follows_the_server(journal):
@@ -79,7 +87,8 @@ def test_use_the_submissions_do_not_explain_follows_the_server(journal):
     assert queue.budget(time.time()) == (0, reset)
     queue.api.limit = RateLimit(500, 40, reset=reset, seen=time.time())
     assert queue.budget(time.time()) == (40, None)
-    assert queue.budget(reset + 0.01) == (499, None)  # past its reset a header says nothing
+    # past its reset a header says nothing: this period has 499 left, and 500 may wait
+    assert queue.budget(reset + 0.01) == (999, None)
 
 
 def test_a_lower_limit_on_the_server_is_followed(journal):
@@ -87,8 +96,10 @@ def test_a_lower_limit_on_the_server_is_followed(journal):
     _queue_items(journal, 300)
     _submit(journal, 100, "job0")
     queue.api.limit = RateLimit(100, 100, reset=time.time() + 10, seen=time.time())
+    assert queue.budget(time.time()) == (100, None)  # 100 more to wait, not 400
+    _submit(journal, 100, "job1")
     room, reopens = queue.budget(time.time())
-    assert room == 0 and reopens == pytest.approx(journal.first_sent_since(0) + 10 - LEAD)
+    assert room == 0 and reopens == pytest.approx(journal.sent_times_since(0)[0] + 10)
 
 
 def test_polls_come_soon_back_off_and_wake_when_the_window_reopens(journal):
