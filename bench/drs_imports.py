@@ -163,6 +163,9 @@ def run(work: str | None = None, items: int = ITEMS, limit: int = LIMIT,
                 {0, len(admissions) - 1, *range(limit - 1, len(admissions), limit),
                  *range(limit, len(admissions), limit)})],
             "finished": [round(t - started, 2) for t in finishes],
+            # each job's first and last admission
+            "jobs": sorted([round(min(ts) - started, 2), round(max(ts) - started, 2)]
+                           for ts in _by_job(audit["admissions"]).values()),
             "landed": round(landed - started, 2)},
         "items": items, "limit": limit, "window": window,
         "write_seconds": written - started,
@@ -181,6 +184,13 @@ def run(work: str | None = None, items: int = ITEMS, limit: int = LIMIT,
 
 
 # ---------------------------------------------------------------- the server, directly
+
+
+def _by_job(admissions: list[dict]) -> dict[str, list[float]]:
+    found: dict[str, list[float]] = {}
+    for admission in admissions:
+        found.setdefault(admission["job"], []).append(admission["time"])
+    return found
 
 
 def _serve(work: str, name: str, *args: str) -> tuple[subprocess.Popen, str, str, str]:

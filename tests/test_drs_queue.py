@@ -22,7 +22,7 @@ from hcafs.cache.cachedb import CacheDB
 from hcafs.cache.journal import DRS, REMOTE, Journal
 from hcafs.remote.bulk_import import BulkImportClient
 from hcafs.remote.client import DSSClient
-from hcafs.sync.drs_queue import DrsQueue
+from hcafs.sync.drs_queue import SETTLE, DrsQueue
 
 LIMIT, WINDOW = 100, 4.0
 
@@ -90,14 +90,17 @@ def test_calls_are_full_one_period_ahead_and_wait_for_the_window_not_longer(peer
                for path, row in landed.items())
     log = _log(peers)
     calls = sorted((c for c in log["calls"] if not c["replay"]), key=lambda c: c["time"])
-    assert [c["items"] for c in calls] == [100, 100, 50]  # full calls: 3, not one a file
+    # Full calls, not one a file: the first goes at once with what is queued (it opens
+    # the period), the next fill what is left of it and of the period after it (to wait
+    # at the server, fetched ahead), the last waits for the first period to end.
+    sizes = [c["items"] for c in calls]
+    assert len(sizes) == 4 and sum(sizes) == 250 and sizes[1] == 100
+    assert sizes[0] + sizes[1] + sizes[2] == 2 * LIMIT and sizes[3] == 50
     assert all(c["accepted"] for c in calls)
-    # The budget is 100 items per 4 s, in fixed periods: the first period's call and the
-    # next one's (to wait at the server, fetched ahead) go at once; the third waits for
-    # the first period to end, and goes when it does (woken then, not on a later tick;
-    # the bound is generous).
-    assert calls[1]["time"] - calls[0]["time"] <= 1.5
-    assert WINDOW - 0.1 <= calls[2]["time"] - calls[0]["time"] <= WINDOW + 3.0
+    # The budget is 100 items per 4 s, in fixed periods: the last call goes when the first
+    # period ends (woken then, not on a later tick; the bound is generous).
+    assert calls[2]["time"] - calls[0]["time"] <= 1.5
+    assert WINDOW - 0.1 <= calls[3]["time"] - calls[0]["time"] <= WINDOW + 3.0
     admitted = sorted(a["time"] for a in log["admissions"])
     assert len(admitted) == 250
     assert max_in_period(admitted, WINDOW) <= LIMIT
@@ -144,7 +147,7 @@ def test_polling_starts_soon_backs_off_and_sees_finished_promptly(peers, tmp_pat
 
     log = _log(peers)
     jobs = {job["id"]: job for job in log["jobs"]}
-    assert len(jobs) == 2
+    assert len(jobs) in (2, 3)  # the first call may open the period with a few items
     polls: dict[str, list[float]] = {job_id: [] for job_id in jobs}
     for seen in peers.relay.seen:
         if seen.method == "GET" and seen.path.startswith("/v2/bulk/drs/imports/"):
@@ -157,5 +160,7 @@ def test_polling_starts_soon_backs_off_and_sees_finished_promptly(peers, tmp_pat
         assert times[0] - created <= 2.0  # soon after submission (at 0.25 s)
         assert times[-1] >= finished  # the last poll saw it FINISHED ...
         assert times[-1] - finished <= 3.0  # ... promptly: polls are at most 2 s apart
-        # backing off: a job that lives D seconds gets a handful of polls, not D / 0.25
-        assert len(times) <= 5 + (finished - created) / 2.0 * 1.5, (job_id, times)
+        # backing off: a job that lives D seconds gets a handful of polls, not D / 0.25,
+        # besides the quick ones while its items are let in (SETTLE, every 0.25 s)
+        assert len(times) <= 5 + SETTLE / 0.25 + (finished - created) / 2.0 * 1.5, \
+            (job_id, times)

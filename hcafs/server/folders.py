@@ -115,20 +115,23 @@ class Folders:
             folder = sub
         return folder
 
-    def bind(self, fid: str, name: str, file_id: str, resolution: str) -> str:
-        """Name ``file_id`` in the folder; returns the name used (RENAME: ``_N_name``)."""
+    def bind(self, fid: str, name: str, file_id: str, resolution: str,
+             defer: set[str] | None = None) -> str:
+        """Name ``file_id`` in the folder; returns the name used (RENAME: ``_N_name``).
+        ``defer``: see :meth:`.store.Store.write`."""
         entry = {"name": name, "type": "file", "id": file_id}
         if resolution == "OVERWRITE":
             taken = self.lookup(fid, name)
             if taken and taken["type"] == "folder":
                 raise FolderError(409, 5003, f"{name!r} is a folder")
-            self.store.write(self._key(fid, name), dumps(entry))
+            self.store.write(self._key(fid, name), dumps(entry), defer)
             return name
         for n in range(0, 10_000 if resolution == "RENAME" else 1):
             candidate = name if n == 0 else f"_{n}_{name}"
             if len(candidate.encode()) > MAX_NAME:
                 break
-            if self.store.create(self._key(fid, candidate), dumps(dict(entry, name=candidate))):
+            if self.store.create(self._key(fid, candidate), dumps(dict(entry, name=candidate)),
+                                 defer):
                 return candidate
             taken = self.lookup(fid, candidate) or {}
             if taken.get("id") == file_id:

@@ -118,6 +118,7 @@ STORE_RETRY = 10.0
 FETCHERS = 16  # fetches in flight, all jobs together (the reader bounds each host)
 RESOLVERS = 8  # GET /objects/{id} in flight for one job, where bulk is not offered
 BATCH = 100  # units admitted, given access URLs and fetched together
+NEAR = 1.0  # seconds before its budget is back that a waiting job is prepared again
 BATCH_BYTES = 1 << 30  # ... unless their bytes pass this (access URLs stay fresh)
 BULK_TRIES = 3  # rounds of POST /objects for ids left unresolved with a transient code
 RESUMES = 8  # times one range of a transfer is taken up again after a cut
@@ -730,7 +731,7 @@ class Importer:
                 self._save(job)
             self._current.add(job_id)  # every file this process stored is in the job now
             if wait is not None:
-                return time.time() + wait
+                return time.time() + max(wait - NEAR, 0.0)
         self._enter(job, FINISHED)
         self._save(job)
         self.store.delete(f"import-running/{job_id}")
@@ -967,7 +968,15 @@ class Importer:
         # past the budget are fetched ahead, as far as that room allows, and wait there.
         self._fence(job["id"])  # no admission for a job taken over while it prepared
         order = [i for i in range(first, index) if i not in entries]
-        times, seconds = self.file_budget.take_many(owner_key(job["owner"]), len(order))
+        budget_key = owner_key(job["owner"])
+        times, seconds = self.file_budget.take_many(budget_key, len(order))
+        # A job that waits for the budget comes back NEAR seconds before it does: what it
+        # prepared waits here, so the batch is admitted the moment the budget is back.
+        while order and not times and 0 < seconds <= NEAR:
+            if self._stop.wait(seconds):
+                raise _Interrupted
+            self._fence(job["id"])
+            times, seconds = self.file_budget.take_many(budget_key, len(order))
         admitted = dict(zip(order, times, strict=False))  # the first len(times) units
         cut, wait = (order[len(times)], seconds) if len(times) < len(order) else (index, None)
         self._fetch_ahead(job, {i: ready[i] for i in order}, entries, must=set(admitted))
@@ -979,14 +988,19 @@ class Importer:
             if sums is not None and i not in entries:
                 landing.append((i, when, *self._file_document(ready[i], sums)))
         self._publish_files(job, [(key, _dumps(document)) for *_, key, document in landing])
+        # The batch's records and names get their folders' fsyncs once, at the end, before
+        # the job that lists them is written (each record's bytes are synced as written).
+        defer: set[str] = set()
         landed = self._in_parallel(job, [(i, self._land, job, i, ready[i], when, key,
-                                          document)
+                                          document, defer)
                                          for i, when, key, document in landing], entries)
         for i, record in landed:  # names are bound in unit order (RENAME, SKIP)
             try:
-                entries[i] = dict(_entry(job["plan"][i]), resource=self._name(job, record))
+                entries[i] = dict(_entry(job["plan"][i]),
+                                  resource=self._name(job, record, defer))
             except (DrsError, ItemError, FolderError) as exc:
                 entries[i] = dict(_entry(job["plan"][i]), error=_item_error(exc))
+        self.store.settle(defer)
         for i in admitted:
             self._drop_ahead(job["id"], i)
         return [entries[i] for i in range(first, cut)], wait
@@ -1170,14 +1184,14 @@ class Importer:
         return results
 
     def _land(self, job: dict, index: int, work: dict, when: float, key: str,
-              document: dict) -> dict:
+              document: dict, defer: set[str]) -> dict:
         """After admission (at ``when``) and the DSS file's creation (``key``,
         ``document``): the admission's record and the file's record (named next, by
-        :meth:`_name`)."""
-        self._admission(job, index, work["unit"], when)
+        :meth:`_name`); their names are durable once ``defer`` is settled."""
+        self._admission(job, index, work["unit"], when, defer)
         record = self._record(job, work["unit"], work["folder"], work["leaf"],
                               key.split("/", 1)[1], document, work["check"].label)
-        self.store.write(f"imported-files/{record['id']}", _dumps(record))
+        self.store.write(f"imported-files/{record['id']}", _dumps(record), defer)
         return record
 
     @staticmethod
@@ -1224,21 +1238,23 @@ class Importer:
             return self._name(job, record)
         return None
 
-    def _name(self, job: dict, record: dict) -> dict:
+    def _name(self, job: dict, record: dict, defer: set[str] | None = None) -> dict:
         """Bind an imported file's name in its folder (its record is written already)."""
         fqid, leaf = record["id"], record["name"]
-        named = self.folders.bind(record["parent"], leaf, fqid, job["conflict_resolution"])
+        named = self.folders.bind(record["parent"], leaf, fqid, job["conflict_resolution"],
+                                  defer)
         if named != leaf:
             record["name"] = named
-            self.store.write(f"imported-files/{fqid}", _dumps(record))
+            self.store.write(f"imported-files/{fqid}", _dumps(record), defer)
         return record
 
-    def _admission(self, job: dict, index: int, unit: dict, when: float) -> None:
+    def _admission(self, job: dict, index: int, unit: dict, when: float,
+                   defer: set[str] | None = None) -> None:
         owner = owner_key(job["owner"])
         record = {"at": _iso(when), "time": when, "identity": job["owner"], "job": job["id"],
                   "unit": index, "item": unit["item"], "name": unit["name"]}
         self.store.write(f"import-admissions/{_epoch_us(when)}-{owner}-{job['id']}-"
-                         f"{index:06d}", _dumps(record))
+                         f"{index:06d}", _dumps(record), defer)
 
     # ------------------------------------------------------------ engine: fetching
 

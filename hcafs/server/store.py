@@ -67,12 +67,20 @@ class Store(ABC):
         """The document at ``key``, or None."""
 
     @abstractmethod
-    def write(self, key: str, data: bytes) -> None:
-        """Atomically create or replace the document at ``key``."""
+    def write(self, key: str, data: bytes, defer: set[str] | None = None) -> None:
+        """Atomically create or replace the document at ``key``.  With ``defer``, the
+        document's bytes are durable on return but its name may not be until
+        :meth:`settle` ``(defer)``: after a crash before that, it may be missing (or the
+        one it replaced may be there), never empty or torn."""
 
     @abstractmethod
-    def create(self, key: str, data: bytes) -> bool:
-        """Write ``key`` only if absent, atomically; False if it was already there."""
+    def create(self, key: str, data: bytes, defer: set[str] | None = None) -> bool:
+        """Write ``key`` only if absent, atomically; False if it was already there.
+        ``defer`` as for :meth:`write`."""
+
+    def settle(self, defer: set[str]) -> None:
+        """Make the names written with ``defer`` durable (a no-op where every write is
+        durable when it returns)."""
 
     def mark(self, key: str) -> bool:
         """Create the empty document ``key`` only if absent, atomically (False if it was
@@ -161,7 +169,8 @@ class LocalStore(Store):
             raise
         return tmp
 
-    def _publish(self, tmp: str, key: str, replace: bool = True) -> bool:
+    def _publish(self, tmp: str, key: str, replace: bool = True,
+                 defer: set[str] | None = None) -> bool:
         path = self._path(key)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         try:
@@ -178,12 +187,16 @@ class LocalStore(Store):
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
-        self._sync_dir(path)
+        self._sync_dir(path, defer)
         return True
 
-    def _sync_dir(self, path: str) -> None:
-        """Make the name ``path`` durable (the fsync of its folder), if the store is."""
+    def _sync_dir(self, path: str, defer: set[str] | None = None) -> None:
+        """Make the name ``path`` durable (the fsync of its folder), if the store is; with
+        ``defer``, only note the folder for :meth:`settle`."""
         if not self.durable:
+            return
+        if defer is not None:
+            defer.add(os.path.dirname(path))
             return
         dir_fd = os.open(os.path.dirname(path), os.O_RDONLY)
         try:
@@ -217,7 +230,8 @@ class LocalStore(Store):
             finally:
                 os.close(fd)
 
-    def _swapped(self, key: str, data: bytes, tag: str | None) -> bool:
+    def _swapped(self, key: str, data: bytes, tag: str | None,
+                 defer: set[str] | None = None) -> bool:
         """Rename ``data`` over ``key`` under the file's lock (if ``tag`` is given, only
         if the file there has that tag).  The lock covers the comparison and the rename
         alone (staging and fsyncs happen outside it), so a process paused anywhere else
@@ -234,14 +248,20 @@ class LocalStore(Store):
         finally:
             if tmp is not None:
                 os.unlink(tmp)
-        self._sync_dir(path)
+        self._sync_dir(path, defer)
         return True
 
-    def write(self, key: str, data: bytes) -> None:
-        self._swapped(key, data, None)
+    def write(self, key: str, data: bytes, defer: set[str] | None = None) -> None:
+        self._swapped(key, data, None, defer)
 
-    def create(self, key: str, data: bytes) -> bool:
-        return self._publish(self._staged([data]), key, replace=False)
+    def create(self, key: str, data: bytes, defer: set[str] | None = None) -> bool:
+        return self._publish(self._staged([data]), key, replace=False, defer=defer)
+
+    def settle(self, defer: set[str]) -> None:
+        """One fsync per folder for all the names written into it with ``defer``."""
+        for folder in sorted(defer):
+            self._sync_dir(os.path.join(folder, "."))
+        defer.clear()
 
     def mark(self, key: str) -> bool:
         """``O_EXCL``: an empty file needs no staging, and only its folder an fsync."""
@@ -453,10 +473,10 @@ class S3Store(Store):
         with answer["Body"] as body:
             return body.read(), answer["ETag"]
 
-    def write(self, key: str, data: bytes) -> None:
+    def write(self, key: str, data: bytes, defer: set[str] | None = None) -> None:
         self.s3.call("put_object", Bucket=self.bucket, Key=self.prefix + key, Body=data)
 
-    def create(self, key: str, data: bytes) -> bool:
+    def create(self, key: str, data: bytes, defer: set[str] | None = None) -> bool:
         return self.s3.put_conditional(self.bucket, self.prefix + key, data,
                                        absent=True) is not None
 

@@ -10,7 +10,9 @@ The flusher sends the queue to a bulk DRS import API (the Seven Bridges contract
 * calls are full: 100 items each (the contract's most), grouped so that each call's
   request-level fields (``conflict_resolution``, ``tags``) are shared by its items.  A call
   with fewer goes only once the writers pause (no new item for :data:`LINGER`), its oldest
-  item has waited :data:`MAX_LINGER`, or the budget has room for fewer;
+  item has waited :data:`MAX_LINGER`, or the budget has room for fewer; and the call that
+  opens a period goes at once with what is queued, since the next period opens one window
+  after it;
 * never more than one window's worth of items waiting for the rate limit: ``limit`` items
   per ``window``, in fixed periods as the Seven Bridges contract has them (a period opens
   with the first item let in after the one before ended).  Replayed over the submission
@@ -73,7 +75,9 @@ MAX_LINGER = 5.0  # ... but its oldest item no longer than this
 IDLE = 30.0  # the flusher looks at the queue at least this often
 HEADS = 8  # HEAD calls in flight while a job's results are applied
 HISTORY = 3  # windows of submissions replayed to know what the server's budget holds
-SETTLE = 1.0  # a job is polled every base delay this long after its items are let in
+SETTLE = 2.5  # a job is polled every base delay this long after its items are let in
+# (a period's worth of items lands in a second or two: polls that backed off meanwhile
+# saw it a second late)
 MAX_CONTENT = 64 * 1024
 CONFLICTS = ("SKIP", "RENAME", "OVERWRITE")
 _HOST_FORM = re.compile(r"^drs://(?P<host>[A-Za-z0-9.\-]+(:\d+)?)/(?P<id>[^\s/][^\s]*)$")
@@ -191,6 +195,7 @@ class DrsQueue:
         self._enqueued = 0  # items queued since the mount started
         self._idle = True  # the flusher waits for no queued item
         self._reopens: float | None = None  # when the spent budget grows again
+        self._opens = False  # no period is open: the next item sent opens one
         self._polls: dict[str, Poll] = {}
         # When jobs were seen FINISHED: their files leave the server's window about one
         # window later, and a job waiting for room moves on then.
@@ -284,11 +289,13 @@ class DrsQueue:
         lets, start, count = let_in_times(
             self.journal.sent_times_since(now - HISTORY * self.window), limit, self.window)
         waiting = [when for when in lets if when > now]
+        self._opens = False
         if waiting:  # the current period is full: the next one's items may wait
             own, first = limit - len(waiting), waiting[0]
         else:
             spent = count if start is not None and now < start + self.window else 0
             own, first = 2 * limit - spent, now
+            self._opens = spent == 0
         server = None
         if fresh:
             explained = self.journal.imports_sent_since(seen.seen - 2 * self.window, seen.seen)
@@ -324,8 +331,10 @@ class DrsQueue:
             if room <= 0:
                 return self._reopens
             size = min(MAX_ITEMS, room)
-            if due < size:
-                # Fill the call: wait while the writers go on, a little.
+            if due < size and not self._opens:
+                # Fill the call: wait while the writers go on, a little.  (The call that
+                # opens a period goes at once, with what there is: the next period opens
+                # one window after it, so its clock should start as soon as it can.)
                 ready = min(self._last_enqueue + LINGER, oldest + MAX_LINGER)
                 if now < ready:
                     return ready
