@@ -516,14 +516,15 @@ class Journal:
                     continue
                 if existing:
                     db.execute("delete from pending_files where id = ?", [existing[0]])
-                db["pending_files"].insert({
-                    "bundle": bundle, "path": path, "kind": REMOTE, "size": info.size,
-                    "mtime": now, "state": SYNCED, "generation": 0,
-                    "synced_generation": 0, "file_uuid": info.uuid,
-                    "file_version": info.version, "sha256": info.sha256, "sha1": info.sha1,
-                    "crc32c": info.crc32c, "s3_etag": info.s3_etag,
-                    "content_type": info.content_type, "attempts": 0, "sent_bytes": 0,
-                    "changed": now})
+                # plain SQL, as in add_file: a landed import is a row like a create's
+                db.execute(
+                    "insert into pending_files (bundle, path, kind, size, mtime, state, "
+                    "generation, synced_generation, file_uuid, file_version, sha256, sha1, "
+                    "crc32c, s3_etag, content_type, attempts, sent_bytes, changed) values "
+                    "(?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?)",
+                    [bundle, path, REMOTE, info.size, now, SYNCED, info.uuid, info.version,
+                     info.sha256, info.sha1, info.crc32c, info.s3_etag, info.content_type,
+                     now])
             db.execute("delete from pending_files where id = ?", [drs_file_id])
             db.execute("update drs_imports set state = ?, finished_at = ?, error = null "
                        "where id = ?", [DONE, now, import_id])

@@ -41,7 +41,8 @@ Store layout::
     import-running/{id}                        marker of a job not yet FINISHED
     import-keys/{hash}                         an Idempotency-Key → the job it created
     import-calls/{epoch_us}-{rand}             every create call, accepted or refused
-    import-admissions/{epoch_us}-{owner}-{id}-{unit}   a file admitted against the window
+    import-admissions/{epoch_us}-{owner}-{id}-{unit}   the files of a batch admitted
+                                               together against the window (from unit)
     imported-files/{uuid}.{version}            an imported file, as GET /v2/files shows it
 
 Threading: HTTP threads create jobs (writing the new job and its call record) and read;
@@ -582,7 +583,8 @@ class Importer:
                            "window_kind": self.limits.window_kind,
                            "items_per_call": MAX_ITEMS},
                 "calls": list(documents("import-calls/")),
-                "admissions": list(documents("import-admissions/")),
+                "admissions": [admission for doc in documents("import-admissions/")
+                               for admission in doc.get("admissions", [doc])],
                 "jobs": jobs}
 
     # ------------------------------------------------------------ engine: threads
@@ -725,13 +727,13 @@ class Importer:
             self._current.add(job_id)
         while len(job["results"]) < len(job["plan"]):
             recover = job_id not in self._current
-            entries, wait = self._batch(job, len(job["results"]), recover)
+            entries, until = self._batch(job, len(job["results"]), recover)
             job["results"] += entries
             if entries:
                 self._save(job)
             self._current.add(job_id)  # every file this process stored is in the job now
-            if wait is not None:
-                return time.time() + max(wait - NEAR, 0.0)
+            if until is not None:
+                return until - NEAR
         self._enter(job, FINISHED)
         self._save(job)
         self.store.delete(f"import-running/{job_id}")
@@ -929,8 +931,9 @@ class Importer:
         as far as the room :data:`AHEAD_FILES`/:data:`AHEAD_BYTES` allows (fetched bytes
         wait there, as verified blobs, for their admission); then, in unit order, each
         fetched unit is admitted against the file budget and stored and named, until the
-        budget is spent (``wait`` says for how long) or a unit is not fetched yet
-        (``wait`` 0).  Returns the results, in unit order, and ``wait`` or None.
+        budget is spent (``until`` says when it is back: the epoch second, taken when the
+        budget was asked, not after the landing that followed).  Returns the results, in
+        unit order, and ``until`` or None.
         ``recover``: the job's previous holder may have stored files it did not write
         into the job (:meth:`_recovered`)."""
         entries: dict[int, dict] = {}
@@ -978,7 +981,8 @@ class Importer:
             self._fence(job["id"])
             times, seconds = self.file_budget.take_many(budget_key, len(order))
         admitted = dict(zip(order, times, strict=False))  # the first len(times) units
-        cut, wait = (order[len(times)], seconds) if len(times) < len(order) else (index, None)
+        cut, until = (order[len(times)], time.time() + seconds) if len(times) < len(order) \
+            else (index, None)
         self._fetch_ahead(job, {i: ready[i] for i in order}, entries, must=set(admitted))
         self._fence(job["id"])  # nothing stored for a job taken over while it fetched
         landing = []
@@ -987,13 +991,16 @@ class Importer:
                 sums = self._ahead.get((job["id"], i))
             if sums is not None and i not in entries:
                 landing.append((i, when, *self._file_document(ready[i], sums)))
-        self._publish_files(job, [(key, _dumps(document)) for *_, key, document in landing])
-        # The batch's records and names get their folders' fsyncs once, at the end, before
-        # the job that lists them is written (each record's bytes are synced as written).
+        # The batch's files, records and names get their folders' fsyncs once, at the end,
+        # before the job that lists them is written (each one's bytes are synced as
+        # written).
         defer: set[str] = set()
-        landed = self._in_parallel(job, [(i, self._land, job, i, ready[i], when, key,
-                                          document, defer)
-                                         for i, when, key, document in landing], entries)
+        self._publish_files(job, [(key, _dumps(document)) for *_, key, document in landing],
+                            defer)
+        self._admissions(job, [(i, when) for i, when, *_ in landing], defer)
+        landed = self._in_parallel(job, [(i, self._land, job, i, ready[i], key, document,
+                                          defer)
+                                         for i, _, key, document in landing], entries)
         for i, record in landed:  # names are bound in unit order (RENAME, SKIP)
             try:
                 entries[i] = dict(_entry(job["plan"][i]),
@@ -1003,7 +1010,7 @@ class Importer:
         self.store.settle(defer)
         for i in admitted:
             self._drop_ahead(job["id"], i)
-        return [entries[i] for i in range(first, cut)], wait
+        return [entries[i] for i in range(first, cut)], until
 
     def _in_parallel(self, job: dict, calls: list[tuple], entries: dict
                      ) -> list[tuple[int, object]]:
@@ -1157,17 +1164,19 @@ class Importer:
                         checksums={name: getattr(sums, name) for name in TAG_KEYS})
         return f"files/{work['file_uuid']}.{version}", file_document(source, 0, version)
 
-    def _publish_files(self, job: dict, files: list[tuple[str, bytes]]) -> None:
+    def _publish_files(self, job: dict, files: list[tuple[str, bytes]],
+                       defer: set[str]) -> None:
         """Create the DSS files of a batch's admitted units: under the job's lease, one
         fence for the batch (refused, :class:`LeaseLost`, once another process took the
-        job over), the creates in parallel."""
+        job over), the creates in parallel, durable once ``defer`` is settled."""
         if not files:
             return
         lease = self._held.get(job["id"])
         if lease is not None:
-            self.leases.publish_many(lease, files, run=self._run_all)
+            self.leases.publish_many(lease, files, run=self._run_all, defer=defer)
         else:
-            self._run_all([(self.store.create, key, document) for key, document in files])
+            self._run_all([(self.store.create, key, document, defer)
+                           for key, document in files])
 
     def _run_all(self, calls: list[tuple]) -> list:
         """``(function, *args)`` calls on the fetch threads; their results, in order (the
@@ -1183,12 +1192,11 @@ class Importer:
             raise failure
         return results
 
-    def _land(self, job: dict, index: int, work: dict, when: float, key: str,
-              document: dict, defer: set[str]) -> dict:
+    def _land(self, job: dict, index: int, work: dict, key: str, document: dict,
+              defer: set[str]) -> dict:
         """After admission (at ``when``) and the DSS file's creation (``key``,
-        ``document``): the admission's record and the file's record (named next, by
-        :meth:`_name`); their names are durable once ``defer`` is settled."""
-        self._admission(job, index, work["unit"], when, defer)
+        ``document``): the file's record (named next, by :meth:`_name`), durable once
+        ``defer`` is settled."""
         record = self._record(job, work["unit"], work["folder"], work["leaf"],
                               key.split("/", 1)[1], document, work["check"].label)
         self.store.write(f"imported-files/{record['id']}", _dumps(record), defer)
@@ -1248,13 +1256,17 @@ class Importer:
             self.store.write(f"imported-files/{fqid}", _dumps(record), defer)
         return record
 
-    def _admission(self, job: dict, index: int, unit: dict, when: float,
-                   defer: set[str] | None = None) -> None:
-        owner = owner_key(job["owner"])
-        record = {"at": _iso(when), "time": when, "identity": job["owner"], "job": job["id"],
-                  "unit": index, "item": unit["item"], "name": unit["name"]}
-        self.store.write(f"import-admissions/{_epoch_us(when)}-{owner}-{job['id']}-"
-                         f"{index:06d}", _dumps(record), defer)
+    def _admissions(self, job: dict, admitted: list[tuple[int, float]],
+                    defer: set[str]) -> None:
+        """The audit record of a batch's admissions (unit, time): one document."""
+        if not admitted:
+            return
+        records = [{"at": _iso(when), "time": when, "identity": job["owner"],
+                    "job": job["id"], "unit": index, "item": job["plan"][index]["item"],
+                    "name": job["plan"][index]["name"]} for index, when in admitted]
+        index, when = admitted[0]
+        self.store.write(f"import-admissions/{_epoch_us(when)}-{owner_key(job['owner'])}-"
+                         f"{job['id']}-{index:06d}", _dumps({"admissions": records}), defer)
 
     # ------------------------------------------------------------ engine: fetching
 

@@ -27,7 +27,9 @@ Expiry compares the wall clocks of the processes: their skew must stay well unde
 scan period of the holder's last renewal (docs/server.md#running-several-servers).
 
 Threading: :meth:`start` starts one renewer thread; every change of a held lease (renew,
-publish, release) happens under one lock; :meth:`close` stops the thread through an Event,
+publish, release) happens under that lease's own lock, so the fences and creates of
+different leases run side by side; the table of held leases has a lock of its own, always
+taken after a lease's, never before.  :meth:`close` stops the thread through an Event,
 joins it, and releases what is still held.
 """
 
@@ -66,6 +68,9 @@ class Lease:
     tag: str = ""
     record: dict = field(default_factory=dict)
     lost: bool = False
+    # Its record's swaps (renewals, fences and the creates behind them) go one at a time;
+    # other leases' do not wait for them.
+    lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
 
 def _machine() -> str:
@@ -115,7 +120,7 @@ class Leases:
         self.ttl = ttl
         self.holder = holder or holder_id()
         self._held: dict[str, Lease] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # _held only; taken after a lease's lock, never before
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew_all, name="lease-renew",
                                         daemon=True)
@@ -188,7 +193,7 @@ class Leases:
 
     def renew(self, lease: Lease) -> bool:
         """Push the expiry on by one TTL; False (and the lease is lost) if it was taken."""
-        with self._lock:
+        with lease.lock:
             return self._swap(lease, self._record(lease.token))
 
     def check(self, lease: Lease) -> None:
@@ -202,30 +207,34 @@ class Leases:
         return self.publish_many(lease, [(key, data)])[0]
 
     def publish_many(self, lease: Lease, items: list[tuple[str, bytes]],
-                     run: Callable[[list[tuple]], list] | None = None) -> list[bool]:
+                     run: Callable[[list[tuple]], list] | None = None,
+                     defer: set[str] | None = None) -> list[bool]:
         """Create each ``(key, data)`` under one fence: the lease record names them all,
         so a takeover finishes what a holder that died after the fence began.  ``run``
         makes the ``(function, *args)`` creates (in parallel, say); by default one after
         the other.  For each key, True if created, False if it already existed;
-        :class:`LeaseLost` (nothing written) if another process took the lease over."""
+        :class:`LeaseLost` (nothing written) if another process took the lease over.
+        ``defer``: the names are durable once the caller settles it
+        (:meth:`.store.Store.write`)."""
         named = [{"key": key, "data": data.decode()} for key, data in items]
-        with self._lock:
+        with lease.lock:
             if not self._swap(lease, self._record(lease.token,
                                                   named if len(named) > 1 else named[0])):
                 keys = ", ".join(key for key, _ in items[:3])
                 raise LeaseLost(f"publish of {keys}{', …' if len(items) > 3 else ''} "
                                 f"refused: the lease on {lease.name} (token {lease.token}) "
                                 f"was taken over")
-            calls = [(self.store.create, key, data) for key, data in items]
+            calls = [(self.store.create, key, data, defer) for key, data in items]
             return (run or _one_by_one)(calls)
 
     def release(self, lease: Lease) -> None:
         """Give the lease up (the work is done, or handed back): expire it, then drop it."""
-        with self._lock:
+        with lease.lock:
             released = self._swap(lease, dict(self._record(lease.token), expires=0))
-            self._held.pop(lease.name, None)
-            metrics.leases_held(len(self._held))
             lease.lost = True
+            with self._lock:
+                self._held.pop(lease.name, None)
+                metrics.leases_held(len(self._held))
         if released:
             self.store.delete(PREFIX + lease.name)
 
@@ -234,8 +243,9 @@ class Leases:
             log.warning("lost the lease on %s (token %d) to another process", lease.name,
                         lease.token)
         lease.lost = True
-        self._held.pop(lease.name, None)
-        metrics.leases_held(len(self._held))
+        with self._lock:
+            self._held.pop(lease.name, None)
+            metrics.leases_held(len(self._held))
 
     def held(self) -> int:
         with self._lock:
