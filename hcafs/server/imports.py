@@ -1001,12 +1001,21 @@ class Importer:
         landed = self._in_parallel(job, [(i, self._land, job, i, ready[i], key, document,
                                           defer)
                                          for i, _, key, document in landing], entries)
-        for i, record in landed:  # names are bound in unit order (RENAME, SKIP)
-            try:
-                entries[i] = dict(_entry(job["plan"][i]),
-                                  resource=self._name(job, record, defer))
-            except (DrsError, ItemError, FolderError) as exc:
-                entries[i] = dict(_entry(job["plan"][i]), error=_item_error(exc))
+        places = [(record["parent"], record["name"]) for _, record in landed]
+        if job["conflict_resolution"] != "RENAME" and len(set(places)) == len(places):
+            # No two units want one name, and none is renamed: the order of binding
+            # cannot change what each gets, so the names are bound side by side.
+            for i, record in self._in_parallel(
+                    job, [(i, self._name, job, record, defer) for i, record in landed],
+                    entries):
+                entries[i] = dict(_entry(job["plan"][i]), resource=record)
+        else:
+            for i, record in landed:  # names are bound in unit order (RENAME, SKIP)
+                try:
+                    entries[i] = dict(_entry(job["plan"][i]),
+                                      resource=self._name(job, record, defer))
+                except (DrsError, ItemError, FolderError) as exc:
+                    entries[i] = dict(_entry(job["plan"][i]), error=_item_error(exc))
         self.store.settle(defer)
         for i in admitted:
             self._drop_ahead(job["id"], i)
