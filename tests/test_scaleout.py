@@ -357,8 +357,8 @@ def audit(server: DSSServer) -> dict:
 def test_file_budget_across_processes_and_an_import_taken_over(cluster, repo):
     """50 files per 10 s, imports submitted through all three entries: no period holds
     more than 50 admissions over all processes, every period with work waiting all 50,
-    opened within the re-admission delay; a kill -9 of the process running a job leaves it to the others, and every
-    imported file is stored once, with its sha256."""
+    opened within the re-admission delay; a kill -9 of the process running a job leaves
+    it to the others, and every imported file is stored once, with its sha256."""
     data = {n: f"import {n} {cluster.kind}\n".encode() * 50 for n in range(4)}
     fqids = [repo.put_file(data[n]) for n in range(4)]
     jobs = []

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid as _uuid
@@ -585,14 +588,15 @@ drs-allow-http = true
 drs-resolver = "{table}"
 """)
     server = DSSServer(str(tmp_path / "configured"), env={
-        "HCAFS_CONFIG": str(config), "HCAFS_SERVE_IMPORT_REQUEST_LIMIT": "40"}).start()
+        "HCAFS_CONFIG": str(config), "HCAFS_SERVE_IMPORT_REQUEST_LIMIT": "40",
+        "HCAFS_SERVE_IMPORT_WINDOW_KIND": "sliding"}).start()
     try:
         job = run_import(server, [{"drs_uri": "drs://dg.plain:abc", "project": "tester/cfg"}])
         # http to a host that is not loopback was allowed: the failure is the unknown host
         assert errors(job) == [(0, 404, 5102)]
         limits = import_log(server)["limits"]
-        assert (limits["files"], limits["files_window_seconds"], limits["requests"]) == \
-            (7, 30.0, 40)
+        assert (limits["files"], limits["files_window_seconds"], limits["requests"],
+                limits["window_kind"]) == (7, 30.0, 40, "sliding")
         statuses = [requests.get(f"{server.url}/v2/files/{_uuid.uuid4()}",
                                  headers={"X-SBG-Auth-Token": USER}, timeout=30)
                     for _ in range(40)]
@@ -601,3 +605,13 @@ drs-resolver = "{table}"
         assert statuses[-1].headers["X-RateLimit-Limit"] == "40"  # the request budget
     finally:
         server.stop()
+
+
+def test_an_unknown_window_kind_is_refused_before_listening(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "hcafs", "serve", "--port", "0",
+                             "--data-dir", str(tmp_path / "d")],
+                            env={**os.environ, "HCAFS_SERVE_IMPORT_WINDOW_KIND": "leaky"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0, result.stderr
+    assert "--import-window-kind must be fixed or sliding, not 'leaky'" in result.stderr
+    assert "listening on" not in result.stderr

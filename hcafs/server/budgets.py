@@ -11,19 +11,21 @@ counted across all processes and workers, over one of two kinds of window:
 * ``sliding``: no interval of ``window`` seconds ever holds more than ``limit``.
 
 Each key's admissions live in one store document, ``budgets/{name}-{key}``: the times of the
-events still counted, oldest first, and for a fixed window the start of its period.  An admission is a read-modify-write of that document, made with a
-compare-and-swap (:meth:`Store.replace`, ``If-Match`` on S3) or a create-once for the first
-one; a swap that loses to another process reads again, at most :data:`RETRIES` times, with a
-short random pause.
+events still counted, oldest first, and for a fixed window the start of its period.  An
+admission is a read-modify-write of that document, made with a compare-and-swap
+(:meth:`Store.replace`, ``If-Match`` on S3) or a create-once for the first one; a swap that
+loses to another process reads again, at most :data:`RETRIES` times, with a short random
+pause.
 
 Exactness (docs/drs.md#budgets-across-servers): an event is admitted only by a write that
 succeeded against the latest version of the document, which then holds it, so no interval
 of ``window`` seconds (sliding), or no period (fixed), ever holds more than ``limit``
-admitted events, whatever the number of processes.  The budget can fall short of its limit: a caller that lost :data:`RETRIES`
-swaps in a row is told to wait :data:`CONTENDED_WAIT` seconds although room was left, and a
-deferred caller comes back only when the slot it waits for is free, plus its scheduling
-delay.  Expiry compares the processes' wall clocks; their skew adds to the shortfall, never
-to an excess, as long as it stays below the window.
+admitted events, whatever the number of processes.  The budget can fall short of its
+limit: a caller that lost :data:`RETRIES` swaps in a row is told to wait
+:data:`CONTENDED_WAIT` seconds although room was left, and a deferred caller comes back
+only when the slot (or period) it waits for is free, plus its scheduling delay.  Expiry
+compares the processes' wall clocks; their skew adds to the shortfall, never to an excess,
+as long as it stays below the window.
 
 Threading: safe from any thread; all state is in the store.
 """

@@ -78,7 +78,7 @@ class Store(ABC):
         """Write ``key`` only if absent, atomically; False if it was already there.
         ``defer`` as for :meth:`write`."""
 
-    def settle(self, defer: set[str]) -> None:
+    def settle(self, defer: set[str]) -> None:  # noqa: B027 - a no-op unless overridden
         """Make the names written with ``defer`` durable (a no-op where every write is
         durable when it returns)."""
 
