@@ -1026,23 +1026,37 @@ class Importer:
         """``(unit, function, *args)`` calls on the fetch threads: the results of those
         that worked, in unit order; the item errors of the others go to ``entries``.  A
         store failure or a stop is raised once all have ended (the job is redone)."""
-        futures = [(i, self._fetchers.submit(call, *args)) for i, call, *args in calls]
         done, failure = [], None
-        for i, future in futures:
-            try:
-                done.append((i, future.result()))
-            except (DrsError, ItemError, FolderError) as exc:
+        for (i, *_), (result, exc) in zip(calls, self._outcomes([c[1:] for c in calls]),
+                                          strict=True):
+            if exc is None:
+                done.append((i, result))
+            elif isinstance(exc, (DrsError, ItemError, FolderError)):
                 entries[i] = dict(_entry(job["plan"][i]), error=_item_error(exc))
-            except (_Interrupted, HcafsError) as exc:
+            elif isinstance(exc, (_Interrupted, HcafsError)):
                 failure = failure or exc
-            except Exception:
-                log.exception("DRS import %s, unit %d failed", job["id"], i)
+            else:
+                log.error("DRS import %s, unit %d failed", job["id"], i, exc_info=exc)
                 entries[i] = dict(_entry(job["plan"][i]), error={
                     "status": 500, "code": 500, "message": "internal error (logged by the "
                     "server)", "more_info": MORE_INFO})
         if failure is not None:
             raise failure
         return done
+
+    def _outcomes(self, calls: list[tuple]) -> list[tuple[object, Exception | None]]:
+        """``(function, *args)`` calls on the fetch threads, all waited for: each one's
+        ``(result, None)`` or ``(None, exception)``, in order.  The one pool helper
+        behind :meth:`_in_parallel` (per-unit errors) and :meth:`_run_all` (all or
+        nothing)."""
+        futures = [self._fetchers.submit(call, *args) for call, *args in calls]
+        outcomes: list[tuple[object, Exception | None]] = []
+        for future in futures:
+            try:
+                outcomes.append((future.result(), None))
+            except Exception as exc:  # noqa: BLE001 - sorted out by the caller
+                outcomes.append((None, exc))
+        return outcomes
 
     def _fetch_ahead(self, job: dict, ready: dict[int, dict], entries: dict,
                      must: set[int] = frozenset()) -> None:
@@ -1190,16 +1204,11 @@ class Importer:
     def _run_all(self, calls: list[tuple]) -> list:
         """``(function, *args)`` calls on the fetch threads; their results, in order (the
         first exception is raised once all have ended)."""
-        futures = [self._fetchers.submit(call, *args) for call, *args in calls]
-        results, failure = [], None
-        for future in futures:
-            try:
-                results.append(future.result())
-            except Exception as exc:  # noqa: BLE001 - raised once all have ended
-                failure = failure or exc
+        outcomes = self._outcomes(calls)
+        failure = next((exc for _, exc in outcomes if exc is not None), None)
         if failure is not None:
             raise failure
-        return results
+        return [result for result, _ in outcomes]
 
     def _land(self, job: dict, index: int, work: dict, key: str, document: dict,
               defer: set[str]) -> dict:

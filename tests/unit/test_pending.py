@@ -10,12 +10,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from crashdb import CrashingCacheDB, InjectedCrash
+from crashdb import InjectedCrash
 
 from hcafs.cache import journal as j
-from hcafs.cache.blobcache import BlobCache
-from hcafs.cache.catalog import Catalog
-from hcafs.cache.journal import Journal
 from hcafs.errors import (
     AlreadyExists,
     NotEmpty,
@@ -23,47 +20,8 @@ from hcafs.errors import (
     ReadOnly,
     UsageError,
 )
-from hcafs.model.pending import PendingBundles
-from hcafs.model.tree import Tree
 from hcafs.remote.bulk_import import BulkImportClient
 from hcafs.sync.drs_queue import DrsQueue
-
-
-class Model:
-    def __init__(self, root):
-        self.db = CrashingCacheDB(str(root / "hcafs.db"))
-        self.journal = Journal(self.db)
-        self.catalog = Catalog(self.db, None, ttl=300)
-        self.blobs = BlobCache(str(root / "blobs"), self.db, 64 * 1024 * 1024)
-        self.tree = Tree(self.catalog, self.blobs)
-        self.pending = PendingBundles(self.journal, str(root / "pending"), self.catalog,
-                                      self.blobs, self.tree.fetcher)
-        self.tree.pending = self.pending
-
-    def write(self, path: str, data: bytes) -> int:
-        handle = self.tree.create(path)
-        assert self.tree.write(handle, data, 0) == len(data)
-        self.tree.release(handle)
-        return self.row(path).id
-
-    def read(self, path: str) -> bytes:
-        handle = self.tree.open(path, write=False)
-        try:
-            return self.tree.read(handle, 1 << 20, 0)
-        finally:
-            self.tree.release(handle)
-
-    def row(self, path: str):
-        _, _, name, inner = path.split("/", 3)
-        return self.journal.file(name, inner)
-
-
-@pytest.fixture
-def model(tmp_path):
-    model = Model(tmp_path)
-    model.tree.mkdir("/bundles/b")
-    yield model
-    model.blobs.close()
 
 
 def test_create_write_read_and_list(model):

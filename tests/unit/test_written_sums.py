@@ -9,22 +9,13 @@ from __future__ import annotations
 
 import os
 
-import pytest
-from test_pending import Model
+from pending_model import Model
 
 from hcafs.checksums import checksum_bytes
 from hcafs.model.written import WrittenSums
 from hcafs.sync.staging import LocalStager
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def model(tmp_path):
-    model = Model(tmp_path)
-    model.tree.mkdir("/bundles/b")
-    yield model
-    model.blobs.close()
 
 
 def _written(model: Model, path: str):
