@@ -50,6 +50,11 @@ def test_drs_files_become_imported_files(drs_world, tmp_path):
         (pending / "whole.drs").write_text(drs_world.drs_uri(bundle_fqid))
         wait_until(lambda: not any(p.name.endswith(".drs") for p in pending.rglob("*")),
                    what="imports to land")
+        # The kernel forgot the landed .drs files, though it had them cached (the entry
+        # timeout is 30 s): a stat right after the listing says they are gone.
+        wait_until(lambda: not any(p.exists() for p in (
+            pending / "reads.fastq.drs", pending / "sub" / "anything.drs",
+            pending / "whole.drs")), timeout=3, what="the .drs files to be forgotten")
         assert (pending / "reads.fastq").read_bytes() == data["reads.fastq"]
         assert (pending / "sub" / "renamed.json").read_bytes() == data["meta.json"]
         assert sorted(os.listdir(pending / "whole")) == ["meta.json", "reads.fastq"]
@@ -188,9 +193,12 @@ def test_crash_between_submit_and_finished(drs_world, tmp_path):
         for name in blobs:
             (pending / f"{name}.drs").write_text(drs_world.drs_uri(files[name]))
         assert polled.reached.wait(60), "the job was never polled"
+        # The first call opens the rate-limit period at once, with the files written by
+        # then; the rest may still be queued when the daemon dies (the flusher is held in
+        # that poll): submitted and queued items must each land once after the restart.
         db = sqlite3.connect(os.path.join(mount.cache_dir, "hcafs.db"))
         assert db.execute("select count(*) from drs_imports where job_id is not null"
-                          ).fetchone()[0] == 5
+                          ).fetchone()[0] >= 1
         db.close()
         record = next((Path(mount.env["XDG_RUNTIME_DIR"]) / "hcafs").glob("*.json"))
         pid = json.loads(record.read_text())["pid"]

@@ -120,5 +120,7 @@ def test_status_lists_queued_and_submitted_items_while_they_wait(tmp_path, seawe
             assert "DRS imports: 1 queued, 1 submitted, 1 landed, 0 failed" in text
             assert "FINISHED, 1 items: 1 landed, 0 failed" in text
             assert os.path.exists(pending / "two.drs") and os.path.exists(pending / "three.drs")
+            # Leave them waiting (a plain umount waits for imports sent, a period here).
+            assert run_hcafs("umount", "--no-wait", mount.path, env=mount.env).returncode == 0
     finally:
         world.close()

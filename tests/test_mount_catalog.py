@@ -17,13 +17,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-from fixtures.dss_server import ADMIN, DSSServer
-from fixtures.faults import Fault, FaultyHttpProxy
+from fixtures.dss_server import ADMIN
+from fixtures.faults import Fault
 from fixtures.hcafs_mount import Mount, needs_fuse, run_hcafs, wait_until
 from fixtures.mounts import unmount_leftovers
-from fixtures.publishing import publish
+from fixtures.worlds import relayed_server
 
-from hcafs.remote.client import DSSClient
 from hcafs.versions import now_version
 
 pytestmark = needs_fuse
@@ -31,21 +30,12 @@ pytestmark = needs_fuse
 
 @pytest.fixture
 def world(tmp_path):
-    staging = tmp_path / "staging"
-    staging.mkdir()
-    server = DSSServer(str(tmp_path / "server"), args=["--staging-root", str(staging)])
-    server.start()
-    proxy = FaultyHttpProxy(server.url)
-    client = DSSClient(server.url, token=ADMIN)
-    first, _ = publish(client, staging, {"a.txt": b"alpha\n"})
-    files = [{"uuid": f["uuid"], "version": f["version"], "name": f["name"],
-              "indexed": f["indexed"]} for f in client.get_bundle(*first.split(".", 1))["files"]]
-    try:
-        yield {"server": server, "proxy": proxy, "client": client, "first": first,
-               "files": files}
-    finally:
-        proxy.close()
-        server.stop()
+    with relayed_server(tmp_path, ADMIN) as served:
+        first, client = served["fqid"], served["client"]
+        files = [{"uuid": f["uuid"], "version": f["version"], "name": f["name"],
+                  "indexed": f["indexed"]}
+                 for f in client.get_bundle(*first.split(".", 1))["files"]]
+        yield {**served, "first": first, "files": files}
 
 
 def _more(world: dict, count: int) -> list[str]:

@@ -144,6 +144,16 @@ class Journal:
                               "where id = ?", [file_id]).fetchone()
         return FileRow(*row) if row else None
 
+    def paths_of(self, file_ids: list[int]) -> dict[int, str]:
+        """The in-bundle paths of those of the pending files ``file_ids`` that exist."""
+        found: dict[int, str] = {}
+        for start in range(0, len(file_ids), 500):  # SQLite's bound-parameter limit
+            chunk = file_ids[start:start + 500]
+            found.update(self.db.execute(
+                f"select id, path from pending_files where id in "
+                f"({', '.join('?' * len(chunk))})", chunk).fetchall())
+        return found
+
     def due(self, now: float, delay: float) -> list[FileRow]:
         """Local files the sync engine should work on now (open files are filtered later).
 

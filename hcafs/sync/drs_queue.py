@@ -163,7 +163,7 @@ class DrsQueue:
 
     def __init__(self, journal: Journal, api: BulkImportClient, dss: DSSClient, *,
                  limit: int, window: float, default_conflict: str,
-                 resolver: dict[str, str], on_change=lambda bundle: None):
+                 resolver: dict[str, str], on_change=lambda bundle, path: None):
         self.journal = journal
         self.api = api
         self.dss = dss
@@ -457,6 +457,7 @@ class DrsQueue:
     def _apply(self, job_id: str, results: list[dict]) -> bool:
         """Apply a finished job's results; False if some could not be (kept for later)."""
         rows = self.journal.job_items(job_id)
+        drs_paths = self.journal.paths_of([row[3] for row in rows])  # the .drs files
         by_item = _results_by_item(results, len(rows))
         resources = {_resource_fqid(r["resource"]): r["resource"] for result in by_item
                      for r in result if r.get("resource")}
@@ -480,7 +481,7 @@ class DrsQueue:
                 log.warning("applying the result of import job %s for %s/%s failed "
                             "(will retry): %s", job_id, bundle, name, exc)
                 applied = False
-            self.on_change(bundle)
+            self.on_change(bundle, drs_paths.get(row[3]))
         return applied
 
     def _head(self, fqid: tuple[str, str]):

@@ -11,9 +11,8 @@ import errno
 import time
 
 import pytest
-from fixtures.dss_server import USER, DSSServer
-from fixtures.faults import FaultyHttpProxy
-from fixtures.publishing import publish
+from fixtures.dss_server import USER
+from fixtures.worlds import relayed_server
 
 from hcafs.cache.blobcache import BlobCache
 from hcafs.cache.cachedb import CacheDB
@@ -36,18 +35,8 @@ QUICK = RetryPolicy(attempts=2, base_delay=0.05, max_delay=0.1)
 def served(tmp_path_factory):
     """One server, relay and published bundle for the module (a server start is most of
     a test's time); each test gets its own cache, and leaves no collection behind."""
-    work = tmp_path_factory.mktemp("served")
-    staging = work / "staging"
-    staging.mkdir()
-    server = DSSServer(str(work / "server"), args=["--staging-root", str(staging)])
-    server.start()
-    proxy = FaultyHttpProxy(server.url)
-    client = DSSClient(server.url, token=USER)
-    fqid, registered = publish(client, staging, {"a.txt": b"alpha\n"})
-    yield {"server": server, "proxy": proxy, "client": client, "fqid": fqid,
-           "file": ".".join(registered["a.txt"])}
-    proxy.close()
-    server.stop()
+    with relayed_server(tmp_path_factory.mktemp("served"), USER) as served:
+        yield {**served, "file": ".".join(served["registered"]["a.txt"])}
 
 
 @pytest.fixture
