@@ -183,14 +183,14 @@ class Daemon:
                         default_conflict=config.import_conflict, resolver=config.drs_resolver,
                         on_change=self._import_applied)
 
-    def _import_applied(self, bundle: str, drs_path: str | None) -> None:
-        """An import's result was applied in ``bundle``: its ``.drs`` file (at
-        ``drs_path``) is gone or marked, and new names may be there.  The kernel forgets
-        what it cached of both (else a ``stat`` of the ``.drs`` file would go on working
-        for the entry timeout), and the sync engine looks at the bundle."""
+    def _import_applied(self, bundle: str, drs_paths: list[str]) -> None:
+        """Imports' results were applied in ``bundle``: their ``.drs`` files (at
+        ``drs_paths``) are gone or marked, and new names may be there.  The kernel forgets
+        what it cached of both (else a ``stat`` of a ``.drs`` file would go on working for
+        the entry timeout), and the sync engine looks at the bundle."""
         self.syncer.wake()
-        if drs_path is not None:
-            self.tree.invalidate(f"/bundles/{bundle}/{drs_path}")
+        for path in drs_paths:
+            self.tree.invalidate(f"/bundles/{bundle}/{path}")
         self.tree.invalidate(f"/bundles/{bundle}")
 
     def _stager(self) -> Stager | None:

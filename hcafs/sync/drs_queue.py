@@ -163,7 +163,7 @@ class DrsQueue:
 
     def __init__(self, journal: Journal, api: BulkImportClient, dss: DSSClient, *,
                  limit: int, window: float, default_conflict: str,
-                 resolver: dict[str, str], on_change=lambda bundle, path: None):
+                 resolver: dict[str, str], on_change=lambda bundle, paths: None):
         self.journal = journal
         self.api = api
         self.dss = dss
@@ -471,6 +471,7 @@ class DrsQueue:
                 self._heads.submit(self._head, fqid) if self._heads else
                 _Done(self._head(fqid)))
         applied = True
+        changed: dict[str, list[str]] = {}  # bundle → the .drs files whose result it got
         for number, (row, result) in enumerate(zip(rows, by_item, strict=True)):
             if number % 10 == 9:
                 self._submit_if_due()
@@ -481,7 +482,10 @@ class DrsQueue:
                 log.warning("applying the result of import job %s for %s/%s failed "
                             "(will retry): %s", job_id, bundle, name, exc)
                 applied = False
-            self.on_change(bundle, drs_paths.get(row[3]))
+            changed.setdefault(bundle, []).extend(
+                [drs_paths[row[3]]] if row[3] in drs_paths else [])
+        for bundle, paths in changed.items():
+            self.on_change(bundle, paths)
         return applied
 
     def _head(self, fqid: tuple[str, str]):
