@@ -149,6 +149,14 @@ def run(work: str | None = None, items: int = ITEMS, limit: int = LIMIT,
     first_call = min(c["time"] for c in accepted)
     busiest = max(sum(1 for t in admissions if start <= t < start + window)
                   for start in admissions)
+    # The server's budget is a fixed period by default: each opens with the first
+    # admission after the one before ended, and holds at most the limit.
+    periods: list[list[float]] = []
+    for when in admissions:
+        if periods and when < periods[-1][0] + window:
+            periods[-1].append(when)
+        else:
+            periods.append([when])
     finishes = sorted(h["time"] for j in finished for h in j["history"]
                       if h["state"] == "FINISHED")
     return {
@@ -180,6 +188,7 @@ def run(work: str | None = None, items: int = ITEMS, limit: int = LIMIT,
         "calls": len(accepted), "largest_call": max(c["items"] for c in accepted),
         "rejected_calls": len(calls) - len(accepted),
         "busiest_window": busiest, "admissions": len(admissions),
+        "busiest_period": max(len(p) for p in periods), "periods": len(periods),
     }
 
 

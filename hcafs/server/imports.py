@@ -24,8 +24,8 @@ refused before it starts when it would take the job past ``ImportLimits.job_byte
 spool past the free disk.  Fetching and the egress policy are :mod:`.drs` and
 :mod:`.egress`.
 
-The file budget (``limit`` files per ``window`` seconds per identity, a sliding window) and
-the request budget are :class:`.budgets.SharedBudget` objects, kept in the store, so every
+The file budget (``limit`` files per ``window`` seconds per identity, in fixed periods by
+default, or a sliding window) and the request budget are :class:`.budgets.SharedBudget` objects, kept in the store, so every
 server process and worker on it counts them together, and a restart keeps them.
 
 A job is worked under a lease (:mod:`.leases`, ``leases/import-{id}``): the process that
