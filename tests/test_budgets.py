@@ -107,6 +107,34 @@ def test_a_fixed_budget_comes_back_whole_when_its_period_ends(tmp_path):
         SharedBudget(budget.store, "files", 3, 10, kind="leaky")
 
 
+def test_a_fixed_budget_counts_a_clock_that_runs_behind(tmp_path):
+    """Two processes on one store, B's clock 0.5 s behind A's: B's admissions in the
+    period A opened count, and are stamped no earlier than its start."""
+    store = open_store(("local", str(tmp_path)))
+    clock_a, clock_b = [1000.0], [999.5]
+    a = SharedBudget(store, "files", 3, 10, clock=lambda: clock_a[0])
+    b = SharedBudget(store, "files", 3, 10, clock=lambda: clock_b[0])
+    assert a.take("k") == (1000.0, 0.0)
+    # room for two, stamped at the start; B waits by its own clock (late, never early)
+    assert b.take_many("k", 10) == ([1000.0, 1000.0], 10.5)
+    assert a.take("k")[0] is None and b.take("k")[0] is None
+    assert a.state("k") == (0, 1010.0, 1010.0)
+
+
+def test_a_fixed_budget_takes_over_a_sliding_document(tmp_path):
+    """A document a sliding budget wrote (no period start): its oldest live event opens
+    the period, so switching the kind does not hand out a second full budget."""
+    store = open_store(("local", str(tmp_path)))
+    now = [1000.0]
+    sliding = SharedBudget(store, "files", 3, 10, clock=lambda: now[0], kind="sliding")
+    fixed = SharedBudget(store, "files", 3, 10, clock=lambda: now[0])
+    assert sliding.take_many("k", 2)[0] == [1000.0, 1000.0]
+    now[0] = 1004.0
+    assert fixed.take_many("k", 3) == ([1004.0], 6.0)  # one left in the period of 1000
+    now[0] = 1010.0
+    assert fixed.take_many("k", 3) == ([1010.0] * 3, 0.0)
+
+
 def test_state_says_what_is_left_and_when_it_comes_back(tmp_path):
     now = [1000.0]
     budget = SharedBudget(open_store(("local", str(tmp_path))), "requests", 3, 10,

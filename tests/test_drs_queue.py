@@ -92,15 +92,19 @@ def test_calls_are_full_one_period_ahead_and_wait_for_the_window_not_longer(peer
     calls = sorted((c for c in log["calls"] if not c["replay"]), key=lambda c: c["time"])
     # Full calls, not one a file: the first goes at once with what is queued (it opens
     # the period), the next fill what is left of it and of the period after it (to wait
-    # at the server, fetched ahead), the last waits for the first period to end.
+    # at the server, fetched ahead): two periods' worth before the first period ends; the
+    # rest waits for it to end (and for results to be applied: never more than two
+    # periods' worth in flight), and goes then (woken, not on a later tick; the bound is
+    # generous).
     sizes = [c["items"] for c in calls]
-    assert len(sizes) == 4 and sum(sizes) == 250 and sizes[1] == 100
-    assert sizes[0] + sizes[1] + sizes[2] == 2 * LIMIT and sizes[3] == 50
+    assert sum(sizes) == 250 and max(sizes) == 100 and len(sizes) <= 6, sizes
     assert all(c["accepted"] for c in calls)
-    # The budget is 100 items per 4 s, in fixed periods: the last call goes when the first
-    # period ends (woken then, not on a later tick; the bound is generous).
-    assert calls[2]["time"] - calls[0]["time"] <= 1.5
-    assert WINDOW - 0.1 <= calls[3]["time"] - calls[0]["time"] <= WINDOW + 3.0
+    start = calls[0]["time"]
+    early = [c for c in calls if c["time"] - start < WINDOW - 0.1]
+    assert sum(c["items"] for c in early) == 2 * LIMIT, sizes
+    assert max(c["time"] for c in early) - start <= 1.5
+    assert all(WINDOW - 0.1 <= c["time"] - start <= WINDOW + 3.0
+               for c in calls if c not in early)
     admitted = sorted(a["time"] for a in log["admissions"])
     assert len(admitted) == 250
     assert max_in_period(admitted, WINDOW) <= LIMIT

@@ -409,6 +409,11 @@ class Journal:
                                "submitted_at <= ?", [since, until or float("inf")]
                                ).fetchone()[0]
 
+    def imports_in_flight(self) -> int:
+        """Items sent (or being sent) whose result has not been applied yet."""
+        return self.db.execute("select count(*) from drs_imports where state in (?, ?)",
+                               [SUBMITTING, SUBMITTED]).fetchone()[0]
+
     def sent_times_since(self, since: float) -> list[float]:
         """When each item submitted after ``since`` was submitted, oldest first."""
         return [row[0] for row in self.db.execute(

@@ -69,7 +69,16 @@ class _Summing:
             if self._draining:
                 return
             self._draining = True
-        self._pool.submit(self._drain)
+        try:
+            self._pool.submit(self._drain)
+        except RuntimeError:  # the pool is shut down (interpreter exit): no sums, no wait
+            with self._lock:
+                chunks, self._chunks, self._draining = list(self._chunks), deque(), False
+            self._dropped.set()
+            self.done.set()
+            for chunk in chunks:
+                if chunk is not _END:
+                    self._release(len(chunk))
 
     def _drain(self) -> None:
         """Hash what is waiting, in order, until nothing is (one task per file at a time)."""

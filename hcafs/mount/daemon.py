@@ -189,9 +189,12 @@ class Daemon:
         what it cached of both (else a ``stat`` of a ``.drs`` file would go on working for
         the entry timeout), and the sync engine looks at the bundle."""
         self.syncer.wake()
+        folders = {""}
         for path in drs_paths:
             self.tree.invalidate(f"/bundles/{bundle}/{path}")
-        self.tree.invalidate(f"/bundles/{bundle}")
+            folders.add(path.rpartition("/")[0])  # where the imported names appear
+        for folder in sorted(folders):
+            self.tree.invalidate(f"/bundles/{bundle}/{folder}".rstrip("/"))
 
     def _stager(self) -> Stager | None:
         if self.config.staging:

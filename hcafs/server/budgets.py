@@ -67,9 +67,15 @@ class SharedBudget:
         if self.kind == "sliding":
             return None, [when for when in events if when > now - self.window]
         start = doc.get("start")
-        if start is None or now >= start + self.window:
+        if start is None:  # written by a sliding budget: its oldest live event opens it
+            live = [when for when in events if when > now - self.window]
+            return (live[0], live) if live else (None, [])
+        if now >= start + self.window:
             return None, []
-        return start, [when for when in events if when >= start]
+        # Every event stored with the period is in it (the list starts afresh when a
+        # period opens): a process whose clock runs behind the one that opened it is
+        # counted too, not dropped.
+        return start, events
 
     def _back(self, start: float | None, events: list[float]) -> float:
         """When the next event may be admitted, the budget being spent."""
@@ -97,7 +103,10 @@ class SharedBudget:
                 return [], max(self._back(start, events) - now, 0.01)
             if self.kind == "fixed" and start is None:
                 start = now  # this admission opens a period
-            events = sorted([*events, *[now] * room])  # another clock may run behind
+            # A clock behind the one that opened the period stamps its admissions with the
+            # period's start, so they can never fall before it.
+            when = max(now, start) if self.kind == "fixed" else now
+            events = sorted([*events, *[when] * room])  # another clock may run behind
             body = {"events": events} if start is None else {"start": start, "events": events}
             data = json.dumps(body, separators=(",", ":")).encode()
             if found is None:
@@ -106,9 +115,9 @@ class SharedBudget:
                 done = self.store.replace(doc, data, found[1])
             if done:
                 if room == count:
-                    return [now] * room, 0.0
+                    return [when] * room, 0.0
                 metrics.budget_wait(self.name)
-                return [now] * room, max(self._back(start, events) - now, 0.01)
+                return [when] * room, max(self._back(start, events) - now, 0.01)
             metrics.budget_conflict(self.name)
             time.sleep(random.uniform(0.002, 0.02))
         metrics.budget_wait(self.name)

@@ -93,11 +93,12 @@ class Folders:
         return email == root["owner"] or email in (root.get("members") or [])
 
     @staticmethod
-    def _key(fid: str, name: str) -> str:
+    def name_key(fid: str, name: str) -> str:
+        """The store key of ``name`` in the folder ``fid``."""
         return f"import-names/{fid}/{hashlib.sha256(name.encode()).hexdigest()[:32]}"
 
     def lookup(self, fid: str, name: str) -> dict | None:
-        raw = self.store.read(self._key(fid, name))
+        raw = self.store.read(self.name_key(fid, name))
         return json.loads(raw) if raw is not None else None
 
     def descend(self, folder: dict, parts: list[str]) -> dict:
@@ -108,7 +109,7 @@ class Folders:
                    "project": folder["project"], "parent": folder["id"], "path": path}
             self.store.create(f"import-folders/{sub['id']}", dumps(sub))
             entry = {"name": part, "type": "folder", "id": sub["id"]}
-            if not self.store.create(self._key(folder["id"], part), dumps(entry)):
+            if not self.store.create(self.name_key(folder["id"], part), dumps(entry)):
                 taken = self.lookup(folder["id"], part) or {}
                 if taken.get("type") != "folder":
                     raise FolderError(409, 5022, f"{path!r} is a file, not a folder")
@@ -124,13 +125,13 @@ class Folders:
             taken = self.lookup(fid, name)
             if taken and taken["type"] == "folder":
                 raise FolderError(409, 5003, f"{name!r} is a folder")
-            self.store.write(self._key(fid, name), dumps(entry), defer)
+            self.store.write(self.name_key(fid, name), dumps(entry), defer)
             return name
         for n in range(0, 10_000 if resolution == "RENAME" else 1):
             candidate = name if n == 0 else f"_{n}_{name}"
             if len(candidate.encode()) > MAX_NAME:
                 break
-            if self.store.create(self._key(fid, candidate), dumps(dict(entry, name=candidate)),
+            if self.store.create(self.name_key(fid, candidate), dumps(dict(entry, name=candidate)),
                                  defer):
                 return candidate
             taken = self.lookup(fid, candidate) or {}

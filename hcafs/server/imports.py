@@ -25,8 +25,9 @@ spool past the free disk.  Fetching and the egress policy are :mod:`.drs` and
 :mod:`.egress`.
 
 The file budget (``limit`` files per ``window`` seconds per identity, in fixed periods by
-default, or a sliding window) and the request budget are :class:`.budgets.SharedBudget` objects, kept in the store, so every
-server process and worker on it counts them together, and a restart keeps them.
+default, or a sliding window) and the request budget are :class:`.budgets.SharedBudget`
+objects, kept in the store, so every server process and worker on it counts them together,
+and a restart keeps them.
 
 A job is worked under a lease (:mod:`.leases`, ``leases/import-{id}``): the process that
 holds it is the only one that writes the job; every DSS file it stores is published through
@@ -936,6 +937,17 @@ class Importer:
         unit order, and ``until`` or None.
         ``recover``: the job's previous holder may have stored files it did not write
         into the job (:meth:`_recovered`)."""
+        # The folders of what this batch reports: fsynced once, before the job that lists
+        # it is written (each document's bytes are synced as written), also when the batch
+        # fails half-way (the next attempt may find and report what this one wrote).
+        defer: set[str] = set()
+        try:
+            return self._batch_in(job, first, recover, defer)
+        finally:
+            self.store.settle(defer)
+
+    def _batch_in(self, job: dict, first: int, recover: bool, defer: set[str]
+                  ) -> tuple[list[dict], float | None]:
         entries: dict[int, dict] = {}
         ready: dict[int, dict] = {}
         planned = 0
@@ -951,8 +963,12 @@ class Importer:
                     entries[index] = dict(entry, error=unit["error"])
                     continue
                 work = self._prepare(job, index, unit, recover)
-                if "record" in work:
-                    entries[index] = dict(entry, resource=work["record"])
+                if "record" in work:  # stored by an earlier attempt: durable before reported
+                    record = work["record"]
+                    self.store.note([f"files/{record['id']}", f"imported-files/{record['id']}",
+                                     self.folders.name_key(record["parent"], record["name"])],
+                                    defer)
+                    entries[index] = dict(entry, resource=record)
                     continue
                 size = work["found"]["size"]
                 if fetched + planned + size > self.limits.job_bytes:
@@ -991,10 +1007,6 @@ class Importer:
                 sums = self._ahead.get((job["id"], i))
             if sums is not None and i not in entries:
                 landing.append((i, when, *self._file_document(ready[i], sums)))
-        # The batch's files, records and names get their folders' fsyncs once, at the end,
-        # before the job that lists them is written (each one's bytes are synced as
-        # written).
-        defer: set[str] = set()
         self._publish_files(job, [(key, _dumps(document)) for *_, key, document in landing],
                             defer)
         self._admissions(job, [(i, when) for i, when, *_ in landing], defer)
@@ -1016,7 +1028,6 @@ class Importer:
                                       resource=self._name(job, record, defer))
                 except (DrsError, ItemError, FolderError) as exc:
                     entries[i] = dict(_entry(job["plan"][i]), error=_item_error(exc))
-        self.store.settle(defer)
         for i in admitted:
             self._drop_ahead(job["id"], i)
         return [entries[i] for i in range(first, cut)], until

@@ -275,10 +275,17 @@ class Leases:
             with self._lock:
                 leases = list(self._held.values())
             for lease in leases:
+                # A lease whose holder is fencing (its publish may wait for the fetch
+                # threads) was just renewed by that fence: pass it this round rather than
+                # hold up every other lease's renewal behind it.
+                if not lease.lock.acquire(blocking=False):
+                    continue
                 try:
-                    self.renew(lease)
+                    self._swap(lease, self._record(lease.token))
                 except HcafsError as exc:  # the store is unreachable: try again next round
                     log.warning("cannot renew the lease on %s: %s", lease.name, exc)
+                finally:
+                    lease.lock.release()
 
 
 def _dumps(record: dict) -> bytes:

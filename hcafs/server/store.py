@@ -78,6 +78,10 @@ class Store(ABC):
         """Write ``key`` only if absent, atomically; False if it was already there.
         ``defer`` as for :meth:`write`."""
 
+    def note(self, keys: list[str], defer: set[str]) -> None:  # noqa: B027 - see settle
+        """Have :meth:`settle` ``(defer)`` make these names durable too (names another
+        attempt wrote, which this one found and is about to report)."""
+
     def settle(self, defer: set[str]) -> None:  # noqa: B027 - a no-op unless overridden
         """Make the names written with ``defer`` durable (a no-op where every write is
         durable when it returns)."""
@@ -257,10 +261,18 @@ class LocalStore(Store):
     def create(self, key: str, data: bytes, defer: set[str] | None = None) -> bool:
         return self._publish(self._staged([data]), key, replace=False, defer=defer)
 
+    def note(self, keys: list[str], defer: set[str]) -> None:
+        if self.durable:
+            defer.update(os.path.dirname(self._path(key)) for key in keys)
+
     def settle(self, defer: set[str]) -> None:
-        """One fsync per folder for all the names written into it with ``defer``."""
+        """One fsync per folder for all the names written into it with ``defer`` (a folder
+        that is gone has no name left to keep)."""
         for folder in sorted(defer):
-            self._sync_dir(os.path.join(folder, "."))
+            try:
+                self._sync_dir(os.path.join(folder, "."))
+            except FileNotFoundError:
+                pass
         defer.clear()
 
     def mark(self, key: str) -> bool:

@@ -279,13 +279,17 @@ class DrsQueue:
         """(items that may be sent now, and when the budget grows again if that is 0).
 
         Our own submissions bound it: what the current period still lets in, and one
-        period's worth more to wait at the server (:func:`let_in_times`).  The server's
+        period's worth more to wait at the server (:func:`let_in_times`), and never more
+        than two periods' worth in flight (sent, not yet applied): the replay covers the
+        last :data:`HISTORY` windows only, so over a longer backlog it may take items
+        that waited for being let in when sent, and the count in flight keeps it from
+        piling more on the server.  The server's
         latest rate-limit headers bound it too when they show a lower limit, or more use
         than our submissions of the last two windows explain (the server counts files: a
         DRS bundle's members, or another client of the same account, use it too)."""
         seen = self.api.limit
         fresh = seen is not None and seen.reset > now
-        limit = min(self.limit, seen.limit if fresh else self.limit)
+        limit = self._limit(now)
         lets, start, count = let_in_times(
             self.journal.sent_times_since(now - HISTORY * self.window), limit, self.window)
         waiting = [when for when in lets if when > now]
@@ -296,6 +300,9 @@ class DrsQueue:
             spent = count if start is not None and now < start + self.window else 0
             own, first = 2 * limit - spent, now
             self._opens = spent == 0
+        flying = 2 * limit - self.journal.imports_in_flight()
+        if flying < own:  # results applied (polls) make room: look again in a second
+            own, first = flying, max(first, now + 1.0)
         server = None
         if fresh:
             explained = self.journal.imports_sent_since(seen.seen - 2 * self.window, seen.seen)
@@ -369,11 +376,17 @@ class DrsQueue:
         log.info("submitted %d DRS imports as job %s", len(rows), job_id)
         return True
 
+    def _limit(self, now: float) -> int:
+        """Ours, or the server's if its fresh headers name a lower one."""
+        seen = self.api.limit
+        return min(self.limit, seen.limit) if seen is not None and seen.reset > now \
+            else self.limit
+
     def _let_in(self, now: float) -> float:
         """When the server's window is expected to let in the last item sent (by our own
         sends: the server lets an item in no sooner than we sent it)."""
         lets = let_in_times(self.journal.sent_times_since(now - HISTORY * self.window),
-                            self.limit, self.window)[0]
+                            self._limit(now), self.window)[0]
         return max(lets[-1], now) if lets else now
 
     def _hold_off(self, exc: Exception, retry_after: str | None) -> None:

@@ -36,6 +36,12 @@ def _queue_items(journal: Journal, count: int, start: int = 0) -> None:
         journal.drs_queued(file_id, 20, "b", f"f{n}", f"drs://h/{n}", "{}", "[]", "SKIP")
 
 
+def _apply(journal: Journal, jobs: list[str]) -> None:
+    """The jobs' results were applied (here: as failures, which ends them as well)."""
+    for job in jobs:
+        journal.imports_failed([row[0] for row in journal.job_items(job)], "applied")
+
+
 def _submit(journal: Journal, items: int, job: str) -> None:
     key = journal.claim_batch(time.time(), items)
     journal.batch_submitted(key, job)
@@ -61,8 +67,29 @@ def test_a_period_goes_at_once_one_more_waits_and_the_next_goes_when_it_ends(jou
     room, reopens = queue.budget(time.time())
     # 500 wait for the period that opens at first + 10: nothing more until then
     assert room == 0 and reopens == pytest.approx(first + 10)
-    assert queue.budget(first + 10.001) == (500, None)  # they are let in; 500 more may wait
     assert queue._let_in(time.time()) == pytest.approx(first + 10)
+    # They are let in then; while the first period's 500 are still in flight (results not
+    # applied), two periods' worth is at the server and nothing more goes ...
+    room, reopens = queue.budget(first + 10.001)
+    assert room == 0 and reopens >= first + 10.001
+    # ... and once they are applied, 500 more may wait for the period after
+    _apply(journal, [f"job{n}" for n in range(5)])
+    assert queue.budget(first + 10.001) == (500, None)
+
+
+def test_never_more_than_two_periods_in_flight_over_a_long_backlog(journal):
+    """The replay covers three windows; sends older than that (a backlog that ran longer)
+    are out of it, but their items still in flight count."""
+    queue = _queue(journal, limit=100, window=10)
+    _queue_items(journal, 300)
+    key = journal.claim_batch(time.time() - 100, 100)  # sent 100 s ago, never applied
+    journal.batch_submitted(key, "old")
+    journal.db.execute("update drs_imports set submitted_at = ? where job_id = ?",
+                       [time.time() - 100, "old"])
+    assert queue.budget(time.time())[0] == 100  # 2 × 100, less the 100 in flight
+    _submit(journal, 100, "new")
+    room, reopens = queue.budget(time.time())
+    assert room == 0 and reopens >= time.time()
 
 
 def test_headers_that_our_submissions_explain_do_not_stall_the_next_call(journal):

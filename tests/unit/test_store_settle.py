@@ -58,3 +58,16 @@ def test_a_store_that_is_not_durable_notes_nothing(tmp_path, synced):
     store.write("records/a", b"a", defer)
     store.settle(defer)
     assert synced == [] and defer == set() and store.read("records/a") == b"a"
+
+
+def test_names_found_from_an_earlier_attempt_are_settled_with_the_batch(tmp_path, synced):
+    store = LocalStore(str(tmp_path / "store"))
+    store.write("records/a", b"a", set())  # written by an attempt that failed before settle
+    store.create("names/folder/n", b"n", set())
+    defer: set[str] = set()
+    store.note(["records/a", "names/folder/n"], defer)
+    assert defer == {str(tmp_path / "store" / "records"),
+                     str(tmp_path / "store" / "names" / "folder")}
+    synced.clear()
+    store.settle(defer)
+    assert synced == ["dir", "dir"]
