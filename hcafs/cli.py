@@ -21,6 +21,7 @@ from .config import (
     DEFAULT_MAX_JSON_BODY,
     DEFAULT_PORT,
     DEFAULT_THREADS,
+    WINDOW_KINDS,
     MountConfig,
     ServeConfig,
     config_file_values,
@@ -265,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default 1000)")
     serve.add_argument("--import-request-window", metavar="SECONDS", type=float,
                        help="the window of --import-request-limit (default 300)")
-    serve.add_argument("--import-window-kind", choices=("fixed", "sliding"),
+    serve.add_argument("--import-window-kind", choices=WINDOW_KINDS,
                        help="fixed: each budget is whole again when a period of the window "
                        "that opened with its first use ends (the Seven Bridges contract); "
                        "sliding: no window-long interval ever holds more than the limit "

@@ -26,6 +26,7 @@ DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_LEASE_TTL = 30.0  # seconds; docs/server.md#running-several-servers
 DEFAULT_LEASE_SCAN = 10.0
 DEFAULT_MAX_JSON_BODY = MiB
+WINDOW_KINDS = ("fixed", "sliding")  # of the import budgets (hcafs.server.budgets)
 
 
 def xdg_dir(kind: str) -> str:
@@ -155,7 +156,7 @@ class ServeConfig:
                      "import_request_window"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
-        if self.import_window_kind not in ("fixed", "sliding"):
+        if self.import_window_kind not in WINDOW_KINDS:
             raise ConfigError("--import-window-kind must be fixed or sliding, not "
                               f"{self.import_window_kind!r}")
         if not 1 <= self.workers <= 256:

@@ -37,13 +37,13 @@ import random
 import time
 from collections.abc import Callable
 
+from ..config import WINDOW_KINDS
 from . import metrics
 from .store import Store
 
 RETRIES = 8
 CONTENDED_WAIT = 0.05  # seconds a caller that kept losing the swap is told to wait
 PREFIX = "budgets/"
-KINDS = ("fixed", "sliding")
 
 
 class SharedBudget:
@@ -51,7 +51,7 @@ class SharedBudget:
 
     def __init__(self, store: Store, name: str, limit: int, window: float,
                  clock: Callable[[], float] = time.time, kind: str = "fixed"):
-        if kind not in KINDS:
+        if kind not in WINDOW_KINDS:
             raise ValueError(f"unknown budget window kind {kind!r}")
         self.store, self.name, self.kind = store, name, kind
         self.limit, self.window, self._clock = limit, window, clock

@@ -1010,24 +1010,19 @@ class Importer:
         self._publish_files(job, [(key, _dumps(document)) for *_, key, document in landing],
                             defer)
         self._admissions(job, [(i, when) for i, when, *_ in landing], defer)
-        landed = self._in_parallel(job, [(i, self._land, job, i, ready[i], key, document,
-                                          defer)
+        landed = self._in_parallel(job, [(i, self._land, job, ready[i], key, document, defer)
                                          for i, _, key, document in landing], entries)
+        names = [(i, self._name, job, record, defer) for i, record in landed]
         places = [(record["parent"], record["name"]) for _, record in landed]
         if job["conflict_resolution"] != "RENAME" and len(set(places)) == len(places):
             # No two units want one name, and none is renamed: the order of binding
             # cannot change what each gets, so the names are bound side by side.
-            for i, record in self._in_parallel(
-                    job, [(i, self._name, job, record, defer) for i, record in landed],
-                    entries):
-                entries[i] = dict(_entry(job["plan"][i]), resource=record)
+            rounds = [names]
         else:
-            for i, record in landed:  # names are bound in unit order (RENAME, SKIP)
-                try:
-                    entries[i] = dict(_entry(job["plan"][i]),
-                                      resource=self._name(job, record, defer))
-                except (DrsError, ItemError, FolderError) as exc:
-                    entries[i] = dict(_entry(job["plan"][i]), error=_item_error(exc))
+            rounds = [[call] for call in names]  # in unit order (RENAME, SKIP)
+        for calls in rounds:
+            for i, record in self._in_parallel(job, calls, entries):
+                entries[i] = dict(_entry(job["plan"][i]), resource=record)
         for i in admitted:
             self._drop_ahead(job["id"], i)
         return [entries[i] for i in range(first, cut)], until
@@ -1221,11 +1216,11 @@ class Importer:
             raise failure
         return [result for result, _ in outcomes]
 
-    def _land(self, job: dict, index: int, work: dict, key: str, document: dict,
+    def _land(self, job: dict, work: dict, key: str, document: dict,
               defer: set[str]) -> dict:
-        """After admission (at ``when``) and the DSS file's creation (``key``,
-        ``document``): the file's record (named next, by :meth:`_name`), durable once
-        ``defer`` is settled."""
+        """After admission and the DSS file's creation (``key``, ``document``): the
+        file's record (named next, by :meth:`_name`), durable once ``defer`` is
+        settled."""
         record = self._record(job, work["unit"], work["folder"], work["leaf"],
                               key.split("/", 1)[1], document, work["check"].label)
         self.store.write(f"imported-files/{record['id']}", _dumps(record), defer)

@@ -283,15 +283,14 @@ class DrsQueue:
         than two periods' worth in flight (sent, not yet applied): the replay covers the
         last :data:`HISTORY` windows only, so over a longer backlog it may take items
         that waited for being let in when sent, and the count in flight keeps it from
-        piling more on the server.  The server's
-        latest rate-limit headers bound it too when they show a lower limit, or more use
-        than our submissions of the last two windows explain (the server counts files: a
-        DRS bundle's members, or another client of the same account, use it too)."""
+        piling more on the server.  The server's latest rate-limit headers bound it too
+        when they show a lower limit, or more use than our submissions of the last two
+        windows explain (the server counts files: a DRS bundle's members, or another
+        client of the same account, use it too)."""
         seen = self.api.limit
         fresh = seen is not None and seen.reset > now
         limit = self._limit(now)
-        lets, start, count = let_in_times(
-            self.journal.sent_times_since(now - HISTORY * self.window), limit, self.window)
+        lets, start, count = self._replay(now, limit)
         waiting = [when for when in lets if when > now]
         self._opens = False
         if waiting:  # the current period is full: the next one's items may wait
@@ -382,11 +381,15 @@ class DrsQueue:
         return min(self.limit, seen.limit) if seen is not None and seen.reset > now \
             else self.limit
 
+    def _replay(self, now: float, limit: int) -> tuple[list[float], float | None, int]:
+        """:func:`let_in_times` of the last :data:`HISTORY` windows of our sends."""
+        return let_in_times(self.journal.sent_times_since(now - HISTORY * self.window),
+                            limit, self.window)
+
     def _let_in(self, now: float) -> float:
         """When the server's window is expected to let in the last item sent (by our own
         sends: the server lets an item in no sooner than we sent it)."""
-        lets = let_in_times(self.journal.sent_times_since(now - HISTORY * self.window),
-                            self._limit(now), self.window)[0]
+        lets = self._replay(now, self._limit(now))[0]
         return max(lets[-1], now) if lets else now
 
     def _hold_off(self, exc: Exception, retry_after: str | None) -> None:
@@ -495,8 +498,9 @@ class DrsQueue:
                 log.warning("applying the result of import job %s for %s/%s failed "
                             "(will retry): %s", job_id, bundle, name, exc)
                 applied = False
-            changed.setdefault(bundle, []).extend(
-                [drs_paths[row[3]]] if row[3] in drs_paths else [])
+            paths = changed.setdefault(bundle, [])
+            if row[3] in drs_paths:
+                paths.append(drs_paths[row[3]])
         for bundle, paths in changed.items():
             self.on_change(bundle, paths)
         return applied
