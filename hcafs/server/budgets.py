@@ -27,15 +27,22 @@ only when the slot (or period) it waits for is free, plus its scheduling delay. 
 compares the processes' wall clocks; their skew adds to the shortfall, never to an excess,
 as long as it stays below the window.
 
-Threading: safe from any thread; all state is in the store.
+Threading: safe from any thread; all state is in the store.  Within one process, callers
+that ask for one key at the same moment are served by one write (a group commit): the
+first becomes the leader and admits its own events and those of every caller that arrived
+while the previous write was in flight, in the order they asked, through one
+compare-and-swap.  Followers wait on the leader, so concurrent jobs of one process never
+race each other's swaps.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from ..config import WINDOW_KINDS
 from . import metrics
@@ -44,6 +51,23 @@ from .store import Store
 RETRIES = 8
 CONTENDED_WAIT = 0.05  # seconds a caller that kept losing the swap is told to wait
 PREFIX = "budgets/"
+
+
+@dataclass
+class _Ask:
+    """One caller's request for ``count`` events, and its answer once given."""
+
+    count: int
+    answer: tuple[list[float], float] | BaseException | None = None
+
+
+@dataclass
+class _Queue:
+    """The callers waiting for one key's next write in this process."""
+
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    asks: list[_Ask] = field(default_factory=list)
+    writing: bool = False
 
 
 class SharedBudget:
@@ -55,6 +79,8 @@ class SharedBudget:
             raise ValueError(f"unknown budget window kind {kind!r}")
         self.store, self.name, self.kind = store, name, kind
         self.limit, self.window, self._clock = limit, window, clock
+        self._queues: dict[str, _Queue] = {}
+        self._queues_lock = threading.Lock()
 
     def _key(self, key: str) -> str:
         return f"{PREFIX}{self.name}-{key}"
@@ -89,18 +115,47 @@ class SharedBudget:
     def take_many(self, key: str, count: int) -> tuple[list[float], float]:
         """Admit up to ``count`` events now, in one write: ``(times, wait)``, where
         ``times`` holds one entry per admitted event and ``wait`` is how long until the
-        next one could be (0 when all ``count`` were admitted)."""
+        next one could be (0 when all ``count`` were admitted).  The write may be shared
+        with other callers of this process (see the module's *Threading*)."""
         if count <= 0:
             return [], 0.0
+        with self._queues_lock:
+            queue = self._queues.setdefault(key, _Queue())
+        ask = _Ask(count)
+        with queue.cond:
+            queue.asks.append(ask)
+            while queue.writing and ask.answer is None:
+                queue.cond.wait()
+            if ask.answer is None:  # this caller leads the next write
+                asks, queue.asks, queue.writing = queue.asks, [], True
+        if ask.answer is None:
+            try:
+                answers: list = self._admit(key, [a.count for a in asks])
+            except BaseException as exc:  # each caller of the write sees its failure
+                answers = [exc] * len(asks)
+            with queue.cond:
+                for waiting, answer in zip(asks, answers, strict=True):
+                    waiting.answer = answer
+                queue.writing = False
+                queue.cond.notify_all()
+        if isinstance(ask.answer, BaseException):
+            raise ask.answer
+        assert ask.answer is not None
+        return ask.answer
+
+    def _admit(self, key: str, counts: list[int]) -> list[tuple[list[float], float]]:
+        """Admit the events of several callers, in their order, in one write: each
+        caller's ``(times, wait)`` as :meth:`take_many` returns it."""
         doc = self._key(key)
         for _ in range(RETRIES):
             found = self.store.read_versioned(doc)
             now = self._clock()
             start, events = self._live(found[0] if found else None, now)
-            room = min(count, self.limit - len(events))
+            room = min(sum(counts), self.limit - len(events))
             if room <= 0:
-                metrics.budget_wait(self.name)
-                return [], max(self._back(start, events) - now, 0.01)
+                for _ in counts:
+                    metrics.budget_wait(self.name)
+                return [([], max(self._back(start, events) - now, 0.01))] * len(counts)
             if self.kind == "fixed" and start is None:
                 start = now  # this admission opens a period
             # A clock behind the one that opened the period stamps its admissions with the
@@ -114,14 +169,20 @@ class SharedBudget:
             else:
                 done = self.store.replace(doc, data, found[1])
             if done:
-                if room == count:
-                    return [when] * room, 0.0
-                metrics.budget_wait(self.name)
-                return [when] * room, max(self._back(start, events) - now, 0.01)
+                answers, left = [], room
+                wait = max(self._back(start, events) - now, 0.01)
+                for count in counts:
+                    got = min(count, left)
+                    left -= got
+                    if got < count:
+                        metrics.budget_wait(self.name)
+                    answers.append(([when] * got, 0.0 if got == count else wait))
+                return answers
             metrics.budget_conflict(self.name)
             time.sleep(random.uniform(0.002, 0.02))
-        metrics.budget_wait(self.name)
-        return [], CONTENDED_WAIT
+        for _ in counts:
+            metrics.budget_wait(self.name)
+        return [([], CONTENDED_WAIT)] * len(counts)
 
     def state(self, key: str) -> tuple[int, float, float]:
         """``(remaining, next_free, all_free)``: epoch seconds when the next event is

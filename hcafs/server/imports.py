@@ -690,12 +690,25 @@ class Importer:
             self.leases.check(lease)
 
     def _load(self, job_id: str) -> dict | None:
-        raw = self.store.read(f"imports/{job_id}")
-        return json.loads(raw) if raw is not None else None
+        found = self._load_versioned(job_id)
+        return found[0] if found is not None else None
 
-    def _save(self, job: dict) -> None:
+    def _load_versioned(self, job_id: str) -> tuple[dict, str] | None:
+        """The job document and the tag of its version (for :meth:`_save`), or None."""
+        found = self.store.read_versioned(f"imports/{job_id}")
+        return (json.loads(found[0]), found[1]) if found is not None else None
+
+    def _save(self, job: dict, tag: str) -> str:
+        """Write the job over the version ``tag`` names; the new version's tag.  The
+        fence stops a holder that lost its lease; the compare-and-swap also one that
+        passed the fence and then stalled while another process took the job over and
+        wrote it (:class:`LeaseLost`: nothing written)."""
         self._fence(job["id"])
-        self.store.write(f"imports/{job['id']}", _dumps(job))
+        written = self.store.replace(f"imports/{job['id']}", _dumps(job), tag)
+        if written is None:
+            raise LeaseLost(f"the job document of {job['id']} was changed by another "
+                            "process; this one stops working on it")
+        return written
 
     @staticmethod
     def _enter(job: dict, state: str) -> None:
@@ -714,29 +727,30 @@ class Importer:
         RUNNING goes a batch at a time (:meth:`_batch`), and the job is written once per
         batch."""
         self._fence(job_id)  # a holder that stalled past its lease stops here
-        job = self._load(job_id)
-        if job is None or job["state"] == FINISHED:
+        found = self._load_versioned(job_id)
+        if found is None or found[0]["state"] == FINISHED:
             self.store.delete(f"import-running/{job_id}")
             return None
+        job, tag = found
         if job["state"] == SUBMITTED:
             self._enter(job, RESOLVING)
-            self._save(job)
+            tag = self._save(job, tag)
         if job["state"] == RESOLVING:
             job["plan"] = self._plan(job)
             self._enter(job, RUNNING)
-            self._save(job)
+            tag = self._save(job, tag)
             self._current.add(job_id)
         while len(job["results"]) < len(job["plan"]):
             recover = job_id not in self._current
             entries, until = self._batch(job, len(job["results"]), recover)
             job["results"] += entries
             if entries:
-                self._save(job)
+                tag = self._save(job, tag)
             self._current.add(job_id)  # every file this process stored is in the job now
             if until is not None:
                 return until - NEAR
         self._enter(job, FINISHED)
-        self._save(job)
+        self._save(job, tag)
         self.store.delete(f"import-running/{job_id}")
         log.info("DRS import %s finished: %d results", job_id, len(job["results"]))
         return None

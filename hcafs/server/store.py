@@ -96,9 +96,10 @@ class Store(ABC):
         """The document at ``key`` and a tag naming this version of it, or None."""
 
     @abstractmethod
-    def replace(self, key: str, data: bytes, tag: str) -> bool:
-        """Replace ``key`` only if it still holds the version ``tag`` names; False if not
-        (another writer changed or deleted it since it was read)."""
+    def replace(self, key: str, data: bytes, tag: str) -> str | None:
+        """Replace ``key`` only if it still holds the version ``tag`` names: the tag of
+        the version written, or None if not (another writer changed or deleted it since
+        it was read)."""
 
     @abstractmethod
     def delete(self, key: str) -> None: ...
@@ -290,8 +291,8 @@ class LocalStore(Store):
         data = self.read(key)
         return None if data is None else (data, _tag(data))
 
-    def replace(self, key: str, data: bytes, tag: str) -> bool:
-        return self._swapped(key, data, tag)
+    def replace(self, key: str, data: bytes, tag: str) -> str | None:
+        return _tag(data) if self._swapped(key, data, tag) else None
 
     def delete(self, key: str) -> None:
         path = self._path(key)
@@ -492,9 +493,8 @@ class S3Store(Store):
         return self.s3.put_conditional(self.bucket, self.prefix + key, data,
                                        absent=True) is not None
 
-    def replace(self, key: str, data: bytes, tag: str) -> bool:
-        return self.s3.put_conditional(self.bucket, self.prefix + key, data,
-                                       etag=tag) is not None
+    def replace(self, key: str, data: bytes, tag: str) -> str | None:
+        return self.s3.put_conditional(self.bucket, self.prefix + key, data, etag=tag)
 
     def delete(self, key: str) -> None:
         self.s3.call("delete_object", Bucket=self.bucket, Key=self.prefix + key)

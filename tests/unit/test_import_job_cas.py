@@ -1,0 +1,101 @@
+"""Model tier: an import job's document is written only over the version its holder read
+(hcafs/server/imports.py ``Importer._save``).
+
+The lease's fence stops a holder that lost its lease before it writes; the compare-and-swap
+stops one that passed the fence and then stalled while another process took the job over
+and wrote it.  The stall is a store whose next job write waits for the test (a fault: a
+paused process or a slow disk)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from hcafs.server.imports import Importer, ImportLimits
+from hcafs.server.leases import LeaseLost, Leases
+from hcafs.server.store import LocalStore
+
+JOB = "hcafs-import-cas"
+
+
+class _StallingStore(LocalStore):
+    """A store whose next write of a job document waits until ``go`` is set."""
+
+    def __init__(self, root: str):
+        super().__init__(root)
+        self.stall = False
+        self.waiting, self.go = threading.Event(), threading.Event()
+
+    def replace(self, key: str, data: bytes, tag: str) -> str | None:
+        if key.startswith("imports/") and self.stall:
+            self.stall = False
+            self.waiting.set()
+            self.go.wait(30)
+        return super().replace(key, data, tag)
+
+
+def _importer(store, holder: str, ttl: float, tmp_path) -> Importer:
+    return Importer(store, None, ImportLimits(), str(tmp_path / f"spool-{holder}"),
+                    workers=1, leases=Leases(store, ttl=ttl, holder=holder))
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = _StallingStore(str(tmp_path / "store"))
+    store.create(f"imports/{JOB}", json.dumps({"id": JOB, "state": "SUBMITTED",
+                                                "results": []}).encode())
+    return store
+
+
+def test_a_holder_that_stalled_past_the_fence_cannot_write_over_the_new_holder(
+        store, tmp_path):
+    first = _importer(store, "elsewhere:1:a", 0.6, tmp_path)
+    second = _importer(store, "elsewhere:2:b", 30, tmp_path)
+    try:
+        assert first._hold(JOB)
+        job, tag = first._load_versioned(JOB)
+        job["state"] = "RESOLVING"
+        store.stall = True
+        outcome: list[object] = []
+
+        def save() -> None:
+            try:
+                outcome.append(first._save(job, tag))
+            except LeaseLost as exc:
+                outcome.append(exc)
+
+        stalled = threading.Thread(target=save)
+        stalled.start()
+        assert store.waiting.wait(10)  # past the fence, before the write
+        time.sleep(0.8)  # the first holder's lease runs out meanwhile
+        assert second._hold(JOB)
+        taken, taken_tag = second._load_versioned(JOB)
+        taken["state"] = "RUNNING"
+        second._save(taken, taken_tag)
+        store.go.set()
+        stalled.join(10)
+        assert len(outcome) == 1 and isinstance(outcome[0], LeaseLost), outcome
+        assert "changed by another process" in str(outcome[0])
+        assert json.loads(store.read(f"imports/{JOB}"))["state"] == "RUNNING"
+    finally:
+        first.close()
+        second.close()
+
+
+def test_each_write_is_over_the_version_the_holder_wrote_last(store, tmp_path):
+    importer = Importer(store, None, ImportLimits(), str(tmp_path / "spool"), workers=1)
+    try:
+        job, tag = importer._load_versioned(JOB)
+        for state in ("RESOLVING", "RUNNING", "FINISHED"):
+            job["state"] = state
+            tag = importer._save(job, tag)
+            assert importer._load_versioned(JOB)[1] == tag
+        store.write(f"imports/{JOB}", json.dumps(dict(job, state="RUNNING")).encode())
+        with pytest.raises(LeaseLost):  # another writer: the tag no longer names it
+            importer._save(job, tag)
+        assert json.loads(store.read(f"imports/{JOB}"))["state"] == "RUNNING"
+    finally:
+        importer.close()
