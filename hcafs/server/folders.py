@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 
 from ..errors import HcafsError
 from .dss import dumps
@@ -139,6 +140,43 @@ class Folders:
                 return candidate
         raise FolderError(409, 5003, f"Requested file already exists: {name!r}",
                           files_href(self.lookup(fid, name)))
+
+    def bind_many(self, names: list[tuple[str, str, str]], resolution: str,
+                  defer: set[str] | None = None,
+                  run: Callable[[list[tuple]], list] | None = None) -> list[str | FolderError]:
+        """:meth:`bind` of each ``(folder id, name, file id)``, the names all distinct and
+        the resolution one that renames nothing (OVERWRITE, SKIP), with the writes as one
+        group (:meth:`.store.Store.write_many`; ``run`` as there).  For each, the name
+        bound, or the :class:`FolderError` that refused it."""
+        if resolution == "RENAME":
+            raise ValueError("RENAME binds one name at a time, in order")
+        outcomes: list[str | FolderError] = [name for _, name, _ in names]
+        group = []  # (index, key, entry)
+        for n, (fid, name, file_id) in enumerate(names):
+            if len(name.encode()) > MAX_NAME:  # refused as bind refuses it
+                try:
+                    outcomes[n] = self.bind(fid, name, file_id, resolution, defer)
+                except FolderError as exc:
+                    outcomes[n] = exc
+                continue
+            if resolution == "OVERWRITE":
+                taken = self.lookup(fid, name)
+                if taken and taken["type"] == "folder":
+                    outcomes[n] = FolderError(409, 5003, f"{name!r} is a folder")
+                    continue
+            group.append((n, self.name_key(fid, name),
+                          dumps({"name": name, "type": "file", "id": file_id})))
+        items = [(key, entry) for _, key, entry in group]
+        if resolution == "OVERWRITE":
+            self.store.write_many(items, defer, run=run)
+            return outcomes
+        for (n, _, _), created in zip(group, self.store.create_many(items, defer, run=run),
+                                      strict=True):
+            fid, name, file_id = names[n]
+            if not created and (self.lookup(fid, name) or {}).get("id") != file_id:
+                outcomes[n] = FolderError(409, 5003, f"Requested file already exists: "
+                                          f"{name!r}", files_href(self.lookup(fid, name)))
+        return outcomes
 
     def entries(self, fid: str) -> list[dict]:
         found = []

@@ -1024,19 +1024,24 @@ class Importer:
         self._publish_files(job, [(key, _dumps(document)) for *_, key, document in landing],
                             defer)
         self._admissions(job, [(i, when) for i, when, *_ in landing], defer)
-        landed = self._in_parallel(job, [(i, self._land, job, ready[i], key, document, defer)
-                                         for i, _, key, document in landing], entries)
-        names = [(i, self._name, job, record, defer) for i, record in landed]
+        landed = self._land(job, [(i, ready[i], key, document)
+                                  for i, _, key, document in landing], defer)
         places = [(record["parent"], record["name"]) for _, record in landed]
         if job["conflict_resolution"] != "RENAME" and len(set(places)) == len(places):
             # No two units want one name, and none is renamed: the order of binding
-            # cannot change what each gets, so the names are bound side by side.
-            rounds = [names]
+            # cannot change what each gets, so the names are bound as one group.
+            bound = self.folders.bind_many([(record["parent"], record["name"], record["id"])
+                                            for _, record in landed],
+                                           job["conflict_resolution"], defer, self._run_all)
+            for (i, record), outcome in zip(landed, bound, strict=True):
+                entries[i] = dict(_entry(job["plan"][i]), **(
+                    {"error": _item_error(outcome)} if isinstance(outcome, FolderError)
+                    else {"resource": record}))
         else:
-            rounds = [[call] for call in names]  # in unit order (RENAME, SKIP)
-        for calls in rounds:
-            for i, record in self._in_parallel(job, calls, entries):
-                entries[i] = dict(_entry(job["plan"][i]), resource=record)
+            for unit, record in landed:  # in unit order (RENAME, SKIP)
+                call = (unit, self._name, job, record, defer)
+                for i, named in self._in_parallel(job, [call], entries):
+                    entries[i] = dict(_entry(job["plan"][i]), resource=named)
         for i in admitted:
             self._drop_ahead(job["id"], i)
         return [entries[i] for i in range(first, cut)], until
@@ -1211,15 +1216,14 @@ class Importer:
                        defer: set[str]) -> None:
         """Create the DSS files of a batch's admitted units: under the job's lease, one
         fence for the batch (refused, :class:`LeaseLost`, once another process took the
-        job over), the creates in parallel, durable once ``defer`` is settled."""
+        job over), the creates one group, durable once ``defer`` is settled."""
         if not files:
             return
         lease = self._held.get(job["id"])
         if lease is not None:
             self.leases.publish_many(lease, files, run=self._run_all, defer=defer)
         else:
-            self._run_all([(self.store.create, key, document, defer)
-                           for key, document in files])
+            self.store.create_many(files, defer, run=self._run_all)
 
     def _run_all(self, calls: list[tuple]) -> list:
         """``(function, *args)`` calls on the fetch threads; their results, in order (the
@@ -1230,15 +1234,18 @@ class Importer:
             raise failure
         return [result for result, _ in outcomes]
 
-    def _land(self, job: dict, work: dict, key: str, document: dict,
-              defer: set[str]) -> dict:
-        """After admission and the DSS file's creation (``key``, ``document``): the
-        file's record (named next, by :meth:`_name`), durable once ``defer`` is
-        settled."""
-        record = self._record(job, work["unit"], work["folder"], work["leaf"],
-                              key.split("/", 1)[1], document, work["check"].label)
-        self.store.write(f"imported-files/{record['id']}", _dumps(record), defer)
-        return record
+    def _land(self, job: dict, landing: list[tuple[int, dict, str, dict]],
+              defer: set[str]) -> list[tuple[int, dict]]:
+        """After admission and the DSS files' creation (each ``(unit, work, key,
+        document)``): each file's record (named next, by :meth:`_name` or
+        :meth:`.folders.Folders.bind_many`), written as one group, durable once ``defer``
+        is settled."""
+        landed = [(i, self._record(job, work["unit"], work["folder"], work["leaf"],
+                                   key.split("/", 1)[1], document, work["check"].label))
+                  for i, work, key, document in landing]
+        self.store.write_many([(f"imported-files/{record['id']}", _dumps(record))
+                               for _, record in landed], defer, run=self._run_all)
+        return landed
 
     @staticmethod
     def _record(job: dict, unit: dict, folder: dict, leaf: str, fqid: str, document: dict,

@@ -100,10 +100,6 @@ def _dead(holder: str) -> bool:
     return not pid_alive(int(pid))
 
 
-def _one_by_one(calls: list[tuple]) -> list:
-    return [call(*args) for call, *args in calls]
-
-
 def _expired(record: dict) -> bool:
     return record.get("expires", 0) <= time.time() or _dead(record.get("holder", ""))
 
@@ -210,10 +206,11 @@ class Leases:
                      run: Callable[[list[tuple]], list] | None = None,
                      defer: set[str] | None = None) -> list[bool]:
         """Create each ``(key, data)`` under one fence: the lease record names them all,
-        so a takeover finishes what a holder that died after the fence began.  ``run``
-        makes the ``(function, *args)`` creates (in parallel, say); by default one after
-        the other.  For each key, True if created, False if it already existed;
-        :class:`LeaseLost` (nothing written) if another process took the lease over.
+        so a takeover finishes what a holder that died after the fence began.  The creates
+        are one group (:meth:`.store.Store.create_many`; ``run`` makes them in parallel
+        on a store that writes one document at a time).  For each key, True if created,
+        False if it already existed; :class:`LeaseLost` (nothing written) if another
+        process took the lease over.
         ``defer``: the names are durable once the caller settles it
         (:meth:`.store.Store.write`)."""
         named = [{"key": key, "data": data.decode()} for key, data in items]
@@ -224,8 +221,7 @@ class Leases:
                 raise LeaseLost(f"publish of {keys}{', …' if len(items) > 3 else ''} "
                                 f"refused: the lease on {lease.name} (token {lease.token}) "
                                 f"was taken over")
-            calls = [(self.store.create, key, data, defer) for key, data in items]
-            return (run or _one_by_one)(calls)
+            return self.store.create_many(items, defer, run=run)
 
     def release(self, lease: Lease) -> None:
         """Give the lease up (the work is done, or handed back): expire it, then drop it."""

@@ -19,8 +19,12 @@ the folder first rather than in byte order.
 
 :class:`LocalStore` keeps everything in a directory: each write goes to a temporary file that
 is fsynced and renamed into place, so a crash leaves the old object or the new, never a torn
-one.  :class:`S3Store` keeps *all* state in one bucket (under an optional prefix), so any
-number of ``hcafs serve`` processes can serve the same bucket.
+one.  A group of documents (:meth:`Store.write_many`, :meth:`Store.create_many`) is staged
+whole, its writeback started as each is written, and fsynced before any is renamed into
+place: the group's data reaches the disk in one or two journal commits instead of one per
+document, with the same guarantee.  :class:`S3Store` keeps *all* state in one bucket
+(under an optional prefix), so any number of ``hcafs serve`` processes can serve the same
+bucket.
 
 Immutable keys (file, bundle and tombstone versions, claims, idempotency keys, names) are
 written with :meth:`Store.create`, which is atomic on both backends: of two racing creates
@@ -34,6 +38,7 @@ replaced, after checking that it is still the version that was read.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import hashlib
@@ -77,6 +82,19 @@ class Store(ABC):
     def create(self, key: str, data: bytes, defer: set[str] | None = None) -> bool:
         """Write ``key`` only if absent, atomically; False if it was already there.
         ``defer`` as for :meth:`write`."""
+
+    def write_many(self, items: list[tuple[str, bytes]], defer: set[str] | None = None,
+                   run: Callable[[list[tuple]], list] | None = None) -> None:
+        """:meth:`write` of each ``(key, data)``, as a group: each is atomic, the group is
+        not.  ``run`` makes the ``(function, *args)`` calls where a backend writes one
+        document at a time (in parallel, say); one after the other by default."""
+        (run or _one_by_one)([(self.write, key, data, defer) for key, data in items])
+
+    def create_many(self, items: list[tuple[str, bytes]], defer: set[str] | None = None,
+                    run: Callable[[list[tuple]], list] | None = None) -> list[bool]:
+        """:meth:`create` of each ``(key, data)``, as a group (``run`` as for
+        :meth:`write_many`): for each, False if it was already there."""
+        return (run or _one_by_one)([(self.create, key, data, defer) for key, data in items])
 
     def note(self, keys: list[str], defer: set[str]) -> None:  # noqa: B027 - see settle
         """Have :meth:`settle` ``(defer)`` make these names durable too (names another
@@ -159,6 +177,66 @@ class LocalStore(Store):
         except FileNotFoundError:
             return None
 
+    def _staged_many(self, datas: list[bytes]) -> list[str]:
+        """Write each document to a temporary file, and make them all durable together:
+        each one's writeback is started as it is written, so the first fsync commits
+        nearly all of them in one journal transaction and the others find their data
+        on disk already (one flush for the group, not one per document).  Returns the
+        paths, in order."""
+        staged: list[tuple[int, str]] = []
+        try:
+            for data in datas:
+                fd, tmp = tempfile.mkstemp(dir=self._tmp)
+                staged.append((fd, tmp))
+                _write_all(fd, data)
+                if self.durable:
+                    _start_writeback(fd)
+            if self.durable:
+                for fd, _ in staged:
+                    os.fsync(fd)
+        except BaseException:
+            for _, tmp in staged:
+                os.unlink(tmp)
+            raise
+        finally:
+            for fd, _ in staged:
+                os.close(fd)
+        return [tmp for _, tmp in staged]
+
+    def write_many(self, items: list[tuple[str, bytes]], defer: set[str] | None = None,
+                   run: Callable[[list[tuple]], list] | None = None) -> None:
+        """Staged and synced as one group (:meth:`_staged_many`), then each renamed into
+        place as :meth:`write` does."""
+        for key, _ in items:  # a bad key is refused before anything is staged
+            self._path(key)
+        staged = self._staged_many([data for _, data in items])
+        placed = 0
+        try:
+            for (key, _), tmp in zip(items, staged, strict=True):
+                placed += 1  # the swap owns the staged file from here
+                self._swapped(key, None, None, defer, staged=tmp)
+        finally:
+            for tmp in staged[placed:]:
+                os.unlink(tmp)
+
+    def create_many(self, items: list[tuple[str, bytes]], defer: set[str] | None = None,
+                    run: Callable[[list[tuple]], list] | None = None) -> list[bool]:
+        """Staged and synced as one group, then each linked into place as :meth:`create`
+        does."""
+        for key, _ in items:  # a bad key is refused before anything is staged
+            self._path(key)
+        staged = self._staged_many([data for _, data in items])
+        done: list[bool] = []
+        placed = 0
+        try:
+            for (key, _), tmp in zip(items, staged, strict=True):
+                placed += 1  # the publish owns the staged file from here
+                done.append(self._publish(tmp, key, replace=False, defer=defer))
+        finally:
+            for tmp in staged[placed:]:
+                os.unlink(tmp)
+        return done
+
     def _staged(self, chunks: Iterable[bytes]) -> str:
         """Write chunks to a fsynced temporary file; returns its path."""
         fd, tmp = tempfile.mkstemp(dir=self._tmp)
@@ -176,9 +254,9 @@ class LocalStore(Store):
 
     def _publish(self, tmp: str, key: str, replace: bool = True,
                  defer: set[str] | None = None) -> bool:
-        path = self._path(key)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         try:
+            path = self._path(key)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             if replace:
                 os.replace(tmp, path)
             else:
@@ -235,16 +313,19 @@ class LocalStore(Store):
             finally:
                 os.close(fd)
 
-    def _swapped(self, key: str, data: bytes, tag: str | None,
-                 defer: set[str] | None = None) -> bool:
-        """Rename ``data`` over ``key`` under the file's lock (if ``tag`` is given, only
-        if the file there has that tag).  The lock covers the comparison and the rename
-        alone (staging and fsyncs happen outside it), so a process paused anywhere else
-        never holds up the others' swaps."""
-        path = self._path(key)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = self._staged([data])
+    def _swapped(self, key: str, data: bytes | None, tag: str | None,
+                 defer: set[str] | None = None, staged: str | None = None) -> bool:
+        """Rename ``data`` (or the file already ``staged``, which this call then owns)
+        over ``key`` under the file's lock (if ``tag`` is given, only if the file there
+        has that tag).  The lock covers the comparison and the rename alone (staging and
+        fsyncs happen outside it), so a process paused anywhere else never holds up the
+        others' swaps."""
+        tmp = staged
         try:
+            path = self._path(key)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            if tmp is None:
+                tmp = self._staged([data or b""])
             with self._locked(path) as fd:
                 if tag is not None and (fd is None or _tag(_read_fd(fd)) != tag):
                     return False
@@ -417,6 +498,37 @@ class LocalStore(Store):
             os.close(fd)
         self._publish(moving, key)
         return True
+
+
+def _one_by_one(calls: list[tuple]) -> list:
+    return [call(*args) for call, *args in calls]
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _writeback_starter() -> Callable[[int], None]:
+    """``sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)``: start writing a file's dirty
+    pages out, without waiting (its blocks are allocated now, in the journal transaction
+    that the next fsync commits).  Only a hint: where the call is missing, nothing."""
+    try:
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return lambda fd: None
+    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    call.restype = ctypes.c_int
+
+    def start(fd: int) -> None:
+        call(fd, 0, 0, SYNC_FILE_RANGE_WRITE)  # a failure leaves it to the fsync after
+
+    return start
+
+
+SYNC_FILE_RANGE_WRITE = 2
+_start_writeback = _writeback_starter()
 
 
 def _tag(data: bytes) -> str:
