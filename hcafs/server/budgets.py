@@ -58,7 +58,7 @@ class _Ask:
     """One caller's request for ``count`` events, and its answer once given."""
 
     count: int
-    answer: tuple[list[float], float] | BaseException | None = None
+    answer: tuple[list[float], float] | Exception | None = None
 
 
 @dataclass
@@ -129,16 +129,21 @@ class SharedBudget:
             if ask.answer is None:  # this caller leads the next write
                 asks, queue.asks, queue.writing = queue.asks, [], True
         if ask.answer is None:
+            answers: list | None = None
             try:
-                answers: list = self._admit(key, [a.count for a in asks])
-            except BaseException as exc:  # each caller of the write sees its failure
+                answers = self._admit(key, [a.count for a in asks])
+            except Exception as exc:  # each caller of the write sees its failure
                 answers = [exc] * len(asks)
-            with queue.cond:
-                for waiting, answer in zip(asks, answers, strict=True):
-                    waiting.answer = answer
-                queue.writing = False
-                queue.cond.notify_all()
-        if isinstance(ask.answer, BaseException):
+            finally:
+                with queue.cond:
+                    if answers is None:  # the leader was interrupted: the others ask again
+                        queue.asks[:0] = [waiting for waiting in asks if waiting is not ask]
+                    else:
+                        for waiting, answer in zip(asks, answers, strict=True):
+                            waiting.answer = answer
+                    queue.writing = False
+                    queue.cond.notify_all()
+        if isinstance(ask.answer, Exception):
             raise ask.answer
         assert ask.answer is not None
         return ask.answer

@@ -151,6 +151,9 @@ class Folders:
         if resolution == "RENAME":
             raise ValueError("RENAME binds one name at a time, in order")
         outcomes: list[str | FolderError] = [name for _, name, _ in names]
+        lookups = [(self.lookup, fid, name) for fid, name, _ in names]
+        taken_now = ((run(lookups) if run else [call(*args) for call, *args in lookups])
+                     if resolution == "OVERWRITE" else [None] * len(names))
         group = []  # (index, key, entry)
         for n, (fid, name, file_id) in enumerate(names):
             if len(name.encode()) > MAX_NAME:  # refused as bind refuses it
@@ -160,7 +163,7 @@ class Folders:
                     outcomes[n] = exc
                 continue
             if resolution == "OVERWRITE":
-                taken = self.lookup(fid, name)
+                taken = taken_now[n]
                 if taken and taken["type"] == "folder":
                     outcomes[n] = FolderError(409, 5003, f"{name!r} is a folder")
                     continue

@@ -638,8 +638,9 @@ class Importer:
             try:
                 again = self._advance(job_id)
             except LeaseLost as exc:
+                # the lease goes back below (_let_go): a lease this process still holds
+                # (its job document changed under it) must not be renewed for nothing
                 log.warning("DRS import %s: %s", job_id, exc)
-                self._held.pop(job_id, None)
                 self._current.discard(job_id)
                 again = None
             except _Interrupted:
@@ -704,8 +705,14 @@ class Importer:
         passed the fence and then stalled while another process took the job over and
         wrote it (:class:`LeaseLost`: nothing written)."""
         self._fence(job["id"])
-        written = self.store.replace(f"imports/{job['id']}", _dumps(job), tag)
+        key, data = f"imports/{job['id']}", _dumps(job)
+        written = self.store.replace(key, data, tag)
         if written is None:
+            # A swap refused because an earlier try of this very write landed (S3 answers
+            # a resent conditional PUT 412) left our own bytes there: that is success.
+            found = self.store.read_versioned(key)
+            if found is not None and found[0] == data:
+                return found[1]
             raise LeaseLost(f"the job document of {job['id']} was changed by another "
                             "process; this one stops working on it")
         return written

@@ -21,7 +21,7 @@ the folder first rather than in byte order.
 is fsynced and renamed into place, so a crash leaves the old object or the new, never a torn
 one.  A group of documents (:meth:`Store.write_many`, :meth:`Store.create_many`) is staged
 whole, its writeback started as each is written, and fsynced before any is renamed into
-place: the group's data reaches the disk in one or two journal commits instead of one per
+place: the group's data reaches the disk in about one journal commit instead of one per
 document, with the same guarantee.  :class:`S3Store` keeps *all* state in one bucket
 (under an optional prefix), so any number of ``hcafs serve`` processes can serve the same
 bucket.
@@ -181,27 +181,31 @@ class LocalStore(Store):
         """Write each document to a temporary file, and make them all durable together:
         each one's writeback is started as it is written, so the first fsync commits
         nearly all of them in one journal transaction and the others find their data
-        on disk already (one flush for the group, not one per document).  Returns the
-        paths, in order."""
-        staged: list[tuple[int, str]] = []
+        on disk already.  One file is open at a time (a group does not eat into the
+        process's open files).  Returns the paths, in order."""
+        staged: list[str] = []
         try:
             for data in datas:
                 fd, tmp = tempfile.mkstemp(dir=self._tmp)
-                staged.append((fd, tmp))
-                _write_all(fd, data)
-                if self.durable:
-                    _start_writeback(fd)
+                staged.append(tmp)
+                try:
+                    _write_all(fd, data)
+                    if self.durable:
+                        _start_writeback(fd)
+                finally:
+                    os.close(fd)
             if self.durable:
-                for fd, _ in staged:
-                    os.fsync(fd)
+                for tmp in staged:
+                    fd = os.open(tmp, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
         except BaseException:
-            for _, tmp in staged:
+            for tmp in staged:
                 os.unlink(tmp)
             raise
-        finally:
-            for fd, _ in staged:
-                os.close(fd)
-        return [tmp for _, tmp in staged]
+        return staged
 
     def write_many(self, items: list[tuple[str, bytes]], defer: set[str] | None = None,
                    run: Callable[[list[tuple]], list] | None = None) -> None:
@@ -230,6 +234,8 @@ class LocalStore(Store):
         placed = 0
         try:
             for (key, _), tmp in zip(items, staged, strict=True):
+                # a folder that cannot be made leaves the staged file to the cleanup below
+                os.makedirs(os.path.dirname(self._path(key)), exist_ok=True)
                 placed += 1  # the publish owns the staged file from here
                 done.append(self._publish(tmp, key, replace=False, defer=defer))
         finally:
@@ -254,9 +260,9 @@ class LocalStore(Store):
 
     def _publish(self, tmp: str, key: str, replace: bool = True,
                  defer: set[str] | None = None) -> bool:
+        path = self._path(key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         try:
-            path = self._path(key)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
             if replace:
                 os.replace(tmp, path)
             else:

@@ -49,11 +49,13 @@ def _callers(budget: SharedBudget, counts: list[int]) -> list:
         except HcafsError as exc:
             answers[n] = exc
 
-    threads = [threading.Thread(target=ask, args=(n,)) for n in range(len(counts))]
+    threads = [threading.Thread(target=ask, args=(n,), daemon=True)
+               for n in range(len(counts))]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(30)
+    assert not any(thread.is_alive() for thread in threads), "a caller was never answered"
     return answers
 
 
@@ -74,12 +76,26 @@ def test_callers_at_once_share_writes_and_the_limit_holds(tmp_path, kind):
     assert budget.state("owner")[0] == 0
 
 
+def test_each_caller_gets_its_own_answer(tmp_path):
+    store = _SlowStore(str(tmp_path / "store"))
+    budget = SharedBudget(store, "files", 20, 10.0)
+    counts = list(range(1, 9))  # 36 asked, 20 to give
+    answers = _callers(budget, counts)
+    for count, (times, wait) in zip(counts, answers, strict=True):
+        assert len(times) <= count, (count, len(times))
+        assert (wait == 0.0) == (len(times) == count), (count, len(times), wait)
+    assert sum(len(times) for times, _ in answers) == 20
+    assert sum(1 for count, (times, _) in zip(counts, answers, strict=True)
+               if 0 < len(times) < count) <= 1  # at most one caller is cut short
+
+
 def test_a_failed_shared_write_fails_each_caller_that_shared_it(tmp_path):
     store = _SlowStore(str(tmp_path / "store"))
     budget = SharedBudget(store, "files", 50, 10.0)
     store.fail = True
     answers = _callers(budget, [1] * 4)
     assert all(isinstance(answer, HcafsError) for answer in answers), answers
+    assert store.writes <= 2, store.writes  # the callers shared the failed writes
     store.fail = False
     assert budget.take_many("owner", 3)[0]  # and the next caller is served again
     assert budget.state("owner")[0] == 47

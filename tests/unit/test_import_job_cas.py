@@ -99,3 +99,71 @@ def test_each_write_is_over_the_version_the_holder_wrote_last(store, tmp_path):
         assert json.loads(store.read(f"imports/{JOB}"))["state"] == "RUNNING"
     finally:
         importer.close()
+
+
+class _ChangedUnderneath(LocalStore):
+    """A store in which another writer changes the job document just before this
+    process's first swap of it (a fault)."""
+
+    changed = False
+
+    def replace(self, key: str, data: bytes, tag: str) -> str | None:
+        if key.startswith("imports/") and not self.changed:
+            self.changed = True
+            job = json.loads(self.read(key))
+            self.write(key, json.dumps(dict(job, state="RUNNING", by="another")).encode())
+        return super().replace(key, data, tag)
+
+
+class _AnswerLost(LocalStore):
+    """A store whose first swap of a job document lands but is reported refused, as S3
+    answers a resent conditional PUT whose first try landed (a fault)."""
+
+    lost = False
+
+    def replace(self, key: str, data: bytes, tag: str) -> str | None:
+        done = super().replace(key, data, tag)
+        if key.startswith("imports/") and not self.lost:
+            self.lost = True
+            return None
+        return done
+
+
+def _job_store(cls, tmp_path):
+    store = cls(str(tmp_path / "store"))
+    store.create(f"imports/{JOB}", json.dumps({"id": JOB, "state": "SUBMITTED", "owner": "a@b",
+                                                "history": [], "results": []}).encode())
+    store.write(f"import-running/{JOB}", b"{}")
+    return store
+
+
+def test_a_job_whose_document_changed_underneath_is_let_go_with_its_lease(tmp_path):
+    store = _job_store(_ChangedUnderneath, tmp_path)
+    importer = _importer(store, "elsewhere:3:c", 30, tmp_path)
+    try:
+        importer.start()
+        deadline = time.monotonic() + 10
+        while (store.read(f"leases/import-{JOB}") is not None or not store.changed) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store.changed
+        assert store.read(f"leases/import-{JOB}") is None  # given back, not renewed
+        assert importer.leases.held() == 0
+        assert json.loads(store.read(f"imports/{JOB}"))["by"] == "another"
+    finally:
+        importer.close()
+
+
+def test_a_refused_swap_that_finds_its_own_bytes_counts_as_written(tmp_path):
+    store = _job_store(_AnswerLost, tmp_path)
+    importer = Importer(store, None, ImportLimits(), str(tmp_path / "spool"), workers=1)
+    try:
+        job, tag = importer._load_versioned(JOB)
+        job["state"] = "RESOLVING"
+        tag = importer._save(job, tag)  # reported refused, yet ours: no LeaseLost
+        assert store.lost and importer._load_versioned(JOB) == (job, tag)
+        job["state"] = "RUNNING"
+        importer._save(job, tag)
+        assert json.loads(store.read(f"imports/{JOB}"))["state"] == "RUNNING"
+    finally:
+        importer.close()

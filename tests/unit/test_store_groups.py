@@ -84,7 +84,42 @@ def test_a_group_that_fails_half_way_leaves_no_staged_files(tmp_path):
     assert _leftovers(store) == []
     with pytest.raises(ValueError):  # a bad key is refused before anything is staged
         store.create_many([("docs/z", b"1"), ("../out", b"2")])
+    assert store.read("docs/z") is None and _leftovers(store) == []
+    with open(os.path.join(store.root, "docs", "file"), "w"):
+        pass  # a key whose folder would be a file: refused while placing
+    with pytest.raises(OSError):
+        store.create_many([("docs/p", b"1"), ("docs/file/q", b"2"), ("docs/r", b"3")])
+    assert store.read("docs/p") == b"1" and store.read("docs/r") is None
     assert _leftovers(store) == []
+
+
+def test_a_group_that_fails_while_staging_leaves_nothing(tmp_path, monkeypatch):
+    store = LocalStore(str(tmp_path / "store"))
+    real, calls = store_module._write_all, []
+
+    def fails_third(fd: int, data: bytes) -> None:
+        calls.append(data)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        real(fd, data)
+
+    monkeypatch.setattr(store_module, "_write_all", fails_third)
+    with pytest.raises(OSError):
+        store.write_many([(f"docs/s{n}", b"s") for n in range(5)])
+    assert [store.read(f"docs/s{n}") for n in range(5)] == [None] * 5
+    assert _leftovers(store) == []
+
+
+def test_a_moved_blob_whose_folder_cannot_be_made_is_kept(tmp_path):
+    store = LocalStore(str(tmp_path / "store"))
+    source = tmp_path / "upload.bin"
+    source.write_bytes(b"the only copy")
+    with open(os.path.join(store.root, "blobs"), "w"):
+        pass  # the blobs folder is a file: no blob can be published
+    with pytest.raises(OSError):
+        store.move_blob(str(source), "blobs/ab/cd", lambda fd: None)
+    kept = [p for p in (source, store.moving_path(str(source))) if os.path.exists(p)]
+    assert [open(p, "rb").read() for p in kept] == [b"the only copy"]
 
 
 def test_large_documents_are_written_whole(tmp_path):
