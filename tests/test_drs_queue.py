@@ -168,3 +168,7 @@ def test_polling_starts_soon_backs_off_and_sees_finished_promptly(peers, tmp_pat
         # besides the quick ones while its items are let in (SETTLE, every 0.25 s)
         assert len(times) <= 5 + SETTLE / 0.25 + (finished - created) / 2.0 * 1.5, \
             (job_id, times)
+    # the polls name the version they hold: an unchanged job costs a 304, not its results
+    answers = [line.split()[-2] for line in peers.importer.log().splitlines()
+               if "access: GET /v2/bulk/drs/imports/" in line]
+    assert "304" in answers and "200" in answers, answers

@@ -462,6 +462,41 @@ def test_an_idempotency_key_makes_a_repeated_create_return_the_same_job(repo, im
 # ---------------------------------------------------------------- rate limits
 
 
+def test_a_poll_that_names_the_jobs_version_is_answered_304(repo, importer, request):
+    fqid = repo.put_file(b"polled with an etag\n")
+    items = [{"drs_uri": repo.uri(fqid), "project": project(request), "name": f"e{n}"}
+             for n in range(3)]
+    job = run_import(importer, items)
+    url, auth = f"{importer.url}/v2/bulk/drs/imports/{job['id']}", {"X-SBG-Auth-Token": USER}
+    full = requests.get(url, headers=auth, timeout=30)
+    etag = full.headers["ETag"]
+    assert full.status_code == 200 and etag.startswith('"') and full.json() == job
+    again = requests.get(url, headers={**auth, "If-None-Match": etag}, timeout=30)
+    assert again.status_code == 304 and again.content == b"" and again.headers["ETag"] == etag
+    for name in RATE_HEADERS:  # a 304 still tells the caller its budget
+        assert again.headers[name].isdigit()
+    stale = requests.get(url, headers={**auth, "If-None-Match": '"0123", W/' + etag},
+                         timeout=30)
+    assert stale.status_code == 304  # a weak match of any listed tag
+    other = requests.get(url, headers={**auth, "If-None-Match": '"not-it"'}, timeout=30)
+    assert other.status_code == 200 and other.json() == job
+    # another identity holding the tag learns nothing: the job does not exist for it
+    foreign = requests.get(url, headers={"X-SBG-Auth-Token": OTHER, "If-None-Match": etag},
+                           timeout=30)
+    assert foreign.status_code == 404
+    # the tag names the stored version: a job that moves on gets a new one
+    job2 = create(importer, {"items": items[:1]}).json()
+    url2 = f"{importer.url}/v2/bulk/drs/imports/{job2['id']}"
+    first = requests.get(url2, headers=auth, timeout=30)
+    finished, _ = wait_finished(importer, job2["id"], USER)
+    last = requests.get(url2, headers={**auth, "If-None-Match": first.headers["ETag"]},
+                        timeout=30)
+    assert (last.status_code, last.json()["state"]) == (200, "FINISHED") \
+        or first.json()["state"] == "FINISHED"
+    assert last.headers["ETag"] != first.headers["ETag"] or \
+        first.json()["state"] == "FINISHED"
+
+
 @pytest.mark.parametrize("kind", ["fixed", "sliding"])
 def test_a_job_past_the_file_budget_waits_for_the_window_and_finishes(repo, tmp_path, kind):
     server = DSSServer(str(tmp_path / "limited"), args=[

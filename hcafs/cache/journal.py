@@ -522,27 +522,40 @@ class Journal:
                     entries: list[tuple[str, object]]) -> None:
         """The import landed: its files (``(path, FileInfo)``) replace the ``.drs`` file in
         the pending bundle, in one transaction."""
+        self.imports_done([(import_id, bundle, drs_file_id, conflict, entries)])
+
+    def imports_done(self, landed: list[tuple[int, str, int, str, list[tuple[str, object]]]]
+                     ) -> None:
+        """:meth:`import_done` of each ``(import_id, bundle, drs_file_id, conflict,
+        entries)``, all in one transaction (a finished job's items: one commit)."""
         now = time.time()
         with self.cachedb.atomic() as db:
-            for path, info in entries:
-                existing = db.execute("select id from pending_files where bundle = ? and "
-                                      "path = ?", [bundle, path]).fetchone()
-                if existing and conflict == "SKIP":
-                    continue
-                if existing:
-                    db.execute("delete from pending_files where id = ?", [existing[0]])
-                # plain SQL, as in add_file: a landed import is a row like a create's
-                db.execute(
-                    "insert into pending_files (bundle, path, kind, size, mtime, state, "
-                    "generation, synced_generation, file_uuid, file_version, sha256, sha1, "
-                    "crc32c, s3_etag, content_type, attempts, sent_bytes, changed) values "
-                    "(?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?)",
-                    [bundle, path, REMOTE, info.size, now, SYNCED, info.uuid, info.version,
-                     info.sha256, info.sha1, info.crc32c, info.s3_etag, info.content_type,
-                     now])
-            db.execute("delete from pending_files where id = ?", [drs_file_id])
-            db.execute("update drs_imports set state = ?, finished_at = ?, error = null "
-                       "where id = ?", [DONE, now, import_id])
+            for import_id, bundle, drs_file_id, conflict, entries in landed:
+                self._landed(db, now, import_id, bundle, drs_file_id, conflict, entries)
+
+    @staticmethod
+    def _landed(db, now: float, import_id: int, bundle: str, drs_file_id: int,
+                conflict: str, entries: list[tuple[str, object]]) -> None:
+        """One landed import's rows, inside the caller's transaction."""
+        for path, info in entries:
+            existing = db.execute("select id from pending_files where bundle = ? and "
+                                  "path = ?", [bundle, path]).fetchone()
+            if existing and conflict == "SKIP":
+                continue
+            if existing:
+                db.execute("delete from pending_files where id = ?", [existing[0]])
+            # plain SQL, as in add_file: a landed import is a row like a create's
+            db.execute(
+                "insert into pending_files (bundle, path, kind, size, mtime, state, "
+                "generation, synced_generation, file_uuid, file_version, sha256, sha1, "
+                "crc32c, s3_etag, content_type, attempts, sent_bytes, changed) values "
+                "(?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?)",
+                [bundle, path, REMOTE, info.size, now, SYNCED, info.uuid, info.version,
+                 info.sha256, info.sha1, info.crc32c, info.s3_etag, info.content_type,
+                 now])
+        db.execute("delete from pending_files where id = ?", [drs_file_id])
+        db.execute("update drs_imports set state = ?, finished_at = ?, error = null "
+                   "where id = ?", [DONE, now, import_id])
 
     # ------------------------------------------------------------ status
 

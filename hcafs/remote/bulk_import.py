@@ -72,6 +72,17 @@ class BulkImportClient(HttpClient):
     def get(self, job_id: str) -> dict:
         return self.request("GET", f"/bulk/drs/imports/{job_id}", auth=True).json()
 
+    def poll(self, job_id: str, etag: str | None = None) -> tuple[dict | None, str | None]:
+        """The job, or None if ``etag`` (of an earlier answer) still names it: a server
+        that tags its jobs (``hcafs serve`` does) answers such a poll 304, with no body.
+        Also the answer's ``ETag`` (None from a server that sends none)."""
+        response = self.request("GET", f"/bulk/drs/imports/{job_id}", auth=True,
+                                headers={"If-None-Match": etag} if etag else None)
+        tag = response.headers.get("ETag")
+        if response.status_code == 304:
+            return None, tag or etag
+        return response.json(), tag
+
 
 def _epoch(reset: float) -> float:
     """``X-RateLimit-Reset`` in epoch seconds (some servers send milliseconds)."""

@@ -488,7 +488,13 @@ class App:
         return _json_response(self.imports.create(_json_or_none(request), who, base, key))
 
     def on_import_get(self, request: Request, who: Identity, job_id: str) -> Response:
-        return _json_response(self.imports.job(job_id, who, request.host_url.rstrip("/")))
+        """A job; 304 to an ``If-None-Match`` that names its current version."""
+        view, etag = self.imports.job(job_id, who, request.host_url.rstrip("/"),
+                                      request.if_none_match.contains_weak)
+        headers = {"ETag": f'"{etag}"', "Cache-Control": "no-cache"}
+        if view is None:
+            return Response(status=304, headers=headers)
+        return _json_response(view, headers=headers)
 
     def on_import_files_get(self, request: Request, who: Identity) -> Response:
         ids = self.body(request).get("file_ids")

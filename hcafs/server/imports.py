@@ -475,11 +475,18 @@ class Importer:
         clean.update(name=name, metadata=metadata or {})
         return clean
 
-    def job(self, job_id: str, who: Identity, base: str) -> dict:
-        job = self._load(job_id) if _JOB_RE.match(job_id) else None
-        if job is None or (job["owner"] != who.email and not who.admin):
+    def job(self, job_id: str, who: Identity, base: str,
+            known: Callable[[str], bool] = lambda etag: False) -> tuple[dict | None, str]:
+        """A job's view and its entity tag (which names the stored version of the job
+        and the base URL its links use); None for the view when ``known(etag)`` says the
+        caller holds that version already (``If-None-Match``: an unchanged job costs a
+        read, not a rendering)."""
+        found = self._load_versioned(job_id) if _JOB_RE.match(job_id) else None
+        if found is None or (found[0]["owner"] != who.email and not who.admin):
             raise SbgProblem(404, 404, f"Import job {job_id} not found")
-        return self._view(job, base)
+        job, tag = found
+        etag = hashlib.sha256(f"{tag}\n{base}".encode()).hexdigest()[:32]
+        return (None if known(etag) else self._view(job, base)), etag
 
     @staticmethod
     def _view(job: dict, base: str) -> dict:

@@ -77,7 +77,8 @@ HEADS = 8  # HEAD calls in flight while a job's results are applied
 HISTORY = 3  # windows of submissions replayed to know what the server's budget holds
 SETTLE = 2.5  # a job is polled every base delay this long after its items are let in
 # (a period's worth of items lands in a second or two: polls that backed off meanwhile
-# saw it a second late)
+# saw it a second late); where the server answers an unchanged job 304, such a poll costs
+# it a read of the job, not a rendering of its results
 MAX_CONTENT = 64 * 1024
 CONFLICTS = ("SKIP", "RENAME", "OVERWRITE")
 _HOST_FORM = re.compile(r"^drs://(?P<host>[A-Za-z0-9.\-]+(:\d+)?)/(?P<id>[^\s/][^\s]*)$")
@@ -153,6 +154,7 @@ class Poll:
     last: float = 0.0  # when it was polled last
     state: str = ""
     due: float = 0.0  # when the server's window is expected to let its last item in
+    etag: str | None = None  # of the last answer: the next poll asks If-None-Match
 
 
 class DrsQueue:
@@ -420,11 +422,14 @@ class DrsQueue:
 
     def _poll_one(self, job_id: str, poll: Poll) -> None:
         try:
-            job = self.api.get(job_id)
+            job, poll.etag = self.api.poll(job_id, poll.etag)
         except Exception as exc:
             log.debug("polling import job %s failed: %s", job_id, exc)
             poll.misses += 1
             poll.at = time.time() + self.poll.backoff(poll.misses)
+            return
+        if job is None:  # unchanged since the last poll (304)
+            self.schedule(poll, poll.results, time.time())
             return
         results = job.get("result") or []
         state = str(job.get("state"))
@@ -488,19 +493,33 @@ class DrsQueue:
                 _Done(self._head(fqid)))
         applied = True
         changed: dict[str, list[str]] = {}  # bundle → the .drs files whose result it got
+        landed: list[tuple] = []  # the items whose files land: one transaction for all
         for number, (row, result) in enumerate(zip(rows, by_item, strict=True)):
             if number % 10 == 9:
                 self._submit_if_due()
             bundle, name = row[1], row[2]
             try:
-                self._apply_one(*row, result, infos)
+                done = self._apply_one(*row, result, infos)
             except Exception as exc:
                 log.warning("applying the result of import job %s for %s/%s failed "
                             "(will retry): %s", job_id, bundle, name, exc)
                 applied = False
+                continue
+            if done is not None:
+                landed.append(done)
             paths = changed.setdefault(bundle, [])
             if row[3] in drs_paths:
                 paths.append(drs_paths[row[3]])
+        try:
+            self.journal.imports_done([done[:5] for done in landed])
+        except Exception as exc:
+            log.warning("recording the results of import job %s failed (will retry): %s",
+                        job_id, exc)
+            applied = False
+        else:
+            for _, bundle, _, _, entries, name in landed:
+                log.info("imported %s into %s (%d file%s)", name, bundle, len(entries),
+                         "" if len(entries) == 1 else "s")
         for bundle, paths in changed.items():
             self.on_change(bundle, paths)
         return applied
@@ -513,7 +532,9 @@ class DrsQueue:
             return exc
 
     def _apply_one(self, import_id: int, bundle: str, name: str, drs_file_id: int,
-                   conflict: str, result: list[dict], infos: dict) -> None:
+                   conflict: str, result: list[dict], infos: dict) -> tuple | None:
+        """An item's result: a failed or skipped one is recorded now; for one whose files
+        land, what :meth:`Journal.imports_done` records (and its name), or None."""
         errors = [r["error"] for r in result if r.get("error")]
         resources = [r["resource"] for r in result if r.get("resource")]
         if errors and not resources:
@@ -524,13 +545,13 @@ class DrsQueue:
                 # SKIP and the name exists: nothing to import, and nothing went wrong.
                 self.journal.import_skipped(import_id, drs_file_id)
                 log.info("import into %s/%s skipped: the name exists", bundle, name)
-                return
+                return None
             if status >= 500 or status == 429:
                 self.journal.import_retry(import_id, reason)
-                return
+                return None
             self.journal.imports_failed([import_id], reason)
             log.warning("import into %s/%s failed: %s", bundle, name, reason)
-            return
+            return None
         entries = []
         directory = name.rpartition("/")[0]
         for resource in resources:
@@ -544,9 +565,7 @@ class DrsQueue:
                 (resource.get("name") if len(resources) == 1 and conflict == "RENAME"
                  and resource.get("name") else name))
             entries.append((path, info))
-        self.journal.import_done(import_id, bundle, drs_file_id, conflict, entries)
-        log.info("imported %s into %s (%d file%s)", name, bundle, len(entries),
-                 "" if len(entries) == 1 else "s")
+        return import_id, bundle, drs_file_id, conflict, entries, name
 
 
 def let_in_times(sent: list[float], limit: int, window: float

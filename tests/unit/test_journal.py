@@ -168,6 +168,24 @@ def test_a_drs_file_is_queued_then_replaced_by_its_import(journal):
     assert journal.imports_waiting("b") == 0 and journal.submitted_jobs() == []
 
 
+def test_a_jobs_landed_imports_are_one_transaction(journal):
+    journal.add_bundle("b", "11111111-1111-4111-8111-111111111111", None, [])
+    drs = [journal.add_file("b", f"x{n}.bin.drs", j.DRS) for n in range(3)]
+    for n, file_id in enumerate(drs):
+        journal.drs_queued(file_id, 20, "b", f"x{n}.bin", f"drs://h/x{n}", "{}", "[]", "SKIP")
+    journal.batch_submitted(journal.claim_batch(1e12, 100), "job")
+    items = journal.job_items("job")
+    landed = [(i, b, f, c, [(name, INFO)]) for i, b, name, f, c in items]
+    broken = landed[:2] + [(*landed[2][:4], [(items[2][2], None)])]  # a record without info
+    with pytest.raises(AttributeError):
+        journal.imports_done(broken)
+    assert [journal.file_by_id(f).kind for f in drs] == [j.DRS] * 3  # none of them landed
+    journal.imports_done(landed)
+    assert all(journal.file_by_id(f) is None for f in drs)
+    assert [journal.file("b", f"x{n}.bin").state for n in range(3)] == [j.SYNCED] * 3
+    assert journal.imports_waiting("b") == 0 and journal.submitted_jobs() == []
+
+
 def test_a_failed_import_marks_its_drs_file(journal):
     journal.add_bundle("b", "11111111-1111-4111-8111-111111111111", None, [])
     drs = journal.add_file("b", "x.bin.drs", j.DRS)
