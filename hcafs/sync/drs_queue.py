@@ -439,12 +439,22 @@ class DrsQueue:
             poll.state = state
         if state == "FINISHED":
             self._finishes.append(time.time())
+            self._look_at_siblings(poll, time.time())
             if self._apply(job_id, results):
                 del self._polls[job_id]
             else:  # the server has done the import: never submit it again, apply it again
                 poll.at = time.time() + 10
             return
         self.schedule(poll, len(results), time.time())
+
+    def _look_at_siblings(self, finished: Poll, now: float) -> None:
+        """A job seen FINISHED while its items were being let in: the jobs let in with it
+        (their items due by now, still settling) have likely landed too, so they are
+        polled now rather than at their own next turn (one flusher polls all the jobs,
+        one after another)."""
+        for poll in self._polls.values():
+            if poll is not finished and poll.due <= now < poll.due + SETTLE:
+                poll.at = min(poll.at, now)
 
     def schedule(self, poll: Poll, results: int, now: float) -> None:
         """When to poll a job next that had ``results`` at its poll at ``now``: soon if

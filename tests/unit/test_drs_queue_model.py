@@ -149,6 +149,19 @@ def test_polls_come_soon_back_off_and_wake_when_the_window_reopens(journal):
     assert poll.at - now == pytest.approx(5.25)
 
 
+def test_a_finished_job_has_the_jobs_let_in_with_it_polled_at_once(journal):
+    queue = _queue(journal, limit=500, window=10)
+    now = time.time()
+    settling = [Poll(now + 0.2, due=now - 0.5) for _ in range(3)]  # let in half a second ago
+    waiting = Poll(now + 5, due=now + 9)  # its items are let in next period
+    done = Poll(now + 60, due=now - 30)  # settled long ago
+    queue._polls = {f"j{n}": poll for n, poll in enumerate([*settling, waiting, done])}
+    queue._look_at_siblings(settling[0], now)
+    assert settling[0].at == now + 0.2  # the one seen finished is left to its caller
+    assert [poll.at for poll in settling[1:]] == [now, now]
+    assert (waiting.at, done.at) == (now + 5, now + 60)
+
+
 def test_job_progress_is_kept_for_status(journal):
     _queue_items(journal, 150)
     _submit(journal, 100, "job-a")
