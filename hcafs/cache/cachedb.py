@@ -133,6 +133,15 @@ def m008_bundle_times(db: sqlite_utils.Database) -> None:
     db.execute("update bundles set mtime_ns = hcafs_mtime_ns(version)")
 
 
+@migrations()
+def m009_job_items(db: sqlite_utils.Database) -> None:
+    # Each submitted item's place in the job it was sent in: a job's results name items by
+    # that place, and items of the job that were applied, failed or queued again before the
+    # rest must not shift the others' places (rows submitted before this column use their
+    # order among the job's rows, as before).
+    db["drs_imports"].add_column("job_item", int)
+
+
 REFUSALS_KEPT = 50
 
 

@@ -460,14 +460,19 @@ class Journal:
             "drs_imports i join pending_bundles b on b.name = i.bundle where i.batch = ? "
             "order by i.id", [key]).fetchall()
 
-    def batch_submitted(self, key: str, job_id: str) -> None:
-        """The batch's job exists: its items are submitted, and the job is listed (as not
-        polled yet) for ``hcafs status``; jobs finished a day ago are forgotten."""
+    def batch_submitted(self, key: str, job_id: str, sent: list[int] | None = None) -> None:
+        """The batch's job exists: its items are submitted (``sent``: their ids in the
+        order the call listed them, which is each one's place in the job), and the job is
+        listed (as not polled yet) for ``hcafs status``; jobs finished a day ago are
+        forgotten."""
         now = time.time()
         with self.cachedb.atomic() as db:
             cursor = db.execute("update drs_imports set state = ?, job_id = ?, "
                                 "submitted_at = ? where batch = ?",
                                 [SUBMITTED, job_id, now, key])
+            for place, import_id in enumerate(sent or []):
+                db.execute("update drs_imports set job_item = ? where id = ?",
+                           [place, import_id])
             db.execute("delete from drs_jobs where state = 'FINISHED' and polled_at < ?",
                        [now - 86400])
             db.execute("insert or replace into drs_jobs (job_id, state, items, landed, "
@@ -495,10 +500,18 @@ class Journal:
             "select distinct job_id from drs_imports where state = ?", [SUBMITTED])]
 
     def job_items(self, job_id: str) -> list[tuple]:
-        """(id, bundle, name, drs_file_id, conflict) of a job's items, in item order."""
+        """(id, bundle, name, drs_file_id, conflict) of a job's items still waiting for
+        its results, in item order."""
         return self.db.execute("select id, bundle, name, drs_file_id, conflict from "
                                "drs_imports where job_id = ? and state = ? order by id",
                                [job_id, SUBMITTED]).fetchall()
+
+    def job_places(self, job_id: str) -> dict[int, int]:
+        """Each of a job's waiting items' place in the job as it was sent (by id; items
+        submitted before places were kept are missing)."""
+        return dict(self.db.execute(
+            "select id, job_item from drs_imports where job_id = ? and state = ? and "
+            "job_item is not null", [job_id, SUBMITTED]).fetchall())
 
     def import_skipped(self, import_id: int, drs_file_id: int) -> None:
         """SKIP, and the name exists: the ``.drs`` file goes, nothing is imported."""

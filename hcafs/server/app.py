@@ -491,7 +491,7 @@ class App:
         """A job; 304 to an ``If-None-Match`` that names its current version."""
         view, etag = self.imports.job(job_id, who, request.host_url.rstrip("/"),
                                       request.if_none_match.contains_weak)
-        headers = {"ETag": f'"{etag}"', "Cache-Control": "no-cache"}
+        headers = {"ETag": f'"{etag}"', "Cache-Control": "private, no-cache"}
         if view is None:
             return Response(status=304, headers=headers)
         return _json_response(view, headers=headers)

@@ -371,7 +371,7 @@ class DrsQueue:
             return False
         self._holds = 0
         job_id = str(job["id"])
-        self.journal.batch_submitted(key, job_id)
+        self.journal.batch_submitted(key, job_id, [row[0] for row in rows])
         now = time.time()
         self._polls[job_id] = Poll(now + self.poll.base_delay, due=self._let_in(now))
         log.info("submitted %d DRS imports as job %s", len(rows), job_id)
@@ -422,29 +422,34 @@ class DrsQueue:
 
     def _poll_one(self, job_id: str, poll: Poll) -> None:
         try:
-            job, poll.etag = self.api.poll(job_id, poll.etag)
+            job, etag = self.api.poll(job_id, poll.etag)
         except Exception as exc:
             log.debug("polling import job %s failed: %s", job_id, exc)
             poll.misses += 1
             poll.at = time.time() + self.poll.backoff(poll.misses)
             return
-        if job is None:  # unchanged since the last poll (304)
+        if job is None:  # unchanged since the last answer that was handled (304)
             self.schedule(poll, poll.results, time.time())
             return
         results = job.get("result") or []
         state = str(job.get("state"))
+        first_finish = state == "FINISHED" and poll.state != "FINISHED"
         if len(results) != poll.results or state != poll.state:
             failed = sum(1 for r in results if r.get("error"))
             self.journal.job_seen(job_id, state, len(results) - failed, failed)
             poll.state = state
         if state == "FINISHED":
-            self._finishes.append(time.time())
-            self._look_at_siblings(poll, time.time())
+            if first_finish:
+                self._finishes.append(time.time())
+                self._look_at_siblings(poll, time.time())
             if self._apply(job_id, results):
                 del self._polls[job_id]
             else:  # the server has done the import: never submit it again, apply it again
+                # from a full answer (a finished job never changes: its tag would get 304)
+                poll.etag = None
                 poll.at = time.time() + 10
             return
+        poll.etag = etag  # only once the answer was handled: a tag names what we hold
         self.schedule(poll, len(results), time.time())
 
     def _look_at_siblings(self, finished: Poll, now: float) -> None:
@@ -452,6 +457,8 @@ class DrsQueue:
         (their items due by now, still settling) have likely landed too, so they are
         polled now rather than at their own next turn (one flusher polls all the jobs,
         one after another)."""
+        if not finished.due <= now < finished.due + SETTLE:
+            return
         for poll in self._polls.values():
             if poll is not finished and poll.due <= now < poll.due + SETTLE:
                 poll.at = min(poll.at, now)
@@ -489,7 +496,13 @@ class DrsQueue:
         """Apply a finished job's results; False if some could not be (kept for later)."""
         rows = self.journal.job_items(job_id)
         drs_paths = self.journal.paths_of([row[3] for row in rows])  # the .drs files
-        by_item = _results_by_item(results, len(rows))
+        # Results name items by their place in the job as sent; the rows still waiting
+        # may be fewer (some applied, failed or queued again on an earlier try).
+        places = self.journal.job_places(job_id)
+        if len(places) < len(rows):  # sent before places were kept: their order, as then
+            places = {row[0]: n for n, row in enumerate(rows)}
+        grouped = _results_by_item(results, max(places.values(), default=-1) + 1)
+        by_item = [grouped[places[row[0]]] for row in rows]
         resources = {_resource_fqid(r["resource"]): r["resource"] for result in by_item
                      for r in result if r.get("resource")}
         # A resource that carries its DSS record (hcafs serve's ``dss`` fields) needs no

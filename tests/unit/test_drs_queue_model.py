@@ -160,6 +160,9 @@ def test_a_finished_job_has_the_jobs_let_in_with_it_polled_at_once(journal):
     assert settling[0].at == now + 0.2  # the one seen finished is left to its caller
     assert [poll.at for poll in settling[1:]] == [now, now]
     assert (waiting.at, done.at) == (now + 5, now + 60)
+    settling[1].at = settling[2].at = now + 0.2
+    queue._look_at_siblings(done, now)  # a job finished long after it settled: no one
+    assert [poll.at for poll in settling] == [now + 0.2] * 3
 
 
 def test_job_progress_is_kept_for_status(journal):
