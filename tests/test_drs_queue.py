@@ -47,11 +47,11 @@ def peers(tmp_path: Path):
 
 
 def _import(peers, tmp_path: Path, uris: list[str], timeout: float = 120,
-            dss_url: str | None = None) -> Journal:
+            dss_url: str | None = None, journal: Journal | None = None) -> Journal:
     """Queue one ``.drs`` request per URI, as closed files would, and run the flusher
     until every import has landed.  The DSS is the importer, asked directly unless
-    ``dss_url`` says otherwise."""
-    journal = Journal(CacheDB(str(tmp_path / "cache" / "hcafs.db")))
+    ``dss_url`` says otherwise; ``journal``: one made (and faulted) by the caller."""
+    journal = journal or Journal(CacheDB(str(tmp_path / "cache" / "hcafs.db")))
     journal.add_bundle("b", str(uuid.uuid4()), None, [])
     queue = DrsQueue(journal, BulkImportClient(peers.relay.url, ADMIN),
                      DSSClient(dss_url or peers.importer.url, token=ADMIN), limit=LIMIT,
@@ -196,23 +196,11 @@ def test_results_whose_recording_failed_are_applied_again_to_the_right_items(pee
         real(landed)
 
     monkeypatch.setattr(journal, "imports_done", fails_once)
-    journal.add_bundle("b", str(uuid.uuid4()), None, [])
-    queue = DrsQueue(journal, BulkImportClient(peers.relay.url, ADMIN),
-                     DSSClient(peers.importer.url, token=ADMIN), limit=LIMIT, window=WINDOW,
-                     default_conflict="SKIP", resolver={})
-    queue.start()
-    try:
-        for n, uri in enumerate(uris):
-            file_id = journal.add_file("b", f"f{n}.drs", DRS)
-            queue.enqueue_file(file_id, "b", f"f{n}.drs", uri.encode(), len(uri))
-        wait_until(lambda: not journal.imports_waiting("b"), timeout=60,
-                   what="the imports to land after the retry")
-    finally:
-        queue.stop()
+    _import(peers, tmp_path, uris, timeout=60, journal=journal)
     assert failures == [2]  # the two files that land, refused once
     landed = {row.path: row for row in journal.files("b")}
-    assert journal.file("b", "f0.drs").error  # the missing object: its own error
+    assert journal.file("b", "f000.drs").error  # the missing object: its own error
     for n, name in enumerate(blobs, start=1):
-        row = landed[f"f{n}"]
+        row = landed[f"f{n:03d}"]
         assert (row.kind, row.size, row.sha256) == (
             REMOTE, len(blobs[name]), hashlib.sha256(blobs[name]).hexdigest())
