@@ -47,21 +47,27 @@ def peers(tmp_path: Path):
 
 
 def _import(peers, tmp_path: Path, uris: list[str], timeout: float = 120,
-            dss_url: str | None = None, journal: Journal | None = None) -> Journal:
+            dss_url: str | None = None, journal: Journal | None = None,
+            one_batch: bool = False) -> Journal:
     """Queue one ``.drs`` request per URI, as closed files would, and run the flusher
     until every import has landed.  The DSS is the importer, asked directly unless
-    ``dss_url`` says otherwise; ``journal``: one made (and faulted) by the caller."""
+    ``dss_url`` says otherwise; ``journal``: one made (and faulted) by the caller;
+    ``one_batch``: every request is queued before the flusher starts, so a slow machine
+    cannot split them into several jobs."""
     journal = journal or Journal(CacheDB(str(tmp_path / "cache" / "hcafs.db")))
     journal.add_bundle("b", str(uuid.uuid4()), None, [])
     queue = DrsQueue(journal, BulkImportClient(peers.relay.url, ADMIN),
                      DSSClient(dss_url or peers.importer.url, token=ADMIN), limit=LIMIT,
                      window=WINDOW,
                      default_conflict="SKIP", resolver={})
-    queue.start()
+    if not one_batch:
+        queue.start()
     try:
         for n, uri in enumerate(uris):
             file_id = journal.add_file("b", f"f{n:03d}.drs", DRS)
             queue.enqueue_file(file_id, "b", f"f{n:03d}.drs", uri.encode(), len(uri))
+        if one_batch:
+            queue.start()
         wait_until(lambda: not journal.imports_waiting("b"), timeout=timeout,
                    what="the imports to land")
     finally:
@@ -196,7 +202,7 @@ def test_results_whose_recording_failed_are_applied_again_to_the_right_items(pee
         real(landed)
 
     monkeypatch.setattr(journal, "imports_done", fails_once)
-    _import(peers, tmp_path, uris, timeout=60, journal=journal)
+    _import(peers, tmp_path, uris, timeout=60, journal=journal, one_batch=True)
     assert failures == [2]  # the two files that land, refused once
     landed = {row.path: row for row in journal.files("b")}
     assert journal.file("b", "f000.drs").error  # the missing object: its own error
