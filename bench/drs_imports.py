@@ -376,8 +376,12 @@ if __name__ == "__main__":
                         help="through the mount, without the server's own figures")
     parser.add_argument("--items", type=int, default=ITEMS,
                         help=f".drs files written into the mount (default {ITEMS})")
+    parser.add_argument("--work", metavar="DIR",
+                        help="keep the run's servers, logs and journal in DIR (default: a "
+                        "new temporary directory)")
     args = parser.parse_args()
     if args.direct:
         print(json.dumps(run_direct(), indent=2))
     else:
-        print(json.dumps(run(items=args.items, direct_too=not args.mount_only), indent=2))
+        print(json.dumps(run(work=args.work, items=args.items,
+                             direct_too=not args.mount_only), indent=2))
