@@ -8,6 +8,7 @@ repository's DRS answers.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -532,6 +533,10 @@ def test_a_job_past_the_file_budget_waits_for_the_window_and_finishes(repo, tmp_
         else:  # three periods: 20, 20 and 10, each opening once the one before has ended
             assert [count for _, count in periods(admitted, 3.0)] == [20, 20, 10]
         assert max(admitted) - min(admitted) >= 6.0  # two windows had to reopen
+        # the units fetched ahead of their admission had their documents staged: all placed
+        stores = glob.glob(str(tmp_path / "limited" / "**" / ".tmp"), recursive=True)
+        assert stores and [name for store in stores for name in os.listdir(store)
+                           if name.startswith("tmp")] == []
     finally:
         server.stop()
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from ..errors import HcafsError
 from .dss import dumps
-from .store import Store
+from .store import Staged, Store
 
 MAX_NAME = 255
 MORE_INFO = "docs/drs.md#per-item-errors"
@@ -121,18 +121,17 @@ class Folders:
              defer: set[str] | None = None) -> str:
         """Name ``file_id`` in the folder; returns the name used (RENAME: ``_N_name``).
         ``defer``: see :meth:`.store.Store.write`."""
-        entry = {"name": name, "type": "file", "id": file_id}
         if resolution == "OVERWRITE":
             taken = self.lookup(fid, name)
             if taken and taken["type"] == "folder":
                 raise FolderError(409, 5003, f"{name!r} is a folder")
-            self.store.write(self.name_key(fid, name), dumps(entry), defer)
+            self.store.write(self.name_key(fid, name), self.entry(name, file_id), defer)
             return name
         for n in range(0, 10_000 if resolution == "RENAME" else 1):
             candidate = name if n == 0 else f"_{n}_{name}"
             if len(candidate.encode()) > MAX_NAME:
                 break
-            if self.store.create(self.name_key(fid, candidate), dumps(dict(entry, name=candidate)),
+            if self.store.create(self.name_key(fid, candidate), self.entry(candidate, file_id),
                                  defer):
                 return candidate
             taken = self.lookup(fid, candidate) or {}
@@ -141,13 +140,21 @@ class Folders:
         raise FolderError(409, 5003, f"Requested file already exists: {name!r}",
                           files_href(self.lookup(fid, name)))
 
+    @staticmethod
+    def entry(name: str, file_id: str) -> bytes:
+        """The document that binds ``name`` to a file."""
+        return dumps({"name": name, "type": "file", "id": file_id})
+
     def bind_many(self, names: list[tuple[str, str, str]], resolution: str,
                   defer: set[str] | None = None,
-                  run: Callable[[list[tuple]], list] | None = None) -> list[str | FolderError]:
+                  run: Callable[[list[tuple]], list] | None = None,
+                  staged: list[Staged] | None = None) -> list[str | FolderError]:
         """:meth:`bind` of each ``(folder id, name, file id)``, the names all distinct and
         the resolution one that renames nothing (OVERWRITE, SKIP), with the writes as one
         group (:meth:`.store.Store.write_many`; ``run`` as there).  For each, the name
-        bound, or the :class:`FolderError` that refused it."""
+        bound, or the :class:`FolderError` that refused it.  ``staged``: each name's
+        :meth:`entry`, staged ahead (:meth:`.store.Store.stage`); one not placed is the
+        caller's to discard."""
         if resolution == "RENAME":
             raise ValueError("RENAME binds one name at a time, in order")
         outcomes: list[str | FolderError] = [name for _, name, _ in names]
@@ -168,7 +175,7 @@ class Folders:
                     outcomes[n] = FolderError(409, 5003, f"{name!r} is a folder")
                     continue
             group.append((n, self.name_key(fid, name),
-                          dumps({"name": name, "type": "file", "id": file_id})))
+                          staged[n] if staged is not None else self.entry(name, file_id)))
         items = [(key, entry) for _, key, entry in group]
         if resolution == "OVERWRITE":
             self.store.write_many(items, defer, run=run)

@@ -102,7 +102,7 @@ from .folders import (
     name_error,
 )
 from .leases import Lease, LeaseLost, Leases
-from .store import Store
+from .store import Staged, Store
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +280,26 @@ class _Reads:
 # ==================================================================== the importer
 
 
+@dataclass
+class _Landing:
+    """A fetched unit's documents, made while it waits for its admission: its DSS file
+    (``key``, ``document``), its record and its name's entry, each staged
+    (:meth:`.store.Store.stage`), so that landing it places names and writes no bytes.
+    ``where``: the folder id and leaf they were made for."""
+
+    sums: Checksums
+    where: tuple[str, str]
+    key: str
+    document: dict
+    record: dict
+    staged: list[Staged]  # the DSS file, the record, the name's entry
+
+    def discard(self) -> None:
+        """Remove what was staged and not placed."""
+        for staged in self.staged:
+            staged.discard()
+
+
 @dataclass(frozen=True)
 class ImportLimits:
     files: int = 500
@@ -305,7 +325,7 @@ class Importer:
         self.spool_dir = spool_dir
         self.credentials = credentials or Credentials()
         self._fetchers = ThreadPoolExecutor(FETCHERS, thread_name_prefix="drs-fetch")
-        self._ahead: dict[tuple[str, int], Checksums] = {}  # fetched, not admitted yet
+        self._ahead: dict[tuple[str, int], _Landing] = {}  # fetched, not admitted yet
         self._ahead_bytes = 0
         self._ahead_lock = threading.Lock()
         self._s3: dict[int, S3] = {}  # credentials entry → its S3 client
@@ -627,6 +647,10 @@ class Importer:
             if thread.is_alive():
                 thread.join()
         self._fetchers.shutdown(wait=True)
+        with self._ahead_lock:
+            ahead, self._ahead, self._ahead_bytes = list(self._ahead.values()), {}, 0
+        for landing in ahead:
+            landing.discard()
 
     def _work(self) -> None:
         while (taken := self._due.take(self._stop)) is not None:
@@ -682,8 +706,13 @@ class Importer:
         return True
 
     def _let_go(self, job_id: str) -> None:
-        """The job is finished (or lost): its lease goes back."""
+        """The job is finished (or lost): what it fetched ahead is dropped, and its lease
+        goes back."""
         self._current.discard(job_id)
+        with self._ahead_lock:
+            mine = [index for held, index in self._ahead if held == job_id]
+        for index in mine:
+            self._drop_ahead(job_id, index)
         lease = self._held.pop(job_id, None)
         if lease is not None:
             try:
@@ -739,7 +768,7 @@ class Importer:
     def _advance(self, job_id: str) -> float | None:
         """Move a job on; returns when to come back to it (its budget is spent), or None.
         RUNNING goes a batch at a time (:meth:`_batch`), and the job is written once per
-        batch."""
+        batch; the write of the last batch's results also makes it FINISHED."""
         self._fence(job_id)  # a holder that stalled past its lease stops here
         found = self._load_versioned(job_id)
         if found is None or found[0]["state"] == FINISHED:
@@ -758,13 +787,16 @@ class Importer:
             recover = job_id not in self._current
             entries, until = self._batch(job, len(job["results"]), recover)
             job["results"] += entries
+            if len(job["results"]) == len(job["plan"]):
+                self._enter(job, FINISHED)  # the last batch's write finishes the job
             if entries:
                 tag = self._save(job, tag)
             self._current.add(job_id)  # every file this process stored is in the job now
             if until is not None:
                 return until - NEAR
-        self._enter(job, FINISHED)
-        self._save(job, tag)
+        if job["state"] != FINISHED:  # a plan of no units
+            self._enter(job, FINISHED)
+            self._save(job, tag)
         self.store.delete(f"import-running/{job_id}")
         log.info("DRS import %s finished: %d results", job_id, len(job["results"]))
         return None
@@ -1029,24 +1061,28 @@ class Importer:
             else (index, None)
         self._fetch_ahead(job, {i: ready[i] for i in order}, entries, must=set(admitted))
         self._fence(job["id"])  # nothing stored for a job taken over while it fetched
-        landing = []
+        landing: list[tuple[int, float, _Landing]] = []
         for i, when in admitted.items():
             with self._ahead_lock:
-                sums = self._ahead.get((job["id"], i))
-            if sums is not None and i not in entries:
-                landing.append((i, when, *self._file_document(ready[i], sums)))
-        self._publish_files(job, [(key, _dumps(document)) for *_, key, document in landing],
+                ahead = self._ahead.get((job["id"], i))
+            if ahead is not None and i not in entries:
+                if ahead.where != (ready[i]["folder"]["id"], ready[i]["leaf"]):
+                    ahead.discard()  # made for another destination: made again
+                    ahead = self._landing(job, ready[i], ahead.sums, stage=False)
+                landing.append((i, when, ahead))
+        self._publish_files(job, [(ahead.key, ahead.staged[0]) for *_, ahead in landing],
                             defer)
-        self._admissions(job, [(i, when) for i, when, *_ in landing], defer)
-        landed = self._land(job, [(i, ready[i], key, document)
-                                  for i, _, key, document in landing], defer)
+        self._admissions(job, [(i, when) for i, when, _ in landing], defer)
+        landed = self._land([(i, ahead) for i, _, ahead in landing], defer)
         places = [(record["parent"], record["name"]) for _, record in landed]
         if job["conflict_resolution"] != "RENAME" and len(set(places)) == len(places):
             # No two units want one name, and none is renamed: the order of binding
             # cannot change what each gets, so the names are bound as one group.
+            entries_ahead = {i: ahead.staged[2] for i, _, ahead in landing}
             bound = self.folders.bind_many([(record["parent"], record["name"], record["id"])
                                             for _, record in landed],
-                                           job["conflict_resolution"], defer, self._run_all)
+                                           job["conflict_resolution"], defer, self._run_all,
+                                           staged=[entries_ahead[i] for i, _ in landed])
             for (i, record), outcome in zip(landed, bound, strict=True):
                 entries[i] = dict(_entry(job["plan"][i]), **(
                     {"error": _item_error(outcome)} if isinstance(outcome, FolderError)
@@ -1116,17 +1152,19 @@ class Importer:
                     continue
             todo.append((i, work))
         self._give_access([work for _, work in todo])
-        for i, sums in self._in_parallel(job, [(i, self._stage, job, work)
-                                               for i, work in todo], entries):
+        for i, landing in self._in_parallel(job, [(i, self._fetched, job, work)
+                                                  for i, work in todo], entries):
             with self._ahead_lock:
-                self._ahead[(job["id"], i)] = sums
-                self._ahead_bytes += sums.size
+                self._ahead[(job["id"], i)] = landing
+                self._ahead_bytes += landing.sums.size
 
     def _drop_ahead(self, job_id: str, index: int) -> None:
         with self._ahead_lock:
-            sums = self._ahead.pop((job_id, index), None)
-            if sums is not None:
-                self._ahead_bytes -= sums.size
+            landing = self._ahead.pop((job_id, index), None)
+            if landing is not None:
+                self._ahead_bytes -= landing.sums.size
+        if landing is not None:
+            landing.discard()
 
     def _prepare(self, job: dict, index: int, unit: dict, recover: bool = False) -> dict:
         """Before admission: the destination, conflicts, the object and its checksum.
@@ -1216,17 +1254,28 @@ class Importer:
                 self.reader.access(found, unit["object"], work["auth"])
         return self._fetch(job, work)
 
-    @staticmethod
-    def _file_document(work: dict, sums: Checksums) -> tuple[str, dict]:
-        """The DSS file of a fetched unit's bytes: its key and document."""
+    def _fetched(self, job: dict, work: dict) -> _Landing:
+        """A unit fetched (:meth:`_stage`), and its documents made and staged."""
+        return self._landing(job, work, self._stage(job, work))
+
+    def _landing(self, job: dict, work: dict, sums: Checksums, stage: bool = True
+                 ) -> _Landing:
+        """The documents of a fetched unit (staged now, or only when placed)."""
         unit, found, leaf = work["unit"], work["found"], work["leaf"]
         version = now_version()
         content_type = mimetypes.guess_type(leaf)[0] or _mime_type(found.get("mime_type"))
         source = Source(url=unit["object"], size=sums.size, content_type=content_type,
                         checksums={name: getattr(sums, name) for name in TAG_KEYS})
-        return f"files/{work['file_uuid']}.{version}", file_document(source, 0, version)
+        fqid = f"{work['file_uuid']}.{version}"
+        document = file_document(source, 0, version)
+        record = self._record(job, unit, work["folder"], leaf, fqid, document,
+                              work["check"].label)
+        datas = [_dumps(document), _dumps(record), self.folders.entry(leaf, fqid)]
+        return _Landing(sums, (work["folder"]["id"], leaf), f"files/{fqid}", document,
+                        record, self.store.stage(datas) if stage else
+                        [Staged(data) for data in datas])
 
-    def _publish_files(self, job: dict, files: list[tuple[str, bytes]],
+    def _publish_files(self, job: dict, files: list[tuple[str, bytes | Staged]],
                        defer: set[str]) -> None:
         """Create the DSS files of a batch's admitted units: under the job's lease, one
         fence for the batch (refused, :class:`LeaseLost`, once another process took the
@@ -1248,18 +1297,15 @@ class Importer:
             raise failure
         return [result for result, _ in outcomes]
 
-    def _land(self, job: dict, landing: list[tuple[int, dict, str, dict]],
+    def _land(self, landing: list[tuple[int, _Landing]],
               defer: set[str]) -> list[tuple[int, dict]]:
-        """After admission and the DSS files' creation (each ``(unit, work, key,
-        document)``): each file's record (named next, by :meth:`_name` or
+        """After admission and the DSS files' creation (each ``(unit, landing)``): each
+        file's record (named next, by :meth:`_name` or
         :meth:`.folders.Folders.bind_many`), written as one group, durable once ``defer``
         is settled."""
-        landed = [(i, self._record(job, work["unit"], work["folder"], work["leaf"],
-                                   key.split("/", 1)[1], document, work["check"].label))
-                  for i, work, key, document in landing]
-        self.store.write_many([(f"imported-files/{record['id']}", _dumps(record))
-                               for _, record in landed], defer, run=self._run_all)
-        return landed
+        self.store.write_many([(f"imported-files/{ahead.record['id']}", ahead.staged[1])
+                               for _, ahead in landing], defer, run=self._run_all)
+        return [(i, ahead.record) for i, ahead in landing]
 
     @staticmethod
     def _record(job: dict, unit: dict, folder: dict, leaf: str, fqid: str, document: dict,

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from ..errors import HcafsError
 from ..processes import pid_alive
 from . import metrics
-from .store import Store
+from .store import Staged, Store, content
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class Leases:
         :class:`LeaseLost` (nothing written) if another process took the lease over."""
         return self.publish_many(lease, [(key, data)])[0]
 
-    def publish_many(self, lease: Lease, items: list[tuple[str, bytes]],
+    def publish_many(self, lease: Lease, items: list[tuple[str, bytes | Staged]],
                      run: Callable[[list[tuple]], list] | None = None,
                      defer: set[str] | None = None) -> list[bool]:
         """Create each ``(key, data)`` under one fence: the lease record names them all,
@@ -213,7 +213,7 @@ class Leases:
         process took the lease over.
         ``defer``: the names are durable once the caller settles it
         (:meth:`.store.Store.write`)."""
-        named = [{"key": key, "data": data.decode()} for key, data in items]
+        named = [{"key": key, "data": content(data).decode()} for key, data in items]
         with lease.lock:
             if not self._swap(lease, self._record(lease.token,
                                                   named if len(named) > 1 else named[0])):

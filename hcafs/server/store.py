@@ -22,9 +22,11 @@ is fsynced and renamed into place, so a crash leaves the old object or the new, 
 one.  A group of documents (:meth:`Store.write_many`, :meth:`Store.create_many`) is staged
 whole, its writeback started as each is written, and fsynced before any is renamed into
 place: the group's data reaches the disk in about one journal commit instead of one per
-document, with the same guarantee.  :class:`S3Store` keeps *all* state in one bucket
-(under an optional prefix), so any number of ``hcafs serve`` processes can serve the same
-bucket.
+document, with the same guarantee.  A document can also be written ahead of the moment it
+is placed (:meth:`Store.stage`, a :class:`Staged`): its bytes are made durable while there
+is time, and placing it later is only the rename or link.  :class:`S3Store` keeps *all*
+state in one bucket (under an optional prefix), so any number of ``hcafs serve`` processes
+can serve the same bucket.
 
 Immutable keys (file, bundle and tombstone versions, claims, idempotency keys, names) are
 written with :meth:`Store.create`, which is atomic on both backends: of two racing creates
@@ -45,6 +47,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
 import uuid as _uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
@@ -58,7 +61,40 @@ log = logging.getLogger(__name__)
 BLOB_PART = 16 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
 PROBE_PREFIX = "probes/conditional-put-"  # S3Store.check writes and deletes one such key
+STALE_TEMP = 24 * 3600  # seconds after which a temporary file of the local store is a crash's
 STALE_ETAG = '"00000000000000000000000000000000"'
+
+
+class Staged:
+    """A document written ahead of its placing (:meth:`Store.stage`): its bytes, and where
+    the backend keeps them durable meanwhile (:class:`LocalStore`: a fsynced temporary
+    file; elsewhere nothing).  :meth:`Store.write_many` and :meth:`Store.create_many` take
+    one in place of bytes and place what was staged, once; whoever staged it calls
+    :meth:`discard` if it is never placed.  Owned by one thread at a time."""
+
+    __slots__ = ("data", "path")
+
+    def __init__(self, data: bytes, path: str | None = None):
+        self.data = data
+        self.path = path
+
+    def take(self) -> str | None:
+        """The staged file, now the caller's to place or remove (None if there is none)."""
+        path, self.path = self.path, None
+        return path
+
+    def discard(self) -> None:
+        path = self.take()
+        if path is not None:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+
+def content(data: bytes | Staged) -> bytes:
+    """The bytes of a document given as bytes or :class:`Staged`."""
+    return data.data if isinstance(data, Staged) else data
 
 
 class Store(ABC):
@@ -83,18 +119,28 @@ class Store(ABC):
         """Write ``key`` only if absent, atomically; False if it was already there.
         ``defer`` as for :meth:`write`."""
 
-    def write_many(self, items: list[tuple[str, bytes]], defer: set[str] | None = None,
+    def write_many(self, items: list[tuple[str, bytes | Staged]],
+                   defer: set[str] | None = None,
                    run: Callable[[list[tuple]], list] | None = None) -> None:
         """:meth:`write` of each ``(key, data)``, as a group: each is atomic, the group is
-        not.  ``run`` makes the ``(function, *args)`` calls where a backend writes one
-        document at a time (in parallel, say); one after the other by default."""
-        (run or _one_by_one)([(self.write, key, data, defer) for key, data in items])
+        not.  ``data`` may be :class:`Staged` (see :meth:`stage`).  ``run`` makes the
+        ``(function, *args)`` calls where a backend writes one document at a time (in
+        parallel, say); one after the other by default."""
+        (run or _one_by_one)([(self.write, key, content(data), defer) for key, data in items])
 
-    def create_many(self, items: list[tuple[str, bytes]], defer: set[str] | None = None,
+    def create_many(self, items: list[tuple[str, bytes | Staged]],
+                    defer: set[str] | None = None,
                     run: Callable[[list[tuple]], list] | None = None) -> list[bool]:
-        """:meth:`create` of each ``(key, data)``, as a group (``run`` as for
+        """:meth:`create` of each ``(key, data)``, as a group (``data`` and ``run`` as for
         :meth:`write_many`): for each, False if it was already there."""
-        return (run or _one_by_one)([(self.create, key, data, defer) for key, data in items])
+        return (run or _one_by_one)([(self.create, key, content(data), defer)
+                                     for key, data in items])
+
+    def stage(self, datas: list[bytes]) -> list[Staged]:
+        """Documents to be placed later by :meth:`write_many` or :meth:`create_many`,
+        made durable now where a backend can (so placing them costs only the names);
+        here, where every write is one request, nothing is done ahead."""
+        return [Staged(data) for data in datas]
 
     def note(self, keys: list[str], defer: set[str]) -> None:  # noqa: B027 - see settle
         """Have :meth:`settle` ``(defer)`` make these names durable too (names another
@@ -161,6 +207,23 @@ class LocalStore(Store):
         self.durable = durable
         self._tmp = os.path.join(self.root, ".tmp")
         os.makedirs(self._tmp, exist_ok=True)
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Remove the temporary files a crashed process left (documents staged and never
+        placed), once they are a day old: no live writer keeps one that long.  The
+        ``move-`` files stay: each is a caller's file on its way in, found again by the
+        next attempt (:meth:`move_blob`)."""
+        cutoff = time.time() - STALE_TEMP
+        with os.scandir(self._tmp) as found:
+            for entry in found:
+                try:
+                    if entry.name.startswith("tmp") and entry.is_file(follow_symlinks=False) \
+                            and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(entry.path)
+                        log.info("removed the stale temporary file %s", entry.path)
+                except FileNotFoundError:  # another process removed or placed it
+                    pass
 
     def describe(self) -> str:
         return self.root
@@ -207,13 +270,28 @@ class LocalStore(Store):
             raise
         return staged
 
-    def write_many(self, items: list[tuple[str, bytes]], defer: set[str] | None = None,
-                   run: Callable[[list[tuple]], list] | None = None) -> None:
-        """Staged and synced as one group (:meth:`_staged_many`), then each renamed into
-        place as :meth:`write` does."""
+    def stage(self, datas: list[bytes]) -> list[Staged]:
+        """Each document in a fsynced temporary file (:meth:`_staged_many`)."""
+        return [Staged(data, path) for data, path in zip(datas, self._staged_many(datas),
+                                                         strict=True)]
+
+    def _placing(self, items: list[tuple[str, bytes | Staged]]) -> list[str]:
+        """A fsynced temporary file for each item, in order: the one it was staged in, or
+        one written now, all of those as one group.  The files are the caller's."""
         for key, _ in items:  # a bad key is refused before anything is staged
             self._path(key)
-        staged = self._staged_many([data for _, data in items])
+        ahead = [isinstance(data, Staged) and data.path is not None for _, data in items]
+        fresh = iter(self._staged_many([content(data) for (_, data), staged
+                                        in zip(items, ahead, strict=True) if not staged]))
+        return [data.take() if staged else next(fresh)
+                for (_, data), staged in zip(items, ahead, strict=True)]
+
+    def write_many(self, items: list[tuple[str, bytes | Staged]],
+                   defer: set[str] | None = None,
+                   run: Callable[[list[tuple]], list] | None = None) -> None:
+        """Staged and synced as one group (:meth:`_placing`), then each renamed into
+        place as :meth:`write` does."""
+        staged = self._placing(items)
         placed = 0
         try:
             for (key, _), tmp in zip(items, staged, strict=True):
@@ -223,13 +301,12 @@ class LocalStore(Store):
             for tmp in staged[placed:]:
                 os.unlink(tmp)
 
-    def create_many(self, items: list[tuple[str, bytes]], defer: set[str] | None = None,
+    def create_many(self, items: list[tuple[str, bytes | Staged]],
+                    defer: set[str] | None = None,
                     run: Callable[[list[tuple]], list] | None = None) -> list[bool]:
-        """Staged and synced as one group, then each linked into place as :meth:`create`
-        does."""
-        for key, _ in items:  # a bad key is refused before anything is staged
-            self._path(key)
-        staged = self._staged_many([data for _, data in items])
+        """Staged and synced as one group (:meth:`_placing`), then each linked into place
+        as :meth:`create` does."""
+        staged = self._placing(items)
         done: list[bool] = []
         placed = 0
         try:

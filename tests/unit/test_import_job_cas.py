@@ -9,12 +9,14 @@ paused process or a slow disk)."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
 import pytest
 
-from hcafs.server.imports import Importer, ImportLimits
+from hcafs.checksums import Checksums
+from hcafs.server.imports import Importer, ImportLimits, _Landing
 from hcafs.server.leases import LeaseLost, Leases
 from hcafs.server.store import LocalStore
 
@@ -167,3 +169,24 @@ def test_a_refused_swap_that_finds_its_own_bytes_counts_as_written(tmp_path):
         assert json.loads(store.read(f"imports/{JOB}"))["state"] == "RUNNING"
     finally:
         importer.close()
+
+
+def test_a_job_let_go_drops_what_it_fetched_ahead_and_its_staged_documents(tmp_path):
+    """Units fetched ahead of their admission hold staged documents (temporary files of
+    the store); a job given up (finished elsewhere, lost) drops them, not another job's."""
+    store = LocalStore(str(tmp_path / "store"))
+    importer = Importer(store, None, ImportLimits(), str(tmp_path / "spool"), workers=1)
+    try:
+        sums = Checksums(sha256="0" * 64, sha1="0" * 40, crc32c="0" * 8, s3_etag="0" * 32,
+                         size=10)
+        for job_id, index in (("lost", 0), ("lost", 1), ("kept", 0)):
+            importer._ahead[(job_id, index)] = _Landing(
+                sums, ("folder", "leaf"), "files/x", {}, {},
+                store.stage([b"file", b"record", b"entry"]))
+            importer._ahead_bytes += sums.size
+        importer._let_go("lost")
+        assert list(importer._ahead) == [("kept", 0)] and importer._ahead_bytes == 10
+        assert len(os.listdir(os.path.join(store.root, ".tmp"))) == 3
+    finally:
+        importer.close()
+    assert importer._ahead == {} and os.listdir(os.path.join(store.root, ".tmp")) == []

@@ -10,6 +10,7 @@ order is seen by wrapping the store's writeback hint, ``os.fsync``, ``os.replace
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -127,3 +128,55 @@ def test_large_documents_are_written_whole(tmp_path):
     big = os.urandom(3 * 1024 * 1024 + 7)
     store.write_many([("docs/big", big), ("docs/small", b"s")])
     assert store.read("docs/big") == big
+
+
+def test_documents_staged_ahead_are_placed_with_no_write_at_placing(tmp_path, events):
+    """Staged documents are on disk when staged; placing them is the names only (no
+    writeback, no fsync of their bytes then), mixed with bytes given at once, which are
+    staged as a group as before."""
+    store = LocalStore(str(tmp_path / "store"))
+    staged = store.stage([b"first", b"second", b"third"])
+    assert events == ["start"] * 3 + ["fsync"] * 3
+    assert len(_leftovers(store)) == 3
+    events.clear()
+    defer: set[str] = set()
+    assert store.create_many([("docs/a", staged[0]), ("docs/b", b"given now"),
+                              ("docs/c", staged[1])], defer) == [True, True, True]
+    assert events == ["start", "fsync", "link", "link", "link"]  # only "given now" written
+    events.clear()
+    store.write_many([("docs/d", staged[2])], defer)
+    assert events == ["rename"]
+    assert [store.read(f"docs/{k}") for k in "abcd"] == [b"first", b"given now", b"second",
+                                                       b"third"]
+    assert _leftovers(store) == []
+    assert all(s.path is None for s in staged)
+
+
+def test_a_staged_document_is_placed_once_then_from_its_bytes_and_discard_removes_it(tmp_path):
+    store = LocalStore(str(tmp_path / "store"))
+    once, dropped = store.stage([b"kept", b"dropped"])
+    store.write_many([("docs/x", once)])
+    store.write_many([("docs/y", once)])  # its file was placed: written again from the bytes
+    assert store.read("docs/x") == store.read("docs/y") == b"kept"
+    dropped.discard()
+    dropped.discard()  # twice is harmless
+    assert _leftovers(store) == [] and store.read("docs/z") is None
+    # a refused create (the name exists) removes the staged file as well
+    taken = store.stage([b"late"])[0]
+    assert store.create_many([("docs/x", taken)]) == [False]
+    assert store.read("docs/x") == b"kept" and _leftovers(store) == []
+
+
+def test_stale_temporary_files_are_swept_at_start_and_moving_files_kept(tmp_path):
+    store = LocalStore(str(tmp_path / "store"))
+    tmp = os.path.join(store.root, ".tmp")
+    old = time.time() - store_module.STALE_TEMP - 60
+    stale, fresh = store.stage([b"crashed", b"in use"])
+    os.utime(stale.path, (old, old))
+    moving = store.moving_path("/somewhere/a-users-file")
+    with open(moving, "wb") as handle:
+        handle.write(b"on its way in")
+    os.utime(moving, (old, old))
+    LocalStore(store.root)  # a process starting on the same store
+    assert sorted(os.listdir(tmp)) == sorted([os.path.basename(fresh.path),
+                                              os.path.basename(moving)])
