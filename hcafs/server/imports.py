@@ -1068,7 +1068,7 @@ class Importer:
             if ahead is not None and i not in entries:
                 if ahead.where != (ready[i]["folder"]["id"], ready[i]["leaf"]):
                     ahead.discard()  # made for another destination: made again
-                    ahead = self._landing(job, ready[i], ahead.sums, stage=False)
+                    ahead = self._landings(job, [(ready[i], ahead.sums)], stage=False)[0]
                 landing.append((i, when, ahead))
         self._publish_files(job, [(ahead.key, ahead.staged[0]) for *_, ahead in landing],
                             defer)
@@ -1152,8 +1152,11 @@ class Importer:
                     continue
             todo.append((i, work))
         self._give_access([work for _, work in todo])
-        for i, landing in self._in_parallel(job, [(i, self._fetched, job, work)
-                                                  for i, work in todo], entries):
+        fetched = self._in_parallel(job, [(i, self._stage, job, work) for i, work in todo],
+                                    entries)
+        works = dict(todo)
+        landings = self._landings(job, [(works[i], sums) for i, sums in fetched])
+        for (i, _), landing in zip(fetched, landings, strict=True):
             with self._ahead_lock:
                 self._ahead[(job["id"], i)] = landing
                 self._ahead_bytes += landing.sums.size
@@ -1254,26 +1257,30 @@ class Importer:
                 self.reader.access(found, unit["object"], work["auth"])
         return self._fetch(job, work)
 
-    def _fetched(self, job: dict, work: dict) -> _Landing:
-        """A unit fetched (:meth:`_stage`), and its documents made and staged."""
-        return self._landing(job, work, self._stage(job, work))
-
-    def _landing(self, job: dict, work: dict, sums: Checksums, stage: bool = True
-                 ) -> _Landing:
-        """The documents of a fetched unit (staged now, or only when placed)."""
-        unit, found, leaf = work["unit"], work["found"], work["leaf"]
-        version = now_version()
-        content_type = mimetypes.guess_type(leaf)[0] or _mime_type(found.get("mime_type"))
-        source = Source(url=unit["object"], size=sums.size, content_type=content_type,
-                        checksums={name: getattr(sums, name) for name in TAG_KEYS})
-        fqid = f"{work['file_uuid']}.{version}"
-        document = file_document(source, 0, version)
-        record = self._record(job, unit, work["folder"], leaf, fqid, document,
-                              work["check"].label)
-        datas = [_dumps(document), _dumps(record), self.folders.entry(leaf, fqid)]
-        return _Landing(sums, (work["folder"]["id"], leaf), f"files/{fqid}", document,
-                        record, self.store.stage(datas) if stage else
-                        [Staged(data) for data in datas])
+    def _landings(self, job: dict, fetched: list[tuple[dict, Checksums]],
+                  stage: bool = True) -> list[_Landing]:
+        """The documents of fetched units (each ``(work, checksums)``), staged now as one
+        group (:meth:`.store.Store.stage`), or only when placed."""
+        made = []
+        for work, sums in fetched:
+            unit, found, leaf = work["unit"], work["found"], work["leaf"]
+            version = now_version()
+            content_type = mimetypes.guess_type(leaf)[0] or \
+                _mime_type(found.get("mime_type"))
+            source = Source(url=unit["object"], size=sums.size, content_type=content_type,
+                            checksums={name: getattr(sums, name) for name in TAG_KEYS})
+            fqid = f"{work['file_uuid']}.{version}"
+            document = file_document(source, 0, version)
+            record = self._record(job, unit, work["folder"], leaf, fqid, document,
+                                  work["check"].label)
+            made.append((sums, (work["folder"]["id"], leaf), fqid, document, record))
+        datas = [data for *_, fqid, document, record in made
+                 for data in (_dumps(document), _dumps(record),
+                              self.folders.entry(record["name"], fqid))]
+        staged = self.store.stage(datas) if stage else [Staged(data) for data in datas]
+        return [_Landing(sums, where, f"files/{fqid}", document, record,
+                         staged[3 * n:3 * n + 3])
+                for n, (sums, where, fqid, document, record) in enumerate(made)]
 
     def _publish_files(self, job: dict, files: list[tuple[str, bytes | Staged]],
                        defer: set[str]) -> None:
