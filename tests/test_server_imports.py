@@ -535,8 +535,8 @@ def test_a_job_past_the_file_budget_waits_for_the_window_and_finishes(repo, tmp_
         assert max(admitted) - min(admitted) >= 6.0  # two windows had to reopen
         # the units fetched ahead of their admission had their documents staged: all placed
         stores = glob.glob(str(tmp_path / "limited" / "**" / ".tmp"), recursive=True)
-        assert stores and [name for store in stores for name in os.listdir(store)
-                           if name.startswith("tmp")] == []
+        assert stores and [name for store in stores for _, _, names in os.walk(store)
+                           for name in names] == []
     finally:
         server.stop()
 

@@ -202,7 +202,8 @@ def owner_key(email: str) -> str:
 
 
 class _Due:
-    """Job ids, by owner, and when each may next run; a job is queued at most once.
+    """Job ids, by owner, and when each may next run; a job is queued at most once, and
+    not while a thread works on it (a rescan in between would give it a second thread).
 
     :meth:`take` serves owners round-robin and passes over an owner whose jobs already
     hold ``per_owner`` engine threads, so one owner's slow sources cannot hold them all.
@@ -214,11 +215,12 @@ class _Due:
         self._owners: deque[str] = deque()
         self._running: dict[str, int] = {}
         self._queued: set[str] = set()
+        self._working: set[str] = set()  # taken, not done
         self._cond = threading.Condition()
 
     def put(self, job_id: str, owner: str, when: float = 0.0) -> None:
         with self._cond:
-            if job_id in self._queued:
+            if job_id in self._queued or job_id in self._working:
                 return
             self._queued.add(job_id)
             if owner not in self._heaps:
@@ -243,13 +245,15 @@ class _Due:
                         continue
                     _, job_id = heapq.heappop(heap)
                     self._queued.discard(job_id)
+                    self._working.add(job_id)
                     self._running[owner] = self._running.get(owner, 0) + 1
                     return job_id, owner
                 self._cond.wait(max(wait, 0.01))
             return None
 
-    def done(self, owner: str) -> None:
+    def done(self, job_id: str, owner: str) -> None:
         with self._cond:
+            self._working.discard(job_id)
             self._running[owner] -= 1
             if not self._running[owner]:
                 del self._running[owner]
@@ -659,11 +663,11 @@ class Importer:
                 held = self._hold(job_id)
             except HcafsError as exc:
                 log.error("DRS import %s: %s; retrying in %.0fs", job_id, exc, STORE_RETRY)
-                self._due.done(owner)
+                self._due.done(job_id, owner)
                 self._due.put(job_id, owner, time.time() + STORE_RETRY)
                 continue
             if not held:  # another process works it
-                self._due.done(owner)
+                self._due.done(job_id, owner)
                 continue
             metrics.imports_in_flight(1)
             try:
@@ -686,7 +690,7 @@ class Importer:
                 self._current.discard(job_id)
                 again = time.time() + STORE_RETRY
             finally:
-                self._due.done(owner)
+                self._due.done(job_id, owner)
                 metrics.imports_in_flight(-1)
             if again is not None:
                 self._due.put(job_id, owner, again)
@@ -1277,7 +1281,11 @@ class Importer:
         datas = [data for *_, fqid, document, record in made
                  for data in (_dumps(document), _dumps(record),
                               self.folders.entry(record["name"], fqid))]
-        staged = self.store.stage(datas) if stage else [Staged(data) for data in datas]
+        try:
+            staged = self.store.stage(datas) if stage else [Staged(data) for data in datas]
+        except OSError as exc:  # the job is tried again later (its blobs are kept)
+            raise HcafsError(f"DRS import {job['id']}: cannot stage the documents of "
+                             f"{len(made)} fetched files: {exc}") from exc
         return [_Landing(sums, where, f"files/{fqid}", document, record,
                          staged[3 * n:3 * n + 3])
                 for n, (sums, where, fqid, document, record) in enumerate(made)]

@@ -46,6 +46,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 import time
 import uuid as _uuid
@@ -54,6 +55,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 from ..errors import ConfigError, NotFound, RemoteError
+from ..processes import pid_alive
 from ..remote.s3 import S3, S3Url, rechunk
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ log = logging.getLogger(__name__)
 BLOB_PART = 16 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
 PROBE_PREFIX = "probes/conditional-put-"  # S3Store.check writes and deletes one such key
+STAGED_PREFIX = "staged-"  # LocalStore: the folder of one process's documents staged ahead
 STALE_TEMP = 24 * 3600  # seconds after which a temporary file of the local store is a crash's
 STALE_ETAG = '"00000000000000000000000000000000"'
 
@@ -210,16 +213,24 @@ class LocalStore(Store):
         self._sweep()
 
     def _sweep(self) -> None:
-        """Remove the temporary files a crashed process left (documents staged and never
-        placed), once they are a day old: no live writer keeps one that long.  The
-        ``move-`` files stay: each is a caller's file on its way in, found again by the
-        next attempt (:meth:`move_blob`)."""
+        """Remove what crashed processes left: each dead process's folder of documents
+        staged ahead (``staged-PID``), and the temporary files of single writes once they
+        are a day old (no live writer keeps one that long; several processes may share
+        the store).  The ``move-`` files stay: each is a caller's file on its way in,
+        found again by the next attempt (:meth:`move_blob`)."""
         cutoff = time.time() - STALE_TEMP
         with os.scandir(self._tmp) as found:
             for entry in found:
                 try:
-                    if entry.name.startswith("tmp") and entry.is_file(follow_symlinks=False) \
-                            and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    if entry.name.startswith(STAGED_PREFIX) and \
+                            entry.is_dir(follow_symlinks=False):
+                        pid = entry.name[len(STAGED_PREFIX):]
+                        if pid.isdigit() and not pid_alive(int(pid)):
+                            shutil.rmtree(entry.path, ignore_errors=True)
+                            log.info("removed the staged documents of process %s", pid)
+                    elif entry.name.startswith("tmp") and \
+                            entry.is_file(follow_symlinks=False) and \
+                            entry.stat(follow_symlinks=False).st_mtime < cutoff:
                         os.unlink(entry.path)
                         log.info("removed the stale temporary file %s", entry.path)
                 except FileNotFoundError:  # another process removed or placed it
@@ -240,7 +251,7 @@ class LocalStore(Store):
         except FileNotFoundError:
             return None
 
-    def _staged_many(self, datas: list[bytes]) -> list[str]:
+    def _staged_many(self, datas: list[bytes], folder: str | None = None) -> list[str]:
         """Write each document to a temporary file, and make them all durable together:
         each one's writeback is started as it is written, so the first fsync commits
         nearly all of them in one journal transaction and the others find their data
@@ -249,7 +260,7 @@ class LocalStore(Store):
         staged: list[str] = []
         try:
             for data in datas:
-                fd, tmp = tempfile.mkstemp(dir=self._tmp)
+                fd, tmp = tempfile.mkstemp(dir=folder or self._tmp)
                 staged.append(tmp)
                 try:
                     _write_all(fd, data)
@@ -271,20 +282,30 @@ class LocalStore(Store):
         return staged
 
     def stage(self, datas: list[bytes]) -> list[Staged]:
-        """Each document in a fsynced temporary file (:meth:`_staged_many`)."""
-        return [Staged(data, path) for data, path in zip(datas, self._staged_many(datas),
-                                                         strict=True)]
+        """Each document in a fsynced temporary file (:meth:`_staged_many`), in this
+        process's own folder (``.tmp/staged-PID``, removed by the next start once the
+        process is gone: a document may wait a long time for its placing)."""
+        folder = os.path.join(self._tmp, f"{STAGED_PREFIX}{os.getpid()}")
+        os.makedirs(folder, exist_ok=True)
+        return [Staged(data, path) for data, path in zip(datas, self._staged_many(
+            datas, folder), strict=True)]
 
     def _placing(self, items: list[tuple[str, bytes | Staged]]) -> list[str]:
         """A fsynced temporary file for each item, in order: the one it was staged in, or
         one written now, all of those as one group.  The files are the caller's."""
         for key, _ in items:  # a bad key is refused before anything is staged
             self._path(key)
-        ahead = [isinstance(data, Staged) and data.path is not None for _, data in items]
-        fresh = iter(self._staged_many([content(data) for (_, data), staged
-                                        in zip(items, ahead, strict=True) if not staged]))
-        return [data.take() if staged else next(fresh)
-                for (_, data), staged in zip(items, ahead, strict=True)]
+        taken = [data.take() if isinstance(data, Staged) else None for _, data in items]
+        try:
+            fresh = iter(self._staged_many([content(data) for (_, data), path
+                                            in zip(items, taken, strict=True)
+                                            if path is None]))
+        except BaseException:
+            for path in taken:
+                if path is not None:
+                    os.unlink(path)
+            raise
+        return [path if path is not None else next(fresh) for path in taken]
 
     def write_many(self, items: list[tuple[str, bytes | Staged]],
                    defer: set[str] | None = None,
@@ -408,7 +429,9 @@ class LocalStore(Store):
             path = self._path(key)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             if tmp is None:
-                tmp = self._staged([data or b""])
+                if data is None:
+                    raise ValueError(f"nothing to write at {key!r}")
+                tmp = self._staged([data])
             with self._locked(path) as fd:
                 if tag is not None and (fd is None or _tag(_read_fd(fd)) != tag):
                     return False

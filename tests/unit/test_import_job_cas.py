@@ -16,7 +16,7 @@ import time
 import pytest
 
 from hcafs.checksums import Checksums
-from hcafs.server.imports import Importer, ImportLimits, _Landing
+from hcafs.server.imports import Importer, ImportLimits, _Due, _Landing
 from hcafs.server.leases import LeaseLost, Leases
 from hcafs.server.store import LocalStore
 
@@ -186,7 +186,30 @@ def test_a_job_let_go_drops_what_it_fetched_ahead_and_its_staged_documents(tmp_p
             importer._ahead_bytes += sums.size
         importer._let_go("lost")
         assert list(importer._ahead) == [("kept", 0)] and importer._ahead_bytes == 10
-        assert len(os.listdir(os.path.join(store.root, ".tmp"))) == 3
+        assert len(_staged_files(store)) == 3
     finally:
         importer.close()
-    assert importer._ahead == {} and os.listdir(os.path.join(store.root, ".tmp")) == []
+    assert importer._ahead == {} and _staged_files(store) == []
+
+
+def _staged_files(store: LocalStore) -> list[str]:
+    return [name for _, _, names in os.walk(os.path.join(store.root, ".tmp"))
+            for name in names]
+
+
+def test_a_job_a_thread_works_on_is_not_queued_again_until_done():
+    """A rescan between a job's take and its lease claim found its lease free and queued
+    it again: a second thread then worked the same job (and the one that lost the swap let
+    go of the other's fetched units)."""
+    due, stop = _Due(), threading.Event()
+    due.put("job", "owner")
+    assert due.take(stop) == ("job", "owner")
+    due.put("job", "owner")  # the rescan, while the job is worked
+    timer = threading.Timer(0.3, stop.set)
+    timer.start()
+    assert due.take(stop) is None  # nothing queued: the wait ran out
+    timer.join()
+    stop.clear()
+    due.done("job", "owner")
+    due.put("job", "owner", time.time())  # the work asked to come back: queued
+    assert due.take(stop) == ("job", "owner")

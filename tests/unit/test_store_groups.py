@@ -10,6 +10,7 @@ order is seen by wrapping the store's writeback hint, ``os.fsync``, ``os.replace
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 
 import pytest
@@ -48,7 +49,10 @@ def events(monkeypatch) -> list[str]:
 
 
 def _leftovers(store: LocalStore) -> list[str]:
-    return os.listdir(os.path.join(store.root, ".tmp"))
+    """The temporary files in the store (a process's folder of staged documents may stay,
+    empty)."""
+    return [name for _, _, names in os.walk(os.path.join(store.root, ".tmp"))
+            for name in names]
 
 
 def test_a_group_is_on_disk_before_any_name_points_at_it(tmp_path, events):
@@ -167,16 +171,44 @@ def test_a_staged_document_is_placed_once_then_from_its_bytes_and_discard_remove
     assert store.read("docs/x") == b"kept" and _leftovers(store) == []
 
 
-def test_stale_temporary_files_are_swept_at_start_and_moving_files_kept(tmp_path):
+def test_what_dead_processes_left_is_swept_at_start_and_the_living_keep_theirs(tmp_path):
+    """Documents staged ahead live in their process's own folder, which a start removes
+    only once that process is gone (a document may wait days for a daily budget); the
+    temporary files of single writes go once a day old; ``move-`` files stay."""
     store = LocalStore(str(tmp_path / "store"))
     tmp = os.path.join(store.root, ".tmp")
     old = time.time() - store_module.STALE_TEMP - 60
-    stale, fresh = store.stage([b"crashed", b"in use"])
-    os.utime(stale.path, (old, old))
+    mine = store.stage([b"waiting for its admission"])[0]
+    os.utime(mine.path, (old, old))  # old, but its process lives
+    dead = subprocess.Popen(["sleep", "0"])
+    dead.wait()
+    gone = os.path.join(tmp, f"{store_module.STAGED_PREFIX}{dead.pid}")
+    os.makedirs(gone)
+    with open(os.path.join(gone, "tmpabc"), "wb") as handle:
+        handle.write(b"staged by a process that died")
+    crashed = os.path.join(tmp, "tmp-crashed")
+    fresh = os.path.join(tmp, "tmp-in-use")
     moving = store.moving_path("/somewhere/a-users-file")
-    with open(moving, "wb") as handle:
-        handle.write(b"on its way in")
+    for path in (crashed, fresh, moving):
+        with open(path, "wb") as handle:
+            handle.write(b"x")
+    os.utime(crashed, (old, old))
     os.utime(moving, (old, old))
     LocalStore(store.root)  # a process starting on the same store
-    assert sorted(os.listdir(tmp)) == sorted([os.path.basename(fresh.path),
-                                              os.path.basename(moving)])
+    assert sorted(os.listdir(tmp)) == sorted([os.path.basename(fresh),
+                                              os.path.basename(moving),
+                                              f"{store_module.STAGED_PREFIX}{os.getpid()}"])
+    assert os.path.exists(mine.path)
+    store.write_many([("docs/waited", mine)])
+    assert store.read("docs/waited") == b"waiting for its admission"
+
+
+def test_a_staged_file_gone_before_its_placing_is_written_from_its_bytes(tmp_path):
+    store = LocalStore(str(tmp_path / "store"))
+    lost, kept = store.stage([b"lost file", b"kept file"])
+    os.unlink(lost.path)  # a fault: removed behind the store's back
+    with pytest.raises(FileNotFoundError):
+        store.write_many([("docs/a", lost)])
+    assert store.read("docs/a") is None
+    store.write_many([("docs/a", lost), ("docs/b", kept)])  # taken: now from its bytes
+    assert (store.read("docs/a"), store.read("docs/b")) == (b"lost file", b"kept file")
