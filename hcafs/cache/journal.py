@@ -541,6 +541,8 @@ class Journal:
                      ) -> None:
         """:meth:`import_done` of each ``(import_id, bundle, drs_file_id, conflict,
         entries)``, all in one transaction (a finished job's items: one commit)."""
+        if not landed:  # nothing to record: no write lock taken
+            return
         now = time.time()
         with self.cachedb.atomic() as db:
             for import_id, bundle, drs_file_id, conflict, entries in landed:

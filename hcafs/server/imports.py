@@ -80,6 +80,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlencode, urlsplit
 
+from .. import __version__
 from ..checksums import TAG_KEYS, Checksummer, Checksums
 from ..errors import HcafsError, Problem, RemoteError
 from ..remote.s3 import S3, S3Url
@@ -142,6 +143,9 @@ _KINDS = {"malformed": (400, 5101), "unresolvable": (404, 5102), "not_found": (4
 # ==================================================================== errors
 
 
+# The shape of a job's view, part of its entity tag: a server whose rendering of an unchanged
+# job differs (an upgrade) must not answer a poll 304 for the old rendering.
+VIEW_VERSION = f"{__version__}/1"
 API_INFO = "docs/drs.md#the-bulk-import-api-v2"
 
 
@@ -501,15 +505,15 @@ class Importer:
 
     def job(self, job_id: str, who: Identity, base: str,
             known: Callable[[str], bool] = lambda etag: False) -> tuple[dict | None, str]:
-        """A job's view and its entity tag (which names the stored version of the job
-        and the base URL its links use); None for the view when ``known(etag)`` says the
-        caller holds that version already (``If-None-Match``: an unchanged job costs a
-        read, not a rendering)."""
+        """A job's view and its entity tag (which names the stored version of the job,
+        the base URL its links use and :data:`VIEW_VERSION`); None for the view when
+        ``known(etag)`` says the caller holds that version already (``If-None-Match``:
+        an unchanged job costs a read, not a rendering)."""
         found = self._load_versioned(job_id) if _JOB_RE.match(job_id) else None
         if found is None or (found[0]["owner"] != who.email and not who.admin):
             raise SbgProblem(404, 404, f"Import job {job_id} not found")
         job, tag = found
-        etag = hashlib.sha256(f"{tag}\n{base}".encode()).hexdigest()[:32]
+        etag = hashlib.sha256(f"{VIEW_VERSION}\n{tag}\n{base}".encode()).hexdigest()[:32]
         return (None if known(etag) else self._view(job, base)), etag
 
     @staticmethod

@@ -9,6 +9,8 @@ checks that it did change the database (so the comparison can fail).
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Callable
 from types import SimpleNamespace
 
@@ -220,3 +222,19 @@ def test_a_commit_keeps_its_version_across_retries_and_then_drops_the_files(jour
     assert journal.bundle("b").state == j.OPEN and journal.commit_version("b") != version
     journal.committed("b", "11111111-1111-4111-8111-111111111111.v")
     assert journal.bundle("b").state == j.COMMITTED and journal.files("b") == []
+
+
+def test_a_job_with_nothing_landed_records_nothing_and_takes_no_write_lock(journal,
+                                                                          tmp_path):
+    """Every item of a finished job failed or was skipped: recording its landed items is
+    a no-op, not a write transaction that waits behind another writer."""
+    journal.add_bundle("b", "11111111-1111-4111-8111-111111111111", None, [])
+    other = sqlite3.connect(str(tmp_path / "hcafs.db"), timeout=0)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        started = time.monotonic()
+        journal.imports_done([])
+        assert time.monotonic() - started < 1.0
+    finally:
+        other.rollback()
+        other.close()
