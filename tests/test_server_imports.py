@@ -499,6 +499,66 @@ def test_a_poll_that_names_the_jobs_version_is_answered_304(repo, importer, requ
         assert last.headers["ETag"] != first.headers["ETag"]
 
 
+def test_a_poll_that_prefers_to_wait_is_held_until_its_job_changes(repo, tmp_path):
+    """``Prefer: wait=N`` with the current tag: the answer comes when the job changes (here
+    when the file budget lets its last files in), or after N seconds as a 304; a malformed
+    preference is no wait; another identity still gets its 404 at once; and one process
+    holds only a few polls at a time, answering the others at once."""
+    server = DSSServer(str(tmp_path / "held"), args=[
+        "--import-rate-limit", "2", "--import-rate-window", "3", "--workers", "1"]).start()
+    try:
+        fqid = repo.put_file(b"a held poll\n")
+        items = [{"drs_uri": repo.uri(fqid), "project": "tester/held", "name": f"h{n}"}
+                 for n in range(4)]
+        job_id = create(server, {"items": items}).json()["id"]
+        url, auth = f"{server.url}/v2/bulk/drs/imports/{job_id}", {"X-SBG-Auth-Token": USER}
+        deadline = time.monotonic() + 20
+        while True:  # the first two files are in; the others wait for the window
+            first = requests.get(url, headers=auth, timeout=30)
+            if len(first.json()["result"]) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert len(first.json()["result"]) == 2, first.json()
+        started = time.monotonic()
+        held = requests.get(url, headers={**auth, "If-None-Match": first.headers["ETag"],
+                                          "Prefer": "respond-async, wait=8"}, timeout=30)
+        took = time.monotonic() - started
+        assert held.status_code == 200 and len(held.json()["result"]) > 2, held.text
+        assert held.headers["Preference-Applied"] == "wait=8"
+        assert 0.3 <= took < 7.5, took  # it waited for the change, not for the 8 s
+        job, _ = wait_finished(server, job_id, USER)
+        etag = requests.get(url, headers=auth, timeout=30).headers["ETag"]
+        started = time.monotonic()
+        done = requests.get(url, headers={**auth, "If-None-Match": etag, "Prefer": "wait=1"},
+                            timeout=30)
+        assert done.status_code == 304 and done.headers["Preference-Applied"] == "wait=1"
+        assert 0.9 <= time.monotonic() - started < 3.0  # a finished job never changes
+        for bad in ("wait=soon", "wait=-1", "wait=99999999", "wait"):
+            started = time.monotonic()
+            quick = requests.get(url, headers={**auth, "If-None-Match": etag, "Prefer": bad},
+                                 timeout=30)
+            assert quick.status_code == 304 and "Preference-Applied" not in quick.headers
+            assert time.monotonic() - started < 0.9, bad
+        foreign = requests.get(url, headers={"X-SBG-Auth-Token": OTHER, "If-None-Match": etag,
+                                             "Prefer": "wait=5"}, timeout=30)
+        assert foreign.status_code == 404
+        # more held polls at once than one process holds (8): the rest are answered now
+        def poll(_):
+            begun = time.monotonic()
+            answer = requests.get(url, headers={**auth, "If-None-Match": etag,
+                                                "Prefer": "wait=3"}, timeout=30)
+            return answer.status_code, "Preference-Applied" in answer.headers, \
+                time.monotonic() - begun
+        with ThreadPoolExecutor(10) as pool:
+            answers = list(pool.map(poll, range(10)))
+        assert all(status == 304 for status, _, _ in answers)
+        assert sum(1 for _, applied, _ in answers if applied) == 8, answers
+        assert all(took < 1.5 for _, applied, took in answers if not applied), answers
+        assert job["state"] == "FINISHED"
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize("kind", ["fixed", "sliding"])
 def test_a_job_past_the_file_budget_waits_for_the_window_and_finishes(repo, tmp_path, kind):
     server = DSSServer(str(tmp_path / "limited"), args=[

@@ -9,6 +9,7 @@ recorded first, so a retry (here, or after a crash) makes no second job.  The se
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -40,6 +41,7 @@ class BulkImportClient(HttpClient):
                          retry=retry or IMPORT_RETRY, verify=verify, pool_size=4)
         self._token = token
         self.limit: RateLimit | None = None
+        self._limit_lock = threading.Lock()
 
     def __repr__(self) -> str:  # no token in any repr
         return f"BulkImportClient({self.base!r})"
@@ -48,13 +50,18 @@ class BulkImportClient(HttpClient):
         return {"X-SBG-Auth-Token": self._token} if self._token else {}
 
     def _seen(self, response: requests.Response) -> None:
+        """Keep the budget an answer states (polls may run in another thread than the
+        caller's: the latest seen is kept)."""
         try:
-            self.limit = RateLimit(int(response.headers["X-RateLimit-Limit"]),
-                                   int(response.headers["X-RateLimit-Remaining"]),
-                                   _epoch(float(response.headers["X-RateLimit-Reset"])),
-                                   time.time())
+            seen = RateLimit(int(response.headers["X-RateLimit-Limit"]),
+                             int(response.headers["X-RateLimit-Remaining"]),
+                             _epoch(float(response.headers["X-RateLimit-Reset"])),
+                             time.time())
         except (KeyError, ValueError):
-            pass
+            return
+        with self._limit_lock:
+            if self.limit is None or seen.seen >= self.limit.seen:
+                self.limit = seen
 
     def _describe(self, response: requests.Response) -> tuple[str, str]:
         try:
@@ -72,16 +79,23 @@ class BulkImportClient(HttpClient):
     def get(self, job_id: str) -> dict:
         return self.request("GET", f"/bulk/drs/imports/{job_id}", auth=True).json()
 
-    def poll(self, job_id: str, etag: str | None = None) -> tuple[dict | None, str | None]:
+    def poll(self, job_id: str, etag: str | None = None, wait: int = 0
+             ) -> tuple[dict | None, str | None, bool]:
         """The job, or None if ``etag`` (of an earlier answer) still names it: a server
         that tags its jobs (``hcafs serve`` does) answers such a poll 304, with no body.
-        Also the answer's ``ETag`` (None from a server that sends none)."""
+        Also the answer's ``ETag`` (None from a server that sends none), and whether the
+        server held the poll: with ``wait``, it is asked (``Prefer: wait``, RFC 7240) to
+        answer only once the job changes or that many seconds have passed."""
+        headers = {"If-None-Match": etag} if etag else {}
+        if etag and wait > 0:
+            headers["Prefer"] = f"wait={int(wait)}"
         response = self.request("GET", f"/bulk/drs/imports/{job_id}", auth=True,
-                                headers={"If-None-Match": etag} if etag else None)
+                                headers=headers or None)  # a wait is well inside the timeout
         tag = response.headers.get("ETag")
+        held = "wait" in response.headers.get("Preference-Applied", "")
         if response.status_code == 304:
-            return None, tag or etag
-        return response.json(), tag
+            return None, tag or etag, held
+        return response.json(), tag, held
 
 
 def _epoch(reset: float) -> float:

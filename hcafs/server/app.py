@@ -72,6 +72,17 @@ def _json_response(body: object, status: int = 200, headers: dict | None = None)
                     content_type="application/json")
 
 
+def preferred_wait(header: str | None) -> float:
+    """The ``wait`` preference (seconds) of a ``Prefer`` header (RFC 7240); 0 when there
+    is none or it is not a small whole number."""
+    for preference in (header or "")[:512].split(","):
+        name, _, value = preference.partition(";")[0].partition("=")
+        if name.strip().lower() == "wait":
+            value = value.strip().strip('"')
+            return float(value) if value.isdigit() and len(value) <= 6 else 0.0
+    return 0.0
+
+
 class App:
     """The WSGI application of ``hcafs serve``; extra routers may be mounted on it."""
 
@@ -488,10 +499,16 @@ class App:
         return _json_response(self.imports.create(_json_or_none(request), who, base, key))
 
     def on_import_get(self, request: Request, who: Identity, job_id: str) -> Response:
-        """A job; 304 to an ``If-None-Match`` that names its current version."""
-        view, etag = self.imports.job(job_id, who, request.host_url.rstrip("/"),
-                                      request.if_none_match.contains_weak)
+        """A job; 304 to an ``If-None-Match`` that names its current version, held until
+        the job changes when the poll says ``Prefer: wait=N`` (RFC 7240; an hcafs
+        addition, bounded by the importer)."""
+        wait = preferred_wait(request.headers.get("Prefer"))
+        view, etag, held = self.imports.job_when_changed(
+            job_id, who, request.host_url.rstrip("/"), request.if_none_match.contains_weak,
+            wait)
         headers = {"ETag": f'"{etag}"', "Cache-Control": "private, no-cache"}
+        if held:
+            headers["Preference-Applied"] = f"wait={wait:g}"
         if view is None:
             return Response(status=304, headers=headers)
         return _json_response(view, headers=headers)

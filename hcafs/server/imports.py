@@ -103,7 +103,7 @@ from .folders import (
     name_error,
 )
 from .leases import Lease, LeaseLost, Leases
-from .store import Staged, Store
+from .store import LocalStore, Staged, Store
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,8 @@ _KINDS = {"malformed": (400, 5101), "unresolvable": (404, 5102), "not_found": (4
 # The shape of a job's view, part of its entity tag: a server whose rendering of an unchanged
 # job differs (an upgrade) must not answer a poll 304 for the old rendering.
 VIEW_VERSION = f"{__version__}/1"
+WAIT_MAX = 10.0  # seconds a poll may ask to be held until its job changes (Prefer: wait)
+WAITERS = 8  # polls held at once in one process; past that, a poll is answered at once
 API_INFO = "docs/drs.md#the-bulk-import-api-v2"
 
 
@@ -346,6 +348,9 @@ class Importer:
         self._spooling = 0  # bytes reserved by fetches in flight
         self._spool_lock = threading.Lock()
         self._stop = threading.Event()
+        self._waiters = threading.BoundedSemaphore(WAITERS)
+        # a held poll looks at its job this often (locally a file read; on S3 a GET)
+        self._wait_step = 0.05 if isinstance(store, LocalStore) else 0.25
         self._threads = [threading.Thread(target=self._work, name=f"drs-import-{n}",
                                           daemon=True) for n in range(workers)]
 
@@ -503,6 +508,33 @@ class Importer:
         clean.update(name=name, metadata=metadata or {})
         return clean
 
+    def job_when_changed(self, job_id: str, who: Identity, base: str,
+                         known: Callable[[str], bool], wait: float
+                         ) -> tuple[dict | None, str, bool]:
+        """:meth:`job`, held while the caller's tag is current: up to ``wait`` seconds
+        (at most :data:`WAIT_MAX`) for the job to change, checked every
+        :attr:`_wait_step` from its stored version alone.  Only :data:`WAITERS` polls
+        are held at once in a process; the others are answered at once.  Also whether
+        this poll was held."""
+        view, etag = self.job(job_id, who, base, known)
+        if view is not None or wait <= 0 or not self._waiters.acquire(blocking=False):
+            return view, etag, False
+        try:
+            deadline = time.monotonic() + min(wait, WAIT_MAX)
+            while time.monotonic() < deadline and not self._stop.wait(self._wait_step):
+                found = self.store.read_versioned(f"imports/{job_id}")
+                if found is None or self._etag(found[1], base) != etag:
+                    view, etag = self.job(job_id, who, base, known)  # owner checked again
+                    if view is not None:
+                        break
+        finally:
+            self._waiters.release()
+        return view, etag, True
+
+    @staticmethod
+    def _etag(tag: str, base: str) -> str:
+        return hashlib.sha256(f"{VIEW_VERSION}\n{tag}\n{base}".encode()).hexdigest()[:32]
+
     def job(self, job_id: str, who: Identity, base: str,
             known: Callable[[str], bool] = lambda etag: False) -> tuple[dict | None, str]:
         """A job's view and its entity tag (which names the stored version of the job,
@@ -513,7 +545,7 @@ class Importer:
         if found is None or (found[0]["owner"] != who.email and not who.admin):
             raise SbgProblem(404, 404, f"Import job {job_id} not found")
         job, tag = found
-        etag = hashlib.sha256(f"{VIEW_VERSION}\n{tag}\n{base}".encode()).hexdigest()[:32]
+        etag = self._etag(tag, base)
         return (None if known(etag) else self._view(job, base)), etag
 
     @staticmethod

@@ -54,7 +54,7 @@ import re
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -76,6 +76,7 @@ IDLE = 30.0  # the flusher looks at the queue at least this often
 HEADS = 8  # HEAD calls in flight while a job's results are applied
 HISTORY = 3  # windows of submissions replayed to know what the server's budget holds
 SETTLE = 2.5  # a job is polled every base delay this long after its items are let in
+WAIT = 2  # seconds a settling job's poll asks the server to hold it until the job changes
 # (a period's worth of items lands in a second or two: polls that backed off meanwhile
 # saw it a second late); where the server answers an unchanged job 304, such a poll costs
 # it a read of the job, not a rendering of its results
@@ -191,6 +192,7 @@ class DrsQueue:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._heads: ThreadPoolExecutor | None = None
+        self._waiting: dict[str, Future] = {}  # job id → its held poll, in flight
         self._hold_until = 0.0
         self._submit_at = 0.0  # when _submit has something to do next
         self._last_enqueue = 0.0
@@ -407,29 +409,61 @@ class DrsQueue:
         log.warning("bulk import API: %s; waiting %.0fs", exc, delay)
 
     def _poll(self) -> float:
-        """Poll the jobs that are due; returns when the next one is."""
+        """Poll the jobs that are due; returns when the next one is.
+
+        A job whose items are being let in, and whose version we hold, is polled on the
+        pool with ``Prefer: wait`` (:data:`WAIT`): a server that holds the poll answers
+        when the job changes, so its FINISHED is seen when it happens.  The answer wakes
+        the flusher, which handles it here like any other."""
         jobs = self.journal.submitted_jobs()
         for job_id in set(self._polls) - set(jobs):
             del self._polls[job_id]
+            self._waiting.pop(job_id, None)
         for job_id in jobs:
             poll = self._polls.setdefault(job_id, Poll(0.0))  # after a restart: now
-            if poll.at <= time.time():
-                self._poll_one(job_id, poll)
-                self._submit_if_due()
+            waiting = self._waiting.get(job_id)
+            if waiting is not None:
+                if waiting.done():
+                    del self._waiting[job_id]
+                    self._poll_one(job_id, poll, waiting.result())
+                    self._submit_if_due()
+                continue
+            now = time.time()
+            if poll.at > now:
+                continue
+            if self._heads is not None and poll.etag and \
+                    poll.due - WAIT <= now < poll.due + SETTLE:
+                waiting = self._heads.submit(self._ask, job_id, poll.etag, WAIT)
+                waiting.add_done_callback(lambda _: self._wake.set())
+                self._waiting[job_id] = waiting
+                continue
+            self._poll_one(job_id, poll, self._ask(job_id, poll.etag))
+            self._submit_if_due()
         # Over every job polled now, those submitted during this round included (their
-        # first poll is due soon, and nothing else may wake the flusher for them).
-        return min((poll.at for poll in self._polls.values()), default=float("inf"))
+        # first poll is due soon, and nothing else may wake the flusher for them); a held
+        # poll wakes the flusher when it is answered.
+        return min((poll.at for job_id, poll in self._polls.items()
+                    if job_id not in self._waiting), default=float("inf"))
 
-    def _poll_one(self, job_id: str, poll: Poll) -> None:
+    def _ask(self, job_id: str, etag: str | None, wait: int = 0):
+        """One poll's answer, ``(job or None, etag, held)``, or the error it met (also
+        run on the pool, for a held poll)."""
         try:
-            job, etag = self.api.poll(job_id, poll.etag)
+            return self.api.poll(job_id, etag, wait)
         except Exception as exc:
-            log.debug("polling import job %s failed: %s", job_id, exc)
+            return exc
+
+    def _poll_one(self, job_id: str, poll: Poll, answer) -> None:
+        if isinstance(answer, Exception):
+            log.debug("polling import job %s failed: %s", job_id, answer)
             poll.misses += 1
             poll.at = time.time() + self.poll.backoff(poll.misses)
             return
+        job, etag, held = answer
         if job is None:  # unchanged since the last answer that was handled (304)
             self.schedule(poll, poll.results, time.time())
+            if held:  # the server held it all that time: ask again at once
+                poll.at = time.time()
             return
         results = job.get("result") or []
         state = str(job.get("state"))

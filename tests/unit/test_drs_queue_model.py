@@ -204,7 +204,7 @@ def test_a_job_submitted_during_a_poll_round_is_polled_soon(journal):
     _submit(journal, 100, "first")
     queue._polls["first"] = Poll(0.0)
 
-    def finished(job_id, poll):  # the first job is seen FINISHED and applied
+    def finished(job_id, poll, answer):  # the first job is seen FINISHED and applied
         del queue._polls[job_id]
         journal.job_seen(job_id, "FINISHED", 100, 0)
         for row in journal.job_items(job_id):
@@ -216,6 +216,7 @@ def test_a_job_submitted_during_a_poll_round_is_polled_soon(journal):
             queue._polls["second"] = Poll(time.time() + 0.25)
 
     queue._poll_one, queue._submit_if_due = finished, submitted
+    queue._ask = lambda job_id, etag, wait=0: ({"state": "FINISHED"}, None, False)
     before = time.time()
     soonest = queue._poll()
     assert "second" in queue._polls
