@@ -20,6 +20,8 @@ from .http import HttpClient
 
 # Few tries per call: the import flusher has its own, longer hold after a refusal.
 IMPORT_RETRY = RetryPolicy(attempts=3, base_delay=0.5, max_delay=10.0)
+HELD_RETRY = RetryPolicy(attempts=1)  # a held poll that fails is simply polled again later
+POOL = 12  # connections: the flusher's, and its pool's held polls
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class BulkImportClient(HttpClient):
                  retry: RetryPolicy | None = None):
         base_url = base_url.rstrip("/")
         super().__init__(base_url if base_url.endswith("/v2") else f"{base_url}/v2",
-                         retry=retry or IMPORT_RETRY, verify=verify, pool_size=4)
+                         retry=retry or IMPORT_RETRY, verify=verify, pool_size=POOL)
         self._token = token
         self.limit: RateLimit | None = None
         self._limit_lock = threading.Lock()
@@ -85,14 +87,22 @@ class BulkImportClient(HttpClient):
         that tags its jobs (``hcafs serve`` does) answers such a poll 304, with no body.
         Also the answer's ``ETag`` (None from a server that sends none), and whether the
         server held the poll: with ``wait``, it is asked (``Prefer: wait``, RFC 7240) to
-        answer only once the job changes or that many seconds have passed."""
+        answer only once the job changes or that many seconds have passed.  A held poll
+        is tried once, with a read timeout of the wait and a little more; it counts as
+        held only if the server says so and the answer took half the wait or more (a
+        proxy may echo the header)."""
         headers = {"If-None-Match": etag} if etag else {}
-        if etag and wait > 0:
+        held = bool(etag) and wait > 0
+        if held:
             headers["Prefer"] = f"wait={int(wait)}"
+        started = time.monotonic()
         response = self.request("GET", f"/bulk/drs/imports/{job_id}", auth=True,
-                                headers=headers or None)  # a wait is well inside the timeout
+                                headers=headers or None,
+                                retry=HELD_RETRY if held else None,
+                                timeout=(self.timeout[0], wait + 10.0) if held else None)
         tag = response.headers.get("ETag")
-        held = "wait" in response.headers.get("Preference-Applied", "")
+        held = held and "wait" in response.headers.get("Preference-Applied", "") and \
+            time.monotonic() - started >= wait / 2
         if response.status_code == 304:
             return None, tag or etag, held
         return response.json(), tag, held

@@ -44,10 +44,11 @@ class HttpClient:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
 
-    def _send(self, method: str, url: str, **kwargs) -> requests.Response:
+    def _send(self, method: str, url: str, timeout: tuple[float, float] | None = None,
+              **kwargs) -> requests.Response:
         try:
             # verify= per request: a session-level value loses to $REQUESTS_CA_BUNDLE.
-            return self.session.request(method, url, timeout=self.timeout,
+            return self.session.request(method, url, timeout=timeout or self.timeout,
                                         verify=self.session.verify, **kwargs)
         except requests.exceptions.RequestException as exc:
             raise Unreachable(f"{method} {_strip(url)}: {type(exc).__name__}") from exc
@@ -61,11 +62,15 @@ class HttpClient:
 
     def request(self, method: str, url: str, *, params: Any = None, json: Any = None,
                 auth: bool = False, allow_redirects: bool = False, stream: bool = False,
-                headers: dict | None = None, ok: tuple[int, ...] = ()) -> requests.Response:
+                headers: dict | None = None, ok: tuple[int, ...] = (),
+                retry: RetryPolicy | None = None,
+                timeout: tuple[float, float] | None = None) -> requests.Response:
         """One API call with retries; returns the answer or raises a typed error.
 
-        Statuses in ``ok`` are returned as they are even when they are errors.
+        Statuses in ``ok`` are returned as they are even when they are errors; ``retry``
+        and ``timeout`` replace the client's own for this call.
         """
+        retry = retry or self.retry
         if not url.startswith("http"):
             url = self.base + url
         send_headers = dict(headers or {})
@@ -76,20 +81,19 @@ class HttpClient:
             try:
                 response = self._send(method, url, params=params, json=json,
                                       headers=send_headers, allow_redirects=allow_redirects,
-                                      stream=stream)
+                                      stream=stream, timeout=timeout)
             except Unreachable:
-                if self.retry.exhausted(attempt):
+                if retry.exhausted(attempt):
                     raise
-                delay = self.retry.delay(attempt)
+                delay = retry.delay(attempt)
                 log.debug("%s %s unreachable; retry in %.1fs", method, _strip(url), delay)
             else:
                 self._seen(response)
                 if response.status_code in ok or response.status_code < 400:
                     return response
-                if response.status_code not in RETRY_STATUSES or \
-                        self.retry.exhausted(attempt):
+                if response.status_code not in RETRY_STATUSES or retry.exhausted(attempt):
                     raise self._error(method, url, response)
-                delay = self.retry.delay(attempt, response.headers.get("Retry-After"))
+                delay = retry.delay(attempt, response.headers.get("Retry-After"))
                 log.debug("%s %s answered %d; retry in %.1fs", method, _strip(url),
                           response.status_code, delay)
                 response.close()

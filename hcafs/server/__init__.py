@@ -55,7 +55,7 @@ from .credentials import Credentials
 from .drs import DrsObjects, DrsReader, Resolver
 from .dss import DSS
 from .egress import Egress, EgressPolicy
-from .imports import Importer, ImportLimits
+from .imports import WAITERS, Importer, ImportLimits
 from .leases import Leases
 from .passports import DrsGuard, PassportCheck, signing_key
 from .store import LocalStore, S3Store, Store
@@ -178,7 +178,9 @@ def build_app(config: ServeConfig) -> tuple[App, Engines]:
                           window_kind=config.import_window_kind)
     spool = os.path.join(config.data_dir, "import-spool", str(os.getpid()))
     importer = Importer(store, reader, limits, spool,
-                        credentials=Credentials.load(config.drs_credentials), leases=leases)
+                        credentials=Credentials.load(config.drs_credentials), leases=leases,
+                        # a quarter of the request threads at most wait in held polls
+                        held_polls=max(1, min(WAITERS, config.threads // 4)))
     dss = DSS(store, copier)
     passports = PassportCheck(config.drs_passport_jwks, config.drs_passport_issuer) \
         if config.drs_auth == "passport" else None

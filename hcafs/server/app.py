@@ -49,7 +49,7 @@ from .drs import API_PATH as DRS_PATH
 from .drs import Base, DrsObjects
 from .dss import DSS, Page, blob_key, check_replica, check_uuid
 from .events import events_body
-from .imports import Importer, sbg_body
+from .imports import WAIT_MAX, Importer, sbg_body
 
 log = logging.getLogger("hcafs.server")
 access_log = logging.getLogger("hcafs.server.access")
@@ -79,7 +79,8 @@ def preferred_wait(header: str | None) -> float:
         name, _, value = preference.partition(";")[0].partition("=")
         if name.strip().lower() == "wait":
             value = value.strip().strip('"')
-            return float(value) if value.isdigit() and len(value) <= 6 else 0.0
+            return float(value) if value.isascii() and value.isdigit() and \
+                len(value) <= 6 else 0.0
     return 0.0
 
 
@@ -508,7 +509,7 @@ class App:
             wait)
         headers = {"ETag": f'"{etag}"', "Cache-Control": "private, no-cache"}
         if held:
-            headers["Preference-Applied"] = f"wait={wait:g}"
+            headers["Preference-Applied"] = f"wait={min(wait, WAIT_MAX):g}"
         if view is None:
             return Response(status=304, headers=headers)
         return _json_response(view, headers=headers)

@@ -146,8 +146,10 @@ _KINDS = {"malformed": (400, 5101), "unresolvable": (404, 5102), "not_found": (4
 # The shape of a job's view, part of its entity tag: a server whose rendering of an unchanged
 # job differs (an upgrade) must not answer a poll 304 for the old rendering.
 VIEW_VERSION = f"{__version__}/1"
-WAIT_MAX = 10.0  # seconds a poll may ask to be held until its job changes (Prefer: wait)
-WAITERS = 8  # polls held at once in one process; past that, a poll is answered at once
+WAIT_MAX = 4  # seconds a poll may be held until its job changes (Prefer: wait); below the
+# server's stop timeout, so a held poll never makes a stopping worker be killed
+WAITERS = 8  # polls held at once in one process (fewer with few threads); past that, and
+WAITERS_PER_IDENTITY = 6  # past this many for one identity, a poll is answered at once
 API_INFO = "docs/drs.md#the-bulk-import-api-v2"
 
 
@@ -325,7 +327,8 @@ class Importer:
 
     def __init__(self, store: Store, reader: DrsReader, limits: ImportLimits,
                  spool_dir: str, workers: int = WORKERS,
-                 credentials: Credentials | None = None, leases: Leases | None = None):
+                 credentials: Credentials | None = None, leases: Leases | None = None,
+                 held_polls: int = WAITERS):
         self.store = store
         self.leases = leases
         self._held: dict[str, Lease] = {}  # job id → this process's lease on it
@@ -348,9 +351,11 @@ class Importer:
         self._spooling = 0  # bytes reserved by fetches in flight
         self._spool_lock = threading.Lock()
         self._stop = threading.Event()
-        self._waiters = threading.BoundedSemaphore(WAITERS)
+        self._held_limit = held_polls
+        self._held_polls: dict[str, int] = {}  # identity → its polls held now
+        self._held_lock = threading.Lock()
         # a held poll looks at its job this often (locally a file read; on S3 a GET)
-        self._wait_step = 0.05 if isinstance(store, LocalStore) else 0.25
+        self._wait_step = 0.05 if isinstance(store, LocalStore) else 1.0
         self._threads = [threading.Thread(target=self._work, name=f"drs-import-{n}",
                                           daemon=True) for n in range(workers)]
 
@@ -513,23 +518,37 @@ class Importer:
                          ) -> tuple[dict | None, str, bool]:
         """:meth:`job`, held while the caller's tag is current: up to ``wait`` seconds
         (at most :data:`WAIT_MAX`) for the job to change, checked every
-        :attr:`_wait_step` from its stored version alone.  Only :data:`WAITERS` polls
-        are held at once in a process; the others are answered at once.  Also whether
-        this poll was held."""
+        :attr:`_wait_step` from its stored version alone.  A process holds at most
+        :attr:`_held_limit` polls at once, :data:`WAITERS_PER_IDENTITY` of one identity;
+        the others are answered at once.  Also whether this poll was held (not when the
+        server is stopping)."""
         view, etag = self.job(job_id, who, base, known)
-        if view is not None or wait <= 0 or not self._waiters.acquire(blocking=False):
+        if view is not None or wait <= 0 or not self._hold_poll(who.email):
             return view, etag, False
         try:
             deadline = time.monotonic() + min(wait, WAIT_MAX)
-            while time.monotonic() < deadline and not self._stop.wait(self._wait_step):
+            while (left := deadline - time.monotonic()) > 0 and \
+                    not self._stop.wait(min(self._wait_step, left)):
                 found = self.store.read_versioned(f"imports/{job_id}")
                 if found is None or self._etag(found[1], base) != etag:
                     view, etag = self.job(job_id, who, base, known)  # owner checked again
                     if view is not None:
                         break
         finally:
-            self._waiters.release()
-        return view, etag, True
+            with self._held_lock:
+                self._held_polls[who.email] -= 1
+                if not self._held_polls[who.email]:
+                    del self._held_polls[who.email]
+        return view, etag, not self._stop.is_set()
+
+    def _hold_poll(self, email: str) -> bool:
+        """Count a poll about to be held, if there is room for it."""
+        with self._held_lock:
+            if sum(self._held_polls.values()) >= self._held_limit or \
+                    self._held_polls.get(email, 0) >= WAITERS_PER_IDENTITY:
+                return False
+            self._held_polls[email] = self._held_polls.get(email, 0) + 1
+            return True
 
     @staticmethod
     def _etag(tag: str, base: str) -> str:

@@ -4,7 +4,9 @@ temporary SQLite file) and a real bulk-import client that is never called: its
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -12,7 +14,7 @@ from hcafs.cache import journal as j
 from hcafs.cache.cachedb import CacheDB
 from hcafs.cache.journal import Journal
 from hcafs.remote.bulk_import import BulkImportClient, RateLimit
-from hcafs.sync.drs_queue import DrsQueue, Poll, let_in_times
+from hcafs.sync.drs_queue import WAIT, DrsQueue, Poll, let_in_times
 
 BUNDLE = "11111111-1111-4111-8111-111111111111"
 
@@ -221,3 +223,53 @@ def test_a_job_submitted_during_a_poll_round_is_polled_soon(journal):
     soonest = queue._poll()
     assert "second" in queue._polls
     assert soonest <= before + 0.5, soonest - before
+
+
+def test_a_settling_jobs_held_poll_runs_beside_the_flusher_and_its_answer_wakes_it(journal):
+    """A job whose items are being let in, and whose version the queue holds, is polled
+    on the pool with a wait; the flusher goes on with the other jobs meanwhile, is woken
+    by the answer, handles it like any other and asks again at once after a held 304."""
+    queue = _queue(journal, limit=100, window=4)
+    queue._heads = ThreadPoolExecutor(2)
+    release, asked, handled = threading.Event(), [], []
+
+    def ask(job_id, etag, wait=0):
+        asked.append((job_id, wait))
+        if wait:
+            release.wait(10)
+        return None, etag, bool(wait)
+
+    queue._ask = ask
+    real = queue._poll_one
+    queue._poll_one = lambda job_id, poll, answer: (handled.append((job_id, answer)),
+                                                    real(job_id, poll, answer))
+    try:
+        _queue_items(journal, 150)
+        _submit(journal, 100, "settling")
+        _submit(journal, 50, "later")
+        now = time.time()
+        queue._polls["settling"] = Poll(0.0, due=now, etag='"t1"')
+        queue._polls["later"] = Poll(0.0, due=now + 100, etag='"t2"')  # not settling
+        queue._wake.clear()
+        started = time.monotonic()
+        queue._poll()
+        assert time.monotonic() - started < 1.0  # the held poll did not stop the flusher
+        assert asked == [("settling", WAIT), ("later", 0)]
+        assert [job_id for job_id, _ in handled] == ["later"]
+        assert set(queue._waiting) == {"settling"}
+        queue._poll()  # still held: not asked again, not handled
+        assert len(asked) == 2 and [job_id for job_id, _ in handled] == ["later"]
+        release.set()
+        assert queue._wake.wait(5)  # the answer woke the flusher
+        queue._poll()
+        assert handled[-1] == ("settling", (None, '"t1"', True))
+        assert queue._polls["settling"].at <= time.time()  # a held 304: asked again now
+        queue._poll()
+        assert "settling" in queue._waiting
+        deadline = time.monotonic() + 5
+        while asked.count(("settling", WAIT)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the pool thread starts the second held poll
+        assert asked.count(("settling", WAIT)) == 2
+    finally:
+        release.set()
+        queue._heads.shutdown(wait=True)
