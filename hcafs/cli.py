@@ -94,6 +94,7 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
         read_streams=int(pick("read_streams", 4)),
         read_chunk=parse_size(pick("read_chunk", "8M")),
         negative_timeout=float(pick("negative_timeout", 2)),
+        kernel_entries=int(pick("kernel_entries", 0)),
         log_file=os.path.abspath(log_file) if log_file else None,
         data_dir=os.path.abspath(pick("data_dir", ServeConfig().data_dir)),
         insecure_tls=bool(getattr(args, "insecure", False)),
@@ -340,6 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--negative-timeout", metavar="SECONDS", type=float,
                        help="kernel cache time of a name that does not exist (default 2; "
                        "the daemon itself remembers a server's 404 for --entry-timeout)")
+    mount.add_argument("--kernel-entries", metavar="N", type=int,
+                       help="bound what the kernel keeps of a big listing (bundles/): each "
+                       "time N more entries have been listed, the kernel drops those nothing "
+                       "uses, and the daemon's memory for them (about 260 bytes each) goes "
+                       "too; they are looked up again when asked for, so `ls -l` of many "
+                       "more than N entries is slower (default 0: no bound, the kernel "
+                       "drops entries when memory is short)")
     mount.add_argument("--log-file", metavar="FILE", help="daemon log (default "
                        "CACHE_DIR/hcafs.log)")
     mount.add_argument("--data-dir", help="the embedded server's data dir")

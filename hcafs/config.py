@@ -229,6 +229,7 @@ class MountConfig:
     entry_timeout: float = 30.0
     attr_timeout: float = 30.0
     negative_timeout: float = 2.0
+    kernel_entries: int = 0  # prune a big listing's kernel entries every N (0: never)
     max_readahead: int = 64 * MiB
     read_streams: int = 4  # parallel ranged fetches ahead of a sequential reader
     read_chunk: int = 8 * MiB  # bytes per ranged fetch of those streams
@@ -270,6 +271,8 @@ class MountConfig:
             raise ConfigError("--import-rate-limit and --import-rate-window must be positive")
         if self.read_streams < 1 or self.read_chunk < MiB:
             raise ConfigError("--read-streams must be at least 1 and --read-chunk at least 1M")
+        if self.kernel_entries < 0:
+            raise ConfigError("--kernel-entries cannot be negative (0: no bound)")
         if self.upload_workers < 1:
             raise ConfigError("--upload-workers must be at least 1")
         if self.write_back_delay < 0:

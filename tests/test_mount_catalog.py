@@ -5,6 +5,9 @@
 * A server without ``/events`` (a fault proxy answering 404) is listed whole instead.
 * A first listing runs in the background; a ``kill -9`` of the daemon in the middle of it,
   then a remount, ends with a correct, complete listing.
+* ``--kernel-entries N``: once a listing has handed the kernel N entries, the kernel is made
+  to drop the ones nothing uses, so libfuse frees their nodes (an entry looked up again gets
+  a new inode number), while an entry in use keeps its own.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
 import uuid
 from pathlib import Path
@@ -126,3 +130,37 @@ def _alive(pid: int) -> bool:
             return handle.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_kernel_entries_bounds_what_the_kernel_keeps_of_a_listing(tmp_path, world):
+    made = sorted([world["first"], *_more(world, 1199)])
+    mount = Mount(str(tmp_path / "m"), world["proxy"].url, token=ADMIN,
+                  args=["--kernel-entries", "500"])
+    with mount:
+        wait_until(lambda: _status(mount)["listing"]["state"] == "complete", 120,
+                   "the listing to complete")
+        bundles = Path(mount.path) / "bundles"
+        looked_up = os.stat(bundles / made[0]).st_ino  # libfuse's node id: no use_ino
+        held = os.open(bundles / made[1], os.O_RDONLY | os.O_DIRECTORY)  # in use
+        try:
+            held_ino = os.fstat(held).st_ino
+            for _ in range(2):  # 1,200 entries each: a prune before the reply after 500
+                listed = subprocess.run(["ls", "-l", str(bundles)], capture_output=True,
+                                        text=True, timeout=60)
+                assert listed.returncode == 0, listed.stderr
+                names = [line.split()[-1] for line in listed.stdout.splitlines()[1:]]
+                assert names == made
+                assert all(line.startswith("dr-xr-xr-x")
+                           for line in listed.stdout.splitlines()[1:])
+            status = json.loads(os.getxattr(mount.path, "user.hcafs.status"))
+            assert status["kernel_entries"]["limit"] == 500
+            assert status["kernel_entries"]["pruned"] >= 2
+            # the kernel forgot the entry nothing used: libfuse freed its node, and the
+            # lookup made now gets a new one
+            assert os.stat(bundles / made[0]).st_ino != looked_up
+            # the one held open was kept, under its name too
+            assert os.fstat(held).st_ino == held_ino
+            assert os.stat(bundles / made[1]).st_ino == held_ino
+            assert sorted(os.listdir(held)) == sorted(os.listdir(bundles / made[2]))
+        finally:
+            os.close(held)

@@ -83,6 +83,7 @@ class Tree:
         self.delete_reason = delete_reason
         self.mounted_at = 0.0
         self.invalidate = lambda path: None  # set by the FUSE adapter once mounted
+        self.adapter_status = lambda: {}  # the FUSE adapter's own figures, for status
         self._lock = threading.Lock()
         self._trees: dict[str, DirNode] = {}
         self._handles: dict[int, _Handle] = {}
@@ -332,6 +333,7 @@ class Tree:
                   "cache_bytes": self.blobs.used, "cache_limit": self.blobs.max_bytes}
         if self.pending is not None:
             status.update(self.pending.journal.summary())
+        status.update(self.adapter_status())
         return status
 
     # ------------------------------------------------------------ content

@@ -288,8 +288,9 @@ class Daemon:
 
         operations = Operations(self.tree, (config.entry_timeout, config.attr_timeout,
                                             config.negative_timeout), on_init, on_destroy,
-                                Refusals(self.db))
+                                Refusals(self.db), config.mountpoint, config.kernel_entries)
         self.tree.invalidate = operations.invalidate
+        self.tree.adapter_status = operations.adapter_status
         try:
             FUSE(operations, config.mountpoint, foreground=True, nothreads=False,
                  fsname="hcafs", subtype="hcafs", default_permissions=True,

@@ -32,6 +32,7 @@ import mfusepy as fuse  # noqa: E402  (the library name must be chosen before im
 from ..errors import HcafsError  # noqa: E402
 from ..model.tree import Attr, Tree, streamed  # noqa: E402
 from .bufvec import fd_bufvec  # noqa: E402
+from .kernel_names import KernelNames  # noqa: E402
 from .refusals import EXPLAINED, Refusals  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,22 @@ def _errno(func: Callable) -> Callable:
     return wrapper
 
 
+def _lowlevel(name: str, restype, *argtypes):
+    function = getattr(fuse._libfuse, name)
+    function.restype, function.argtypes = restype, list(argtypes)
+    return function
+
+
+# struct fuse_session *fuse_get_session(struct fuse *f)
+_get_session = _lowlevel("fuse_get_session", ctypes.c_void_p, ctypes.c_void_p)
+# int fuse_lowlevel_notify_inval_entry(struct fuse_session *, fuse_ino_t parent,
+#                                      const char *name, size_t namelen)
+_notify_inval_entry = _lowlevel("fuse_lowlevel_notify_inval_entry", ctypes.c_int,
+                                ctypes.c_void_p, ctypes.c_uint64, ctypes.c_char_p,
+                                ctypes.c_size_t)
+
+
+_LIBC = ctypes.CDLL(None)
 LISTED_PAGE = 1000  # bundles/ rows read from SQLite at a time for readdir
 
 
@@ -84,7 +101,8 @@ class _Listing:
     """One open directory: its first entries (``.``, ``..`` and, for bundles/, the pending
     bundles) and, for bundles/, the page of listed rows the kernel is reading through."""
 
-    def __init__(self, head: list[tuple[str, dict]], streamed: bool):
+    def __init__(self, path: str, head: list[tuple[str, dict]], streamed: bool):
+        self.path = path
         self.head = head
         self.streamed = streamed
         self.page: list[tuple[str, int]] = []  # listed rows: (FQID, mtime in ns)
@@ -99,8 +117,11 @@ class Operations(fuse.Operations):
 
     def __init__(self, tree: Tree, timeouts: tuple[float, float, float],
                  on_init: Callable[[], None], on_destroy: Callable[[], None],
-                 refusals: Refusals | None = None):
+                 refusals: Refusals | None = None, mountpoint: str | None = None,
+                 kernel_entries: int = 0):
         self.tree = tree
+        self.mountpoint = mountpoint
+        self.kernel_names = KernelNames(kernel_entries if mountpoint else 0, self.prune_entries)
         self.refusals = refusals or Refusals()
         self.entry_timeout, self.attr_timeout, self.negative_timeout = timeouts
         self._on_init = on_init
@@ -137,6 +158,7 @@ class Operations(fuse.Operations):
             # of ``ls -l bundles`` then comes with its attributes, and needs no LOOKUP.
             conn.want &= ~FUSE_CAP_READDIRPLUS_AUTO
         self._fuse = ctypes.c_void_p(fuse._libfuse.fuse_get_context().contents.fuse)
+        self.kernel_names.start()
         self._on_init()
 
     def invalidate(self, path: str) -> None:
@@ -148,7 +170,31 @@ class Operations(fuse.Operations):
         if result not in (0, -errno.ENOENT):
             log.debug("invalidating %s: %s", path, os.strerror(-result))
 
+    def adapter_status(self) -> dict:
+        names = self.kernel_names
+        return {"kernel_entries": {"limit": names.limit, "outstanding": names.outstanding(),
+                                   "pruned": names.pruned}}
+
+    def prune_entries(self, directory: str) -> bool:
+        """Ask the kernel to drop its unused entries under ``directory`` (see
+        :mod:`~hcafs.mount.kernel_names`); False if it held none.  Never call it from a FUSE
+        callback: the kernel takes the directory's lock for it."""
+        if self._fuse is None or not self.mountpoint:
+            return False
+        parent, _, leaf = directory.rstrip("/").rpartition("/")
+        # libfuse's node id of the parent is its st_ino, as the mount does not set use_ino
+        # (asked each time: the kernel may have dropped it and looked it up again since).
+        parent_id = os.stat(os.path.join(self.mountpoint, parent.lstrip("/"))).st_ino
+        raw = leaf.encode("utf-8", "surrogateescape")
+        result = _notify_inval_entry(ctypes.c_void_p(_get_session(self._fuse)), parent_id,
+                                     raw, len(raw))
+        if result not in (0, -errno.ENOENT):  # ENOENT: the kernel had dropped it already
+            raise OSError(-result, os.strerror(-result))
+        _LIBC.malloc_trim(0)
+        return result == 0
+
     def destroy(self, path: str) -> None:
+        self.kernel_names.stop()
         self._on_destroy()
 
     # ------------------------------------------------------------ metadata
@@ -165,7 +211,7 @@ class Operations(fuse.Operations):
         listing = [(".", here), ("..", here)] + [(n, self.stat(a)) for n, a in entries]
         with self._lock:
             handle = next(self._dir_ids)
-            self._dirs[handle] = _Listing(listing, listed)
+            self._dirs[handle] = _Listing(path, listing, listed)
         return handle
 
     def directory(self, fh: int) -> _Listing | None:
@@ -399,12 +445,16 @@ class FUSE(fuse.FUSE):
             fuse.set_st_attrs(st, operations.stat(Attr("dir")), use_ns=True)
             times = _times_of(st)
             encoding, errors = self.encoding, self.errors
+            operations.kernel_names.before_reply(listing.path)
+            handed = 0  # entries this buffer took, for the kernel-entries bound
             for name, mtime, following in operations.listed_rows(listing, offset):
                 seconds, nanoseconds = divmod(mtime, 1_000_000_000)
                 times[:] = (seconds, nanoseconds) * 3
                 if filler(buf, name.encode(encoding, errors), st, following,
                           FUSE_FILL_DIR_PLUS) != 0:
                     break
+                handed += 1
+            operations.kernel_names.listed(listing.path, handed)
             return 0
         except Exception:
             log.exception("readdir crashed")
