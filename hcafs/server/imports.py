@@ -103,7 +103,7 @@ from .folders import (
     name_error,
 )
 from .leases import Lease, LeaseLost, Leases
-from .store import LocalStore, Staged, Store
+from .store import Staged, Store
 
 log = logging.getLogger(__name__)
 
@@ -354,8 +354,7 @@ class Importer:
         self._held_limit = held_polls
         self._held_polls: dict[str, int] = {}  # identity → its polls held now
         self._held_lock = threading.Lock()
-        # a held poll looks at its job this often (locally a file read; on S3 a GET)
-        self._wait_step = 0.05 if isinstance(store, LocalStore) else 1.0
+        self._wait_step = store.watch_interval  # how often a held poll looks at its job
         self._threads = [threading.Thread(target=self._work, name=f"drs-import-{n}",
                                           daemon=True) for n in range(workers)]
 

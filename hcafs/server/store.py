@@ -103,6 +103,10 @@ def content(data: bytes | Staged) -> bytes:
 class Store(ABC):
     """The server's storage; every method is safe to call from several threads."""
 
+    # How often a reader that waits for a document to change looks at it again (s): a local
+    # read is a file read; a remote one is a request.
+    watch_interval: float = 1.0
+
     @abstractmethod
     def describe(self) -> str: ...
 
@@ -204,6 +208,8 @@ class Store(ABC):
 class LocalStore(Store):
     """A directory.  ``durable=False`` skips the fsyncs: only for filling a throw-away
     benchmark store quickly (a crash may then leave empty or missing documents)."""
+
+    watch_interval = 0.05
 
     def __init__(self, root: str, durable: bool = True):
         self.root = os.path.abspath(root)
