@@ -344,10 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--kernel-entries", metavar="N", type=int,
                        help="bound what the kernel keeps of a big listing (bundles/): each "
                        "time N more entries have been listed, the kernel drops those nothing "
-                       "uses, and the daemon's memory for them (about 260 bytes each) goes "
-                       "too; they are looked up again when asked for, so `ls -l` of many "
-                       "more than N entries is slower (default 0: no bound, the kernel "
-                       "drops entries when memory is short)")
+                       "uses, and libfuse frees its node (about 260 bytes) for each; they "
+                       "are looked up again when asked for, so `ls -l` of many more than N "
+                       "entries is slower (default 0: no bound, the kernel drops entries "
+                       "when memory is short)")
     mount.add_argument("--log-file", metavar="FILE", help="daemon log (default "
                        "CACHE_DIR/hcafs.log)")
     mount.add_argument("--data-dir", help="the embedded server's data dir")

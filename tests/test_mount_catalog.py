@@ -12,9 +12,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
+import stat
 import subprocess
 import threading
 import uuid
@@ -144,17 +146,22 @@ def test_kernel_entries_bounds_what_the_kernel_keeps_of_a_listing(tmp_path, worl
         held = os.open(bundles / made[1], os.O_RDONLY | os.O_DIRECTORY)  # in use
         try:
             held_ino = os.fstat(held).st_ino
-            for _ in range(2):  # 1,200 entries each: a prune before the reply after 500
-                listed = subprocess.run(["ls", "-l", str(bundles)], capture_output=True,
-                                        text=True, timeout=60)
-                assert listed.returncode == 0, listed.stderr
-                names = [line.split()[-1] for line in listed.stdout.splitlines()[1:]]
-                assert names == made
-                assert all(line.startswith("dr-xr-xr-x")
-                           for line in listed.stdout.splitlines()[1:])
-            status = json.loads(os.getxattr(mount.path, "user.hcafs.status"))
-            assert status["kernel_entries"]["limit"] == 500
-            assert status["kernel_entries"]["pruned"] >= 2
+            # `ls -l` reads bundles/ in one reply (1,200 entries): the prune is made
+            # before the reply that ends the listing
+            listed = subprocess.run(["ls", "-l", str(bundles)], capture_output=True,
+                                    text=True, timeout=60)
+            assert listed.returncode == 0, listed.stderr
+            lines = listed.stdout.splitlines()[1:]
+            assert [line.split()[-1] for line in lines] == made
+            assert all(line.startswith("dr-xr-xr-x") for line in lines)
+            wait_until(lambda: _kernel_entries(mount)["pruned"] >= 1, 10, "a prune")
+            # small reads (4 KiB getdents, about 18 entries a reply): prunes in the middle
+            # of the listing, each before the next reply; every entry read once, and its
+            # attributes right
+            assert [name for name, _ in _read_and_stat(bundles)] == made
+            wait_until(lambda: _kernel_entries(mount)["pruned"] >= 3, 10, "two more prunes")
+            assert _kernel_entries(mount)["limit"] == 500
+            assert _kernel_entries(mount)["late"] == 0
             # the kernel forgot the entry nothing used: libfuse freed its node, and the
             # lookup made now gets a new one
             assert os.stat(bundles / made[0]).st_ino != looked_up
@@ -164,3 +171,38 @@ def test_kernel_entries_bounds_what_the_kernel_keeps_of_a_listing(tmp_path, worl
             assert sorted(os.listdir(held)) == sorted(os.listdir(bundles / made[2]))
         finally:
             os.close(held)
+
+
+def _kernel_entries(mount: Mount) -> dict:
+    return json.loads(os.getxattr(mount.path, "user.hcafs.status"))["kernel_entries"]
+
+
+_GETDENTS64 = {"x86_64": 217, "aarch64": 61}
+
+
+def _read_and_stat(directory: Path, size: int = 4096) -> list[tuple[str, os.stat_result]]:
+    """Each entry of ``directory`` (but . and ..) stat-ed right as it is read, as ``ls -l``
+    does, through getdents64 with a ``size``-byte buffer."""
+    number = _GETDENTS64.get(os.uname().machine)
+    if number is None:
+        pytest.skip("getdents64's syscall number is not known here")
+    libc = ctypes.CDLL(None, use_errno=True)
+    buffer = ctypes.create_string_buffer(size)
+    found = []
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        while True:
+            count = libc.syscall(number, fd, buffer, size)
+            assert count >= 0, os.strerror(ctypes.get_errno())
+            if not count:
+                return found
+            raw, at = buffer.raw[:count], 0
+            while at < count:  # struct linux_dirent64: ino, off, reclen, type, name
+                length = int.from_bytes(raw[at + 16:at + 18], "little")
+                name = raw[at + 19:at + length].split(b"\0", 1)[0].decode()
+                if name not in (".", ".."):
+                    found.append((name, os.stat(directory / name)))
+                    assert stat.S_ISDIR(found[-1][1].st_mode)
+                at += length
+    finally:
+        os.close(fd)

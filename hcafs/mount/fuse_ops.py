@@ -16,6 +16,7 @@ keeps only the open-directory snapshots, under a lock.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import functools
@@ -93,7 +94,19 @@ _notify_inval_entry = _lowlevel("fuse_lowlevel_notify_inval_entry", ctypes.c_int
                                 ctypes.c_size_t)
 
 
-_LIBC = ctypes.CDLL(None)
+# int fuse_session_exited(struct fuse_session *se)
+_session_exited = _lowlevel("fuse_session_exited", ctypes.c_int, ctypes.c_void_p)
+FUSE_ROOT_ID = 1
+_malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only
+if _malloc_trim is not None:
+    _malloc_trim.restype, _malloc_trim.argtypes = ctypes.c_int, [ctypes.c_size_t]
+
+
+def _trim() -> None:
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
 LISTED_PAGE = 1000  # bundles/ rows read from SQLite at a time for readdir
 
 
@@ -171,26 +184,31 @@ class Operations(fuse.Operations):
             log.debug("invalidating %s: %s", path, os.strerror(-result))
 
     def adapter_status(self) -> dict:
-        names = self.kernel_names
-        return {"kernel_entries": {"limit": names.limit, "outstanding": names.outstanding(),
-                                   "pruned": names.pruned}}
+        return {"kernel_entries": self.kernel_names.status()}
 
     def prune_entries(self, directory: str) -> bool:
         """Ask the kernel to drop its unused entries under ``directory`` (see
         :mod:`~hcafs.mount.kernel_names`); False if it held none.  Never call it from a FUSE
-        callback: the kernel takes the directory's lock for it."""
+        callback: the kernel takes the parent directory's lock for it."""
         if self._fuse is None or not self.mountpoint:
             return False
+        session = ctypes.c_void_p(_get_session(self._fuse))
+        if _session_exited(session):  # unmounting: the device may be closed already
+            raise OSError(errno.ENOTCONN, "the mount is going away")
         parent, _, leaf = directory.rstrip("/").rpartition("/")
-        # libfuse's node id of the parent is its st_ino, as the mount does not set use_ino
-        # (asked each time: the kernel may have dropped it and looked it up again since).
-        parent_id = os.stat(os.path.join(self.mountpoint, parent.lstrip("/"))).st_ino
+        parent_path = os.path.join(self.mountpoint, parent.lstrip("/"))
+        # libfuse's node id of the root is always 1; of another directory, its st_ino (the
+        # mount does not set use_ino).
+        parent_id = FUSE_ROOT_ID if not parent else os.stat(parent_path).st_ino
+        _trim()  # what the last prune's FORGETs freed goes back to the system
         raw = leaf.encode("utf-8", "surrogateescape")
-        result = _notify_inval_entry(ctypes.c_void_p(_get_session(self._fuse)), parent_id,
-                                     raw, len(raw))
+        result = _notify_inval_entry(session, parent_id, raw, len(raw))
         if result not in (0, -errno.ENOENT):  # ENOENT: the kernel had dropped it already
             raise OSError(-result, os.strerror(-result))
-        _LIBC.malloc_trim(0)
+        # The directory's own dentry was unhashed too: look it up again at once, so that a
+        # process whose working directory it is still has a path (getcwd).
+        with contextlib.suppress(OSError):
+            os.stat(os.path.join(parent_path, leaf))
         return result == 0
 
     def destroy(self, path: str) -> None:
@@ -445,7 +463,9 @@ class FUSE(fuse.FUSE):
             fuse.set_st_attrs(st, operations.stat(Attr("dir")), use_ns=True)
             times = _times_of(st)
             encoding, errors = self.encoding, self.errors
-            operations.kernel_names.before_reply(listing.path)
+            # After a prune, one entry: this request went out before the prune, and the
+            # kernel takes the attributes of inodes made from its reply as stale.
+            room = 1 if operations.kernel_names.before_reply(listing.path) else -1
             handed = 0  # entries this buffer took, for the kernel-entries bound
             for name, mtime, following in operations.listed_rows(listing, offset):
                 seconds, nanoseconds = divmod(mtime, 1_000_000_000)
@@ -454,6 +474,8 @@ class FUSE(fuse.FUSE):
                           FUSE_FILL_DIR_PLUS) != 0:
                     break
                 handed += 1
+                if handed == room:
+                    break
             operations.kernel_names.listed(listing.path, handed)
             return 0
         except Exception:

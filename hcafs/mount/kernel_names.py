@@ -6,37 +6,45 @@ kernel holds, until the kernel forgets it.  The kernel forgets a FUSE inode as s
 dentry goes (FUSE inodes are not kept unused), but it keeps unused dentries until memory is
 short.  So ``ls -l`` of a million bundle versions would leave a million nodes in the daemon.
 
-:class:`KernelNames` counts the entries of each directory handed to the kernel.  Once
-another ``limit`` have gone out, the directory is *due*, and before the next reply for it
-is filled the kernel is asked to drop the directory's entries: one notification for the
-directory's own name (``fuse_lowlevel_notify_inval_entry``), which makes the kernel prune
-every cached entry under it that nothing uses (an open file or a working directory keeps
-its own).  The pruned inodes are forgotten, and libfuse frees their nodes.
+:class:`KernelNames` counts the entries of each directory handed to the kernel (across
+listings: N entries listed in all, however many times).  Once another ``limit`` have gone
+out, the directory is *due*, and before the next reply for it is filled the kernel is asked
+to drop the directory's cached entries: one notification for the directory's own name
+(``fuse_lowlevel_notify_inval_entry``), which makes the kernel prune every entry under it,
+at any depth, that nothing uses (an open file, or a working directory inside it, keeps its
+own).  The pruned inodes are forgotten, and libfuse frees their nodes.
 
-Why then: a reader asks for the next reply only when it has used up the entries of the last
+Why then: a reader asks for the next reply only once it has used up the entries of the last
 one, and ``ls -l`` stats each entry as it reads it, so what a prune drops has already been
-used.  Pruning as soon as the count is reached dropped the reply just handed out (about
-4,850 entries of 1 MiB), and ``ls`` looked each of them up again.  One notification per
-``limit`` entries costs next to nothing; one per entry, tried first, made ``ls -l`` of a
-million entries four times slower.  A directory read in full with no more than ``limit``
-entries is never pruned.
+used.  The reply filled right after a prune carries a single entry: the kernel sent its
+request before the prune, and it marks the attributes of inodes made from such a reply as
+stale (each would cost ``ls -l`` a GETATTR); the next request goes out after the prune.
+Readers that list everything first and stat afterwards, or several readers at once, find
+some entries dropped before they stat them: those are looked up again (correct, slower).
+
+Measured (docs/mount.md): pruning as soon as the count was reached dropped the reply just
+handed out, and one notification per entry made ``ls -l`` of a million entries four times
+slower than one per ``limit``.
 
 Threading: FUSE threads call :meth:`listed` and :meth:`before_reply`; a thread of its own
-sends the notifications, and the reply waits for it at most :data:`PRUNE_WAIT` seconds
-(the kernel takes the parent directory's lock for a notification, so a FUSE callback never
-waits on one unboundedly).
+sends the notifications, and a reply waits for its prune at most :data:`PRUNE_WAIT` seconds
+(the kernel takes the parent directory's lock for a notification, which a lookup there may
+hold while it waits for a FUSE thread, so a callback never waits on one unboundedly).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
 PRUNE_WAIT = 2.0  # seconds a reply waits for the prune due before it
-Prune = Callable[[str], bool]  # directory -> whether the kernel held it; may raise OSError
+# directory -> whether the kernel held it; raises OSError with the kernel's errno
+Prune = Callable[[str], bool]
 
 
 class KernelNames:
@@ -44,12 +52,14 @@ class KernelNames:
         self.limit = limit
         self._prune = prune
         self._cond = threading.Condition()
-        self._handed: dict[str, int] = {}  # directory -> entries handed since its last prune
+        self._handed: dict[str, int] = {}  # directory -> entries handed since it was due
         self._due: set[str] = set()  # directories to prune before their next reply
-        self._asked: dict[str, threading.Event] = {}  # prunes asked of the thread: set when done
+        self._asked: deque[tuple[str, threading.Event]] = deque()  # for the thread, in order
         self._stopped = False
         self._thread: threading.Thread | None = None
+        self._warned: set[int] = set()  # errnos already logged
         self.pruned = 0  # prunes the kernel carried out (for status)
+        self.late = 0  # replies that did not wait for their prune to end
 
     @property
     def enabled(self) -> bool:
@@ -79,40 +89,61 @@ class KernelNames:
                 self._due.add(directory)
             self._handed[directory] = handed
 
-    def before_reply(self, directory: str) -> None:
-        """A reply for ``directory`` is about to be filled: run the prune due, if any."""
+    def before_reply(self, directory: str) -> bool:
+        """A reply for ``directory`` is about to be filled: run the prune due, if any.
+        True if one ran (then the reply should carry a single entry; see above)."""
         with self._cond:
             if directory not in self._due or self._stopped or self._thread is None:
-                return
+                return False
             self._due.discard(directory)
-            done = self._asked.setdefault(directory, threading.Event())
+            if not self._thread.is_alive():  # it logged why; the bound is off from now
+                return False
+            done = threading.Event()
+            self._asked.append((directory, done))
             self._cond.notify()
-        if not done.wait(PRUNE_WAIT):
-            log.debug("the prune of %s is taking longer than %.0fs; replying without it",
-                      directory, PRUNE_WAIT)
-
-    def outstanding(self) -> int:
-        """Entries handed out since the last prune of their directory (an upper bound on
-        what the kernel holds of them)."""
+        if done.wait(PRUNE_WAIT):
+            return True
         with self._cond:
-            return sum(self._handed.values())
+            self.late += 1
+        log.warning("pruning the kernel's entries of %s took longer than %.0f s; the "
+                    "listing goes on meanwhile", directory, PRUNE_WAIT)
+        return False
+
+    def status(self) -> dict:
+        with self._cond:
+            return {"limit": self.limit, "since_prune": sum(self._handed.values()),
+                    "pruned": self.pruned, "late": self.late}
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._stopped and not self._asked:
-                    self._cond.wait()
-                if self._stopped:
-                    for done in self._asked.values():
-                        done.set()
-                    return
-                directory, done = next(iter(self._asked.items()))
-            try:
-                if self._prune(directory):
-                    self.pruned += 1
-            except OSError as exc:  # e.g. the mount is going away
-                log.debug("could not prune the kernel's entries of %s: %s", directory, exc)
-            finally:
+        try:
+            while True:
                 with self._cond:
-                    self._asked.pop(directory, None)
-                done.set()
+                    while not self._stopped and not self._asked:
+                        self._cond.wait()
+                    if self._stopped:
+                        return
+                    directory, done = self._asked.popleft()
+                try:
+                    if self._prune(directory):
+                        with self._cond:
+                            self.pruned += 1
+                except OSError as exc:
+                    self._refused(directory, exc)
+                finally:
+                    done.set()
+        except Exception:
+            log.exception("the kernel-entries bound stopped working")
+        finally:
+            with self._cond:
+                for _, done in self._asked:
+                    done.set()
+                self._asked.clear()
+
+    def _refused(self, directory: str, exc: OSError) -> None:
+        """A prune the kernel refused: logged once per errno (ENOTCONN/EBADF: unmounting)."""
+        if exc.errno in (errno.ENOTCONN, errno.EBADF) or exc.errno in self._warned:
+            log.debug("pruning the kernel's entries of %s: %s", directory, exc)
+            return
+        self._warned.add(exc.errno)
+        log.warning("the kernel refused to prune its entries of %s (%s); they stay until "
+                    "it needs the memory", directory, exc)

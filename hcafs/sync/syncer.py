@@ -55,13 +55,17 @@ COPY_WAIT = 3600.0
 class SyncStats:
     """Where the sync engine's time went, for the log and the benchmarks: seconds summed
     over files per stage (``stage``, ``register``, ``copy`` for background copies the
-    engine waited for, ``commit``), bytes staged, and failed attempts by cause."""
+    engine waited for, ``commit``), bytes staged, files staged with the checksums computed
+    as they were written and files that needed a checksum pass of their own, and failed
+    attempts by cause."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self.seconds: dict[str, float] = {}
         self.counts: dict[str, int] = {}
         self.staged_bytes = 0
+        self.sums_written = 0  # staged with the checksums computed while written
+        self.sums_passes = 0  # staged with a checksum pass of their own
         self.retries: dict[str, int] = {}
 
     def add(self, stage: str, seconds: float, size: int = 0) -> None:
@@ -69,6 +73,13 @@ class SyncStats:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
             self.counts[stage] = self.counts.get(stage, 0) + 1
             self.staged_bytes += size
+
+    def summed(self, while_written: bool) -> None:
+        with self._lock:
+            if while_written:
+                self.sums_written += 1
+            else:
+                self.sums_passes += 1
 
     def retry(self, cause: str) -> None:
         with self._lock:
@@ -80,6 +91,7 @@ class SyncStats:
                               for name in sorted(self.seconds))
             retries = ",".join(f"{cause}:{n}" for cause, n in sorted(self.retries.items()))
             return (f"{stages} staged_bytes={self.staged_bytes} "
+                    f"sums_written={self.sums_written} sums_passes={self.sums_passes} "
                     f"retries={retries or 'none'} unconfirmed_heads={unconfirmed}")
 
 
@@ -210,11 +222,18 @@ class Syncer:
                     sent_at[0] = now
                     self.journal.progress(row.id, sent)
 
+            known: list = []  # what the write's checksums were, once the stager asked
+
+            def written(fd: int):
+                known.append(self.pending.written_checksums(row.id, fd))
+                return known[-1]
+
             started = time.monotonic()
             source, sums = self.stager.stage(
                 self.pending.data_path(row.id), file_uuid, version, row.path, progress,
-                known=lambda fd: self.pending.written_checksums(row.id, fd))
+                known=written)
             self.stats.add("stage", time.monotonic() - started, sums.size)
+            self.stats.summed(bool(known) and known[-1] == sums)
             if not self.journal.staged(row.id, row.generation, sums, content_type(row.path)):
                 return
             self.journal.progress(row.id, sums.size)
