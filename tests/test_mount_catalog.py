@@ -160,6 +160,13 @@ def test_kernel_entries_bounds_what_the_kernel_keeps_of_a_listing(tmp_path, worl
             # attributes right
             assert [name for name, _ in _read_and_stat(bundles)] == made
             wait_until(lambda: _kernel_entries(mount)["pruned"] >= 3, 10, "two more prunes")
+            # a shell whose working directory is bundles/ keeps its path across a prune
+            # (`ls -l` of `.` looks nothing up by path; `/bin/pwd` asks getcwd)
+            shell = subprocess.run(["bash", "-c", "ls -l >/dev/null && /bin/pwd"],
+                                   cwd=bundles, capture_output=True, text=True, timeout=60)
+            assert shell.returncode == 0, shell.stderr
+            assert shell.stdout.strip() == str(bundles)
+            wait_until(lambda: _kernel_entries(mount)["pruned"] >= 4, 10, "its prune")
             assert _kernel_entries(mount)["limit"] == 500
             assert _kernel_entries(mount)["late"] == 0
             # the kernel forgot the entry nothing used: libfuse freed its node, and the

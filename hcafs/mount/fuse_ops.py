@@ -205,8 +205,8 @@ class Operations(fuse.Operations):
         result = _notify_inval_entry(session, parent_id, raw, len(raw))
         if result not in (0, -errno.ENOENT):  # ENOENT: the kernel had dropped it already
             raise OSError(-result, os.strerror(-result))
-        # The directory's own dentry was unhashed too: look it up again at once, so that a
-        # process whose working directory it is still has a path (getcwd).
+        # The directory's own dentry was unhashed too: look it up again before the reply
+        # goes, so that a process whose working directory it is keeps a path (getcwd).
         with contextlib.suppress(OSError):
             os.stat(os.path.join(parent_path, leaf))
         return result == 0
