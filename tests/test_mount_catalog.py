@@ -18,6 +18,7 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -158,12 +159,18 @@ def test_kernel_entries_bounds_what_the_kernel_keeps_of_a_listing(tmp_path, worl
             # small reads (4 KiB getdents, about 18 entries a reply): prunes in the middle
             # of the listing, each before the next reply; every entry read once, and its
             # attributes right
-            assert [name for name, _ in _read_and_stat(bundles)] == made
+            entries, reads = _read_and_stat(bundles)
+            assert [name for name, _ in entries] == made
             wait_until(lambda: _kernel_entries(mount)["pruned"] >= 3, 10, "two more prunes")
-            # a shell whose working directory is bundles/ keeps its path across a prune
-            # (`ls -l` of `.` looks nothing up by path; `/bin/pwd` asks getcwd)
-            shell = subprocess.run(["bash", "-c", "ls -l >/dev/null && /bin/pwd"],
-                                   cwd=bundles, capture_output=True, text=True, timeout=60)
+            # the reply right after each prune carries one entry (its request went out
+            # before the prune); any other read of one entry could only be the last
+            assert reads[:-2].count(1) >= 2, reads
+            # a process whose working directory is bundles/ keeps its path across a prune
+            # (`ls -l` of `.` looks nothing up by path; Python's getcwd has no fallback)
+            shell = subprocess.run(
+                ["bash", "-c", f"ls -l >/dev/null && {sys.executable} -c "
+                 "'import os; print(os.getcwd())'"],
+                cwd=bundles, capture_output=True, text=True, timeout=60)
             assert shell.returncode == 0, shell.stderr
             assert shell.stdout.strip() == str(bundles)
             wait_until(lambda: _kernel_entries(mount)["pruned"] >= 4, 10, "its prune")
@@ -187,26 +194,30 @@ def _kernel_entries(mount: Mount) -> dict:
 _GETDENTS64 = {"x86_64": 217, "aarch64": 61}
 
 
-def _read_and_stat(directory: Path, size: int = 4096) -> list[tuple[str, os.stat_result]]:
+def _read_and_stat(directory: Path, size: int = 4096
+                   ) -> tuple[list[tuple[str, os.stat_result]], list[int]]:
     """Each entry of ``directory`` (but . and ..) stat-ed right as it is read, as ``ls -l``
-    does, through getdents64 with a ``size``-byte buffer."""
+    does, through getdents64 with a ``size``-byte buffer; and how many entries each
+    getdents64 call returned (one per reply of the filesystem)."""
     number = _GETDENTS64.get(os.uname().machine)
     if number is None:
         pytest.skip("getdents64's syscall number is not known here")
     libc = ctypes.CDLL(None, use_errno=True)
     buffer = ctypes.create_string_buffer(size)
-    found = []
+    found, reads = [], []
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         while True:
             count = libc.syscall(number, fd, buffer, size)
             assert count >= 0, os.strerror(ctypes.get_errno())
             if not count:
-                return found
+                return found, reads
             raw, at = buffer.raw[:count], 0
+            reads.append(0)
             while at < count:  # struct linux_dirent64: ino, off, reclen, type, name
                 length = int.from_bytes(raw[at + 16:at + 18], "little")
                 name = raw[at + 19:at + length].split(b"\0", 1)[0].decode()
+                reads[-1] += 1
                 if name not in (".", ".."):
                     found.append((name, os.stat(directory / name)))
                     assert stat.S_ISDIR(found[-1][1].st_mode)

@@ -284,7 +284,9 @@ class Operations(fuse.Operations):
 
     def releasedir(self, path: str, fh: int) -> int:
         with self._lock:
-            self._dirs.pop(fh, None)
+            listing = self._dirs.pop(fh, None)
+        if listing is not None:
+            self.kernel_names.closed(listing)
         return 0
 
     @_errno
@@ -465,7 +467,7 @@ class FUSE(fuse.FUSE):
             encoding, errors = self.encoding, self.errors
             # After a prune, one entry: this request went out before the prune, and the
             # kernel takes the attributes of inodes made from its reply as stale.
-            room = 1 if operations.kernel_names.before_reply(listing.path) else -1
+            room = 1 if operations.kernel_names.before_reply(listing, listing.path) else -1
             handed = 0  # entries this buffer took, for the kernel-entries bound
             for name, mtime, following in operations.listed_rows(listing, offset):
                 seconds, nanoseconds = divmod(mtime, 1_000_000_000)
@@ -476,7 +478,7 @@ class FUSE(fuse.FUSE):
                 handed += 1
                 if handed == room:
                     break
-            operations.kernel_names.listed(listing.path, handed)
+            operations.kernel_names.listed(listing, handed)
             return 0
         except Exception:
             log.exception("readdir crashed")

@@ -6,10 +6,10 @@ kernel holds, until the kernel forgets it.  The kernel forgets a FUSE inode as s
 dentry goes (FUSE inodes are not kept unused), but it keeps unused dentries until memory is
 short.  So ``ls -l`` of a million bundle versions would leave a million nodes in the daemon.
 
-:class:`KernelNames` counts the entries of each directory handed to the kernel (across
-listings: N entries listed in all, however many times).  Once another ``limit`` have gone
-out, the directory is *due*, and before the next reply for it is filled the kernel is asked
-to drop the directory's cached entries: one notification for the directory's own name
+:class:`KernelNames` counts the entries each open directory (each listing) hands to the
+kernel.  Once more than ``limit`` have gone out since its last prune, the listing is *due*,
+and before its next reply is filled the kernel is asked to drop the directory's cached
+entries: one notification for the directory's own name
 (``fuse_lowlevel_notify_inval_entry``), which makes the kernel prune every entry under it,
 at any depth, that nothing uses (an open file, or a working directory inside it, keeps its
 own).  The pruned inodes are forgotten, and libfuse frees their nodes.
@@ -21,6 +21,9 @@ request before the prune, and it marks the attributes of inodes made from such a
 stale (each would cost ``ls -l`` a GETATTR); the next request goes out after the prune.
 Readers that list everything first and stat afterwards, or several readers at once, find
 some entries dropped before they stat them: those are looked up again (correct, slower).
+A directory of at most ``limit`` entries is never pruned, however often it is listed; the
+kernel keeps at most about ``limit`` entries per listing in progress, plus the last
+``limit`` of the listing before.
 
 Measured (docs/mount.md): pruning as soon as the count was reached dropped the reply just
 handed out, and one notification per entry made ``ls -l`` of a million entries four times
@@ -52,10 +55,11 @@ class KernelNames:
         self.limit = limit
         self._prune = prune
         self._cond = threading.Condition()
-        self._handed: dict[str, int] = {}  # directory -> entries handed since it was due
-        self._due: set[str] = set()  # directories to prune before their next reply
-        self._asked: deque[tuple[str, threading.Event]] = deque()  # for the thread, in order
+        self._handed: dict[object, int] = {}  # open directory -> entries since its prune
+        self._due: set[object] = set()  # open directories to prune before their next reply
+        self._asked: deque[_Ask] = deque()  # prunes for the thread, in order
         self._stopped = False
+        self._dead = False  # the thread ended on an error: the bound is off
         self._thread: threading.Thread | None = None
         self._warned: set[int] = set()  # errnos already logged
         self.pruned = 0  # prunes the kernel carried out (for status)
@@ -78,41 +82,55 @@ class KernelNames:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def listed(self, directory: str, count: int) -> None:
-        """``count`` more entries of ``directory`` were just handed to the kernel."""
+    def listed(self, listing: object, count: int) -> None:
+        """``count`` more entries of the open directory ``listing`` were just handed to
+        the kernel."""
         if not self.enabled or not count:
             return
         with self._cond:
-            handed = self._handed.get(directory, 0) + count
-            if handed >= self.limit:
+            handed = self._handed.get(listing, 0) + count
+            if handed > self.limit:
                 handed = 0
-                self._due.add(directory)
-            self._handed[directory] = handed
+                self._due.add(listing)
+            self._handed[listing] = handed
 
-    def before_reply(self, directory: str) -> bool:
-        """A reply for ``directory`` is about to be filled: run the prune due, if any.
-        True if one ran (then the reply should carry a single entry; see above)."""
+    def closed(self, listing: object) -> None:
+        """The open directory ``listing`` was released."""
         with self._cond:
-            if directory not in self._due or self._stopped or self._thread is None:
+            self._handed.pop(listing, None)
+            self._due.discard(listing)
+
+    def before_reply(self, listing: object, directory: str) -> bool:
+        """A reply for the open directory ``listing`` (of ``directory``) is about to be
+        filled: run the prune due, if any.  True if the kernel pruned, or may be pruning
+        now (then the reply should carry a single entry; see above)."""
+        with self._cond:
+            if listing not in self._due or self._stopped or self._thread is None \
+                    or self._dead:
                 return False
-            self._due.discard(directory)
-            if not self._thread.is_alive():  # it logged why; the bound is off from now
-                return False
-            done = threading.Event()
-            self._asked.append((directory, done))
+            self._due.discard(listing)
+            ask = _Ask(directory)
+            self._asked.append(ask)
             self._cond.notify()
-        if done.wait(PRUNE_WAIT):
-            return True
+        if ask.done.wait(PRUNE_WAIT):
+            return ask.pruned
         with self._cond:
             self.late += 1
+            if ask in self._asked:  # not begun: the next reply asks again
+                self._asked.remove(ask)
+                self._due.add(listing)
+                waiting = True
+            else:  # under way: this reply races it either way
+                waiting = False
         log.warning("pruning the kernel's entries of %s took longer than %.0f s; the "
                     "listing goes on meanwhile", directory, PRUNE_WAIT)
-        return False
+        return not waiting
 
     def status(self) -> dict:
         with self._cond:
             return {"limit": self.limit, "since_prune": sum(self._handed.values()),
-                    "pruned": self.pruned, "late": self.late}
+                    "pruned": self.pruned, "late": self.late,
+                    "working": self.enabled and not self._dead}
 
     def _run(self) -> None:
         try:
@@ -122,21 +140,25 @@ class KernelNames:
                         self._cond.wait()
                     if self._stopped:
                         return
-                    directory, done = self._asked.popleft()
+                    ask = self._asked.popleft()
                 try:
-                    if self._prune(directory):
+                    ask.pruned = self._prune(ask.directory)
+                    if ask.pruned:
                         with self._cond:
                             self.pruned += 1
                 except OSError as exc:
-                    self._refused(directory, exc)
+                    self._refused(ask.directory, exc)
                 finally:
-                    done.set()
+                    ask.done.set()
         except Exception:
-            log.exception("the kernel-entries bound stopped working")
+            log.exception("the kernel-entries bound stopped working; the kernel keeps "
+                          "listed entries until it needs the memory")
+            with self._cond:
+                self._dead = True
         finally:
             with self._cond:
-                for _, done in self._asked:
-                    done.set()
+                for ask in self._asked:
+                    ask.done.set()
                 self._asked.clear()
 
     def _refused(self, directory: str, exc: OSError) -> None:
@@ -147,3 +169,12 @@ class KernelNames:
         self._warned.add(exc.errno)
         log.warning("the kernel refused to prune its entries of %s (%s); they stay until "
                     "it needs the memory", directory, exc)
+
+
+class _Ask:
+    """One prune a reply waits for."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.done = threading.Event()
+        self.pruned = False  # set by the thread before ``done``
