@@ -411,9 +411,9 @@ def section(d: dict) -> list[str]:
         if bounded:
             lines += ["", f"**With `--kernel-entries {KERNEL_ENTRIES}`** (the same warm "
                       "cache, mounted again with the bound; `ls -l` best of 3 after one): "
-                      "every time that many entries have been listed, the kernel drops the "
-                      "unused ones and libfuse frees their nodes, so each `ls -l` makes the "
-                      "kernel's entries anew.", "",
+                      "each time a listing has handed out more than that many entries, the "
+                      "kernel drops the unused ones and libfuse frees their nodes, so each "
+                      "`ls -l` of more entries makes the kernel's entries anew.", "",
                       "| bundle versions | `ls -l bundles` / local dir (≤ 1.5×) | prunes "
                       "| daemon RSS peak (≤ 150 MiB) |", "|---|---|---|---|"]
             for s in bounded:

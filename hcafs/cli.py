@@ -343,8 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "the daemon itself remembers a server's 404 for --entry-timeout)")
     mount.add_argument("--kernel-entries", metavar="N", type=int,
                        help="bound what the kernel keeps of a big listing (bundles/): each "
-                       "time N more entries have been listed, the kernel drops those nothing "
-                       "uses, and libfuse frees its node (about 260 bytes) for each; they "
+                       "time a listing has handed out more than N entries, the kernel drops "
+                       "those nothing uses, and libfuse frees its node (about 260 bytes) for "
+                       "each; they "
                        "are looked up again when asked for, so `ls -l` of many more than N "
                        "entries is slower (default 0: no bound, the kernel drops entries "
                        "when memory is short)")
