@@ -345,10 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="bound what the kernel keeps of a big listing (bundles/): each "
                        "time a listing has handed out more than N entries, the kernel drops "
                        "those nothing uses, and libfuse frees its node (about 260 bytes) for "
-                       "each; they "
-                       "are looked up again when asked for, so `ls -l` of many more than N "
-                       "entries is slower (default 0: no bound, the kernel drops entries "
-                       "when memory is short)")
+                       "each; they are looked up again when asked for, so `ls -l` of many "
+                       "more than N entries is slower (default 0: no bound, the kernel drops "
+                       "entries when memory is short)")
     mount.add_argument("--log-file", metavar="FILE", help="daemon log (default "
                        "CACHE_DIR/hcafs.log)")
     mount.add_argument("--data-dir", help="the embedded server's data dir")

@@ -195,20 +195,20 @@ class Operations(fuse.Operations):
         session = ctypes.c_void_p(_get_session(self._fuse))
         if _session_exited(session):  # unmounting: the device may be closed already
             raise OSError(errno.ENOTCONN, "the mount is going away")
+        # Streamed listings (bundles/) are children of the root, whose libfuse node id is
+        # always 1.
         parent, _, leaf = directory.rstrip("/").rpartition("/")
-        parent_path = os.path.join(self.mountpoint, parent.lstrip("/"))
-        # libfuse's node id of the root is always 1; of another directory, its st_ino (the
-        # mount does not set use_ino).
-        parent_id = FUSE_ROOT_ID if not parent else os.stat(parent_path).st_ino
+        if parent:
+            raise ValueError(f"{directory} is not a child of the mount's root")
         _trim()  # what the last prune's FORGETs freed goes back to the system
         raw = leaf.encode("utf-8", "surrogateescape")
-        result = _notify_inval_entry(session, parent_id, raw, len(raw))
+        result = _notify_inval_entry(session, FUSE_ROOT_ID, raw, len(raw))
         if result not in (0, -errno.ENOENT):  # ENOENT: the kernel had dropped it already
             raise OSError(-result, os.strerror(-result))
         # The directory's own dentry was unhashed too: look it up again before the reply
         # goes, so that a process whose working directory it is keeps a path (getcwd).
         with contextlib.suppress(OSError):
-            os.stat(os.path.join(parent_path, leaf))
+            os.stat(os.path.join(self.mountpoint, leaf))
         return result == 0
 
     def destroy(self, path: str) -> None:

@@ -25,9 +25,9 @@ A directory of at most ``limit`` entries is never pruned, however often it is li
 kernel keeps at most about ``limit`` entries per listing in progress, plus the last
 ``limit`` of the listing before.
 
-Measured (docs/mount.md): pruning as soon as the count was reached dropped the reply just
-handed out, and one notification per entry made ``ls -l`` of a million entries four times
-slower than one per ``limit``.
+Measured on a million entries: pruning as soon as the count was reached dropped the reply
+just handed out (and ``ls`` looked each of its entries up again), and one notification per
+entry made ``ls -l`` four times slower than one per ``limit``.
 
 Threading: FUSE threads call :meth:`listed` and :meth:`before_reply`; a thread of its own
 sends the notifications, and a reply waits for its prune at most :data:`PRUNE_WAIT` seconds
