@@ -2,13 +2,17 @@
 
 The bound itself, against a real kernel, is tested on a real mount
 (``tests/test_mount_catalog.py``); here each prune is a fault injected in place of the
-kernel's answer: refused with an errno, crashing, or slower than a reply may wait.
+kernel's answer: refused with an errno, crashing, or slower than a reply may wait.  And a
+negative bound is refused before anything is mounted.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -100,3 +104,15 @@ def test_a_slow_prune_is_counted_late_and_the_reply_after_it_is_cut(monkeypatch)
         release.set()
         names.stop()
 
+
+
+def test_a_negative_bound_is_refused_before_anything_is_mounted(tmp_path):
+    mountpoint = tmp_path / "m"
+    mountpoint.mkdir()
+    result = subprocess.run([sys.executable, "-m", "hcafs", "mount", str(mountpoint),
+                             "--kernel-entries", "-1", "--cache-dir", str(tmp_path / "c")],
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "XDG_RUNTIME_DIR": str(tmp_path / "run")})
+    assert result.returncode == 2
+    assert "--kernel-entries cannot be negative" in result.stderr
+    assert not os.path.ismount(mountpoint) and not (tmp_path / "c").exists()
