@@ -385,3 +385,33 @@ def test_gzip_bombs_are_refused_within_their_caps_and_the_server_stays_small(
         assert peak < 250 * 1024 * 1024, f"peak RSS {peak / 2**20:.0f} MiB"
     finally:
         importer.stop()
+
+
+def test_a_credentials_bearer_is_not_sent_on_after_a_redirect_to_another_host(tmp_path):
+    """The credentials file's bearer for one DRS host goes to that host only: an object
+    endpoint that redirects to another (allowed) host gets the request there without it."""
+    from test_drs_bulk import write_credentials
+
+    first, second = HostileDrs(), HostileDrs()
+    secret = "bearer-of-the-first-host-0123456789"
+    first.routes["/ga4gh/drs/v1/objects/obj"] = redirect(
+        second.url("/ga4gh/drs/v1/objects/obj"))
+    second.blob_object("obj", second.url("/blob"))
+    second.routes["/blob"] = (200, {}, Target.SECRET)
+    credentials = write_credentials(tmp_path / "credentials.json", [
+        {"match": first.host, "bearer": secret, "users": ["user@example.org"]}])
+    importer = DSSServer(str(tmp_path / "importer"), loopback_peers=False, args=[
+        "--drs-credentials", credentials, "--drs-allow-host", first.host,
+        "--drs-allow-host", second.host]).start()
+    try:
+        run_import(importer, [{"drs_uri": first.uri("obj"), "project": "user/redirected"}])
+        asked = [h for path, h in first.requests if path.startswith("/ga4gh/drs/v1/objects/")]
+        assert asked and all(h.get("Authorization") == f"Bearer {secret}" for h in asked)
+        assert second.requests, "the redirect was not followed"
+        for _, headers in second.requests:
+            assert secret not in json.dumps(headers), headers
+            assert "authorization" not in {name.lower() for name in headers}
+    finally:
+        importer.stop()
+        first.close()
+        second.close()

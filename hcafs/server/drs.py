@@ -493,14 +493,15 @@ class DrsReader:
     def _json(self, url: str, what: str, auth: Auth = NO_AUTH, method: str = "GET",
               payload: dict | None = None) -> dict:
         body = None
-        headers = {"Accept": "application/json", "Accept-Encoding": "gzip, deflate",
-                   **auth.headers}
+        headers = {"Accept": "application/json", "Accept-Encoding": "gzip, deflate"}
         if payload is not None:
             body = json.dumps(payload).encode()
             headers["Content-Type"] = "application/json"
+        # The bearer goes as credentials: the egress sends those to the URL's own origin
+        # only, never on after a redirect to another host.
         for _ in range(MAX_ACCEPTED_RETRIES):
-            with self._gate(url), self._send(url, what, headers, None, method,
-                                             body) as answer:
+            with self._gate(url), self._send(url, what, headers, auth.headers or None,
+                                             method, body) as answer:
                 if answer.status == 202:
                     time.sleep(min(_seconds(answer.headers.get("Retry-After")), 10.0))
                     continue
