@@ -58,7 +58,7 @@ def config_file_values(section: str) -> dict[str, Any]:
     return table
 
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.I)
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*\Z", re.I)
 
 
 def parse_bool(value: str | bool) -> bool:
@@ -196,7 +196,7 @@ class ServeConfig:
 
 _ALLOW_HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)"
                             r"(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}"
-                            r"|655[0-2][0-9]|6553[0-5]))?$")
+                            r"|655[0-2][0-9]|6553[0-5]))?\Z")
 
 
 def _check_pkcs8(path: str) -> None:

@@ -12,14 +12,14 @@ import re
 import uuid as _uuid
 
 VERSION_FORMAT = "%Y-%m-%dT%H%M%S.%fZ"
-_VERSION_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{6}\.\d{6}Z$")
+_VERSION_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{6}\.\d{6}Z\Z")
 # The DSS's own pattern accepts mixed case; stored identifiers are lower-cased.
 _UUID_RE = re.compile(
-    r"^[A-Za-z0-9]{8}-[A-Za-z0-9]{4}-[A-Za-z0-9]{4}-[A-Za-z0-9]{4}-[A-Za-z0-9]{12}$"
+    r"^[A-Za-z0-9]{8}-[A-Za-z0-9]{4}-[A-Za-z0-9]{4}-[A-Za-z0-9]{4}-[A-Za-z0-9]{12}\Z"
 )
 _FQID_RE = re.compile(
     r"^(?P<uuid>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
-    r"\.(?P<version>\d{4}-\d{2}-\d{2}T\d{6}\.\d{6}Z)$"
+    r"\.(?P<version>\d{4}-\d{2}-\d{2}T\d{6}\.\d{6}Z)\Z"
 )
 
 

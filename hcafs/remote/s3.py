@@ -23,7 +23,7 @@ from ..errors import NotFound, RemoteError, Unreachable, UsageError
 
 log = logging.getLogger(__name__)
 
-_S3_URL_RE = re.compile(r"^s3://(?P<bucket>[^/]+)(?:/(?P<key>.*))?$")
+_S3_URL_RE = re.compile(r"^s3://(?P<bucket>[^/]+)(?:/(?P<key>.*))?\Z")
 STREAM_CHUNK = 1024 * 1024
 _MISSING = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
 _PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict"}

@@ -54,7 +54,7 @@ from .imports import WAIT_MAX, Importer, sbg_body
 log = logging.getLogger("hcafs.server")
 access_log = logging.getLogger("hcafs.server.access")
 
-_BLOB_RE = re.compile(r"^[0-9a-f]{64}\.[0-9a-f]{40}\.[0-9a-f]{32}(-\d+)?\.[0-9a-f]{8}$")
+_BLOB_RE = re.compile(r"^[0-9a-f]{64}\.[0-9a-f]{40}\.[0-9a-f]{32}(-\d+)?\.[0-9a-f]{8}\Z")
 RETRY_AFTER = "10"
 HEALTH_PROBE = "probes/health"  # a key never written: reading it proves the store answers
 PROBE_TIMEOUT = 5.0  # seconds a readiness probe waits for the store

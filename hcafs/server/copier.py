@@ -49,12 +49,12 @@ from .store import LocalStore, Store
 
 log = logging.getLogger(__name__)
 
-_SOURCE_RE = re.compile(r"^(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<bucket>[^/]*)/(?P<key>.+)$", re.I)
+_SOURCE_RE = re.compile(r"^(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<bucket>[^/]*)/(?P<key>.+)\Z", re.I)
 _FORMATS = {
-    "sha256": re.compile(r"^[a-z0-9]{64}$"),
-    "sha1": re.compile(r"^[a-z0-9]{40}$"),
-    "crc32c": re.compile(r"^[a-z0-9]{8}$"),
-    "s3_etag": re.compile(r"^[a-z0-9]{32}(-([2-9]|[1-9][0-9]{1,3}|10000))?$"),
+    "sha256": re.compile(r"^[a-z0-9]{64}\Z"),
+    "sha1": re.compile(r"^[a-z0-9]{40}\Z"),
+    "crc32c": re.compile(r"^[a-z0-9]{8}\Z"),
+    "s3_etag": re.compile(r"^[a-z0-9]{32}(-([2-9]|[1-9][0-9]{1,3}|10000))?\Z"),
 }
 READ_CHUNK = 4 * 1024 * 1024
 SMALL_SOURCE = 4 * 1024 * 1024  # an s3:// source up to this size is read once, at inspect

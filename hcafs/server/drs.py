@@ -301,7 +301,7 @@ class DrsError(RemoteError):
 
 _HOSTNAME_URI = re.compile(
     r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)"
-    r"(?::(?P<port>\d{1,5}))?/(?P<id>[^/].*)$")
+    r"(?::(?P<port>\d{1,5}))?/(?P<id>[^/].*)\Z")
 _SAFE_ID = "/%:@-._~!$&'()*+,;="
 
 

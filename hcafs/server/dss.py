@@ -43,8 +43,8 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 
-_NAME_RE = re.compile(r"^(?!/)(?!~/)(?!.*\\)(?!.*\./)(?!.*/\.)(?!\.\.?$).+$")
-_PREFIX_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9-]*$")
+_NAME_RE = re.compile(r"^(?!/)(?!~/)(?!.*\\)(?!.*\./)(?!.*/\.)(?!\.\.?\Z).+\Z")
+_PREFIX_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9-]*\Z")
 MAX_PATCH_ITEMS = 1000
 MAX_METADATA_SIZE = 1024 * 1024
 FILE_WAIT_SECONDS = 20.0

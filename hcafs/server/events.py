@@ -49,7 +49,7 @@ OVERLAP_SECONDS = 10.0
 LATE_SECONDS = 3.0
 JOURNAL_EVENTS = 1000  # events per served journal (and per stored .journal document)
 MAX_READS = 100  # .journal documents read for one page
-CURSOR_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{6}\.\d{6}Z(\.[0-9a-f]{8})?$")
+CURSOR_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{6}\.\d{6}Z(\.[0-9a-f]{8})?\Z")
 _CURSOR_LEN = 34
 MIGRATED = "1970-01-01T000000.000000Z"  # the time of events standing for older bundles
 

@@ -30,8 +30,8 @@ from .store import Staged, Store
 
 MAX_NAME = 255
 MORE_INFO = "docs/drs.md#per-item-errors"
-PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-FOLDER_RE = re.compile(r"^[0-9a-f]{24}$")
+PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+FOLDER_RE = re.compile(r"^[0-9a-f]{24}\Z")
 
 
 class FolderError(HcafsError):

@@ -132,7 +132,7 @@ AHEAD_BYTES = 4 << 30  # ... and their bytes
 PARALLEL_MIN = 64 * 1024 * 1024  # objects this large are fetched in parallel ranges
 PARTS = 4
 _NAMESPACE = _uuid.UUID("5c1f0a52-3d59-4d38-9b57-2a4e1f0c6b7d")
-_JOB_RE = re.compile(r"^\d{1,30}$")
+_JOB_RE = re.compile(r"^\d{1,30}\Z")
 
 # DrsError kind → (HTTP status, code) of the item's error result.
 _KINDS = {"malformed": (400, 5101), "unresolvable": (404, 5102), "not_found": (404, 5002),
@@ -1650,7 +1650,7 @@ def _file_chunks(path: str) -> Iterator[bytes]:
             yield chunk
 
 
-_MIME_RE = re.compile(r"^[A-Za-z0-9][\w.+-]*/[\w.+-]+(\s*;\s*[\w.+-]+=[\w.+-]+)*$")
+_MIME_RE = re.compile(r"^[A-Za-z0-9][\w.+-]*/[\w.+-]+(\s*;\s*[\w.+-]+=[\w.+-]+)*\Z")
 
 
 def _mime_type(claimed: object) -> str:

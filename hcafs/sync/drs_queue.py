@@ -82,8 +82,8 @@ WAIT = 2  # seconds a settling job's poll asks the server to hold it until the j
 # it a read of the job, not a rendering of its results
 MAX_CONTENT = 64 * 1024
 CONFLICTS = ("SKIP", "RENAME", "OVERWRITE")
-_HOST_FORM = re.compile(r"^drs://(?P<host>[A-Za-z0-9.\-]+(:\d+)?)/(?P<id>[^\s/][^\s]*)$")
-_COMPACT_FORM = re.compile(r"^drs://(?P<prefix>[A-Za-z0-9._\-]+):(?P<accession>[^\s/:]+)$")
+_HOST_FORM = re.compile(r"^drs://(?P<host>[A-Za-z0-9.\-]+(:\d+)?)/(?P<id>[^\s/][^\s]*)\Z")
+_COMPACT_FORM = re.compile(r"^drs://(?P<prefix>[A-Za-z0-9._\-]+):(?P<accession>[^\s/:]+)\Z")
 
 
 @dataclass(frozen=True)
