@@ -109,6 +109,19 @@ def test_the_default_policy_refuses_every_address_that_is_not_public_before_conn
     assert connects == []  # refused before any socket was connected
 
 
+def test_ipv6_forms_that_carry_an_ipv4_address_are_judged_by_it():
+    """NAT64, 6to4, SIIT and IPv4-compatible addresses reach the IPv4 address inside them
+    through a gateway; site-local and local-use NAT64 addresses are never public."""
+    policy = EgressPolicy()
+    for address in ("64:ff9b::a00:1", "64:ff9b::7f00:1", "64:ff9b:1::a00:1",
+                    "2002:7f00:1::", "2002:a9fe:a9fe::", "2002:a00:1::1", "::7f00:1",
+                    "::ffff:0:7f00:1", "::ffff:0:a9fe:a9fe", "fec0::1", "::ffff:127.0.0.1"):
+        assert not policy.allowed("h.test", 443, address), address
+    for address in ("64:ff9b::808:808", "2002:808:808::1", "::ffff:0:808:808",
+                    "2606:4700::1111", "8.8.8.8"):
+        assert policy.allowed("h.test", 443, address), address
+
+
 def test_allow_options_open_exactly_what_they_name():
     names = {"drs.internal": ["10.0.0.7"], "other.internal": ["10.0.0.8"],
              "metadata.test": ["169.254.169.254"]}

@@ -111,8 +111,32 @@ def _plain(addr):
         addr.ipv4_mapped else addr
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # the well-known prefix: IPv4 in the low 32 bits
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # local-use NAT64: where it maps varies
+_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # SIIT IPv4-translated addresses
+_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated IPv4-compatible addresses
+
+
+def _embedded(addr: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries (NAT64, 6to4, Teredo, SIIT and
+    IPv4-compatible forms): a gateway on the path may deliver it there."""
+    low = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    found = [low] if addr in _NAT64 or addr in _TRANSLATED or addr in _COMPATIBLE else []
+    if addr.sixtofour is not None:
+        found.append(addr.sixtofour)
+    if addr.teredo is not None:
+        found.extend(addr.teredo)
+    return found
+
+
 def _public(addr) -> bool:
-    return addr.is_global and not addr.is_multicast and addr not in METADATA
+    if not addr.is_global or addr.is_multicast or addr in METADATA:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.is_site_local or addr in _NAT64_LOCAL:
+            return False
+        return all(_public(inner) for inner in _embedded(addr))
+    return True
 
 
 @dataclass(frozen=True)
