@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -140,6 +141,35 @@ def m009_job_items(db: sqlite_utils.Database) -> None:
     # rest must not shift the others' places (rows submitted before this column use their
     # order among the job's rows, as before).
     db["drs_imports"].add_column("job_item", int)
+
+
+@migrations()
+def m010_pending_ids_never_reused(db: sqlite_utils.Database) -> None:
+    # A pending file's id names its data file and guards the sync engine's steps (with its
+    # generation), so an id must never be handed out twice: a plain INTEGER PRIMARY KEY
+    # gives a deleted top id to the next file.  The table is made again with AUTOINCREMENT
+    # (SQLite then never reuses an id), its rows and indexes kept.
+    sql = db.execute("select sql from sqlite_master where type = 'table' and "
+                     "name = 'pending_files'").fetchone()[0]
+    if "AUTOINCREMENT" in sql.upper():
+        return
+    made, keyed = re.subn(r'([\["]id[\]"]\s+INTEGER\s+PRIMARY\s+KEY)\b', r"\1 AUTOINCREMENT",
+                          sql, count=1, flags=re.I)
+    made, named = re.subn(r'^(\s*CREATE\s+TABLE\s+)(\[|")?pending_files(\]|")?\s*\(',
+                          r"\1[pending_files_new] (", made, count=1, flags=re.I)
+    if not keyed or not named:
+        raise RuntimeError(f"pending_files has an unexpected schema: {sql}")
+    indexes = [row[0] for row in db.execute(
+        "select sql from sqlite_master where type = 'index' and tbl_name = 'pending_files' "
+        "and sql is not null")]
+    columns = ", ".join(f"[{c.name}]" for c in db["pending_files"].columns)
+    db.execute(made)
+    db.execute(f"insert into pending_files_new ({columns}) select {columns} "
+               "from pending_files")
+    db.execute("drop table pending_files")
+    db.execute("alter table pending_files_new rename to pending_files")
+    for index in indexes:
+        db.execute(index)
 
 
 REFUSALS_KEPT = 50

@@ -238,3 +238,39 @@ def test_a_job_with_nothing_landed_records_nothing_and_takes_no_write_lock(journ
     finally:
         other.rollback()
         other.close()
+
+
+def test_the_id_of_a_removed_file_is_never_given_to_another(journal):
+    """An id names a file's data and guards each sync step (with its generation): a file
+    made after the newest one was removed (rm while it uploads) gets an id of its own."""
+    journal.add_bundle("b", "11111111-1111-4111-8111-111111111111", None, [])
+    first = journal.add_file("b", "a.txt")
+    removed = journal.add_file("b", "big.bin")
+    journal.remove_file(removed)
+    made = journal.add_file("b", "wanted.txt")
+    assert made not in (first, removed) and made > removed
+    assert journal.staged(removed, 1, checksum_bytes(b"x"), "text/plain") is False
+    assert journal.file_by_id(made).state == j.DIRTY
+
+
+def test_a_journal_of_an_earlier_release_is_migrated_with_its_rows(tmp_path):
+    """m010 makes pending_files again (AUTOINCREMENT): rows and indexes are kept, and an id
+    removed after the migration is not given out again."""
+    from hcafs.cache import cachedb
+
+    path = str(tmp_path / "hcafs.db")
+    old = cachedb.sqlite_utils.Database(path)
+    cachedb.migrations.apply(old, stop_before="m010_pending_ids_never_reused")
+    old["pending_bundles"].insert({"name": "b", "uuid": "u", "state": j.OPEN,
+                                   "changed": 1.0})
+    for n in (1, 2, 3):
+        old["pending_files"].insert({"id": n, "bundle": "b", "path": f"f{n}", "kind": j.LOCAL,
+                                     "state": j.DIRTY, "generation": 1})
+    old.conn.close()
+    journal = Journal(cachedb.CacheDB(path))
+    assert [journal.file_by_id(n).path for n in (1, 2, 3)] == ["f1", "f2", "f3"]
+    with pytest.raises(sqlite3.IntegrityError):  # the (bundle, path) index came along
+        journal.cachedb.db().execute("insert into pending_files (bundle, path, kind, state) "
+                                     "values ('b', 'f1', 'local', 'dirty')")
+    journal.remove_file(3)
+    assert journal.add_file("b", "f4") == 4
