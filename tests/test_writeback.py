@@ -304,6 +304,45 @@ def test_a_refused_commit_says_why_and_keeps_the_bundle(rig, tmp_path):
         assert_bundle(rig.client(), fqid, {"a.txt": b"a\n"})
 
 
+def test_changes_while_a_commit_is_sent_are_refused_with_ebusy_and_none_is_lost(rig,
+                                                                                 tmp_path):
+    """While put-bundle is in flight the bundle takes no change: a new file, a rewrite, a
+    rename or an unlink there fails with EBUSY, explained in the log, so the server
+    commits exactly what the bundle held and nothing written is dropped unseen."""
+    gate = threading.Event()
+    held = rig.proxy.when(Fault(hold=gate), method="PUT", path="/v1/bundles/")
+    with rig.mount(tmp_path / "m") as mount:
+        bundle = Path(mount.path) / "bundles" / "sealed"
+        bundle.mkdir()
+        (bundle / "a.txt").write_bytes(b"first\n")
+        made: list[str] = []
+        committing = threading.Thread(target=lambda: made.append(commit(mount, "sealed")))
+        committing.start()
+        try:
+            assert held.reached.wait(120), "put-bundle was not sent"
+            changes = {
+                "new file": lambda: (bundle / "late.txt").write_bytes(b"late\n"),
+                "rewrite": lambda: (bundle / "a.txt").write_bytes(b"rewritten\n"),
+                "rename": lambda: os.rename(bundle / "a.txt", bundle / "b.txt"),
+                "unlink": lambda: os.unlink(bundle / "a.txt"),
+                "mkdir": lambda: os.mkdir(bundle / "sub"),
+            }
+            for what, change in changes.items():
+                with pytest.raises(OSError) as refused:
+                    change()
+                assert refused.value.errno == errno.EBUSY, what
+            assert (bundle / "a.txt").read_bytes() == b"first\n"
+        finally:
+            gate.set()
+            committing.join(300)
+        [fqid] = made
+        assert_bundle(rig.client(), fqid, {"a.txt": b"first\n"})
+        assert "being committed" in mount.log()
+        with pytest.raises(OSError) as after:
+            (bundle / "late.txt").write_bytes(b"late\n")
+        assert after.value.errno in (errno.EROFS, errno.ENOENT)
+
+
 # ---------------------------------------------------------------- faults
 
 

@@ -17,6 +17,7 @@ Threading: FUSE threads call in concurrently; open handles are kept in memory un
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -39,6 +40,7 @@ from ..cache.journal import (
 )
 from ..errors import (
     AlreadyExists,
+    Busy,
     NoSpace,
     NotADirectory,
     NotEmpty,
@@ -76,6 +78,10 @@ class PendingBundles:
         self._lock = threading.Lock()
         self._handles: dict[int, PendingHandle] = {}
         self._writers: dict[int, int] = {}
+        # Bundles whose commit is being sent: no change to them until it is done (each
+        # change checks, and makes itself, under _changes; see seal()).
+        self._sealed: set[str] = set()
+        self._changes = threading.RLock()
         self._ids = itertools.count(1)
         self.written = WrittenSums()  # checksums computed as files are written in order
 
@@ -105,6 +111,10 @@ class PendingBundles:
                  else f"new bundle {uuid}")
 
     def remove_bundle(self, name: str) -> None:
+        with self._changing(name):
+            return self._remove_bundle(name)
+
+    def _remove_bundle(self, name: str) -> None:
         bundle = self._bundle(name)
         if bundle.state != COMMITTED and self.journal.files(name):
             raise NotEmpty(f"bundles/{name} is not empty")
@@ -121,6 +131,34 @@ class PendingBundles:
         if bundle.state == COMMITTED:
             raise NotFound(f"bundles/{name} was committed as {bundle.fqid}")
         return bundle
+
+    # ------------------------------------------------------------ commits in flight
+
+    def seal(self, name: str) -> bool:
+        """Hold every change to bundle ``name`` off while its commit is sent, so that what
+        the commit lists is what the bundle holds until :meth:`unseal`; False, with
+        nothing sealed, while one of its files is open for writing."""
+        with self._changes:
+            ids = {row.id for row in self.journal.files(name)}
+            with self._lock:
+                if ids & self._writers.keys():
+                    return False
+            self._sealed.add(name)
+            return True
+
+    def unseal(self, name: str) -> None:
+        with self._changes:
+            self._sealed.discard(name)
+
+    @contextlib.contextmanager
+    def _changing(self, *names: str):
+        """Make a change to these bundles, refused (EBUSY) while one is sealed."""
+        with self._changes:
+            for name in names:
+                if name in self._sealed:
+                    raise Busy(f"bundles/{name} is being committed (its files are being "
+                               "sent as one bundle); change it once the commit is done")
+            yield
 
     def request_commit(self, name: str) -> None:
         bundle = self._open_bundle(name)
@@ -170,12 +208,20 @@ class PendingBundles:
         raise AlreadyExists(f"bundles/{name}/{path} exists")
 
     def mkdir(self, name: str, path: str) -> None:
+        with self._changing(name):
+            return self._mkdir(name, path)
+
+    def _mkdir(self, name: str, path: str) -> None:
         self._open_bundle(name)
         self._parent_exists(name, path)
         self._free(name, path)
         self.journal.add_file(name, path, kind=DIR)
 
     def rmdir(self, name: str, path: str) -> None:
+        with self._changing(name):
+            return self._rmdir(name, path)
+
+    def _rmdir(self, name: str, path: str) -> None:
         if self.lookup(name, path) != "dir":
             raise NotADirectory(f"bundles/{name}/{path} is not a directory")
         if self.listdir(name, path):
@@ -185,6 +231,10 @@ class PendingBundles:
             self.journal.remove_file(row.id)
 
     def unlink(self, name: str, path: str) -> None:
+        with self._changing(name):
+            return self._unlink(name, path)
+
+    def _unlink(self, name: str, path: str) -> None:
         row = self.lookup(name, path)
         if row == "dir":
             raise PermissionDenied(f"bundles/{name}/{path} is a directory")
@@ -196,6 +246,10 @@ class PendingBundles:
             pass
 
     def rename(self, name: str, old: str, new_name: str, new: str) -> None:
+        with self._changing(name, new_name):
+            return self._rename(name, old, new_name, new)
+
+    def _rename(self, name: str, old: str, new_name: str, new: str) -> None:
         self.lookup(name, old)
         self._open_bundle(new_name)
         self._parent_exists(new_name, new)
@@ -217,6 +271,10 @@ class PendingBundles:
     # ------------------------------------------------------------ content
 
     def create(self, name: str, path: str) -> int:
+        with self._changing(name):
+            return self._create(name, path)
+
+    def _create(self, name: str, path: str) -> int:
         self._open_bundle(name)
         self._parent_exists(name, path)
         existing = None
@@ -243,9 +301,17 @@ class PendingBundles:
         return number
 
     def open(self, row: FileRow, write: bool, truncate: bool = False) -> int:
-        if row.kind == REMOTE and (write or truncate):
+        if not (write or truncate):
+            return self._open(row, write, truncate)
+        with self._changing(row.bundle):
+            pass  # refused at once, before a remote file is fetched to be written
+        if row.kind == REMOTE:
             self._materialize(row, empty=truncate)
             row = self.journal.file_by_id(row.id)
+        with self._changing(row.bundle):  # a writer counts once its handle is made
+            return self._open(row, write, truncate)
+
+    def _open(self, row: FileRow, write: bool, truncate: bool) -> int:
         if row.kind == REMOTE:
             entry = _remote_entry(row)
             blob = self.blobs.acquire(entry.sha256, entry.size)
@@ -336,6 +402,10 @@ class PendingBundles:
             self.journal.cachedb.make_durable()
 
     def truncate(self, name: str, path: str, length: int) -> None:
+        with self._changing(name):
+            return self._truncate(name, path, length)
+
+    def _truncate(self, name: str, path: str, length: int) -> None:
         row = self.lookup(name, path)
         if row == "dir":
             raise PermissionDenied(f"bundles/{name}/{path} is a directory")
@@ -402,6 +472,10 @@ class PendingBundles:
             return row.size
 
     def set_indexed(self, name: str, path: str, value: bytes) -> None:
+        with self._changing(name):
+            return self._set_indexed(name, path, value)
+
+    def _set_indexed(self, name: str, path: str, value: bytes) -> None:
         row = self.lookup(name, path)
         text = value.decode(errors="replace").strip().lower()
         if row == "dir" or text not in ("true", "false"):

@@ -288,8 +288,15 @@ class Syncer:
                 self.journal.commit_failed(bundle.name, f"imports failed: {reasons}",
                                            give_up=True)
                 continue
-            if self._ready(bundle):
-                self._commit(bundle)
+            # Sealed: no change to the bundle is taken while its commit is sent, so the
+            # file list sent is what the bundle holds when its rows are dropped.
+            if not self.pending.seal(bundle.name):
+                continue  # one of its files is open for writing: the close comes first
+            try:
+                if self._ready(bundle):
+                    self._commit(bundle)
+            finally:
+                self.pending.unseal(bundle.name)
 
     def _ready(self, bundle: BundleRow) -> bool:
         """Every file of the bundle is registered, every import done, none open for writing."""

@@ -15,6 +15,7 @@ from crashdb import InjectedCrash
 from hcafs.cache import journal as j
 from hcafs.errors import (
     AlreadyExists,
+    Busy,
     NotEmpty,
     NotFound,
     ReadOnly,
@@ -192,3 +193,39 @@ class _Crash:
 
 def _crash_inside(model, method: str, statement: int) -> _Crash:
     return _Crash(model, method, statement)
+
+
+def test_a_sealed_bundle_takes_no_change_until_unsealed_and_reads_go_on(model):
+    """While a commit is sent (sealed), every change to that bundle is refused with EBUSY
+    and its reason, so the bundle holds what the commit lists; other bundles and reads
+    are not held up, and nothing is sealed while a file of the bundle is open to write."""
+    model.write("/bundles/b/a.txt", b"first")
+    model.tree.mkdir("/bundles/b/sub")
+    model.tree.mkdir("/bundles/other")
+    model.write("/bundles/other/x", b"elsewhere")
+    writer = model.tree.open("/bundles/b/a.txt", write=True)
+    assert model.pending.seal("b") is False  # an open writer: its close comes first
+    model.tree.release(writer)
+    assert model.pending.seal("b") is True
+    refused = [
+        lambda: model.tree.create("/bundles/b/late.txt"),
+        lambda: model.tree.open("/bundles/b/a.txt", write=True),
+        lambda: model.tree.truncate("/bundles/b/a.txt", 0),
+        lambda: model.tree.unlink("/bundles/b/a.txt"),
+        lambda: model.tree.rename("/bundles/b/a.txt", "/bundles/b/moved.txt"),
+        lambda: model.tree.rename("/bundles/b/a.txt", "/bundles/other/a.txt"),
+        lambda: model.tree.rename("/bundles/other/x", "/bundles/b/x"),
+        lambda: model.tree.mkdir("/bundles/b/new"),
+        lambda: model.tree.rmdir("/bundles/b/sub"),
+    ]
+    for change in refused:
+        with pytest.raises(Busy, match="being committed"):
+            change()
+    assert model.read("/bundles/b/a.txt") == b"first"
+    assert sorted(row.path for row in model.journal.files("b")) == ["a.txt", "sub"]
+    model.write("/bundles/other/y", b"not held up")  # another bundle is not held up
+    model.pending.unseal("b")
+    model.write("/bundles/b/late.txt", b"after")
+    model.tree.rename("/bundles/b/a.txt", "/bundles/b/moved.txt")
+    assert sorted(row.path for row in model.journal.files("b")) == \
+        ["late.txt", "moved.txt", "sub"]
