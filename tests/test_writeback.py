@@ -343,6 +343,25 @@ def test_changes_while_a_commit_is_sent_are_refused_with_ebusy_and_none_is_lost(
         assert after.value.errno in (errno.EROFS, errno.ENOENT)
 
 
+def test_a_name_in_use_when_its_bundle_is_committed_works_at_the_first_access(rig,
+                                                                               tmp_path):
+    """A commit turns bundles/NAME from a directory into a symlink: the kernel, which held
+    NAME as a directory (a shell had just used it), is told to look it up again, so the
+    first read after the commit follows the link (no EIO), and a write there is EROFS."""
+    with rig.mount(tmp_path / "m") as mount:
+        bundle = Path(mount.path) / "bundles" / "used"
+        bundle.mkdir()
+        (bundle / "a.txt").write_bytes(b"alpha\n")
+        assert (bundle / "a.txt").read_bytes() == b"alpha\n"  # the kernel holds the names
+        os.setxattr(bundle, "user.hcafs.commit", b"1")
+        wait_until(lambda: "committed used as" in mount.log(), what="the commit")
+        assert (bundle / "a.txt").read_bytes() == b"alpha\n"
+        assert os.path.islink(bundle)
+        with pytest.raises(OSError) as refused:
+            (bundle / "after.txt").write_bytes(b"late\n")
+        assert refused.value.errno == errno.EROFS
+
+
 # ---------------------------------------------------------------- faults
 
 

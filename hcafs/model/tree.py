@@ -83,6 +83,7 @@ class Tree:
         self.delete_reason = delete_reason
         self.mounted_at = 0.0
         self.invalidate = lambda path: None  # set by the FUSE adapter once mounted
+        self.forget_name = lambda path: None  # likewise: the kernel asks for the name again
         self.adapter_status = lambda: {}  # the FUSE adapter's own figures, for status
         self._lock = threading.Lock()
         self._trees: dict[str, DirNode] = {}

@@ -155,7 +155,7 @@ class Daemon:
                                  workers=config.upload_workers,
                                  creator_uid=config.creator_uid,
                                  auto_commit=config.auto_commit,
-                                 on_commit=lambda name, fqid: self.tree.invalidate(
+                                 on_commit=lambda name, fqid: self.tree.forget_name(
                                      f"/bundles/{name}"))
         elif self.journal.summary()["pending_files"]:
             raise ConfigError(f"{config.cache_dir} holds files not yet synced; mount it with "
@@ -290,6 +290,7 @@ class Daemon:
                                             config.negative_timeout), on_init, on_destroy,
                                 Refusals(self.db), config.mountpoint, config.kernel_entries)
         self.tree.invalidate = operations.invalidate
+        self.tree.forget_name = operations.forget_name
         self.tree.adapter_status = operations.adapter_status
         try:
             FUSE(operations, config.mountpoint, foreground=True, nothreads=False,

@@ -183,6 +183,29 @@ class Operations(fuse.Operations):
         if result not in (0, -errno.ENOENT):
             log.debug("invalidating %s: %s", path, os.strerror(-result))
 
+    def forget_name(self, path: str) -> None:
+        """Make the kernel drop its entry for ``path`` (and the unused ones under it), so
+        that the next lookup asks again.  For a name whose type changed: a committed
+        bundle's directory becomes a symlink, and invalidating only its inode would leave
+        the kernel a directory inode whose attributes now say symlink (EIO on the next
+        use).  Safe from any thread but a FUSE callback's."""
+        if self._fuse is None or not self.mountpoint:
+            return
+        session = ctypes.c_void_p(_get_session(self._fuse))
+        if _session_exited(session):
+            return
+        parent, _, leaf = path.rstrip("/").rpartition("/")
+        try:
+            # Without use_ino, the st_ino libfuse reports is its node id.
+            parent_id = os.stat(self.mountpoint + parent).st_ino if parent else FUSE_ROOT_ID
+        except OSError as exc:
+            log.debug("forgetting %s: %s", path, exc)
+            return
+        raw = leaf.encode("utf-8", "surrogateescape")
+        result = _notify_inval_entry(session, parent_id, raw, len(raw))
+        if result not in (0, -errno.ENOENT):
+            log.debug("forgetting %s: %s", path, os.strerror(-result))
+
     def adapter_status(self) -> dict:
         return {"kernel_entries": self.kernel_names.status()}
 
