@@ -273,12 +273,17 @@ class Journal:
 
     def closed(self, file_id: int, size: int) -> None:
         """A writer closed the file: record its size; the idle clock starts now."""
-        self._closed(self.db, file_id, size, time.time())
+        with self.cachedb.atomic() as db:
+            self._closed(db, file_id, size, time.time())
 
     @staticmethod
     def _closed(db, file_id: int, size: int, now: float) -> None:
         db.execute("update pending_files set size = ?, changed = ?, mtime = ? where id = ?",
                    [size, now, now, file_id])
+        # The bundle's idle clock (--auto-commit) restarts at the last close too, not
+        # only at the first write after an open.
+        db.execute("update pending_bundles set changed = ? where name = "
+                   "(select bundle from pending_files where id = ?)", [now, file_id])
 
     def set_times(self, file_id: int, mtime: float) -> None:
         self.db.execute("update pending_files set mtime = ? where id = ?", [mtime, file_id])

@@ -274,3 +274,16 @@ def test_a_journal_of_an_earlier_release_is_migrated_with_its_rows(tmp_path):
                                      "values ('b', 'f1', 'local', 'dirty')")
     journal.remove_file(3)
     assert journal.add_file("b", "f4") == 4
+
+
+def test_a_bundles_idle_clock_restarts_at_each_close(journal, monkeypatch):
+    """--auto-commit waits for a bundle idle since its last change: the close of a file
+    written for a while counts, not only the first write after its open."""
+    journal.add_bundle("b", "11111111-1111-4111-8111-111111111111", None, [])
+    clock = [1000.0]
+    monkeypatch.setattr(j.time, "time", lambda: clock[0])
+    file_id = journal.add_file("b", "slow.txt")
+    journal.mark_dirty(file_id)
+    clock[0] = 1010.0
+    journal.closed(file_id, 10)
+    assert journal.bundle("b").changed == 1010.0
