@@ -173,6 +173,8 @@ class PendingBundles:
         self._open_bundle(name)
         if not path:
             return "dir"
+        if _unencodable(path):  # no such name can have been made (see _uploadable)
+            raise NotFound(f"bundles/{name}/{path!r}")
         row = self.journal.file(name, path)
         if row is not None:
             return "dir" if row.kind == DIR else row
@@ -200,6 +202,17 @@ class PendingBundles:
         if parent and self.lookup(name, parent) != "dir":
             raise NotADirectory(f"bundles/{name}/{parent} is not a directory")
 
+    @staticmethod
+    def _uploadable(name: str, path: str) -> None:
+        """Refuse, when it is made, a name no bundle can hold: the DSS takes UTF-8 names of
+        one line, without backslashes."""
+        if _unencodable(path):
+            raise UsageError(f"bundles/{name}/{path!r}: the name is not UTF-8, and the DSS "
+                             "takes UTF-8 names only")
+        if "\\" in path or any(ord(c) < 32 or ord(c) == 127 for c in path):
+            raise UsageError(f"bundles/{name}/{path!r}: the DSS takes no name with a "
+                             "backslash or a control character (newline, tab, ...)")
+
     def _free(self, name: str, path: str) -> None:
         try:
             self.lookup(name, path)
@@ -213,6 +226,7 @@ class PendingBundles:
 
     def _mkdir(self, name: str, path: str) -> None:
         self._open_bundle(name)
+        self._uploadable(name, path)
         self._parent_exists(name, path)
         self._free(name, path)
         self.journal.add_file(name, path, kind=DIR)
@@ -252,6 +266,7 @@ class PendingBundles:
     def _rename(self, name: str, old: str, new_name: str, new: str) -> None:
         self.lookup(name, old)
         self._open_bundle(new_name)
+        self._uploadable(new_name, new)
         self._parent_exists(new_name, new)
         target = None
         try:
@@ -276,6 +291,7 @@ class PendingBundles:
 
     def _create(self, name: str, path: str) -> int:
         self._open_bundle(name)
+        self._uploadable(name, path)
         self._parent_exists(name, path)
         existing = None
         try:
@@ -484,6 +500,14 @@ class PendingBundles:
 
     def is_open(self, name: str) -> bool:
         return self._bundle(name).state == OPEN
+
+
+def _unencodable(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, carried as surrogates
+        return True
+    return False
 
 
 def _remote_entry(row: FileRow) -> FileEntry:

@@ -77,9 +77,12 @@ class LocalStager(Stager):
         self.root = root
 
     def _path(self, file_uuid: str, version: str, name: str) -> str:
-        # The file keeps its name, so the server can tell its content type from it.
-        return os.path.join(self.root, f"{file_uuid}.{version}",
-                            os.path.basename(name) or "data")
+        # The file keeps its name, so the server can tell its content type from it (a
+        # name that does not fit in a URL's path as it is goes as "data").
+        leaf = os.path.basename(name)
+        if not leaf.isprintable():
+            leaf = "data"
+        return os.path.join(self.root, f"{file_uuid}.{version}", leaf or "data")
 
     def source_url(self, file_uuid: str, version: str, name: str) -> str:
         return "file://" + self._path(file_uuid, version, name)
@@ -88,8 +91,9 @@ class LocalStager(Stager):
               progress: Progress, known: Known | None = None) -> tuple[str, Checksums]:
         target = self._path(file_uuid, version, name)
         os.makedirs(os.path.dirname(target), exist_ok=True)
+        part = os.path.join(os.path.dirname(target), ".part")  # a name of 255 bytes has no room
         with open(path, "rb") as source, os.fdopen(os.open(
-                target + ".part", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
+                part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
             size = os.fstat(source.fileno()).st_size
             sums = _usable(known, source.fileno(), size)
             if sums is not None:  # the kernel copies; nothing passes through Python
@@ -105,7 +109,7 @@ class LocalStager(Stager):
                 sums = summer.result()
             out.flush()
             os.fsync(out.fileno())
-        os.replace(target + ".part", target)
+        os.replace(part, target)
         if sums.size != size:
             raise OSError(f"{path} changed size while it was staged")
         return self.source_url(file_uuid, version, name), sums

@@ -115,3 +115,17 @@ def test_staging_uses_known_checksums_and_copies_the_bytes(model, tmp_path):
     url, again = stager.stage(model.pending.data_path(row.id), "u", "w", "a.bin",
                               lambda sent: None, known=known)
     assert again == checksum_bytes(data)
+
+
+def test_the_local_stager_takes_a_name_of_255_bytes_and_one_that_is_no_url(tmp_path):
+    """The staged copy is written under a short temporary name (a 255-byte name has no
+    room for a suffix), and a name that cannot stand in a URL is staged as "data"."""
+    source = tmp_path / "source"
+    source.write_bytes(b"bytes\n")
+    stager = LocalStager(str(tmp_path / "staging"))
+    for name, leaf in (("d/" + "n" * 251 + ".bin", "n" * 251 + ".bin"),
+                       ("odd\u0085name.txt", "data")):
+        url, sums = stager.stage(str(source), "u", name[:3], name, lambda sent: None)
+        assert url.endswith("/" + leaf) and sums == checksum_bytes(b"bytes\n")
+        with open(url[len("file://"):], "rb") as handle:
+            assert handle.read() == b"bytes\n"
