@@ -6,6 +6,7 @@ Each refusal is checked twice: the DSS error it gives, and that the store did no
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid as _uuid
 
@@ -262,6 +263,72 @@ def test_file_source_inside_staging_root_gets_server_computed_checksums(dss):
     blob = requests.get(get_file(dss, uuid, version).headers["Location"], timeout=30)
     assert blob.content == data
     assert put_file(dss, uuid, version, f"file://{folder / 'donor.json'}").status_code == 200
+
+
+def test_a_directory_swapped_for_a_link_mid_request_never_leads_outside_the_root(dss,
+                                                                                 tmp_path):
+    """A staged directory swapped, again and again, for a link to a directory outside the
+    staging root while PUTs name a file in it: no PUT reads, moves or publishes the file
+    outside (each name is opened below the root without following a link)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = b"outside the staging root\n"
+    (outside / "f.txt").write_bytes(secret)
+    real = dss.staging_root / f"real-{_uuid.uuid4().hex}"
+    real.mkdir()
+    (real / "f.txt").write_bytes(b"staged\n")
+    parked, link = real.with_name(real.name + ".parked"), real.with_name(real.name + ".link")
+    link.symlink_to(outside)
+    stop = threading.Event()
+
+    def swap():
+        while not stop.is_set():
+            os.rename(real, parked)
+            os.rename(link, real)  # real is now the link
+            os.rename(real, link)
+            os.rename(parked, real)
+
+    swapper = threading.Thread(target=swap, daemon=True)
+    swapper.start()
+    published = []
+    try:
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline and len(published) < 40:
+            uuid, version = new_ids()
+            answer = put_file(dss, uuid, version, f"file://{real}/f.txt")
+            if answer.status_code == 201:
+                published.append((uuid, version))
+                stop.set()
+                swapper.join()
+                (real / "f.txt").write_bytes(b"staged\n")  # moved in: staged again
+                stop.clear()
+                swapper = threading.Thread(target=swap, daemon=True)
+                swapper.start()
+            else:
+                assert answer.status_code in (400, 404, 409), answer.text
+    finally:
+        stop.set()
+        swapper.join()
+    assert (outside / "f.txt").read_bytes() == secret
+    for uuid, version in published:
+        blob = requests.get(get_file(dss, uuid, version).headers["Location"], timeout=30)
+        assert blob.content == b"staged\n"
+
+
+def test_a_staged_file_with_another_name_is_copied_not_moved(dss):
+    """A staged file with a second (hard) link is copied into the store, not moved: the
+    blob must not share an inode with a name another process could write."""
+    folder = dss.staging_root / f"linked-{_uuid.uuid4().hex}"
+    folder.mkdir()
+    (folder / "a.bin").write_bytes(b"linked bytes\n")
+    os.link(folder / "a.bin", folder / "other-name")
+    uuid, version = new_ids()
+    answer = put_file(dss, uuid, version, f"file://{folder / 'a.bin'}")
+    assert answer.status_code == 201, answer.text
+    assert (folder / "a.bin").exists()  # copied: the staged file stays where it was
+    (folder / "other-name").write_bytes(b"changed later\n")
+    blob = requests.get(get_file(dss, uuid, version).headers["Location"], timeout=30)
+    assert blob.content == b"linked bytes\n"
 
 
 def test_file_source_needs_a_staging_root(dss_factory, tmp_path):

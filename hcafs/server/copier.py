@@ -29,9 +29,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import errno
 import mimetypes
 import os
 import re
+import stat
 import threading
 import time
 import uuid as _uuid
@@ -149,8 +151,11 @@ class Copier:
         return source
 
     def _inspect_file(self, url: str) -> Source:
-        path = os.path.realpath("/" + url[len("file://"):].lstrip("/"))
-        if os.path.commonpath([path, self.staging_root]) != self.staging_root:
+        # Lexical: no link is followed here, nor when the file is opened (_open_beneath),
+        # so a name swapped for a link between a check and a use cannot lead outside.
+        path = os.path.normpath("/" + url[len("file://"):].lstrip("/"))
+        if path == self.staging_root or \
+                os.path.commonpath([path, self.staging_root]) != self.staging_root:
             raise bad_request(f"file:// source {url!r} is outside the server's staging root")
         # A racing PUT of the same file may move it into the store while this one looks:
         # it is then at its path, at its moving copy, or gone with its record and blob.
@@ -160,13 +165,16 @@ class Copier:
             if moved is not None:
                 return moved
             try:
-                with open(self._readable(path), "rb") as handle:
+                with os.fdopen(self._open_source(path), "rb") as handle:
                     before = os.fstat(handle.fileno())
+                    if not stat.S_ISREG(before.st_mode):
+                        raise Problem(404, "not_found", f"source file {url} is not a file")
                     sums = checksum_file(handle, before.st_size)
                     stamp = _stamp(os.fstat(handle.fileno()))
                 break
-            except IsADirectoryError as exc:
-                raise Problem(404, "not_found", f"source file {url} is a directory") from exc
+            except _Link as exc:
+                raise bad_request(f"file:// source {url!r} goes through a symbolic link") \
+                    from exc
             except FileNotFoundError as exc:
                 if attempt + 1 == _INSPECT_ATTEMPTS:
                     moved = self._moved(path)
@@ -193,19 +201,52 @@ class Copier:
             return None
         return source
 
-    def _readable(self, path: str) -> str:
-        """``path``, or the copy a move into the store left after a crash."""
+    def _open_source(self, path: str) -> int:
+        """An fd of the file source at ``path`` (below the staging root, no link followed),
+        or of the copy a move into the store left there after a crash."""
         if isinstance(self.store, LocalStore) and not os.path.lexists(path):
             moving = self.store.moving_path(path)
             if os.path.exists(moving):
-                return moving
-        return path
+                return os.open(moving, os.O_RDONLY | os.O_NOFOLLOW)
+        parent = self._open_parent(path)
+        try:
+            return os.open(os.path.basename(path),
+                           os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise _Link(path) from exc
+            raise
+        finally:
+            os.close(parent)
+
+    def _open_parent(self, path: str) -> int:
+        """An fd of the directory holding ``path``, reached from the staging root one name
+        at a time without following a link (``openat`` with ``O_NOFOLLOW``)."""
+        names = os.path.relpath(os.path.dirname(path), self.staging_root).split(os.sep)
+        fd = os.open(self.staging_root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for name in names:
+                if name in ("", "."):
+                    continue
+                try:
+                    inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                                    dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise _Link(path) from exc
+                    raise
+                os.close(fd)
+                fd = inner
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     # ------------------------------------------------------------ copying
 
     def _chunks(self, source: Source) -> Iterator[bytes]:
         if source.path:
-            with open(self._readable(source.path), "rb") as handle:
+            with os.fdopen(self._open_source(source.path), "rb") as handle:
                 while chunk := handle.read(READ_CHUNK):
                     yield chunk
         else:
@@ -245,8 +286,11 @@ class Copier:
             return
         try:
             self.store.write_blob(key, self._verified(source, fence))
-        except NotFound as exc:
+        except (NotFound, FileNotFoundError) as exc:
             raise Problem(404, "not_found", f"source {source.url} vanished") from exc
+        except _Link as exc:
+            raise Problem(409, "source_changed", f"source file {source.url} was replaced by "
+                          "a symbolic link while it was read") from exc
         except RemoteError as exc:
             raise Problem(502, "source_unavailable", f"copy of {source.url} failed: {exc}") \
                 from exc
@@ -268,7 +312,11 @@ class Copier:
             return False
 
         def unchanged(fd: int) -> None:
-            if _stamp(os.fstat(fd)) != source.stamp:
+            info = os.fstat(fd)
+            # Moved only if nothing else can write it: this server's own file, with no
+            # other name (another owner's process, or a hard link, could change the blob).
+            if _stamp(info) != source.stamp or info.st_nlink != 1 or \
+                    info.st_uid != os.geteuid():
                 raise _Changed
 
         # Recorded before the move, so that a PUT of this source racing this one always
@@ -278,7 +326,13 @@ class Copier:
         marker = _moved_key(source.path)
         mine = self.store.create_unsynced(marker, _dumps(source.__dict__))
         try:
-            moved = self.store.move_blob(source.path, key, unchanged)
+            parent = self._open_parent(source.path)
+        except (_Link, FileNotFoundError):
+            parent = None
+        try:
+            if parent is None:
+                raise _Changed
+            moved = self.store.move_blob(source.path, key, unchanged, dir_fd=parent)
         except _Changed:
             log.info("%s changed after it was inspected; copying it instead", source.url)
             moved = False
@@ -288,6 +342,9 @@ class Copier:
             if mine:
                 self.store.delete(marker)
             raise Problem(404, "not_found", f"source {source.url} vanished") from exc
+        finally:
+            if parent is not None:
+                os.close(parent)
         if moved:
             self.moved += 1
         elif mine:
@@ -501,6 +558,10 @@ class Copier:
 
 class _Changed(Exception):
     """A file source is no longer the file that was checksummed."""
+
+
+class _Link(Exception):
+    """A file source's path goes through a symbolic link below the staging root."""
 
 
 def _moved_key(path: str) -> str:

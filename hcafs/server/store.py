@@ -576,18 +576,23 @@ class LocalStore(Store):
         """Where :meth:`move_blob` keeps the file at ``path`` while it moves in."""
         return os.path.join(self._tmp, "move-" + hashlib.sha256(path.encode()).hexdigest())
 
-    def move_blob(self, path: str, key: str, check: Callable[[int], None]) -> bool:
+    def move_blob(self, path: str, key: str, check: Callable[[int], None],
+                  dir_fd: int | None = None) -> bool:
         """Publish the file at ``path`` as blob ``key`` by renaming it (no byte copied).
 
         The file is first renamed to :meth:`moving_path` (so a crash leaves it there, found
         again by the next attempt, which may also start from there), then ``check(fd)``
         runs on it and may raise to refuse it (it is then renamed back); it is fsynced,
         and renamed into place.  False, with nothing moved, if ``path`` is on another
-        filesystem; NotFound if neither ``path`` nor its moving copy exists.
+        filesystem; NotFound if neither ``path`` nor its moving copy exists.  With
+        ``dir_fd`` (the directory holding ``path``, opened by the caller), the file is
+        renamed out of that directory, whatever its path now leads to.  The blob takes the
+        store's mode (0600), whatever the file's was.
         """
         moving = self.moving_path(path)
+        name = os.path.basename(path) if dir_fd is not None else path
         try:
-            os.replace(path, moving)
+            os.replace(name, moving, src_dir_fd=dir_fd)
         except FileNotFoundError:
             if not os.path.exists(moving):
                 raise NotFound(f"{path} does not exist") from None
@@ -596,15 +601,19 @@ class LocalStore(Store):
                 return False
             raise
         try:
-            fd = os.open(moving, os.O_RDONLY)
+            fd = os.open(moving, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
             raise NotFound(f"{path} was moved in by another request") from None
+        except OSError:  # a link was renamed here: it goes back where it was
+            os.replace(moving, name, dst_dir_fd=dir_fd)
+            raise
         try:
             try:
                 check(fd)
             except BaseException:
-                os.replace(moving, path)
+                os.replace(moving, name, dst_dir_fd=dir_fd)
                 raise
+            os.fchmod(fd, 0o600)
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -70,17 +70,17 @@ def test_a_source_renamed_between_the_look_and_the_open_is_found_again(setup, mo
     copier, store, path = setup
     first = copier.inspect(f"file://{path}")
     store.create_unsynced(_moved_key(str(path)), _dumps(first.__dict__))
-    looked = Copier._readable
+    walked = Copier._open_parent
     calls = []
 
     def rename_after_the_look(self, p):
-        answer = looked(self, p)
+        answer = walked(self, p)  # the directory is open; the file is opened next
         if not calls:  # the racing PUT renames it right after this look
             os.replace(path, store.moving_path(str(path)))
-        calls.append(answer)
+        calls.append(p)
         return answer
 
-    monkeypatch.setattr(Copier, "_readable", rename_after_the_look)
+    monkeypatch.setattr(Copier, "_open_parent", rename_after_the_look)
     second = copier.inspect(f"file://{path}")
     assert second.checksums == first.checksums
-    assert calls == [str(path), store.moving_path(str(path))]
+    assert calls == [str(path)]  # the second look opened the moving copy
