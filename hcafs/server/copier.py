@@ -26,10 +26,10 @@ document and its ``copies/`` record.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
-import errno
 import mimetypes
 import os
 import re
@@ -47,6 +47,7 @@ from ..errors import HcafsError, NotFound, Problem, RemoteError, bad_request
 from ..remote.s3 import S3
 from . import metrics
 from .leases import Lease, LeaseLost, Leases, gone
+from .listing import FileIndex
 from .store import LocalStore, Store
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ class Copier:
         self._active: set[str] = set()
         self._fetched = threading.local()  # .data: (Source, bytes) inspect read and verified
         self.moved = 0  # file sources published by rename
+        self.files = FileIndex(store)
 
     # ------------------------------------------------------------ inspecting sources
 
@@ -441,6 +443,7 @@ class Copier:
 
     def _publish(self, name: str, document: dict) -> bool:
         """Create ``files/{name}`` once; False if it already held ``document``."""
+        self.files.add(name)  # first: a document always has its index entry
         if self.store.create(f"files/{name}", _dumps(document)):
             return True
         return not self._published(name, document)
@@ -503,6 +506,7 @@ class Copier:
         nothing: :class:`LeaseLost`)."""
         if lease is None:
             return self._publish(name, document)
+        self.files.add(name)
         if self.leases.publish(lease, f"files/{name}", _dumps(document)):
             return True
         return not self._published(name, document)

@@ -38,7 +38,7 @@ from ..versions import is_uuid, is_version, now_version
 from .auth import Identity, require_admin, require_group
 from .copier import Copier, file_document
 from .events import Event, Journal, is_cursor
-from .listing import BundleIndex, migrate
+from .listing import BundleIndex, FileIndex, migrate, migrate_files
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -91,23 +91,28 @@ class DSS:
         self.store = store
         self.copier = copier
         self.index = BundleIndex(store)
+        self.files = FileIndex(store)
         self.journal = Journal(store)
         migrate(store, self.index, self.journal)
+        migrate_files(store, self.files)
 
     # ---------------------------------------------------------------- files
 
     def file_metadata(self, uuid: str, version: str | None) -> dict:
         """The metadata of a file version (latest when None), or a 404/422 Problem."""
         uuid = check_uuid(uuid)
+        raw = None
         if version is None:
-            versions = [k.rsplit("/", 1)[1][len(uuid) + 1:]
-                        for k in self.store.list(f"files/{uuid}.")]
-            if not versions:
+            for version in reversed(self.files.versions(uuid)):  # the newest that exists
+                raw = self.store.read(f"files/{uuid}.{version}")
+                if raw is not None:
+                    break
+            if raw is None:
                 raise not_found("Cannot find file!")
-            version = versions[-1]
         elif not is_version(version):  # a GET's version is not validated: unknown is 404
             raise not_found("Cannot find file!")
-        raw = self.store.read(f"files/{uuid}.{version}")
+        else:
+            raw = self.store.read(f"files/{uuid}.{version}")
         if raw is None:
             self.copier.raise_if_failed(uuid, version)
             raise not_found("Cannot find file!")
@@ -405,7 +410,7 @@ class DSS:
         blob = b"".join(self.store.read_blob(_blob_key(meta)))
         try:
             _resolve_pointer(json.loads(blob), pointer)
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
+        except (ValueError, KeyError, IndexError, TypeError, RecursionError) as exc:
             raise Problem(422, "invalid_link", f"cannot resolve fragment {pointer!r}") from exc
         return item
 

@@ -103,6 +103,7 @@ from .folders import (
     name_error,
 )
 from .leases import Lease, LeaseLost, Leases
+from .listing import FileIndex
 from .store import Staged, Store
 
 log = logging.getLogger(__name__)
@@ -330,6 +331,7 @@ class Importer:
                  credentials: Credentials | None = None, leases: Leases | None = None,
                  held_polls: int = WAITERS):
         self.store = store
+        self.file_index = FileIndex(store)
         self.leases = leases
         self._held: dict[str, Lease] = {}  # job id → this process's lease on it
         self._current: set[str] = set()  # jobs whose every stored file is in the job
@@ -1351,6 +1353,9 @@ class Importer:
         job over), the creates one group, durable once ``defer`` is settled."""
         if not files:
             return
+        for key, _ in files:  # first: a document always has its index entry
+            if key.startswith("files/"):
+                self.file_index.add(key[len("files/"):])
         lease = self._held.get(job["id"])
         if lease is not None:
             self.leases.publish_many(lease, files, run=self._run_all, defer=defer)
@@ -1403,7 +1408,8 @@ class Importer:
         write into the job (it died, or lost its lease, in between), named now; None if
         the file was never stored.  A takeover may fetch a unit again, never store it
         twice: a unit's file uuid is fixed by the job and the unit."""
-        for key in self.store.list(f"files/{file_uuid}."):
+        for version in self.file_index.versions(file_uuid):
+            key = f"files/{file_uuid}.{version}"
             fqid = key.split("/", 1)[1]
             raw = self.store.read(f"imported-files/{fqid}")
             if raw is not None:

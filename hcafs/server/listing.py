@@ -30,7 +30,7 @@ from collections.abc import Iterator
 
 from .events import JOURNAL_EVENTS, MIGRATED, Journal
 from .events import PREFIX as EVENTS
-from .store import Store
+from .store import LocalStore, Store
 
 log = logging.getLogger(__name__)
 
@@ -114,3 +114,59 @@ def _migrate_batch(index: BundleIndex, journal: Journal,
     for uuid, version in batch:
         index.add(uuid, version)
     return len(batch)
+
+
+# ---------------------------------------------------------------- file versions by uuid
+
+FILE_PREFIX = "file-index/"
+FILE_LAYOUT_KEY = "layout-files"  # {"file_index": 1} once a local store's files are indexed
+
+
+def _file_key(fqid: str) -> str:
+    return f"{FILE_PREFIX}{fqid[:2]}/{fqid[2:4]}/{fqid}"
+
+
+class FileIndex:
+    """The versions of each file, by uuid, for a lookup of the latest: in a local store a
+    listing of ``files/`` reads the whole folder (a second at a million versions, and any
+    caller may ask, with any uuid), so each version is also marked under
+    ``file-index/{uuid[0:2]}/{uuid[2:4]}/{uuid}.{version}``, a folder of a few names.
+
+    The mark is made before the file's document (and unsynced: the document's own fsync
+    makes it durable too, on a journalled filesystem), so a document always has its mark;
+    a mark whose document is missing (a create that failed after it) is skipped by readers.
+    An S3 store lists by prefix already: there, nothing is marked."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.used = isinstance(store, LocalStore)
+
+    def add(self, fqid: str) -> None:
+        if self.used:
+            self.store.create_unsynced(_file_key(fqid), b"")
+
+    def versions(self, uuid: str) -> list[str]:
+        """Versions of file ``uuid`` that may exist, oldest first (check each document)."""
+        if self.used:
+            keys = self.store.list(_file_key(f"{uuid}."))
+        else:
+            keys = self.store.list(f"files/{uuid}.")
+        return [key.rsplit("/", 1)[1][len(uuid) + 1:] for key in keys]
+
+
+def migrate_files(store: Store, index: FileIndex) -> int:
+    """Mark the file versions of a local store written before :class:`FileIndex` (once:
+    then ``layout-files`` says so); returns how many were marked."""
+    if not index.used:
+        return 0
+    raw = store.read(FILE_LAYOUT_KEY)
+    if raw is not None and json.loads(raw).get("file_index", 0) >= 1:
+        return 0
+    count = 0
+    for key in store.list("files/"):
+        index.add(key.split("/", 1)[1])
+        count += 1
+    store.write(FILE_LAYOUT_KEY, json.dumps({"file_index": 1}).encode())
+    if count:
+        log.info("indexed %d file versions written before the file index", count)
+    return count
