@@ -284,3 +284,18 @@ def test_an_s3_access_method_is_fetched_with_the_entrys_keys_through_the_egress_
         relay.close()
         peer.stop()
     secrets_absent([seaweed.secret_key], tmp_path / "s3", tmp_path / "s3-closed")
+
+
+def test_a_drs_prefix_entry_matches_at_a_name_boundary_only():
+    """An entry for drs://PREFIX is for that prefix's URIs (compact or host form), not for
+    a longer prefix or another host whose name merely starts the same."""
+    from hcafs.server.credentials import Credentials, Entry
+
+    entry = Entry(number=1, match="drs://dg.4503", users=frozenset({"u@example.org"}),
+                  bearer="secret-of-dg4503")
+    found = Credentials([entry]).find
+    for uri in ("drs://dg.4503:abc", "drs://dg.4503/abc", "drs://DG.4503:x"):
+        assert found("dg.4503", None, uri, "u@example.org") is entry, uri
+    for uri in ("drs://dg.45039:abc", "drs://dg.4503.attacker.example/x",
+                "drs://dg.4503x/y"):
+        assert found("dg.4503.attacker.example", None, uri, "u@example.org") is None, uri

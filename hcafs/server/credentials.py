@@ -114,7 +114,12 @@ class Credentials:
 
 def _rank(match: str, host: str, port: int | None, uri: str) -> tuple | None:
     if match.startswith("drs://"):
-        if uri.lower().startswith(match.lower()):
+        # A prefix ends where a name does: drs://dg.4503 is for drs://dg.4503:… and
+        # drs://dg.4503/…, never for drs://dg.45039:… or drs://dg.4503.elsewhere.org/….
+        if not uri.lower().startswith(match.lower()):
+            return None
+        rest = uri[len(match):]
+        if match.endswith((":", "/")) or not rest or rest[0] in ":/":
             return (0, len(match))
         return None
     name, wanted = parse_allow_host(match)
