@@ -236,7 +236,11 @@ def test_bad_put_arguments_are_refused_and_nothing_is_written(dss, case):
     assert local_snapshot(dss.store_root) == before
 
 
-@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b"\xff\xfe"])
+@pytest.mark.parametrize("body", [
+    b"{not json", b"[1, 2]", b"\xff\xfe",
+    b'{"source_url": "file:///x\\udcff", "creator_uid": 1}',  # a lone surrogate
+    b'{"a": ' * 70 + b"1" + b"}" * 70,  # nested past the limit
+    b'{"source_url": "s3://b/k", "creator_uid": NaN}'])
 def test_a_body_that_is_not_a_json_object_is_refused(dss, body):
     uuid, version = new_ids()
     before = local_snapshot(dss.store_root)
