@@ -79,6 +79,16 @@ class PermissionDenied(HcafsError):
     exit_code = 4
 
 
+class NotPermitted(HcafsError):
+    """An operation this filesystem never does (a hard link, a device or FIFO node)."""
+    errno = _errno.EPERM
+
+
+class NotSupported(HcafsError):
+    """An operation this filesystem does not offer, for which callers have a fallback."""
+    errno = _errno.EOPNOTSUPP
+
+
 class NoSpace(HcafsError):
     errno = _errno.ENOSPC
 

@@ -30,7 +30,7 @@ from collections.abc import Callable
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 import mfusepy as fuse  # noqa: E402  (the library name must be chosen before import)
 
-from ..errors import HcafsError  # noqa: E402
+from ..errors import HcafsError, NotPermitted, NotSupported  # noqa: E402
 from ..model.tree import Attr, Tree, streamed  # noqa: E402
 from .bufvec import fd_bufvec  # noqa: E402
 from .kernel_names import KernelNames  # noqa: E402
@@ -420,6 +420,22 @@ class Operations(fuse.Operations):
     def symlink(self, link: str, points_to: str) -> int:
         # fusepy's order: the new link's path first, then what it points to
         return self.tree.symlink(points_to, link)
+
+    # Not left to mfusepy's defaults, which answer without a word in the log.
+    @_errno
+    def link(self, target: str, source: str) -> int:
+        raise NotPermitted(f"{target}: hard links are not supported here (a DSS bundle holds "
+                           "files, directories and symbolic links); copy the file instead")
+
+    @_errno
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        raise NotPermitted(f"{path}: only files, directories and symbolic links can be made "
+                           "here (no FIFOs, sockets or device nodes)")
+
+    @_errno
+    def fallocate(self, path: str, mode: int, offset: int, size: int, fh) -> int:
+        raise NotSupported(f"{path}: space cannot be reserved ahead here (fallocate); "
+                           "write the bytes instead")
 
     @_errno
     def chmod(self, path: str, mode: int) -> int:

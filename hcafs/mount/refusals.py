@@ -24,7 +24,8 @@ log = logging.getLogger("hcafs.refusals")
 
 # The errnos the mount returns on purpose and explains (ENOENT is an answer, not a refusal).
 EXPLAINED = frozenset({errno.EINVAL, errno.EROFS, errno.EACCES, errno.ENOTDIR, errno.EEXIST,
-                       errno.ENOTEMPTY, errno.ENOSPC, errno.EDQUOT, errno.EBUSY})
+                       errno.ENOTEMPTY, errno.ENOSPC, errno.EDQUOT, errno.EBUSY,
+                       errno.EPERM, errno.EOPNOTSUPP})
 SEEN_LIMIT = 10_000  # forget the oldest reasons past this many (a bound, not a policy)
 
 
