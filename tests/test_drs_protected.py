@@ -299,3 +299,14 @@ def test_a_drs_prefix_entry_matches_at_a_name_boundary_only():
     for uri in ("drs://dg.45039:abc", "drs://dg.4503.attacker.example/x",
                 "drs://dg.4503x/y"):
         assert found("dg.4503.attacker.example", None, uri, "u@example.org") is None, uri
+
+
+def test_a_signed_url_with_an_absurd_expiry_is_refused_not_a_crash():
+    """An ``expires`` of thousands of digits is a 403 like any bad signature (int() of it
+    raised past Python's digit limit: a 500)."""
+    from hcafs.errors import Problem
+    from hcafs.server.passports import UrlSigner
+
+    with pytest.raises(Problem) as refused:
+        UrlSigner(60).check("a" * 64, "9" * 5000, "ab")
+    assert refused.value.status == 403

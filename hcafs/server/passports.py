@@ -99,7 +99,7 @@ class UrlSigner:
         return urlencode({"expires": expires, "signature": self._mac(blob, expires)})
 
     def check(self, blob: str, expires: str | None, signature: str | None) -> None:
-        if not expires or not expires.isdigit() or not signature or \
+        if not expires or not expires.isdigit() or len(expires) > 20 or not signature or \
                 not hmac.compare_digest(self._mac(blob, int(expires)), signature):
             raise _denied(403, "the access URL is not valid")
         if int(expires) < time.time():
