@@ -154,11 +154,15 @@ class PendingBundles:
     def _changing(self, *names: str):
         """Make a change to these bundles, refused (EBUSY) while one is sealed."""
         with self._changes:
+            self._refuse_sealed(*names)
+            yield
+
+    def _refuse_sealed(self, *names: str) -> None:
+        with self._changes:
             for name in names:
                 if name in self._sealed:
                     raise Busy(f"bundles/{name} is being committed (its files are being "
                                "sent as one bundle); change it once the commit is done")
-            yield
 
     def request_commit(self, name: str) -> None:
         bundle = self._open_bundle(name)
@@ -319,8 +323,7 @@ class PendingBundles:
     def open(self, row: FileRow, write: bool, truncate: bool = False) -> int:
         if not (write or truncate):
             return self._open(row, write, truncate)
-        with self._changing(row.bundle):
-            pass  # refused at once, before a remote file is fetched to be written
+        self._refuse_sealed(row.bundle)  # at once, before a remote file is fetched
         if row.kind == REMOTE:
             self._materialize(row, empty=truncate)
             row = self.journal.file_by_id(row.id)

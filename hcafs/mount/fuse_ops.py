@@ -189,22 +189,28 @@ class Operations(fuse.Operations):
         bundle's directory becomes a symlink, and invalidating only its inode would leave
         the kernel a directory inode whose attributes now say symlink (EIO on the next
         use).  Safe from any thread but a FUSE callback's."""
-        if self._fuse is None or not self.mountpoint:
-            return
-        session = ctypes.c_void_p(_get_session(self._fuse))
-        if _session_exited(session):
-            return
         parent, _, leaf = path.rstrip("/").rpartition("/")
         try:
             # Without use_ino, the st_ino libfuse reports is its node id.
             parent_id = os.stat(self.mountpoint + parent).st_ino if parent else FUSE_ROOT_ID
+            self._inval_entry(parent_id, leaf)
         except OSError as exc:
             log.debug("forgetting %s: %s", path, exc)
-            return
+
+    def _inval_entry(self, parent_id: int, leaf: str) -> bool:
+        """``fuse_lowlevel_notify_inval_entry`` of ``leaf`` in node ``parent_id``: False
+        if the kernel held no such entry (or nothing is mounted); OSError if it refused,
+        or if the mount is going away (the device may be closed already)."""
+        if self._fuse is None or not self.mountpoint:
+            return False
+        session = ctypes.c_void_p(_get_session(self._fuse))
+        if _session_exited(session):
+            raise OSError(errno.ENOTCONN, "the mount is going away")
         raw = leaf.encode("utf-8", "surrogateescape")
         result = _notify_inval_entry(session, parent_id, raw, len(raw))
-        if result not in (0, -errno.ENOENT):
-            log.debug("forgetting %s: %s", path, os.strerror(-result))
+        if result not in (0, -errno.ENOENT):  # ENOENT: the kernel had dropped it already
+            raise OSError(-result, os.strerror(-result))
+        return result == 0
 
     def adapter_status(self) -> dict:
         return {"kernel_entries": self.kernel_names.status()}
@@ -215,24 +221,18 @@ class Operations(fuse.Operations):
         callback: the kernel takes the parent directory's lock for it."""
         if self._fuse is None or not self.mountpoint:
             return False
-        session = ctypes.c_void_p(_get_session(self._fuse))
-        if _session_exited(session):  # unmounting: the device may be closed already
-            raise OSError(errno.ENOTCONN, "the mount is going away")
         # Streamed listings (bundles/) are children of the root, whose libfuse node id is
         # always 1.
         parent, _, leaf = directory.rstrip("/").rpartition("/")
         if parent:
             raise ValueError(f"{directory} is not a child of the mount's root")
         _trim()  # what the last prune's FORGETs freed goes back to the system
-        raw = leaf.encode("utf-8", "surrogateescape")
-        result = _notify_inval_entry(session, FUSE_ROOT_ID, raw, len(raw))
-        if result not in (0, -errno.ENOENT):  # ENOENT: the kernel had dropped it already
-            raise OSError(-result, os.strerror(-result))
+        pruned = self._inval_entry(FUSE_ROOT_ID, leaf)
         # The directory's own dentry was unhashed too: look it up again before the reply
         # goes, so that a process whose working directory it is keeps a path (getcwd).
         with contextlib.suppress(OSError):
             os.stat(os.path.join(self.mountpoint, leaf))
-        return result == 0
+        return pruned
 
     def destroy(self, path: str) -> None:
         self.kernel_names.stop()

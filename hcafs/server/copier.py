@@ -153,7 +153,7 @@ class Copier:
         return source
 
     def _inspect_file(self, url: str) -> Source:
-        # Lexical: no link is followed here, nor when the file is opened (_open_beneath),
+        # Lexical: no link is followed here, nor when the file is opened (_open_source),
         # so a name swapped for a link between a check and a use cannot lead outside.
         path = os.path.normpath("/" + url[len("file://"):].lstrip("/"))
         if path == self.staging_root or \
@@ -234,8 +234,11 @@ class Copier:
                     inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
                                     dir_fd=fd)
                 except OSError as exc:
-                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    if exc.errno == errno.ELOOP or exc.errno == errno.ENOTDIR and \
+                            stat.S_ISLNK(os.lstat(name, dir_fd=fd).st_mode):
                         raise _Link(path) from exc
+                    if exc.errno == errno.ENOTDIR:  # a file where a directory should be
+                        raise FileNotFoundError(errno.ENOENT, path) from exc
                     raise
                 os.close(fd)
                 fd = inner

@@ -143,7 +143,7 @@ class FileIndex:
 
     def add(self, fqid: str) -> None:
         if self.used:
-            self.store.create_unsynced(_file_key(fqid), b"")
+            self.store.mark(_file_key(fqid), sync=False)
 
     def versions(self, uuid: str) -> list[str]:
         """Versions of file ``uuid`` that may exist, oldest first (check each document)."""

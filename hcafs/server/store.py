@@ -157,9 +157,10 @@ class Store(ABC):
         """Make the names written with ``defer`` durable (a no-op where every write is
         durable when it returns)."""
 
-    def mark(self, key: str) -> bool:
+    def mark(self, key: str, sync: bool = True) -> bool:
         """Create the empty document ``key`` only if absent, atomically (False if it was
-        there): a key whose name is all it says, such as an index entry."""
+        there): a key whose name is all it says, such as an index entry.  ``sync=False``:
+        a store that syncs its folders may leave this one to the next sync."""
         return self.create(key, b"")
 
     @abstractmethod
@@ -469,7 +470,7 @@ class LocalStore(Store):
                 pass
         defer.clear()
 
-    def mark(self, key: str) -> bool:
+    def mark(self, key: str, sync: bool = True) -> bool:
         """``O_EXCL``: an empty file needs no staging, and only its folder an fsync."""
         path = self._path(key)
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -477,7 +478,8 @@ class LocalStore(Store):
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
         except FileExistsError:
             return False
-        self._sync_dir(path)
+        if sync:
+            self._sync_dir(path)
         return True
 
     def read_versioned(self, key: str) -> tuple[bytes, str] | None:
