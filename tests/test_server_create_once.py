@@ -252,6 +252,64 @@ def test_racing_deletes_of_one_bundle_version_store_one_tombstone(backend):
         assert gone.status_code == 404
 
 
+# ---------------------------------------------------------------- collections
+
+
+def put_collection_at(server: DSSServer, token: str, uuid: str, version: str, name: str
+                      ) -> requests.Response:
+    return server.call("PUT", "/collections", token,
+                       params={"uuid": uuid, "version": version, "replica": "aws"},
+                       json={"name": name, "description": "d", "details": {},
+                             "contents": []})
+
+
+def collection_name(server: DSSServer, token: str, uuid: str, version: str) -> str:
+    answer = server.call("GET", f"/collections/{uuid}", token,
+                         params={"version": version, "replica": "aws"})
+    assert answer.status_code == 200, answer.text
+    return answer.json()["name"]
+
+
+def test_racing_puts_of_one_collection_version_have_one_winner(backend):
+    for round_ in range(ROUNDS // 5):
+        uuid, version = str(_uuid.uuid4()), now_version()
+        names = [f"round {round_} racer {n}" for n in range(2)]
+        answers = race(put_collection_at, *((peer, USER, uuid, version, name)
+                                            for peer, name in zip(backend.servers, names,
+                                                                  strict=True)))
+        winner = one_winner(answers, {201}, "collection_already_exists")
+        for peer in backend.servers * 2:
+            assert collection_name(peer, USER, uuid, version) == names[winner]
+        assert backend.stored(f"collections/{uuid}.{version}")["name"] == names[winner]
+        # The winner's own request again is a repeat, not a conflict; the loser's stays one.
+        again = put_collection_at(backend.server, USER, uuid, version, names[winner])
+        assert again.status_code == 201, again.text
+        lost = put_collection_at(backend.server, USER, uuid, version, names[1 - winner])
+        assert lost.status_code == 409 and lost.json()["code"] == "collection_already_exists"
+
+
+def test_racing_owners_of_one_new_collection_uuid_have_one_winner(backend):
+    for round_ in range(ROUNDS // 5):
+        uuid = str(_uuid.uuid4())
+        tokens = [USER, OTHER]
+        answers = race(put_collection_at, *((peer, token, uuid, now_version(), f"r{round_}")
+                                            for peer, token in zip(backend.servers, tokens,
+                                                                   strict=True)))
+        statuses = [a.status_code for a in answers]
+        assert sorted(statuses) == [201, 403], [a.text for a in answers]
+        owner, other = (0, 1) if statuses[0] == 201 else (1, 0)
+        assert answers[other].json()["code"] == "forbidden"
+        listed = backend.server.call("GET", "/collections", tokens[other],
+                                     params={"replica": "aws"})
+        assert uuid not in {c["uuid"] for c in listed.json()["collections"]}
+        later = put_collection_at(backend.servers[other], tokens[other], uuid, now_version(),
+                                  "later")
+        assert later.status_code == 403, later.text
+        mine = put_collection_at(backend.servers[other], tokens[owner], uuid, now_version(),
+                                 "mine")
+        assert mine.status_code == 201, mine.text
+
+
 # ---------------------------------------------------------------- Idempotency-Key
 
 

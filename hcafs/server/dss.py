@@ -13,6 +13,7 @@ Store layout (all keys lower-case)::
     bundle-tombstones/{uuid}[.{version}]   a deleted bundle (version), with reason and email
     collections/{uuid}.{version}        collection document, with its owner
     collection-tombstones/{uuid}        a deleted collection
+    collection-claims/{uuid}            the uuid's owner, fixed by its first PUT
     collection-owners/{owner}/{uuid}.{version}   the caller's list (owner = sha256(email))
     collection-marks/{owner}            changes with every change to the owner's collections
     bundle-index/…, layout              the listing of live bundle versions (``listing.py``)
@@ -429,10 +430,6 @@ class DSS:
                 out.append(item)
         return out
 
-    def _save_collection(self, uuid: str, version: str, document: dict) -> None:
-        self.store.write(f"collections/{uuid}.{version}", dumps(document))
-        self._index_collection(uuid, version, document)
-
     def _index_collection(self, uuid: str, version: str, document: dict) -> None:
         self.store.write(f"collection-owners/{self._owner_key(document['owner'])}/"
                          f"{uuid}.{version}", b"{}")
@@ -466,13 +463,22 @@ class DSS:
             raise Problem(409, "collection_tombstone_already_exists",
                           "this collection was deleted")
         previous = next(self.store.list(f"collections/{uuid}."), None)
-        if previous is not None:
+        if previous is not None:  # a store from before claims: its versions name the owner
             self._owned(json.loads(self.store.read(previous) or b"{}"), who)
         document = {"name": body["name"], "description": body["description"],
                     "details": body["details"],
                     "contents": self._dedup(self._contents(body["contents"], who)),
                     "owner": who.email}
-        self._save_collection(uuid, version, document)
+        claim = f"collection-claims/{uuid}"
+        if not self.store.create(claim, dumps({"owner": who.email})):
+            self._owned(json.loads(self.store.read(claim) or b"{}"), who)
+        key = f"collections/{uuid}.{version}"
+        if not self.store.create(key, dumps(document)):
+            if json.loads(self.store.read(key) or b"{}") != document:
+                raise Problem(409, "collection_already_exists",
+                              f"collection {uuid}.{version} already exists with other "
+                              "contents")
+        self._index_collection(uuid, version, document)
         return {"uuid": uuid, "version": version}
 
     def list_collections(self, who: Identity, start_at: int, per_page: int) -> Page:
