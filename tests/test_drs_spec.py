@@ -9,6 +9,7 @@ bearer-protected one (signed access URLs, its 401).  Each answer is validated wi
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
@@ -133,6 +134,10 @@ def test_errors_and_protected_answers_validate(repos, check):
     signed = check(requests.get(f"{protected}/objects/{fqid}/access/https", headers=auth,
                                 timeout=30), "/objects/{object_id}/access/{access_id}", "get")
     assert requests.get(signed["url"], timeout=30).content == b"closed spec\n"
+    signature = parse_qs(urlsplit(signed["url"]).query)["signature"][0]
+    logged = closed.server.log()
+    assert f"{urlsplit(signed['url']).path}?expires=" in logged  # the access line is there
+    assert "signature=REDACTED" in logged and signature not in logged
     tampered = signed["url"].replace("signature=", "signature=0")
     answer = requests.get(tampered, timeout=30)
     assert answer.status_code == 403 and set(answer.json()) == {"msg", "status_code"}

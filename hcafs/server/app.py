@@ -56,6 +56,11 @@ access_log = logging.getLogger("hcafs.server.access")
 
 _BLOB_RE = re.compile(r"^[0-9a-f]{64}\.[0-9a-f]{40}\.[0-9a-f]{32}(-\d+)?\.[0-9a-f]{8}\Z")
 RETRY_AFTER = "10"
+# Query parameters whose values grant access (a signed blob URL's signature, an S3
+# presigned URL's, a token some clients send in the query): the access log writes the name
+# only.
+_SECRET_PARAMS = frozenset({"signature", "x-amz-signature", "x-amz-credential",
+                            "x-amz-security-token", "access_token", "token_id", "passport"})
 HEALTH_PROBE = "probes/health"  # a key never written: reading it proves the store answers
 PROBE_TIMEOUT = 5.0  # seconds a readiness probe waits for the store
 ROUTE = "hcafs.route"  # the environ key naming the matched route (a bounded metrics label)
@@ -146,7 +151,7 @@ class App:
         if response.status_code >= 500:
             response.headers.setdefault("Retry-After", RETRY_AFTER)
         elapsed = time.monotonic() - started
-        access_log.info("%s %s %d %.3fs", request.method, request.full_path.rstrip("?"),
+        access_log.info("%s %s %d %.3fs", request.method, _loggable(request),
                         response.status_code, elapsed)
         metrics.request(environ.get(ROUTE, "unmatched"), request.method,
                         response.status_code, elapsed)
@@ -555,6 +560,16 @@ def _too_large(limit: int) -> Problem:
     if limit == _IGNORED_BODY:
         return Problem(413, "payload_too_large", "this request takes no body")
     return Problem(413, "payload_too_large", f"the request body is over {limit} bytes")
+
+
+def _loggable(request: Request) -> str:
+    """The request's path and query for the access log, with the value of every
+    :data:`_SECRET_PARAMS` parameter replaced by ``REDACTED``."""
+    if not request.args:
+        return request.path
+    pairs = [(name, "REDACTED" if name.lower() in _SECRET_PARAMS else value)
+             for name, value in request.args.items(multi=True)]
+    return f"{request.path}?{urlencode(pairs)}"
 
 
 def _buffer_body(environ: dict, limit: int) -> None:
