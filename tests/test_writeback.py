@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -341,6 +342,27 @@ def test_changes_while_a_commit_is_sent_are_refused_with_ebusy_and_none_is_lost(
         with pytest.raises(OSError) as after:
             (bundle / "late.txt").write_bytes(b"late\n")
         assert after.value.errno in (errno.EROFS, errno.ENOENT)
+
+
+def test_a_commit_held_by_a_file_open_for_writing_says_so_once_and_is_sent_at_close(
+        rig, tmp_path):
+    """A commit asked for while a file of the bundle is open for writing waits for its
+    close: the log says so once, naming the file, and the commit then holds all it wrote."""
+    with rig.mount(tmp_path / "m") as mount:
+        bundle = Path(mount.path) / "bundles" / "held"
+        bundle.mkdir()
+        with open(bundle / "open.txt", "wb") as handle:
+            handle.write(b"part one\n")
+            handle.flush()
+            os.setxattr(bundle, "user.hcafs.commit", b"1")
+            wait_until(lambda: "commit of held waits: open.txt is open for writing"
+                       in mount.log(), what="the explained wait")
+            time.sleep(2)  # several sync passes go by while it waits
+            handle.write(b"part two\n")
+        wait_until(lambda: "committed held as" in mount.log(), what="the commit")
+        assert mount.log().count("commit of held waits") == 1
+        fqid = re.search(r"committed held as (\S+)", mount.log()).group(1)
+        assert_bundle(rig.client(), fqid, {"open.txt": b"part one\npart two\n"})
 
 
 def test_a_name_in_use_when_its_bundle_is_committed_works_at_the_first_access(rig,

@@ -118,6 +118,7 @@ class Syncer:
         self._thread: threading.Thread | None = None
         self._commit_retry: dict[str, float] = {}  # bundle name -> next attempt (epoch)
         self._commit_attempts: dict[str, int] = {}
+        self._held_open: set[str] = set()  # bundles whose wait for a writer was logged
         self.stats = SyncStats()
 
     def start(self) -> None:
@@ -291,12 +292,27 @@ class Syncer:
             # Sealed: no change to the bundle is taken while its commit is sent, so the
             # file list sent is what the bundle holds when its rows are dropped.
             if not self.pending.seal(bundle.name):
-                continue  # one of its files is open for writing: the close comes first
+                self._log_held_open(bundle.name)  # the close of that file comes first
+                continue
+            self._held_open.discard(bundle.name)
             try:
                 if self._ready(bundle):
                     self._commit(bundle)
             finally:
                 self.pending.unseal(bundle.name)
+
+    def _log_held_open(self, name: str) -> None:
+        """Say once per wait why a requested commit is not sent yet."""
+        if name in self._held_open:
+            return
+        open_ = [row.path for row in self.journal.files(name)
+                 if self.pending.is_open_for_write(row.id)]
+        if not open_:  # closed since the seal was refused: the next pass sends it
+            return
+        self._held_open.add(name)
+        log.info("commit of %s waits: %s %s open for writing; it is sent once %s closed",
+                 name, ", ".join(open_[:3]) + (" …" if len(open_) > 3 else ""),
+                 "is" if len(open_) == 1 else "are", "it is" if len(open_) == 1 else "they are")
 
     def _ready(self, bundle: BundleRow) -> bool:
         """Every file of the bundle is registered, every import done, none open for writing."""
