@@ -68,6 +68,30 @@ def test_drs_files_become_imported_files(drs_world, tmp_path):
         assert listed[name]["sha256"] == hashlib.sha256(blob).hexdigest()
 
 
+def test_a_drs_file_saved_through_a_temporary_name_is_imported(drs_world, tmp_path):
+    """``rsync`` and editors write NAME.drs as a temporary file, then rename it: the rename
+    makes it an import request; a .drs file renamed to a plain name is committed as bytes."""
+    data = random.Random(5).randbytes(MiB)
+    external = DSSClient(drs_world.external.url, token=ADMIN)
+    _, files = publish(external, drs_world.external_staging, {"reads.fastq": data})
+    uri = drs_world.drs_uri(files["reads.fastq"]) + "\n"
+    with drs_world.mount(tmp_path / "m") as mount:
+        pending = Path(mount.path) / "bundles" / "saved"
+        pending.mkdir()
+        (pending / ".reads.fastq.drs.Xy12ab").write_text(uri)
+        os.rename(pending / ".reads.fastq.drs.Xy12ab", pending / "reads.fastq.drs")
+        (pending / "note.drs").write_text(uri)
+        os.rename(pending / "note.drs", pending / "note.txt")
+        wait_until(lambda: (pending / "reads.fastq").exists(), what="the import to land")
+        assert (pending / "reads.fastq").read_bytes() == data
+        assert not (pending / "reads.fastq.drs").exists()
+        fqid = commit(mount, "saved")
+    listed = bundle_files(drs_world, fqid)
+    assert sorted(listed) == ["note.txt", "reads.fastq"]
+    assert listed["reads.fastq"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert listed["note.txt"]["sha256"] == hashlib.sha256(uri.encode()).hexdigest()
+
+
 def test_invalid_and_failing_imports_are_visible_and_harm_nothing(drs_world, tmp_path):
     good = random.Random(2).randbytes(MiB)
     external = DSSClient(drs_world.external.url, token=ADMIN)

@@ -303,11 +303,26 @@ class Journal:
             if row:
                 self._touch(db, row[0], time.time())
 
-    def rename(self, bundle: str, old: str, new: str, new_bundle: str | None = None) -> None:
+    def rename(self, bundle: str, old: str, new: str, new_bundle: str | None = None,
+               kind: str | None = None) -> None:
         """Rename a path and everything under it, in one transaction (a file at the target
-        is replaced, its queued import dropped)."""
+        is replaced, its queued import dropped).  ``kind`` (a file only): what the file is
+        under its new name.  A change between LOCAL and DRS starts a new generation (so no
+        sync step of the old one lands) and drops the file's imports; a file that becomes
+        LOCAL is to be synced, one that becomes DRS waits for its import to be queued."""
         target = new_bundle or bundle
         with self.cachedb.atomic() as db:
+            if kind is not None:
+                row = db.execute("select id, kind from pending_files where bundle = ? and "
+                                 "path = ?", [bundle, old]).fetchone()
+                if row and row[1] != kind:
+                    now = time.time()
+                    db.execute("delete from drs_imports where drs_file_id = ?", [row[0]])
+                    db.execute(
+                        "update pending_files set kind = ?, generation = generation + 1, "
+                        "state = ?, file_version = null, error = null, "
+                        "attempts = 0, next_try = null, sent_bytes = 0, changed = ? "
+                        "where id = ?", [kind, DIRTY, now, row[0]])
             db.execute("delete from drs_imports where state = ? and drs_file_id = (select id "
                        "from pending_files where bundle = ? and path = ?)", [QUEUED, target, new])
             db.execute("delete from pending_files where bundle = ? and path = ?", [target, new])
@@ -398,6 +413,12 @@ class Journal:
                        [file_id, QUEUED])
             db.execute("update pending_files set state = ?, error = ? where id = ?",
                        [ERROR, reason, file_id])
+
+    def import_under_way(self, file_id: int) -> bool:
+        """The ``.drs`` file's import was sent (or is being sent) and its result is due."""
+        return self.db.execute("select count(*) from drs_imports where drs_file_id = ? and "
+                               "state in (?, ?)", [file_id, SUBMITTING, SUBMITTED]
+                               ).fetchone()[0] > 0
 
     def imports_waiting(self, bundle: str) -> int:
         return self.db.execute("select count(*) from drs_imports where bundle = ? and state "

@@ -268,7 +268,7 @@ class PendingBundles:
             return self._rename(name, old, new_name, new)
 
     def _rename(self, name: str, old: str, new_name: str, new: str) -> None:
-        self.lookup(name, old)
+        source = self.lookup(name, old)
         self._open_bundle(new_name)
         self._uploadable(new_name, new)
         self._parent_exists(new_name, new)
@@ -279,13 +279,37 @@ class PendingBundles:
             pass
         if target == "dir" and self.listdir(new_name, new):
             raise NotEmpty(f"bundles/{new_name}/{new} is not empty")
-        self.journal.rename(name, old, new, new_bundle=new_name)
+        # A written file is judged by its name again: editors and rsync write through a
+        # temporary name, so NAME.drs may arrive by rename.
+        kind = None
+        if isinstance(source, FileRow) and source.kind in (LOCAL, DRS):
+            kind = DRS if new.endswith(".drs") else LOCAL
+        for row, what in ((source, "rename"), (target, "replace")):
+            if isinstance(row, FileRow) and row.kind == DRS and \
+                    self.journal.import_under_way(row.id):
+                raise Busy(f"bundles/{row.bundle}/{row.path}: its import is under way; "
+                           f"{what} it once the import is done")
+        self.journal.rename(name, old, new, new_bundle=new_name, kind=kind)
         if isinstance(target, FileRow):  # replaced: its bytes go once the journal says so
             self.written.drop(target.id)
             try:
                 os.unlink(self.data_path(target.id))
             except FileNotFoundError:
                 pass
+        if kind == DRS and not self.is_open_for_write(source.id):
+            self._judge_drs(source.id)  # (an open one is judged at its close)
+
+    def _judge_drs(self, file_id: int) -> None:
+        """Queue the import a closed ``.drs`` file asks for (or record why it cannot be)."""
+        row = self.journal.file_by_id(file_id)
+        size = self.size(row)
+        if self.drs_queue is None:
+            self.journal.drs_rejected(row.id, size, "no DRS import API is configured for "
+                                      "this mount")
+            return
+        with open(self.data_path(row.id), "rb") as handle:
+            content = handle.read(65 * 1024)
+        self.drs_queue.enqueue_file(row.id, row.bundle, row.path, content, size)
 
     # ------------------------------------------------------------ content
 
@@ -465,12 +489,8 @@ class PendingBundles:
         row = self.journal.file_by_id(handle.file_id)
         if row is None or row.kind != DRS:
             self.journal.closed(handle.file_id, size)
-        elif self.drs_queue is None:
-            self.journal.drs_rejected(row.id, size, "no DRS import API is configured for "
-                                      "this mount")
         else:
-            content = os.pread(handle.fd, 65 * 1024, 0)
-            self.drs_queue.enqueue_file(row.id, row.bundle, row.path, content, size)
+            self._judge_drs(row.id)
 
     def written_checksums(self, file_id: int, fd: int):
         """The file's checksums as computed while it was written, if they still hold for

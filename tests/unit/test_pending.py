@@ -8,6 +8,7 @@ are new, and nothing here reads remote bytes.
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 from crashdb import InjectedCrash
@@ -157,6 +158,62 @@ def test_an_invalid_drs_file_keeps_its_bytes_and_says_why(model):
     row = model.journal.file_by_id(drs)
     assert row.state == j.ERROR and row.error.startswith("invalid .drs file")
     assert model.read("/bundles/b/y.drs") == b"not a uri"
+
+
+def _imports(model) -> list[tuple[str, str]]:
+    return model.journal.db.execute("select name, state from drs_imports order by id"
+                                    ).fetchall()
+
+
+def test_a_file_renamed_to_or_from_a_drs_name_is_judged_by_its_new_name(model):
+    """rsync and editors write NAME.drs through a temporary name: the rename makes it an
+    import request; a rename away from .drs makes it plain bytes again, and a rename
+    while its import is under way is refused (EBUSY) rather than lose the result."""
+    model.pending.drs_queue = DrsQueue(
+        model.journal, BulkImportClient("http://127.0.0.1:9", None), None, limit=10,
+        window=60, default_conflict="SKIP", resolver={})
+    file_id = model.write("/bundles/b/.reads.fastq.drs.Xy12", b"drs://example.org/abc\n")
+    before = model.journal.file_by_id(file_id)
+    assert (before.kind, before.state, _imports(model)) == (j.LOCAL, j.DIRTY, [])
+
+    model.tree.rename("/bundles/b/.reads.fastq.drs.Xy12", "/bundles/b/reads.fastq.drs")
+    row = model.journal.file_by_id(file_id)
+    assert (row.kind, row.state) == (j.DRS, j.QUEUED)
+    assert row.generation > before.generation  # no sync step of the plain file lands
+    assert _imports(model) == [("reads.fastq", j.QUEUED)]
+    assert file_id not in {f.id for f in model.journal.due(time.time() + 3600, 0)}
+
+    model.tree.rename("/bundles/b/reads.fastq.drs", "/bundles/b/reads.fq.drs")
+    assert _imports(model) == [("reads.fq", j.QUEUED)]  # the import follows the name
+
+    model.tree.rename("/bundles/b/reads.fq.drs", "/bundles/b/uri.txt")
+    row = model.journal.file_by_id(file_id)
+    assert (row.kind, row.state, _imports(model)) == (j.LOCAL, j.DIRTY, [])
+    assert file_id in {f.id for f in model.journal.due(time.time() + 3600, 0)}
+    assert model.read("/bundles/b/uri.txt") == b"drs://example.org/abc\n"
+
+    model.tree.rename("/bundles/b/uri.txt", "/bundles/b/late.drs")
+    model.journal.db.execute("update drs_imports set state = ?", [j.SUBMITTED])
+    other = model.write("/bundles/b/plain.txt", b"x")
+    for old, new in (("/bundles/b/late.drs", "/bundles/b/late.txt"),
+                     ("/bundles/b/plain.txt", "/bundles/b/late.drs")):
+        with pytest.raises(Busy, match="its import is under way"):
+            model.tree.rename(old, new)
+    assert model.journal.file_by_id(file_id).path == "late.drs"
+    assert model.journal.file_by_id(other).path == "plain.txt"
+    assert _imports(model) == [("late", j.SUBMITTED)]
+
+
+def test_a_drs_file_renamed_while_open_is_judged_at_its_close(model):
+    model.pending.drs_queue = DrsQueue(
+        model.journal, BulkImportClient("http://127.0.0.1:9", None), None, limit=10,
+        window=60, default_conflict="SKIP", resolver={})
+    handle = model.tree.create("/bundles/b/.x.drs.tmp")
+    model.tree.write(handle, b"drs://example.org/abc\n", 0)
+    model.tree.rename("/bundles/b/.x.drs.tmp", "/bundles/b/x.drs")
+    assert _imports(model) == []  # not while it is being written
+    model.tree.release(handle)
+    assert _imports(model) == [("x", j.QUEUED)]
 
 
 def test_commit_request_and_remove_bundle(model):
