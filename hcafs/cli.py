@@ -86,6 +86,8 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
         replica=pick("replica", "aws"),
         cache_dir=cache_dir,
         cache_size=parse_size(pick("cache_size", DEFAULT_CACHE_SIZE)),
+        cache_min_free=parse_size(pick("cache_min_free")) if pick("cache_min_free") is not None
+        else None,
         foreground=bool(args.foreground),
         token=token,
         refresh_ttl=float(pick("refresh_ttl", 300)),
@@ -325,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
                        f"{xdg_dir('cache')}/<server>)")
     mount.add_argument("--cache-size", metavar="SIZE", help="content cache limit, e.g. 20G "
                        f"(default {DEFAULT_CACHE_SIZE})")
+    mount.add_argument("--cache-min-free", metavar="SIZE", help="free space the content "
+                       "cache leaves on its disk, e.g. 2G; cached content also gives way to "
+                       "written files when the disk is full (default: a tenth of the disk, "
+                       "at most 1G)")
     mount.add_argument("--token", help="bearer token (visible to other users in ps; prefer "
                        "--token-file or $HCAFS_TOKEN)")
     mount.add_argument("--token-file", metavar="FILE", help="read the bearer token from FILE")

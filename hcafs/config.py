@@ -223,6 +223,7 @@ class MountConfig:
     replica: str = "aws"
     cache_dir: str = ""
     cache_size: int = parse_size(DEFAULT_CACHE_SIZE)
+    cache_min_free: int | None = None  # None: a tenth of the cache disk, at most 1 GiB
     foreground: bool = False
     token: str | None = field(default=None, repr=False)
     refresh_ttl: float = 300.0

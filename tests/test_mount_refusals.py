@@ -7,12 +7,14 @@ import errno
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from fixtures.dss_server import USER
-from fixtures.hcafs_mount import Mount, needs_fuse, run_hcafs
+from fixtures.hcafs_mount import Mount, commit, needs_fuse, run_hcafs
 
+MiB = 1024 * 1024
 pytestmark = needs_fuse
 
 
@@ -71,6 +73,50 @@ def test_each_refusal_is_explained_once_and_shown_by_status(mount_world, mounted
     # ENOENT is an answer, not a refusal: not logged, not shown
     assert _refused(lambda: os.stat(root / "bundles" / "nope")) == errno.ENOENT
     assert "/bundles/nope" not in mounted.log()
+
+
+def test_cached_content_gives_way_to_written_files_and_keeps_its_floor(tmp_path):
+    """On a small cache disk full of cached (committed) content, a write into a pending
+    bundle still fits: the content cache drops least recently used blobs for it.  Reads
+    refill the cache but leave --cache-min-free free on the disk."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(small)],
+                   check=True)
+    try:
+        env = {"XDG_DATA_HOME": str(tmp_path / "data"), "XDG_CACHE_HOME": str(tmp_path / "x")}
+        mount = Mount(str(tmp_path), None, env=env)
+        mount.args = ["--cache-dir", str(small / "cache"), "--log-file", mount.log_file,
+                      "--cache-min-free", "6M", "--write-back-delay", "0.1"]
+        floor = 6 * MiB
+        with mount:
+            bundles = Path(mount.path) / "bundles"
+            kept = {}
+            for name in ("a", "b"):
+                (bundles / name).mkdir()
+                kept[name] = os.urandom(12 * MiB)
+                (bundles / name / f"{name}.bin").write_bytes(kept[name])
+                commit(mount, name)  # its bytes move into the content cache
+            assert _free(small) < 24 * MiB  # what is cached fills half the disk
+            (bundles / "new").mkdir()
+            written = os.urandom(22 * MiB)
+            (bundles / "new" / "big.bin").write_bytes(written)  # ENOSPC before the mend
+            assert (bundles / "new" / "big.bin").read_bytes() == written
+            assert "dropped" in mount.log() and "of cached content" in mount.log()
+            for name in ("a", "b"):  # fetched again, within the floor
+                time.sleep(1)  # the kernel's release of the last file read comes after close
+                assert (bundles / name / f"{name}.bin").read_bytes() == kept[name]
+                assert _free(small) >= floor - MiB, name
+            commit(mount, "new")
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def _free(path: Path) -> int:
+    vfs = os.statvfs(path)
+    return vfs.f_bavail * vfs.f_frsize
 
 
 def test_a_full_cache_disk_is_explained_once(tmp_path):

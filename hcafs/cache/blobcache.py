@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 BLOCK = 1024 * 1024
 CRC = 4  # bytes of crc32c per block
 RESUMES = 3  # broken fetches in a row, with nothing gained, before a read fails
+MiB = 1024 * 1024
+DEFAULT_MIN_FREE = 1024 * MiB  # the most the default floor of free disk space is
+ROOM_NOTE_INTERVAL = 60.0  # seconds between log lines about room made on the disk
 # Bytes [start, end) of the blob, in chunks; a chunk may be a view of a buffer the fetcher
 # reuses for the next one, so each is used up before the next is asked for.
 Fetch = Callable[[int, int], Iterator["bytes | memoryview"]]
@@ -92,14 +95,19 @@ class _Blob:
 
 class BlobCache:
     def __init__(self, root: str, db: CacheDB, max_bytes: int, streams: int = 4,
-                 max_readahead: int = 64 * BLOCK, chunk: int = 8 * BLOCK):
+                 max_readahead: int = 64 * BLOCK, chunk: int = 8 * BLOCK,
+                 min_free: int | None = None):
         self.root = root
         self.db = db
         self.max_bytes = max_bytes
+        os.makedirs(root, exist_ok=True)
+        if min_free is None:  # the default floor: a tenth of the disk, at most 1 GiB
+            vfs = os.statvfs(root)
+            min_free = min(DEFAULT_MIN_FREE, vfs.f_blocks * vfs.f_frsize // 10)
+        self.min_free = min_free  # the cache disk's free bytes the cache never takes
         self.max_readahead = max_readahead
         self.streams = max(1, streams)
         self.chunk_blocks = max(1, chunk // BLOCK)
-        os.makedirs(root, exist_ok=True)
         self._lock = threading.Lock()
         self._open: dict[str, _Blob] = {}
         row = db.db().execute("select coalesce(sum(present), 0) from blobs").fetchone()
@@ -109,6 +117,8 @@ class BlobCache:
         self._closing = threading.Event()  # set by close(): streams stop at once
         self._buffers = threading.local()  # each thread's block buffer for reading back
         self._warned_full = False
+        self._evicting = threading.Lock()
+        self._said_room = -ROOM_NOTE_INTERVAL  # when evict() last said it made room
 
     def _buffer(self) -> memoryview:
         """This thread's buffer of one block, for reading blocks back from a cache file
@@ -382,10 +392,10 @@ class BlobCache:
     def _fetch(self, blob: _Blob, first: int, last: int, fetch: Fetch) -> None:
         """Fetch blocks ``first..last`` (already claimed) and write them in place."""
         begin, end = blob.span(first)[0], blob.span(last)[1]
-        self._reserve(end - begin)
-        block, buffer = first, bytearray()
-        stream = fetch(begin, end)
-        try:
+        block, buffer, stream = first, bytearray(), None
+        try:  # whatever fails, the claimed blocks not written are released (finally)
+            self._reserve(end - begin)
+            stream = fetch(begin, end)
             for chunk in stream:
                 if not buffer and block <= last and len(chunk) == _length(blob, block):
                     pieces = [chunk]  # the usual case: one chunk is one block, no copy
@@ -535,37 +545,60 @@ class BlobCache:
 
     # ------------------------------------------------------------ space
 
+    def free_bytes(self) -> int:
+        """What the cache disk has free (for an unprivileged writer)."""
+        vfs = os.statvfs(self.root)
+        return vfs.f_bavail * vfs.f_frsize
+
     def _reserve(self, nbytes: int) -> None:
+        """Make room for ``nbytes`` about to be fetched: under ``max_bytes``, and with
+        ``min_free`` still free on the disk once they are written."""
         with self._lock:
             self.used += nbytes
-            if self.used <= self.max_bytes:
-                return
+            over = self.used > self.max_bytes
             in_use = set(self._open)
-        self.evict(in_use)
+        floor = self.min_free + nbytes if self.min_free else 0
+        if over or (floor and self.free_bytes() < floor):
+            self.evict(in_use, free=floor)
 
-    def evict(self, keep: set[str] | None = None) -> int:
-        """Drop least recently used blobs until under the limit; returns bytes freed."""
-        keep = keep if keep is not None else set(self._open)
+    def evict(self, keep: set[str] | None = None, free: int = 0) -> int:
+        """Drop least recently used blobs until under the limit and, with ``free``, until
+        the cache disk has that many bytes free; returns bytes freed."""
+        keep = keep or set()
         db = self.db.db()
         freed = 0
-        rows = db.execute("select sha256, present from blobs where pinned = 0 "
-                          "order by last_access").fetchall()
-        for sha256, present in rows:
-            if self.used <= self.max_bytes:
-                break
-            if sha256 in keep:
-                continue
-            try:
-                os.unlink(self.path(sha256))
-            except FileNotFoundError:
-                pass
-            db["blobs"].delete(sha256)
-            with self._lock:
-                self.used -= present
-            freed += present
+        with self._evicting:  # one evictor at a time: each blob is dropped (and counted) once
+            rows = db.execute("select sha256 from blobs where pinned = 0 order by "
+                              "last_access").fetchall()
+            for (sha256,) in rows:
+                if self.used <= self.max_bytes and (not free or self.free_bytes() >= free):
+                    break
+                if sha256 in keep:
+                    continue
+                # Under the lock acquire() loads a blob with: it finds the file and its row
+                # both there or both gone, never a row whose file is missing.
+                with self._lock:
+                    if sha256 in self._open:
+                        continue
+                    row = db.execute("select present from blobs where sha256 = ? and "
+                                     "pinned = 0", [sha256]).fetchone()
+                    if row is None:
+                        continue
+                    try:
+                        os.unlink(self.path(sha256))
+                    except FileNotFoundError:
+                        pass
+                    db.execute("delete from blobs where sha256 = ?", [sha256])
+                    self.used -= row[0]
+                freed += row[0]
         if self.used > self.max_bytes and not self._warned_full:
             self._warned_full = True
             log.warning("content cache is over its limit with files in use or pinned")
+        if free and freed and time.monotonic() - self._said_room > ROOM_NOTE_INTERVAL:
+            self._said_room = time.monotonic()
+            log.info("content cache: dropped %.1f MiB of cached content to keep %.1f MiB "
+                     "free on the cache disk (said at most once a minute)", freed / MiB,
+                     free / MiB)
         return freed
 
     def close(self) -> None:

@@ -432,9 +432,15 @@ class PendingBundles:
         vfs = os.statvfs(self.root)
         total = vfs.f_blocks * vfs.f_frsize
         reserve = min(64 * BLOCK, max(4 * BLOCK, total // 50))
-        if vfs.f_bavail * vfs.f_frsize - incoming < reserve:
-            raise NoSpace(f"the cache disk is full ({self.root}); files already written "
-                          "are kept and still sync")
+        if vfs.f_bavail * vfs.f_frsize - incoming >= reserve:
+            return
+        # Cached content gives way to written bytes, where it is on the same disk.
+        if os.stat(self.root).st_dev == os.stat(self.blobs.root).st_dev and \
+                self.blobs.evict(free=incoming + reserve) and \
+                self.blobs.free_bytes() - incoming >= reserve:
+            return
+        raise NoSpace(f"the cache disk is full ({self.root}); files already written "
+                      "are kept and still sync")
 
     def fsync(self, number: int) -> None:
         handle = self._handles[number]

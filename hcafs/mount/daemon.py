@@ -137,7 +137,8 @@ class Daemon:
         self._first_contact(quick)
         self.blobs = BlobCache(os.path.join(config.cache_dir, "blobs"), self.db,
                                config.cache_size, streams=config.read_streams,
-                               max_readahead=config.max_readahead, chunk=config.read_chunk)
+                               max_readahead=config.max_readahead, chunk=config.read_chunk,
+                               min_free=config.cache_min_free)
         self.journal = Journal(self.db)
         self.tree = Tree(self.catalog, self.blobs, None, config.max_readahead,
                          config.delete_reason)

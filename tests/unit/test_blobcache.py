@@ -301,3 +301,80 @@ def test_read_ahead_asks_for_whole_chunks_not_a_block_per_read(tmp_path):
              if end - start < 4 * BLOCK and end != len(data)]
     assert source.streamed, "no read-ahead stream ran: the test proved nothing"
     assert not short, f"read-ahead sent runs shorter than a chunk: {short}"
+
+
+def _cached(cache: BlobCache, seed: int, blocks: int = 2) -> str:
+    data, sha = _blob(blocks * BLOCK, seed)
+    blob = cache.acquire(sha, len(data))
+    try:
+        assert cache.read(blob, 0, len(data), Source(data).fetch) == data
+    finally:
+        cache.release(blob)
+    return sha
+
+
+def test_concurrent_evictions_drop_each_blob_once_and_count_it_once(cache):
+    shas = [_cached(cache, seed) for seed in range(40)]
+    assert cache.used == 40 * 2 * BLOCK
+    cache.max_bytes = 0
+    barrier = threading.Barrier(4)
+    failures: list[BaseException] = []
+    freed: list[int] = []
+
+    def evict() -> None:
+        barrier.wait()
+        try:
+            freed.append(cache.evict())
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=evict) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not failures, failures
+    assert sum(freed) == 40 * 2 * BLOCK and cache.used == 0
+    assert not any(os.path.exists(cache.path(sha)) for sha in shas)
+
+
+def test_a_fetch_that_cannot_make_room_releases_its_blocks(cache, monkeypatch):
+    """A failure before the stream starts (making room on the disk, opening the stream)
+    leaves no block claimed, so the next reader fetches instead of waiting forever."""
+    data, sha = _blob(4 * BLOCK, 7)
+    blob = cache.acquire(sha, len(data))
+    try:
+        def no_room(nbytes: int) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(cache, "_reserve", no_room)
+        with pytest.raises(OSError):
+            cache.read(blob, 0, BLOCK, Source(data).fetch)
+        monkeypatch.undo()
+        assert not any(blob.inflight)
+        assert cache.read(blob, 0, BLOCK, Source(data).fetch) == data[:BLOCK]
+    finally:
+        cache.release(blob)
+
+
+def test_the_cache_leaves_its_floor_of_free_disk_space(cache, monkeypatch):
+    """Past ``min_free`` of free space on the disk, fetching a blob drops the least
+    recently used ones first, even under ``max_bytes``."""
+    first = _cached(cache, 1, blocks=4)
+    second = _cached(cache, 2, blocks=4)
+    def free_bytes() -> int:  # a disk of 14 blocks holding only the cache's files
+        return 14 * BLOCK - _disk_use(cache.root)
+
+    monkeypatch.setattr(cache, "free_bytes", free_bytes)
+    cache.min_free = 3 * BLOCK
+    _cached(cache, 3, blocks=2)  # 2 blocks more would leave 4 free: above the floor
+    assert os.path.exists(cache.path(first))
+    _cached(cache, 4, blocks=2)  # would leave 2: the oldest goes first
+    assert not os.path.exists(cache.path(first)) and os.path.exists(cache.path(second))
+
+
+
+def _disk_use(root: str) -> int:
+    """Bytes the files below ``root`` take on disk (holes of sparse files excluded)."""
+    return sum(os.stat(os.path.join(folder, name)).st_blocks * 512
+               for folder, _, names in os.walk(root) for name in names)
