@@ -7,7 +7,9 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import time
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 from fixtures import free_port
 from fixtures.dss_server import ADMIN, OTHER, USER, DSSServer
-from fixtures.hcafs_mount import Mount, needs_fuse, run_hcafs
+from fixtures.hcafs_mount import Mount, commit, needs_fuse, run_hcafs, wait_until
 from fixtures.publishing import publish
 
 from hcafs.remote.client import DSSClient
@@ -344,6 +346,42 @@ def test_embedded_default_mounts_a_working_filesystem(tmp_path):
         mount.refresh()
         assert (Path(mount.path) / "bundles" / fqid / "hello.txt").read_bytes() == b"hello\n"
     assert not os.path.ismount(mount.path)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(n) for n in (task / "children").read_text().split()]
+    return found
+
+
+def test_a_killed_embedded_server_is_started_again_at_the_same_url(tmp_path):
+    """The mount owns its embedded server: if it dies, the mount starts it again on the
+    same port and says so, and reads and writes go on (nothing needs a remount)."""
+    env = {"XDG_DATA_HOME": str(tmp_path / "data"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    with Mount(str(tmp_path), None, env=env, args=["--write-back-delay", "0.1"]) as mount:
+        bundles = Path(mount.path) / "bundles"
+        (bundles / "before").mkdir()
+        (bundles / "before" / "a.txt").write_bytes(b"before\n")
+        commit(mount, "before")
+        record = json.loads(next((tmp_path / "run" / "hcafs").glob("*.json")).read_text())
+        [server] = [pid for pid in _children(record["pid"])
+                    if b"serve" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        os.kill(server, signal.SIGKILL)
+        wait_until(lambda: "is back at" in mount.log(), what="the server to be started again")
+        log = mount.log()
+        assert f"the embedded server (pid {server}) exited (killed by SIGKILL)" in log
+        assert f"is back at {record['dss_url']}" in log  # the same URL as before
+        (bundles / "after").mkdir()
+        (bundles / "after" / "b.txt").write_bytes(b"after\n")
+        fqid = commit(mount, "after")
+        assert (bundles / fqid / "b.txt").read_bytes() == b"after\n"
+        mount.refresh()
+        assert (bundles / "before" / "a.txt").read_bytes() == b"before\n"
+        again = int(re.search(r"is back at \S+ \(pid (\d+)\)", log).group(1))
+    assert not os.path.ismount(mount.path)
+    for pid in (server, again):  # the unmount stopped the server it started again
+        assert not Path(f"/proc/{pid}").exists(), pid
 
 
 def test_admin_token_sees_only_its_own_collections(mount_world, tmp_path):

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import threading
 import time
+from urllib.parse import urlsplit
 
 from ..cache.blobcache import BlobCache
 from ..cache.cachedb import CacheDB
@@ -32,6 +33,7 @@ from ..readyfile import NotReady, start_server, stop
 from ..remote.bulk_import import BulkImportClient
 from ..remote.client import DSSClient, RetryPolicy
 from ..remote.s3 import S3
+from ..retry import BACKGROUND
 from ..sync.drs_queue import DrsQueue
 from ..sync.staging import LocalStager, S3Stager, Stager
 from ..sync.syncer import Syncer
@@ -52,6 +54,8 @@ READ_AHEAD_KB = 1024
 # Idle FUSE worker threads kept alive.  libfuse 3.14 otherwise ends and starts threads
 # under load (slow writes, and each new thread needs its own SQLite connection).
 MAX_IDLE_THREADS = 32
+WATCH_INTERVAL = 1.0  # seconds between checks that the embedded server still runs
+MAX_RESTART_DELAY = 30.0  # the longest wait between attempts to start it again
 
 
 def _widen_readahead(mountpoint: str) -> None:
@@ -72,7 +76,12 @@ def _widen_readahead(mountpoint: str) -> None:
 
 
 class EmbeddedServer:
-    """``hcafs serve`` on 127.0.0.1, owned by the mount daemon."""
+    """``hcafs serve`` on 127.0.0.1, owned by the mount daemon.
+
+    :meth:`watch` starts a thread that starts the server again, on the same port (so every
+    URL the mount holds stays good), whenever it exits before :meth:`stop`.  That thread and
+    :meth:`stop` are the only ones to change ``process``, under ``_lock``.
+    """
 
     def __init__(self, data_dir: str, args: list[str] | None = None):
         self.data_dir = data_dir
@@ -80,7 +89,11 @@ class EmbeddedServer:
         self.staging_root = os.path.join(data_dir, "staging")
         self.process: subprocess.Popen | None = None
         self.url = ""
+        self.port = 0
         self.tokens_file = os.path.join(data_dir, "tokens.json")
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     def start(self, timeout: float = 30.0) -> None:
         os.makedirs(self.staging_root, exist_ok=True)
@@ -88,18 +101,60 @@ class EmbeddedServer:
         log_path = os.path.join(self.data_dir, "server.log")
         try:
             self.process, info = start_server(
-                ["--host", "127.0.0.1", "--port", "0", "--data-dir", self.data_dir,
+                ["--host", "127.0.0.1", "--port", str(self.port), "--data-dir", self.data_dir,
                  "--staging-root", self.staging_root, *self.args], ready, log_path=log_path,
                 timeout=timeout, preexec_fn=_die_with_parent)
         except NotReady as exc:
             raise ConfigError(f"the embedded server did not start; see {log_path}") from exc
         self.url = info["url"]
+        self.port = urlsplit(self.url).port or 0
         os.unlink(ready)
 
+    def watch(self) -> None:
+        self._watcher = threading.Thread(target=self._watch, name="embedded-server",
+                                         daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(WATCH_INTERVAL):
+            process = self.process
+            if process is None or process.poll() is None:
+                continue
+            log.warning("the embedded server (pid %d) exited (%s); starting it again at %s",
+                        process.pid, _exit_reason(process.returncode), self.url)
+            attempt = 0
+            while not self._stopping.is_set():
+                with self._lock:
+                    if self._stopping.is_set():
+                        return
+                    try:
+                        self.start()
+                        log.info("the embedded server is back at %s (pid %d)", self.url,
+                                 self.process.pid)
+                        break
+                    except ConfigError as exc:
+                        attempt += 1
+                        delay = min(MAX_RESTART_DELAY, BACKGROUND.backoff(attempt))
+                        log.error("%s; trying again in %.0fs", exc, delay)
+                self._stopping.wait(delay)
+
     def stop(self) -> None:
-        if self.process is not None:
-            stop(self.process)
-        self.process = None
+        self._stopping.set()
+        with self._lock:
+            if self.process is not None:
+                stop(self.process)
+            self.process = None
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
 
 
 class Daemon:
@@ -261,6 +316,8 @@ class Daemon:
             threading.Thread(target=_widen_readahead, args=(config.mountpoint,),
                              name="readahead-kb", daemon=True).start()
             self.catalog.start()
+            if self.server is not None:
+                self.server.watch()
             if self.syncer is not None:
                 self.syncer.start()
             if self.drs_queue is not None:
