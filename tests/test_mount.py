@@ -20,6 +20,7 @@ import pytest
 from fixtures import free_port
 from fixtures.dss_server import ADMIN, OTHER, USER, DSSServer
 from fixtures.hcafs_mount import Mount, commit, needs_fuse, run_hcafs, wait_until
+from fixtures.mounts import unmount_leftovers
 from fixtures.publishing import publish
 
 from hcafs.remote.client import DSSClient
@@ -382,6 +383,39 @@ def test_a_killed_embedded_server_is_started_again_at_the_same_url(tmp_path):
     assert not os.path.ismount(mount.path)
     for pid in (server, again):  # the unmount stopped the server it started again
         assert not Path(f"/proc/{pid}").exists(), pid
+
+
+def test_a_dead_mount_is_named_as_such_and_umount_clears_it(tmp_path):
+    """After the daemon is killed, ``hcafs mount`` there says the mount is dead and what to
+    do (not "does not exist" or "busy"), ``hcafs umount`` really unmounts it (a stat of
+    it fails or is answered from the kernel's cache, so it looks unmounted), and the next
+    mount finds the file that was waiting to sync."""
+    env = {"XDG_DATA_HOME": str(tmp_path / "data"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    mount = Mount(str(tmp_path), None, env=env, args=["--write-back-delay", "3600"])
+    try:
+        with mount:
+            bundles = Path(mount.path) / "bundles"
+            (bundles / "kept").mkdir()
+            (bundles / "kept" / "a.txt").write_bytes(b"waiting\n")
+            os.listdir(mount.path)  # the kernel now holds the root's attributes
+            record = json.loads(next((tmp_path / "run" / "hcafs").glob("*.json")).read_text())
+            os.kill(record["pid"], signal.SIGKILL)
+            wait_until(lambda: not Path(f"/proc/{record['pid']}").exists(), timeout=10,
+                       what="the daemon to exit")
+            again = run_hcafs(*mount.command(), env=mount.env)
+            assert again.returncode != 0
+            assert f"{mount.path} holds a dead hcafs mount" in again.stderr, again.stderr
+            assert f"hcafs umount {mount.path}" in again.stderr
+            cleared = run_hcafs("umount", mount.path, env=mount.env)
+            assert cleared.returncode == 0, cleared.stderr
+            assert f"(pid {record['pid']}) is gone" in cleared.stderr
+            assert "leaving 1 files" in cleared.stderr
+            assert mount.path not in Path("/proc/self/mountinfo").read_text()
+        with Mount(str(tmp_path), None, env=env, args=["--write-back-delay", "0.1"]) as back:
+            fqid = commit(back, "kept")
+            assert (Path(back.path) / "bundles" / fqid / "a.txt").read_bytes() == b"waiting\n"
+    finally:
+        unmount_leftovers([mount.path])
 
 
 def test_admin_token_sees_only_its_own_collections(mount_world, tmp_path):

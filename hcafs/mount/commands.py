@@ -19,6 +19,7 @@ from ..cache.listing import listing_progress
 from ..config import runtime_dir
 from ..errors import Busy, NotFound, RemoteError, Unreachable, UsageError
 from ..processes import pid_alive
+from .launch import mounted_type
 from .records import MountRecord
 
 REFUSALS_SHOWN = 5
@@ -99,24 +100,31 @@ def umount(mountpoint: str, lazy: bool = False, timeout: float = 60.0, wait: boo
            wait_timeout: float | None = None) -> int:
     path = os.path.abspath(mountpoint)
     record = None
+    # The mount table, not a stat: a dead mount answers a stat with ENOTCONN (or from what
+    # the kernel cached), and it still has to be unmounted.
+    mounted = mounted_type(path) is not None
     try:
         record = MountRecord.load(path)
     except NotFound:
-        if not os.path.ismount(path):
+        if not mounted:
             raise
-    if record is not None and wait:
+    alive = record is not None and pid_alive(record.pid)
+    if record is not None and not alive:
+        print(f"the hcafs daemon of {path} (pid {record.pid}) is gone; unmounting what it "
+              "left", file=sys.stderr)
+    if alive and wait:
         _journal(record.cache_dir).sync_now()  # drain now, not after the write-back delay
-    if record is not None and wait and not drain(record, wait_timeout):
+    if alive and wait and not drain(record, wait_timeout):
         raise Busy(f"{path}: files are still waiting to sync (see `hcafs status {path}`); "
                    "unmount anyway with --no-wait, they resume at the next mount")
-    if record is not None and not wait:
+    if record is not None and (not wait or not alive):
         summary = _journal(record.cache_dir).summary()
         if summary["pending_files"] or summary["commits_pending"]:
             print(f"leaving {summary['pending_files']} files "
                   f"({_size(summary['pending_bytes'])}) and {summary['commits_pending']} "
                   f"commits queued in {record.cache_dir}; they resume at the next mount",
                   file=sys.stderr)
-    if os.path.ismount(path):
+    if mounted:
         command = ["fusermount3", "-u", *(["-z"] if lazy else []), path]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:

@@ -10,8 +10,10 @@ is mounted, or prints the daemon's reason for failing.
 from __future__ import annotations
 
 import ctypes.util
+import errno
 import logging
 import os
+import re
 import select
 import signal
 import stat
@@ -51,6 +53,16 @@ def check_fuse() -> None:
 
 def check_mountpoint(path: str) -> str:
     path = os.path.abspath(path)
+    # First, from the mount table: a stat of a dead FUSE mount fails (ENOTCONN), or is
+    # answered from what the kernel cached, so it tells neither "missing" nor "mounted".
+    fstype = mounted_type(path)
+    if fstype is not None:
+        if fstype == "fuse.hcafs" and _dead(path):
+            raise Busy(f"mountpoint {path} holds a dead hcafs mount (its daemon is gone); "
+                       f"run `hcafs umount {path}` (or `fusermount3 -u {path}`), then mount "
+                       "again: written files are kept in the cache dir and resume")
+        raise Busy(f"mountpoint {path} is busy: something is already mounted there "
+                   f"({fstype})")
     if not os.path.exists(path):
         raise NotFound(f"mountpoint {path} does not exist (mkdir -p {path})")
     if not os.path.isdir(path):
@@ -58,6 +70,36 @@ def check_mountpoint(path: str) -> str:
     if os.path.ismount(path):
         raise Busy(f"mountpoint {path} is busy: something is already mounted there")
     return path
+
+
+def mounted_type(path: str) -> str | None:
+    """The filesystem type mounted at ``path`` (``/proc/self/mountinfo``), or None."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as table:
+            lines = table.read().splitlines()
+    except OSError:
+        return None
+    found = None
+    for line in lines:  # the last mount at a point is the one on top
+        fields, _, rest = line.partition(" - ")
+        parts = fields.split()
+        if len(parts) >= 5 and _unescape(parts[4]) == path and rest.split():
+            found = rest.split()[0]
+    return found
+
+
+def _unescape(field: str) -> str:
+    """Mount table fields write space, tab, newline and backslash as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _dead(path: str) -> bool:
+    """A FUSE mount whose daemon is gone answers every request with ENOTCONN."""
+    try:
+        os.listdir(path)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
 
 
 def check_private_dirs(config: MountConfig) -> None:
