@@ -358,6 +358,8 @@ def test_a_commit_held_by_a_file_open_for_writing_says_so_once_and_is_sent_at_cl
             wait_until(lambda: "commit of held waits: open.txt is open for writing"
                        in mount.log(), what="the explained wait")
             time.sleep(2)  # several sync passes go by while it waits
+            status = json.loads(os.getxattr(bundle, "user.hcafs.status"))
+            assert status["open_for_writing"] == ["open.txt"]  # what `hcafs commit` shows
             handle.write(b"part two\n")
         wait_until(lambda: "committed held as" in mount.log(), what="the commit")
         assert mount.log().count("commit of held waits") == 1

@@ -503,6 +503,12 @@ class PendingBundles:
         the data file open as ``fd`` (see ``written.py``); None: compute them afresh."""
         return self.written.checksums(file_id, fd)
 
+    def open_for_writing(self, name: str) -> list[str]:
+        """The paths of bundle ``name`` that are open for writing now."""
+        with self._lock:
+            writers = set(self._writers)
+        return [row.path for row in self.journal.files(name) if row.id in writers]
+
     def is_open_for_write(self, file_id: int) -> bool:
         with self._lock:
             return file_id in self._writers

@@ -295,6 +295,7 @@ class Tree:
                     "user.hca.name": node.value["name"]}
         if node.kind == "pending":
             summary = self.pending.journal.bundle_summary(node.name)
+            summary["open_for_writing"] = self.pending.open_for_writing(node.name)
             values = {"user.hca.uuid": node.value.uuid, "user.hcafs.state": node.value.state,
                       "user.hcafs.status": json.dumps(summary)}
             if node.value.error:

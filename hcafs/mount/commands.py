@@ -200,6 +200,10 @@ def commit(path: str, timeout: float | None) -> int:
                               "kept; fix the cause and commit again)")
         line = (f"committing: {summary['waiting_files']} files "
                 f"({_size(summary['waiting_bytes'])}) still to sync")
+        held = summary.get("open_for_writing") or []
+        if held:
+            line += (f"; waiting for {held[0]}" + (f" and {len(held) - 1} more" if len(held) > 1
+                                                   else "") + " to be closed")
         problems = summary.get("file_errors") or ([summary["error"]] if summary.get("error")
                                                   else [])
         if problems:

@@ -305,8 +305,7 @@ class Syncer:
         """Say once per wait why a requested commit is not sent yet."""
         if name in self._held_open:
             return
-        open_ = [row.path for row in self.journal.files(name)
-                 if self.pending.is_open_for_write(row.id)]
+        open_ = self.pending.open_for_writing(name)
         if not open_:  # closed since the seal was refused: the next pass sends it
             return
         self._held_open.add(name)
