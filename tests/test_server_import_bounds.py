@@ -80,6 +80,30 @@ def _bundle(hostile: HostileDrs, object_id: str, members: list[str]) -> dict:
                          for n, m in enumerate(members)]}
 
 
+def test_an_object_answer_nested_too_deep_or_not_text_fails_its_item(tmp_path, hostile):
+    """A DRS server's answer nested 100,000 levels deep (the JSON parser ran out of stack)
+    or naming the object with a lone surrogate (no file name can hold it) is an error
+    result of its item; the job finishes, and nothing crashed in the importer."""
+    deep = b'{"a": ' * 100_000 + b"1" + b"}" * 100_000
+    hostile.routes["/ga4gh/drs/v1/objects/deep"] = (200, {"Content-Type":
+                                                          "application/json"}, deep)
+    hostile.blob_object("odd", hostile.url("/data/odd"))
+    status, headers, body = hostile.routes["/ga4gh/drs/v1/objects/odd"]
+    hostile.routes["/ga4gh/drs/v1/objects/odd"] = (
+        status, headers, body[:-1] + b', "name": "odd\\udcff.txt"}')
+    importer = start_importer(tmp_path, "importer", hostile.host)
+    try:
+        job = run_import(importer, [{"drs_uri": hostile.uri(name), "project": "user/hostile"}
+                                    for name in ("deep", "odd")])
+        errors = [entry.get("error") for entry in job["result"]]
+        assert [(e["status"], e["code"]) for e in errors] == [(502, 5103)] * 2, job
+        assert "nests more than" in errors[0]["message"]
+        assert "lone surrogate" in errors[1]["message"]
+        assert "crashed" not in importer.log()
+    finally:
+        importer.stop()
+
+
 def test_a_bundle_that_contains_itself_is_refused_after_two_reads(tmp_path, hostile):
     """Two members per level, both the bundle again under other ids: once 511 reads and
     256 results; now the item fails when the first member turns out to be the bundle."""

@@ -43,7 +43,7 @@ from werkzeug.wrappers import Request, Response
 from ..config import DEFAULT_MAX_JSON_BODY
 from ..errors import HcafsError, Problem, bad_request
 from ..versions import now_version
-from . import metrics, spec
+from . import documents, metrics, spec
 from .auth import Identity, Tokens, require_admin
 from .drs import API_PATH as DRS_PATH
 from .drs import Base, DrsObjects
@@ -207,14 +207,11 @@ class App:
         if not raw.strip():
             return {}
         try:
-            body = json.loads(raw, parse_constant=_no_constant)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise bad_request("the request body is not valid JSON") from exc
-        except RecursionError as exc:
-            raise bad_request("the request body nests too deeply") from exc
+            body = documents.load(raw)
+        except documents.BadDocument as exc:
+            raise bad_request(f"the request body is refused: {exc}") from None
         if not isinstance(body, dict):
             raise bad_request("the request body must be a JSON object")
-        _check_document(body)
         return body
 
     @staticmethod
@@ -607,48 +604,9 @@ def _buffer_body(environ: dict, limit: int) -> None:
 
 def _json_or_none(request: Request) -> object:
     try:
-        document = json.loads(request.get_data(cache=True) or b"null",
-                              parse_constant=_no_constant)
-        _check_document(document)
-        return document
-    except (ValueError, UnicodeDecodeError, RecursionError, Problem):
+        return documents.load(request.get_data(cache=True) or b"null")
+    except documents.BadDocument:
         return None
-
-
-MAX_NESTING = 64  # objects and arrays one inside another, in a request body
-
-
-def _no_constant(name: str) -> object:
-    raise ValueError(f"{name} is not a JSON value")
-
-
-def _check_document(document: object) -> None:
-    """Refuse (400) a body nested deeper than :data:`MAX_NESTING`, which could not be
-    stored and served back, and text with a lone surrogate (an escape such as ``\\udcff``
-    that is no character), which cannot be written as UTF-8."""
-    stack = [(document, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, str):
-            _check_text(value)
-        elif isinstance(value, (dict, list)):
-            if depth > MAX_NESTING:
-                raise bad_request(f"the request body nests more than {MAX_NESTING} levels "
-                                  "deep")
-            if isinstance(value, dict):
-                for key, inner in value.items():
-                    _check_text(key)
-                    stack.append((inner, depth + 1))
-            else:
-                stack.extend((inner, depth + 1) for inner in value)
-
-
-def _check_text(text: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise bad_request("the request body holds a lone surrogate escape (\\ud800 to "
-                          "\\udfff on its own), which is not text") from None
 
 
 def _disposition(request: Request) -> str:

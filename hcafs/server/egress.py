@@ -36,7 +36,6 @@ Threading: :class:`Egress` is safe to share; every fetch opens its own connectio
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import socket
 import time
@@ -51,6 +50,7 @@ from urllib3.exceptions import HTTPError, SSLError
 
 from .. import __version__
 from ..errors import HcafsError
+from . import documents
 
 MAX_REDIRECTS = 5
 CHUNK = 64 * 1024
@@ -313,9 +313,9 @@ class Answer:
     def json(self, cap: int = JSON_CAP) -> object:
         body = b"".join(self.chunks(cap, time.monotonic() + JSON_DEADLINE))
         try:
-            return json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise EgressError("unavailable", "the answer is not JSON") from exc
+            return documents.load(body)
+        except documents.BadDocument as exc:
+            raise EgressError("unavailable", f"the answer is refused: {exc}") from None
 
 
 class Egress:

@@ -54,7 +54,11 @@ def name_error(name: object) -> str | None:
     for part in name.split("/"):
         if part in ("", ".", ".."):
             return f"{name!r}: empty, '.' and '..' are not names"
-        if len(part.encode()) > MAX_NAME:
+        try:
+            encoded = part.encode()
+        except UnicodeEncodeError:
+            return f"{name!r}: a name must be text (it holds a lone surrogate)"
+        if len(encoded) > MAX_NAME:
             return f"{name!r}: a name is at most {MAX_NAME} bytes"
         if any(ord(c) < 32 or ord(c) == 127 for c in part):
             return f"{name!r}: control characters are not allowed"

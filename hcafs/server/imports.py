@@ -119,6 +119,7 @@ SUBMITTED, RESOLVING, RUNNING, FINISHED = "SUBMITTED", "RESOLVING", "RUNNING", "
 WORKERS = 16  # engine threads (they mostly wait: FETCHERS bounds the fetches)
 PER_OWNER = 8  # engine threads one owner's jobs may hold at once
 STORE_RETRY = 10.0
+MAX_CRASH_RETRY = 3600.0  # the longest wait before a job that crashed is tried again
 FETCHERS = 16  # fetches in flight, all jobs together (the reader bounds each host)
 RESOLVERS = 8  # GET /objects/{id} in flight for one job, where bulk is not offered
 BATCH = 100  # units admitted, given access URLs and fetched together
@@ -335,6 +336,8 @@ class Importer:
         self.leases = leases
         self._held: dict[str, Lease] = {}  # job id → this process's lease on it
         self._current: set[str] = set()  # jobs whose every stored file is in the job
+        self._crashes: dict[str, int] = {}  # job id -> crashes in a row (under _crash_lock)
+        self._crash_lock = threading.Lock()
         self.reader = reader
         self.limits = limits
         self.spool_dir = spool_dir
@@ -742,9 +745,18 @@ class Importer:
                 self._current.discard(job_id)
                 again = time.time() + STORE_RETRY
             except Exception:
-                log.exception("DRS import %s crashed; retrying in %.0fs", job_id, STORE_RETRY)
+                # A bug, not the store: each try is logged with its traceback, and the
+                # tries back off (to at most an hour) instead of repeating every 10 s.
+                with self._crash_lock:
+                    crashes = self._crashes[job_id] = self._crashes.get(job_id, 0) + 1
+                delay = min(MAX_CRASH_RETRY, STORE_RETRY * 2 ** (crashes - 1))
+                log.exception("DRS import %s crashed (%d times in a row); retrying in %.0fs",
+                              job_id, crashes, delay)
                 self._current.discard(job_id)
-                again = time.time() + STORE_RETRY
+                again = time.time() + delay
+            else:
+                with self._crash_lock:
+                    self._crashes.pop(job_id, None)
             finally:
                 self._due.done(job_id, owner)
                 metrics.imports_in_flight(-1)
