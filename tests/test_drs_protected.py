@@ -307,6 +307,33 @@ def test_a_signed_url_with_an_absurd_expiry_is_refused_not_a_crash():
     from hcafs.errors import Problem
     from hcafs.server.passports import UrlSigner
 
-    with pytest.raises(Problem) as refused:
-        UrlSigner(60).check("a" * 64, "9" * 5000, "ab")
-    assert refused.value.status == 403
+    for expires in ("9" * 5000, "\u00b2", "\u0661\u0662"):  # '²' and Arabic digits: isdigit()
+        with pytest.raises(Problem) as refused:
+            UrlSigner(60).check("a" * 64, expires, "ab")
+        assert refused.value.status == 403, expires
+
+
+def test_signed_urls_of_every_worker_end_when_the_tokens_file_changes(tmp_path):
+    """The access URLs' key comes from the tokens file as it is now: URLs signed by one
+    worker are good at the others, and a token revoked in the file voids every URL handed
+    out before, in every worker, without a restart."""
+    repo = start_repo(tmp_path / "repo", ("--drs-auth", "bearer", "--workers", "2"))
+    try:
+        fqid = repo.put_file(b"protected\n")
+        url = f"{repo.server.url}/ga4gh/drs/v1/objects/{fqid}/access/https"
+        signed = requests.get(url, headers={"Authorization": f"Bearer {USER}"},
+                              timeout=30).json()["url"]
+        for _ in range(8):  # new connections, so both workers answer some
+            assert requests.get(signed, timeout=30).content == b"protected\n"
+        tokens = json.loads(Path(repo.server.tokens_file).read_text())
+        del tokens[OTHER]  # revoke a token
+        Path(repo.server.tokens_file).write_text(json.dumps(tokens))
+        for _ in range(8):
+            answer = requests.get(signed, timeout=30)
+            assert answer.status_code == 403, answer.text
+        fresh = requests.get(url, headers={"Authorization": f"Bearer {USER}"},
+                             timeout=30).json()["url"]
+        for _ in range(8):
+            assert requests.get(fresh, timeout=30).content == b"protected\n"
+    finally:
+        repo.server.stop()

@@ -376,3 +376,56 @@ def test_the_hca_cli_downloads_a_bundle_over_https(serve, hca_cli, tmp_path):
     cli.run("dss", "download", "--bundle-uuid", bundle_uuid, "--replica", "aws",
             "--download-dir", str(tmp_path / "dl"))
     assert (tmp_path / "dl" / f"{bundle_uuid}.{version}" / "reads.bin").read_bytes() == data
+
+
+def test_hostile_paths_hosts_and_ranges_get_clean_answers(serve, tmp_path):
+    """A decoded newline in a path cannot forge an access-log line; a Host header that is
+    no host is a 400 (answers build URLs from it); a suffix range longer than the blob is
+    the whole blob (RFC 9110); file:// sources that are a directory, have a name past 255
+    bytes or a NUL are 4xx, not 500."""
+    staging = tmp_path / "staging"
+    (staging / "dir").mkdir(parents=True)
+    (staging / "six.txt").write_bytes(b"sixsix")
+    server = serve("hostile", "--staging-root", str(staging))
+    forged = "2026-01-01 00:00:00,000 INFO hcafs.server.access: DELETE /v1/bundles/x 200"
+    requests.get(f"{server.url}/v1/files/x%0a{forged.replace(' ', '%20')}", timeout=30)
+    assert not any(line.startswith("2026-01-01") for line in server.log().splitlines())
+    assert "/v1/files/x\\n2026-01-01" in server.log()  # logged, escaped
+
+    for host in ("a b", "user@evil.example", "\xff", "", "x:99999999"):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as conn:
+            conn.sendall(b"GET /v1/files/4b9b8c36-7d6b-4a8f-9d35-6d9c0b3d4e1a HTTP/1.1\r\n"
+                         b"Host: " + host.encode("latin-1") + b"\r\nConnection: close\r\n\r\n")
+            head = conn.recv(4096).split(b"\r\n", 1)[0]
+        assert head.startswith(b"HTTP/1.1 400"), (host, head)
+
+    uuid, version = "4b9b8c36-7d6b-4a8f-9d35-6d9c0b3d4e1c", "2026-01-01T000000.000000Z"
+    made = server.call("PUT", f"/files/{uuid}", USER, params={"version": version},
+                       json={"source_url": f"file://{staging}/six.txt", "creator_uid": 0})
+    assert made.status_code == 201, made.text
+    blob = requests.get(f"{server.url}/v1/files/{uuid}", params={"replica": "aws"},
+                        allow_redirects=False, timeout=30).headers["Location"]
+    for wanted, status, body in (("bytes=-100", 206, b"sixsix"), ("bytes=-2", 206, b"ix"),
+                                 ("bytes=4-100", 206, b"ix"), ("bytes=6-", 416, b"")):
+        answer = requests.get(blob, headers={"Range": wanted}, timeout=30)
+        assert (answer.status_code, answer.content) == (status, body), wanted
+
+    for n, source in enumerate([f"file://{staging}/dir", f"file://{staging}/{'x' * 300}",
+                                f"file://{staging}/{'y' * 300}/a", f"file://{staging}/a\u0000b"]):
+        answer = server.call("PUT", f"/files/4b9b8c36-7d6b-4a8f-9d35-6d9c0b3d4e2{n}", USER,
+                             params={"version": version},
+                             json={"source_url": source, "creator_uid": 0})
+        assert answer.status_code in (400, 404), (source, answer.text)
+
+
+def test_a_drs_id_with_dot_segments_is_malformed():
+    """``drs://host/../../x`` would make the server fetch a path outside the DRS API."""
+    from hcafs.server.drs import DrsError, Resolver
+
+    for uri in ("drs://host.example/../../admin", "drs://host.example/a/./b",
+                "drs://host.example/%2e%2e/x", "drs://host.example/a/.."):
+        with pytest.raises(DrsError) as refused:
+            Resolver().object_url(uri)
+        assert refused.value.kind == "malformed", uri
+    assert Resolver().object_url("drs://host.example/a.b/c..d") == \
+        "https://host.example/ga4gh/drs/v1/objects/a.b/c..d"

@@ -57,7 +57,7 @@ from .dss import DSS
 from .egress import Egress, EgressPolicy
 from .imports import WAITERS, Importer, ImportLimits
 from .leases import Leases
-from .passports import DrsGuard, PassportCheck, signing_key
+from .passports import DrsGuard, PassportCheck
 from .store import LocalStore, S3Store, Store
 
 log = logging.getLogger("hcafs.server")
@@ -184,8 +184,7 @@ def build_app(config: ServeConfig) -> tuple[App, Engines]:
     dss = DSS(store, copier)
     passports = PassportCheck(config.drs_passport_jwks, config.drs_passport_issuer) \
         if config.drs_auth == "passport" else None
-    key = signing_key(config.resolved_tokens_file) if config.drs_auth != "none" else None
-    guard = DrsGuard(config.drs_auth, tokens, passports, config.drs_access_ttl, key)
+    guard = DrsGuard(config.drs_auth, tokens, passports, config.drs_access_ttl)
     app = App(dss, tokens, importer,
               DrsObjects(dss, config.drs_max_bulk, config.drs_bulk, guard),
               max_json_body=config.max_json_body,

@@ -56,6 +56,11 @@ access_log = logging.getLogger("hcafs.server.access")
 
 _BLOB_RE = re.compile(r"^[0-9a-f]{64}\.[0-9a-f]{40}\.[0-9a-f]{32}(-\d+)?\.[0-9a-f]{8}\Z")
 RETRY_AFTER = "10"
+# Host names (labels of letters, digits, '-' and the '_' that container names use), IPv4
+# addresses, or IPv6 ones in brackets; and a port.
+_HOST_RE = re.compile(r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+                      r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?"
+                      r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?\Z")
 # Query parameters whose values grant access (a signed blob URL's signature, an S3
 # presigned URL's, a token some clients send in the query): the access log writes the name
 # only.
@@ -141,6 +146,7 @@ class App:
         started = time.monotonic()
         request = Request(environ)
         try:
+            _check_host(environ)
             _buffer_body(environ, _IGNORED_BODY if request.method in _NO_BODY_METHODS
                          else self.max_json_body)
             response = self.dispatch(request)
@@ -151,7 +157,7 @@ class App:
         if response.status_code >= 500:
             response.headers.setdefault("Retry-After", RETRY_AFTER)
         elapsed = time.monotonic() - started
-        access_log.info("%s %s %d %.3fs", request.method, _loggable(request),
+        access_log.info("%s %s %d %.3fs", _printable(request.method), _loggable(request),
                         response.status_code, elapsed)
         metrics.request(environ.get(ROUTE, "unmatched"), request.method,
                         response.status_code, elapsed)
@@ -328,7 +334,7 @@ class App:
         start, stop, status = 0, size, 200
         if request.range is not None and request.range.units == "bytes" and \
                 len(request.range.ranges) == 1:
-            span = request.range.range_for_length(size)
+            span = _byte_span(request.range.ranges[0], size)
             if span is None:
                 headers["Content-Range"] = f"bytes */{size}"
                 return Response(b"", 416, headers, content_type="text/plain")
@@ -545,7 +551,7 @@ def _internal_error(request: Request, exc: Exception) -> Response:
     """A 500 that names an error id; the traceback goes to the log under that id only."""
     error_id = secrets.token_hex(6)
     log.error("error %s: unhandled %s in %s %s", error_id, type(exc).__name__,
-              request.method, request.path, exc_info=exc)
+              _printable(request.method), _printable(request.path), exc_info=exc)
     body = {"status": 500, "code": "unhandled_exception", "error_id": error_id,
             "title": f"internal error {error_id}; the server log has the details",
             "stacktrace": ""}
@@ -562,11 +568,40 @@ def _too_large(limit: int) -> Problem:
 def _loggable(request: Request) -> str:
     """The request's path and query for the access log, with the value of every
     :data:`_SECRET_PARAMS` parameter replaced by ``REDACTED``."""
+    path = _printable(request.path)
     if not request.args:
-        return request.path
+        return path
     pairs = [(name, "REDACTED" if name.lower() in _SECRET_PARAMS else value)
              for name, value in request.args.items(multi=True)]
-    return f"{request.path}?{urlencode(pairs)}"
+    return f"{path}?{urlencode(pairs)}"
+
+
+def _check_host(environ: dict) -> None:
+    """Refuse (400) a ``Host`` header that is no host: answers build URLs (``Location``,
+    ``Link``, DRS access URLs) from it."""
+    host = environ.get("HTTP_HOST")
+    if host is not None and not _HOST_RE.match(host):
+        raise bad_request("the Host header is not a host name or address (with a port)")
+
+
+def _byte_span(wanted: tuple[int, int | None], size: int) -> tuple[int, int] | None:
+    """The ``[start, stop)`` of ``size`` bytes that one parsed range asks for, or None if
+    it asks for none of them (RFC 9110: a suffix longer than the blob is the whole blob,
+    an end past it is the end)."""
+    first, stop = wanted
+    if first < 0:  # the last -first bytes
+        first, stop = max(0, size + first), size
+    else:
+        stop = size if stop is None else min(stop, size)
+    return (first, stop) if first < stop else None
+
+
+def _printable(text: str) -> str:
+    """``text`` for one log line: control characters (a decoded ``%0a`` could start a
+    forged line) and backslashes written as escapes."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    return text.encode("unicode_escape").decode("ascii")
 
 
 def _buffer_body(environ: dict, limit: int) -> None:

@@ -8,6 +8,8 @@ in any error message.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -51,6 +53,7 @@ class Tokens:
         self._lock = threading.Lock()
         self._mtime: float | None = None
         self._table: dict[str, Identity] = {}
+        self._raw = b""  # the file as last loaded (keys are derived from it)
         self._load()
 
     def _load(self) -> None:
@@ -58,8 +61,9 @@ class Tokens:
             mtime = os.stat(self.path).st_mtime
             if mtime == self._mtime:
                 return
-            with open(self.path) as handle:
-                raw = json.load(handle)
+            with open(self.path, "rb") as handle:
+                data = handle.read()
+            raw = json.loads(data)
         except FileNotFoundError as exc:
             raise ConfigError(f"tokens file {self.path} does not exist") from exc
         except (OSError, ValueError) as exc:
@@ -72,7 +76,23 @@ class Tokens:
                 raise ConfigError(f"tokens file {self.path}: every entry needs an email")
             table[token] = Identity(entry["email"], tuple(entry.get("groups", [])),
                                     bool(entry.get("admin", False)))
-        self._table, self._mtime = table, mtime
+        self._table, self._mtime, self._raw = table, mtime, data
+
+    def _current(self) -> None:
+        """Load the file again if it changed (under ``_lock``); a bad new file is logged
+        and the one loaded before stays in force."""
+        try:
+            self._load()
+        except ConfigError as exc:
+            log.error("%s; keeping the tokens loaded before", exc)
+
+    def derive(self, label: bytes) -> bytes:
+        """A key for ``label`` derived from the tokens file as it is now: the same in every
+        process that reads the file, different once it changes, and nothing a holder of
+        any one token could compute."""
+        with self._lock:
+            self._current()
+            return hmac.new(self._raw, label, hashlib.sha256).digest()
 
     def identify(self, authorization: str | None) -> Identity:
         """The identity behind an ``Authorization: Bearer`` header, or a 401 Problem."""
@@ -85,10 +105,7 @@ class Tokens:
 
     def lookup(self, token: str) -> Identity:
         with self._lock:
-            try:
-                self._load()
-            except ConfigError as exc:
-                log.error("%s; keeping the tokens loaded before", exc)
+            self._current()
             identity = self._table.get(token)
         if identity is None:
             raise Problem(401, "Unauthorized", "Authorization token is invalid")

@@ -156,6 +156,10 @@ class Copier:
         # Lexical: no link is followed here, nor when the file is opened (_open_source),
         # so a name swapped for a link between a check and a use cannot lead outside.
         path = os.path.normpath("/" + url[len("file://"):].lstrip("/"))
+        if "\0" in path:
+            raise bad_request(f"file:// source {url!r} holds a NUL character")
+        if any(len(os.fsencode(name)) > 255 for name in path.split("/")):
+            raise bad_request(f"file:// source {url!r} has a name longer than 255 bytes")
         if path == self.staging_root or \
                 os.path.commonpath([path, self.staging_root]) != self.staging_root:
             raise bad_request(f"file:// source {url!r} is outside the server's staging root")
@@ -177,6 +181,8 @@ class Copier:
             except _Link as exc:
                 raise bad_request(f"file:// source {url!r} goes through a symbolic link") \
                     from exc
+            except IsADirectoryError as exc:
+                raise Problem(404, "not_found", f"source file {url} is not a file") from exc
             except FileNotFoundError as exc:
                 if attempt + 1 == _INSPECT_ATTEMPTS:
                     moved = self._moved(path)

@@ -322,6 +322,9 @@ class Resolver:
         if match and not (match["port"] is None and match["host"].lower() in self.table):
             if match["port"] and not 0 < int(match["port"]) < 65536:
                 raise DrsError("malformed", f"{uri!r} has no valid port")
+            if any(part in (".", "..") for part in unquote(match["id"]).split("/")):
+                # the id stays inside the objects path of the DRS API it names
+                raise DrsError("malformed", f"{uri!r}: '.' and '..' are not parts of an id")
             netloc = match["host"] + (f":{match['port']}" if match["port"] else "")
             return f"https://{netloc}{API_PATH}/objects/{quote(match['id'], safe=_SAFE_ID)}"
         if match:

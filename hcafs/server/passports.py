@@ -7,11 +7,11 @@
   (``--drs-passport-jwks``), ``iss`` equal to ``--drs-passport-issuer``, with a valid
   ``exp`` (and ``nbf``/``iat`` if present).  The visas inside are not examined.
 * Protected access URLs are signed (HMAC-SHA256 over the blob key and the expiry, with a
-  key derived from the tokens file, :func:`signing_key`) and expire ``--drs-access-ttl``
-  seconds after they were handed out; an expired or altered one gives 403.  Every worker
-  and every server that reads the same tokens file accepts the URLs any of them signed;
-  a new tokens file invalidates the URLs handed out before it, which only costs a
-  re-resolve.
+  key derived from the tokens file as it is at each use, :meth:`~.auth.Tokens.derive`) and
+  expire ``--drs-access-ttl`` seconds after they were handed out; an expired or altered
+  one gives 403.  Every worker and every server that reads the same tokens file accepts
+  the URLs any of them signed; a change to the tokens file (a token revoked) invalidates
+  the URLs handed out before it, in every process at once, which only costs a re-resolve.
 
 Neither a token nor a passport is logged or repeated in an error.
 
@@ -25,6 +25,7 @@ import hmac
 import json
 import secrets
 import time
+from collections.abc import Callable
 from urllib.parse import urlencode
 
 import jwt
@@ -76,30 +77,28 @@ class PassportCheck:
         return False
 
 
-def signing_key(tokens_file: str) -> bytes:
-    """The access URLs' key: the same in every process that reads this tokens file, and
-    nothing a holder of any one token could compute."""
-    with open(tokens_file, "rb") as handle:
-        secret = handle.read()
-    return hmac.new(secret, b"hcafs drs access urls", hashlib.sha256).digest()
+URL_KEY_LABEL = b"hcafs drs access urls"  # what the access URLs' key is derived for
 
 
 class UrlSigner:
     """Signed, expiring blob URLs."""
 
-    def __init__(self, ttl: float, key: bytes | None = None):
+    def __init__(self, ttl: float, key: Callable[[], bytes] | None = None):
         self.ttl = ttl
-        self._key = key or secrets.token_bytes(32)
+        fixed = secrets.token_bytes(32)
+        self._key = key or (lambda: fixed)  # asked at each use: the key may change
 
     def _mac(self, blob: str, expires: int) -> str:
-        return hmac.new(self._key, f"{blob}\n{expires}".encode(), hashlib.sha256).hexdigest()
+        return hmac.new(self._key(), f"{blob}\n{expires}".encode(),
+                        hashlib.sha256).hexdigest()
 
     def query(self, blob: str) -> str:
         expires = int(time.time() + self.ttl + 0.999)
         return urlencode({"expires": expires, "signature": self._mac(blob, expires)})
 
     def check(self, blob: str, expires: str | None, signature: str | None) -> None:
-        if not expires or not expires.isdigit() or len(expires) > 20 or not signature or \
+        if not expires or not (expires.isascii() and expires.isdigit()) or \
+                len(expires) > 20 or not signature or \
                 not hmac.compare_digest(self._mac(blob, int(expires)), signature):
             raise _denied(403, "the access URL is not valid")
         if int(expires) < time.time():
@@ -110,8 +109,7 @@ class DrsGuard:
     """Who may read this server's DRS objects (``mode`` one of :data:`AUTH_MODES`)."""
 
     def __init__(self, mode: str = "none", tokens: Tokens | None = None,
-                 passports: PassportCheck | None = None, ttl: float = 900.0,
-                 key: bytes | None = None):
+                 passports: PassportCheck | None = None, ttl: float = 900.0):
         if mode not in AUTH_MODES:
             raise ConfigError(f"--drs-auth takes bearer or passport, not {mode!r}")
         if mode == "passport" and passports is None:
@@ -122,6 +120,9 @@ class DrsGuard:
         self.mode = mode
         self.tokens = tokens
         self.passports = passports
+        # Signed with a key derived from the tokens file as it is at each use, so every
+        # worker and server on the same file agrees, and a new file voids earlier URLs.
+        key = (lambda: tokens.derive(URL_KEY_LABEL)) if tokens is not None else None
         self.signer = UrlSigner(ttl, key) if mode != "none" else None
 
     @property
