@@ -6,13 +6,13 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from fixtures.dss_server import USER
 from fixtures.hcafs_mount import Mount, commit, needs_fuse, run_hcafs
+from fixtures.small_disk import small_disk
 
 MiB = 1024 * 1024
 pytestmark = needs_fuse
@@ -79,13 +79,7 @@ def test_cached_content_gives_way_to_written_files_and_keeps_its_floor(tmp_path)
     """On a small cache disk full of cached (committed) content, a write into a pending
     bundle still fits: the content cache drops least recently used blobs for it.  Reads
     refill the cache but leave --cache-min-free free on the disk."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a tmpfs")
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(small)],
-                   check=True)
-    try:
+    with small_disk(tmp_path / "small", "48m") as small:
         env = {"XDG_DATA_HOME": str(tmp_path / "data"), "XDG_CACHE_HOME": str(tmp_path / "x")}
         mount = Mount(str(tmp_path), None, env=env)
         mount.args = ["--cache-dir", str(small / "cache"), "--log-file", mount.log_file,
@@ -110,8 +104,6 @@ def test_cached_content_gives_way_to_written_files_and_keeps_its_floor(tmp_path)
                 assert (bundles / name / f"{name}.bin").read_bytes() == kept[name]
                 assert _free(small) >= floor - MiB, name
             commit(mount, "new")
-    finally:
-        subprocess.run(["umount", "-l", str(small)], check=False)
 
 
 def _free(path: Path) -> int:
@@ -120,13 +112,7 @@ def _free(path: Path) -> int:
 
 
 def test_a_full_cache_disk_is_explained_once(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a tmpfs")
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(small)],
-                   check=True)
-    try:
+    with small_disk(tmp_path / "small", "24m") as small:
         env = {"XDG_DATA_HOME": str(tmp_path / "data"), "XDG_CACHE_HOME": str(tmp_path / "x")}
         mount = Mount(str(tmp_path), None, env=env)
         # the cache on the small disk; the log where the fixture reads it (not on the disk)
@@ -148,5 +134,3 @@ def test_a_full_cache_disk_is_explained_once(tmp_path):
                                           env=mount.env).stdout)
             assert [r["errno"] for r in report["refusals"]] == ["ENOSPC"]
             (pending / "huge.bin").unlink()
-    finally:
-        subprocess.run(["umount", "-l", str(small)], check=False)

@@ -27,6 +27,7 @@ import pytest
 from fixtures.dss_server import ADMIN, USER, DSSServer
 from fixtures.faults import Fault, FaultyHttpProxy, TcpGate
 from fixtures.hcafs_mount import Mount, commit, needs_fuse, run_hcafs, wait_until
+from fixtures.small_disk import small_disk
 
 from hcafs.remote.client import DSSClient
 from hcafs.versions import now_version
@@ -412,13 +413,7 @@ def test_server_faults_delay_but_never_drop(rig, tmp_path):
 
 
 def test_full_cache_disk_gives_enospc_and_keeps_earlier_files(rig, tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a tmpfs")
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(small)],
-                   check=True)
-    try:
+    with small_disk(tmp_path / "small", "24m") as small:
         mount = Mount(str(tmp_path / "m"), rig.proxy.url, token=ADMIN, env=rig.env, args=[
             "--staging", f"s3://{rig.bucket}/staged", "--write-back-delay", "0.2",
             "--cache-dir", str(small / "cache"), "--log-file", str(tmp_path / "log")])
@@ -437,8 +432,6 @@ def test_full_cache_disk_gives_enospc_and_keeps_earlier_files(rig, tmp_path):
             (pending / "huge.bin").unlink()
             fqid = commit(mount, "tight")
         assert_bundle(rig.client(), fqid, {"early.bin": early})
-    finally:
-        subprocess.run(["umount", "-l", str(small)], check=False)
 
 
 # ---------------------------------------------------------------- crashes
