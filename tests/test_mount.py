@@ -402,6 +402,9 @@ def test_a_dead_mount_is_named_as_such_and_umount_clears_it(tmp_path):
             os.kill(record["pid"], signal.SIGKILL)
             wait_until(lambda: not Path(f"/proc/{record['pid']}").exists(), timeout=10,
                        what="the daemon to exit")
+            status = run_hcafs("status", mount.path, env=mount.env)
+            assert "NOT RUNNING" in status.stdout
+            assert f"the daemon is gone: `hcafs umount {mount.path}`" in status.stdout
             again = run_hcafs(*mount.command(), env=mount.env)
             assert again.returncode != 0
             assert f"{mount.path} holds a dead hcafs mount" in again.stderr, again.stderr

@@ -261,6 +261,9 @@ def _render(report: dict) -> str:
     lines = [f"{report['mountpoint']}  ({report['server']}, "
              f"{'running' if report['running'] else 'NOT RUNNING'})",
              f"  pending: {report['pending_files']} files, {_size(report['pending_bytes'])}"]
+    if not report["running"]:
+        lines.append(f"  the daemon is gone: `hcafs umount {report['mountpoint']}`, then mount "
+                     "again; what is pending resumes")
     listing = report.get("listing")
     if listing:
         so_far = " listed so far" if listing["state"] != "complete" else ""
