@@ -284,7 +284,11 @@ class PendingBundles:
         kind = None
         if isinstance(source, FileRow) and source.kind in (LOCAL, DRS):
             kind = DRS if new.endswith(".drs") else LOCAL
-        for row, what in ((source, "rename"), (target, "replace")):
+        # The .drs files that move (the file, or those in the directory): their imports
+        # name where the result lands, so they are queued again under the new path.
+        moved = [source] if isinstance(source, FileRow) else \
+            [row for row in self.journal.files(name) if row.path.startswith(old + "/")]
+        for row, what in [*((r, "rename") for r in moved), (target, "replace")]:
             if isinstance(row, FileRow) and row.kind == DRS and \
                     self.journal.import_under_way(row.id):
                 raise Busy(f"bundles/{row.bundle}/{row.path}: its import is under way; "
@@ -296,8 +300,9 @@ class PendingBundles:
                 os.unlink(self.data_path(target.id))
             except FileNotFoundError:
                 pass
-        if kind == DRS and not self.is_open_for_write(source.id):
-            self._judge_drs(source.id)  # (an open one is judged at its close)
+        for row in moved:
+            if (kind or row.kind) == DRS and not self.is_open_for_write(row.id):
+                self._judge_drs(row.id)  # (an open one is judged at its close)
 
     def _judge_drs(self, file_id: int) -> None:
         """Queue the import a closed ``.drs`` file asks for (or record why it cannot be)."""

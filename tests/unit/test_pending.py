@@ -204,6 +204,21 @@ def test_a_file_renamed_to_or_from_a_drs_name_is_judged_by_its_new_name(model):
     assert _imports(model) == [("late", j.SUBMITTED)]
 
 
+def test_a_directory_renamed_takes_its_queued_imports_along(model):
+    model.pending.drs_queue = DrsQueue(
+        model.journal, BulkImportClient("http://127.0.0.1:9", None), None, limit=10,
+        window=60, default_conflict="SKIP", resolver={})
+    model.tree.mkdir("/bundles/b/sub")
+    model.write("/bundles/b/sub/x.drs", b"drs://example.org/abc\n")
+    assert _imports(model) == [("sub/x", j.QUEUED)]
+    model.tree.rename("/bundles/b/sub", "/bundles/b/moved")
+    assert _imports(model) == [("moved/x", j.QUEUED)]
+    model.journal.db.execute("update drs_imports set state = ?", [j.SUBMITTED])
+    with pytest.raises(Busy, match="its import is under way"):
+        model.tree.rename("/bundles/b/moved", "/bundles/b/again")
+    assert [entry for entry, _ in model.tree.listdir("/bundles/b")] == ["moved"]
+
+
 def test_a_drs_file_renamed_while_open_is_judged_at_its_close(model):
     model.pending.drs_queue = DrsQueue(
         model.journal, BulkImportClient("http://127.0.0.1:9", None), None, limit=10,
