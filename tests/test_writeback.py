@@ -8,6 +8,7 @@ SeaweedFS directly.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import json
@@ -366,6 +367,33 @@ def test_a_commit_held_by_a_file_open_for_writing_says_so_once_and_is_sent_at_cl
         assert mount.log().count("commit of held waits") == 1
         fqid = re.search(r"committed held as (\S+)", mount.log()).group(1)
         assert_bundle(rig.client(), fqid, {"open.txt": b"part one\npart two\n"})
+
+
+def _renameat2(old: Path, new: Path, flags: int) -> int:
+    """``renameat2(2)``; 0, or the errno it failed with."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.renameat2(-100, os.fsencode(old), -100, os.fsencode(new), flags) == 0:
+        return 0
+    return ctypes.get_errno()
+
+
+def test_renameat2_exchange_is_refused_and_noreplace_is_honoured(rig, tmp_path):
+    """mfusepy drops renameat2's flags: RENAME_EXCHANGE (``mv --exchange``) became a plain
+    rename that destroyed the other file.  Now it is EINVAL, explained in the log, and
+    RENAME_NOREPLACE refuses an existing target (EEXIST)."""
+    with rig.mount(tmp_path / "m") as mount:
+        bundle = Path(mount.path) / "bundles" / "swap"
+        bundle.mkdir()
+        (bundle / "a").write_bytes(b"a\n")
+        (bundle / "b").write_bytes(b"b, important\n")
+        assert _renameat2(bundle / "a", bundle / "b", 2) == errno.EINVAL  # RENAME_EXCHANGE
+        assert (bundle / "a").read_bytes() == b"a\n"
+        assert (bundle / "b").read_bytes() == b"b, important\n"
+        assert "an exchange of two names" in mount.log()
+        assert _renameat2(bundle / "a", bundle / "b", 1) == errno.EEXIST  # RENAME_NOREPLACE
+        assert (bundle / "b").read_bytes() == b"b, important\n"
+        assert _renameat2(bundle / "a", bundle / "c", 1) == 0
+        assert sorted(os.listdir(bundle)) == ["b", "c"]
 
 
 def test_a_name_in_use_when_its_bundle_is_committed_works_at_the_first_access(rig,

@@ -30,7 +30,14 @@ from collections.abc import Callable
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 import mfusepy as fuse  # noqa: E402  (the library name must be chosen before import)
 
-from ..errors import HcafsError, NotPermitted, NotSupported  # noqa: E402
+from ..errors import (  # noqa: E402
+    AlreadyExists,
+    HcafsError,
+    NotFound,
+    NotPermitted,
+    NotSupported,
+    UsageError,
+)
 from ..model.tree import Attr, Tree, streamed  # noqa: E402
 from .bufvec import fd_bufvec  # noqa: E402
 from .kernel_names import KernelNames  # noqa: E402
@@ -39,6 +46,7 @@ from .refusals import EXPLAINED, Refusals  # noqa: E402
 log = logging.getLogger(__name__)
 
 FUSE_FILL_DIR_PLUS = 1 << 1
+RENAME_NOREPLACE = 1  # renameat2 flags (linux/fs.h)
 FUSE_CAP_READDIRPLUS_AUTO = 1 << 14  # fuse_common.h
 ENOATTR = errno.ENODATA
 
@@ -413,7 +421,17 @@ class Operations(fuse.Operations):
         return self.tree.unlink(path)
 
     @_errno
-    def rename(self, old: str, new: str) -> int:
+    def rename(self, old: str, new: str, flags: int = 0) -> int:
+        if flags & ~RENAME_NOREPLACE:  # RENAME_EXCHANGE, RENAME_WHITEOUT: not a plain move
+            raise UsageError(f"rename of {old} with flags {flags:#x} (an exchange of two "
+                             "names) is not supported; only plain renames are")
+        if flags & RENAME_NOREPLACE:
+            try:
+                self.tree.getattr(new)
+            except NotFound:
+                pass
+            else:
+                raise AlreadyExists(f"{new} exists (rename without replacing)")
         return self.tree.rename(old, new)
 
     @_errno
@@ -481,6 +499,12 @@ class FUSE(fuse.FUSE):
 
     def __init__(self, operations, mountpoint: str, **options):
         super().__init__(operations, mountpoint, raw_fi=True, **options)
+
+    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
+        # mfusepy drops renameat2's flags: a swap (RENAME_EXCHANGE) became a plain rename
+        # that replaced the other name's file.
+        return self.operations.rename(old.decode(self.encoding, self.errors),
+                                      new.decode(self.encoding, self.errors), flags)
 
     def readdir_fuse_3(self, path, buf, filler, offset, fip, flags) -> int:
         try:
