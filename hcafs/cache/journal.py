@@ -32,6 +32,7 @@ in ``drs_imports``: ``queued`` → ``submitting`` (batch key recorded before the
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid as _uuid
 from dataclasses import dataclass
@@ -577,12 +578,31 @@ class Journal:
     @staticmethod
     def _landed(db, now: float, import_id: int, bundle: str, drs_file_id: int,
                 conflict: str, entries: list[tuple[str, object]]) -> None:
-        """One landed import's rows, inside the caller's transaction."""
+        """One landed import's rows, inside the caller's transaction.  An import whose
+        ``.drs`` file is gone (removed while the import was sent, or its bundle committed
+        or removed) lands nothing.  A name the pending bundle already holds is kept under
+        SKIP and RENAME (which names the import ``_N_NAME``, the first free one), and
+        replaced under OVERWRITE only."""
+        here = db.execute("select 1 from pending_files where id = ? and bundle = ?",
+                          [drs_file_id, bundle]).fetchone()
+        if here is None:
+            db.execute("update drs_imports set state = ?, finished_at = ?, error = ? "
+                       "where id = ?", [DONE, now, "its .drs file was removed; nothing "
+                                        "landed", import_id])
+            return
         for path, info in entries:
             existing = db.execute("select id from pending_files where bundle = ? and "
                                   "path = ?", [bundle, path]).fetchone()
             if existing and conflict == "SKIP":
                 continue
+            if existing and conflict == "RENAME":
+                folder, _, leaf = path.rpartition("/")
+                for n in itertools.count(1):
+                    path = f"{folder}/_{n}_{leaf}" if folder else f"_{n}_{leaf}"
+                    if db.execute("select 1 from pending_files where bundle = ? and "
+                                  "path = ?", [bundle, path]).fetchone() is None:
+                        break
+                existing = None
             if existing:
                 db.execute("delete from pending_files where id = ?", [existing[0]])
             # plain SQL, as in add_file: a landed import is a row like a create's

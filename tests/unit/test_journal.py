@@ -170,6 +170,40 @@ def test_a_drs_file_is_queued_then_replaced_by_its_import(journal):
     assert journal.imports_waiting("b") == 0 and journal.submitted_jobs() == []
 
 
+def _sent(journal: Journal, path: str, conflict: str) -> tuple:
+    drs = journal.add_file("b", f"{path}.drs", j.DRS)
+    assert journal.drs_queued(drs, 20, "b", path, "drs://h/x", "{}", "[]", conflict)
+    journal.batch_submitted(journal.claim_batch(1e12, 100), f"job-{path}-{conflict}")
+    (item,) = journal.job_items(f"job-{path}-{conflict}")
+    return drs, item
+
+
+def test_a_landed_import_keeps_a_local_file_of_its_name_unless_told_to_overwrite(journal):
+    """The server knows only the names of its import project, not the pending bundle's:
+    RENAME lands beside a local file of the same name (``_1_NAME``), SKIP lands nothing,
+    and only OVERWRITE replaces it."""
+    journal.add_bundle("b", "11111111-1111-4111-8111-111111111111", None, [])
+    local = journal.add_file("b", "x")
+    journal.add_file("b", "_1_x")
+    for conflict in ("RENAME", "SKIP"):
+        _, (import_id, bundle, name, drs_file_id, conflict) = _sent(journal, "x", conflict)
+        journal.import_done(import_id, bundle, drs_file_id, conflict, [(name, INFO)])
+        assert journal.file("b", "x").id == local, conflict
+    assert journal.file("b", "_2_x").file_uuid == "u-imp"  # the first free name
+    _, (import_id, bundle, name, drs_file_id, conflict) = _sent(journal, "x", "OVERWRITE")
+    journal.import_done(import_id, bundle, drs_file_id, conflict, [(name, INFO)])
+    assert journal.file("b", "x").kind == j.REMOTE
+
+
+def test_an_import_whose_drs_file_was_removed_lands_nothing(journal):
+    journal.add_bundle("b", "11111111-1111-4111-8111-111111111111", None, [])
+    drs, (import_id, bundle, name, drs_file_id, conflict) = _sent(journal, "gone", "SKIP")
+    journal.remove_file(drs)  # rm while the import was under way
+    journal.import_done(import_id, bundle, drs_file_id, conflict, [(name, INFO)])
+    assert journal.file("b", "gone") is None
+    assert journal.imports_waiting("b") == 0
+
+
 def test_a_jobs_landed_imports_are_one_transaction(journal):
     journal.add_bundle("b", "11111111-1111-4111-8111-111111111111", None, [])
     drs = [journal.add_file("b", f"x{n}.bin.drs", j.DRS) for n in range(3)]
