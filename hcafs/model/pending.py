@@ -466,8 +466,18 @@ class PendingBundles:
         if row.kind == REMOTE:
             self._materialize(row, empty=length == 0)
         self.written.drop(row.id)
-        self.journal.mark_dirty(row.id, size=length, to_local=True)
+        # A .drs file stays one (editors truncate it, then write it again): it is judged
+        # again at its close, or now if no one has it open for writing.
+        self.journal.mark_dirty(row.id, size=length, to_local=row.kind != DRS)
         os.truncate(self.data_path(row.id), length)
+        if row.kind == DRS:
+            with self._lock:
+                writers = [h for h in self._handles.values()
+                           if h.file_id == row.id and h.writable]
+                for handle in writers:
+                    handle.dirty = True
+            if not writers:
+                self._judge_drs(row.id)
 
     def release(self, number: int) -> None:
         with self._lock:

@@ -219,6 +219,31 @@ def test_a_directory_renamed_takes_its_queued_imports_along(model):
     assert [entry for entry, _ in model.tree.listdir("/bundles/b")] == ["moved"]
 
 
+def test_a_truncated_drs_file_stays_one_and_is_judged_again(model):
+    """vim saves by truncating the file it opened and writing it again: the file stays an
+    import request, judged at its close (or at once if no one has it open), and the import
+    queued for its old content goes."""
+    model.pending.drs_queue = DrsQueue(
+        model.journal, BulkImportClient("http://127.0.0.1:9", None), None, limit=10,
+        window=60, default_conflict="SKIP", resolver={})
+    file_id = model.write("/bundles/b/x.drs", b"drs://example.org/old\n")
+
+    def uris() -> list[tuple[str]]:
+        return model.journal.db.execute("select drs_uri from drs_imports").fetchall()
+
+    assert uris() == [("drs://example.org/old",)]
+    handle = model.tree.open("/bundles/b/x.drs", write=True)
+    model.tree.truncate("/bundles/b/x.drs", 0)
+    model.tree.write(handle, b"drs://example.org/new\n", 0)
+    model.tree.release(handle)
+    row = model.journal.file_by_id(file_id)
+    assert (row.kind, row.state, uris()) == (j.DRS, j.QUEUED, [("drs://example.org/new",)])
+    model.tree.truncate("/bundles/b/x.drs", 0)  # `truncate -s 0`: nobody has it open
+    row = model.journal.file_by_id(file_id)
+    assert (row.kind, row.state, uris()) == (j.DRS, j.ERROR, [])
+    assert "invalid .drs file" in row.error
+
+
 def test_a_drs_file_renamed_while_open_is_judged_at_its_close(model):
     model.pending.drs_queue = DrsQueue(
         model.journal, BulkImportClient("http://127.0.0.1:9", None), None, limit=10,
