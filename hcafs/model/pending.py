@@ -55,6 +55,9 @@ from .written import WrittenSums
 log = logging.getLogger(__name__)
 
 
+MAX_NAME = 255  # bytes of one name, as on every local filesystem
+
+
 @dataclass
 class PendingHandle:
     file_id: int
@@ -216,6 +219,11 @@ class PendingBundles:
         if "\\" in path or any(ord(c) < 32 or ord(c) == 127 for c in path):
             raise UsageError(f"bundles/{name}/{path!r}: the DSS takes no name with a "
                              "backslash or a control character (newline, tab, ...)")
+        # FUSE passes names up to 1024 bytes, but the bytes are staged under the file's
+        # name on a filesystem (255 at most), and no reader could make such a file either.
+        if any(len(part.encode()) > MAX_NAME for part in path.split("/")):
+            raise UsageError(f"bundles/{name}/{path[:60]}…: a name is at most {MAX_NAME} "
+                             "bytes")
 
     def _free(self, name: str, path: str) -> None:
         try:
