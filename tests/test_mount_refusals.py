@@ -75,6 +75,32 @@ def test_each_refusal_is_explained_once_and_shown_by_status(mount_world, mounted
     assert "/bundles/nope" not in mounted.log()
 
 
+def test_refusals_in_a_pending_bundle_are_explained_too(tmp_path):
+    """An attribute removed (it was mfusepy's silent default), a size past what a file can
+    be (EFBIG, it was EIO with a traceback), a name that is not UTF-8 (its refusal failed
+    to be recorded): each errno is explained in the log and shown by status."""
+    env = {"XDG_DATA_HOME": str(tmp_path / "data"), "XDG_CACHE_HOME": str(tmp_path / "x")}
+    with Mount(str(tmp_path), None, env=env) as mount:
+        bundle = Path(mount.path) / "bundles" / "b"
+        bundle.mkdir()
+        (bundle / "a.txt").write_bytes(b"a\n")
+        assert _refused(lambda: os.removexattr(bundle / "a.txt", "user.hca.indexed")) == \
+            errno.EOPNOTSUPP
+        assert _refused(lambda: os.truncate(bundle / "a.txt", 1 << 60)) == errno.EFBIG
+        assert _refused(lambda: open(os.fsencode(bundle) + b"/bad\xff.txt", "wb")) == \
+            errno.EINVAL
+        log = mount.log()
+        assert "Traceback" not in log and "Uncaught" not in log
+        for words in ("removexattr /bundles/b/a.txt refused with ENOTSUP",
+                      "truncate /bundles/b/a.txt refused with EFBIG",
+                      "/bundles/b/bad\\xff.txt refused with EINVAL"):
+            assert words in log, (words, log[-2000:])
+        report = json.loads(run_hcafs("status", mount.path, "--json", env=mount.env).stdout)
+        assert [r["errno"] for r in report["refusals"]][-3:] == ["ENOTSUP", "EFBIG",
+                                                                 "EINVAL"]
+        assert (bundle / "a.txt").read_bytes() == b"a\n"
+
+
 def test_cached_content_gives_way_to_written_files_and_keeps_its_floor(tmp_path):
     """On a small cache disk full of cached (committed) content, a write into a pending
     bundle still fits: the content cache drops least recently used blobs for it.  Reads

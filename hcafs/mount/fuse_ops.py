@@ -78,6 +78,10 @@ def _errno(func: Callable) -> Callable:
                 self.refusals.record(func.__name__, args[0] if args else "", exc.errno,
                                      f"the cache disk is full ({exc.strerror})")
                 raise fuse.FuseOSError(exc.errno) from exc
+            if exc.errno == errno.EFBIG:
+                self.refusals.record(func.__name__, args[0] if args else "", exc.errno,
+                                     "larger than a file on the cache disk can be")
+                raise fuse.FuseOSError(exc.errno) from exc
             log.exception("%s %s failed", func.__name__, args[0] if args else "")
             raise fuse.FuseOSError(errno.EIO) from exc
         except Exception as exc:
@@ -343,6 +347,11 @@ class Operations(fuse.Operations):
                  ) -> int:
         self.tree.setxattr(path, name, value)
         return 0
+
+    @_errno
+    def removexattr(self, path: str, name: str) -> int:
+        raise NotSupported(f"{path}: attributes cannot be removed on this filesystem "
+                           f"({name}); set a new value instead where one may be set")
 
     @_errno
     def statfs(self, path: str) -> dict:

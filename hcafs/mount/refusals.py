@@ -25,7 +25,7 @@ log = logging.getLogger("hcafs.refusals")
 # The errnos the mount returns on purpose and explains (ENOENT is an answer, not a refusal).
 EXPLAINED = frozenset({errno.EINVAL, errno.EROFS, errno.EACCES, errno.ENOTDIR, errno.EEXIST,
                        errno.ENOTEMPTY, errno.ENOSPC, errno.EDQUOT, errno.EBUSY,
-                       errno.EPERM, errno.EOPNOTSUPP})
+                       errno.EPERM, errno.EOPNOTSUPP, errno.EFBIG})
 SEEN_LIMIT = 10_000  # forget the oldest reasons past this many (a bound, not a policy)
 
 
@@ -47,6 +47,9 @@ class Refusals:
             if len(self._seen) > SEEN_LIMIT:
                 self._seen.pop(next(iter(self._seen)))
         name = errno.errorcode.get(code, str(code))
+        # A name that is not UTF-8 reaches here with surrogate escapes: written as \x..
+        path = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        reason = reason.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         log.warning("%s %s refused with %s: %s", operation, path, name, reason)
         if self.db is not None:
             try:
