@@ -37,6 +37,7 @@ import time
 import uuid as _uuid
 from dataclasses import dataclass
 
+from ..errors import Busy
 from ..retry import BACKGROUND
 from ..versions import new_uuid, now_version
 from .cachedb import CacheDB
@@ -313,6 +314,17 @@ class Journal:
         LOCAL is to be synced, one that becomes DRS waits for its import to be queued."""
         target = new_bundle or bundle
         with self.cachedb.atomic() as db:
+            # Checked again here, in the transaction the flusher's claim of a batch cannot
+            # come into: an import sent names where its result lands.
+            sent = db.execute(
+                "select count(*) from drs_imports where state in (?, ?) and drs_file_id in "
+                "(select id from pending_files where (bundle = ? and (path = ? or "
+                "substr(path, 1, ?) = ?)) or (bundle = ? and path = ?))",
+                [SUBMITTING, SUBMITTED, bundle, old, len(old) + 1, old + "/", target, new]
+            ).fetchone()[0]
+            if sent:
+                raise Busy(f"bundles/{bundle}/{old}: an import of a .drs file there is under "
+                           "way; rename it once the import is done")
             if kind is not None:
                 row = db.execute("select id, kind from pending_files where bundle = ? and "
                                  "path = ?", [bundle, old]).fetchone()

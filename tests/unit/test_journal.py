@@ -321,3 +321,17 @@ def test_a_bundles_idle_clock_restarts_at_each_close(journal, monkeypatch):
     clock[0] = 1010.0
     journal.closed(file_id, 10)
     assert journal.bundle("b").changed == 1010.0
+
+
+def test_a_rename_of_a_drs_file_whose_import_was_sent_is_refused_in_its_transaction(journal):
+    """The model checks first, but the flusher may claim the batch in between: the journal
+    checks again inside the rename's own transaction."""
+    from hcafs.errors import Busy
+
+    journal.add_bundle("b", "11111111-1111-4111-8111-111111111111", None, [])
+    journal.add_file("b", "d", j.DIR)
+    drs, _ = _sent(journal, "d/x", "SKIP")
+    for old, new in (("d/x.drs", "d/y.drs"), ("d", "e")):
+        with pytest.raises(Busy):
+            journal.rename("b", old, new, kind=j.DRS if old.endswith(".drs") else None)
+    assert journal.file_by_id(drs).path == "d/x.drs"
