@@ -314,8 +314,9 @@ class Journal:
         LOCAL is to be synced, one that becomes DRS waits for its import to be queued."""
         target = new_bundle or bundle
         with self.cachedb.atomic() as db:
-            # Checked again here, in the transaction the flusher's claim of a batch cannot
-            # come into: an import sent names where its result lands.
+            # An import sent names where its result lands: no rename moves or replaces its
+            # .drs file (checked in this transaction, which the flusher's claim of a batch
+            # cannot come into).
             sent = db.execute(
                 "select count(*) from drs_imports where state in (?, ?) and drs_file_id in "
                 "(select id from pending_files where (bundle = ? and (path = ? or "
@@ -323,8 +324,9 @@ class Journal:
                 [SUBMITTING, SUBMITTED, bundle, old, len(old) + 1, old + "/", target, new]
             ).fetchone()[0]
             if sent:
-                raise Busy(f"bundles/{bundle}/{old}: an import of a .drs file there is under "
-                           "way; rename it once the import is done")
+                raise Busy(f"bundles/{bundle}/{old} → {new}: its import is under way (of a "
+                           ".drs file this rename moves or replaces); rename it once the "
+                           "import is done")
             if kind is not None:
                 row = db.execute("select id, kind from pending_files where bundle = ? and "
                                  "path = ?", [bundle, old]).fetchone()
@@ -426,12 +428,6 @@ class Journal:
                        [file_id, QUEUED])
             db.execute("update pending_files set state = ?, error = ? where id = ?",
                        [ERROR, reason, file_id])
-
-    def import_under_way(self, file_id: int) -> bool:
-        """The ``.drs`` file's import was sent (or is being sent) and its result is due."""
-        return self.db.execute("select count(*) from drs_imports where drs_file_id = ? and "
-                               "state in (?, ?)", [file_id, SUBMITTING, SUBMITTED]
-                               ).fetchone()[0] > 0
 
     def imports_waiting(self, bundle: str) -> int:
         return self.db.execute("select count(*) from drs_imports where bundle = ? and state "

@@ -293,14 +293,11 @@ class PendingBundles:
         if isinstance(source, FileRow) and source.kind in (LOCAL, DRS):
             kind = DRS if new.endswith(".drs") else LOCAL
         # The .drs files that move (the file, or those in the directory): their imports
-        # name where the result lands, so they are queued again under the new path.
+        # name where the result lands, so they are queued again under the new path.  (The
+        # journal refuses the rename, EBUSY, while one of them, or a .drs file it would
+        # replace, has its import under way.)
         moved = [source] if isinstance(source, FileRow) else \
             [row for row in self.journal.files(name) if row.path.startswith(old + "/")]
-        for row, what in [*((r, "rename") for r in moved), (target, "replace")]:
-            if isinstance(row, FileRow) and row.kind == DRS and \
-                    self.journal.import_under_way(row.id):
-                raise Busy(f"bundles/{row.bundle}/{row.path}: its import is under way; "
-                           f"{what} it once the import is done")
         self.journal.rename(name, old, new, new_bundle=new_name, kind=kind)
         if isinstance(target, FileRow):  # replaced: its bytes go once the journal says so
             self.written.drop(target.id)

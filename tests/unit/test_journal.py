@@ -324,8 +324,8 @@ def test_a_bundles_idle_clock_restarts_at_each_close(journal, monkeypatch):
 
 
 def test_a_rename_of_a_drs_file_whose_import_was_sent_is_refused_in_its_transaction(journal):
-    """The model checks first, but the flusher may claim the batch in between: the journal
-    checks again inside the rename's own transaction."""
+    """The flusher may claim a batch at any moment: the journal checks inside the rename's
+    own transaction, for the file and for the .drs files in a directory."""
     from hcafs.errors import Busy
 
     journal.add_bundle("b", "11111111-1111-4111-8111-111111111111", None, [])
