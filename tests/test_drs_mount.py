@@ -80,8 +80,10 @@ def test_a_drs_file_saved_through_a_temporary_name_is_imported(drs_world, tmp_pa
         pending.mkdir()
         (pending / ".reads.fastq.drs.Xy12ab").write_text(uri)
         os.rename(pending / ".reads.fastq.drs.Xy12ab", pending / "reads.fastq.drs")
-        (pending / "note.drs").write_text(uri)
-        os.rename(pending / "note.drs", pending / "note.txt")
+        with open(pending / "note.drs", "w") as note:  # renamed before its import is sent
+            note.write(uri)
+            note.flush()
+            os.rename(pending / "note.drs", pending / "note.txt")
         wait_until(lambda: (pending / "reads.fastq").exists(), what="the import to land")
         assert (pending / "reads.fastq").read_bytes() == data
         assert not (pending / "reads.fastq.drs").exists()
