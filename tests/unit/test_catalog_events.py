@@ -164,7 +164,8 @@ def test_a_first_listing_cut_short_resumes_and_is_never_shown_complete(tmp_path,
     monkeypatch.setattr(catalog_module, "LISTING_PAGE", 10)
     client = DSSClient(server.url, token=ADMIN)
     first, _ = publish(client, staging, {"a.txt": b"alpha\n"})
-    _more(client, _files(client, first), 24)
+    files = _files(client, first)  # read now: the version deleted below may be ``first``
+    _more(client, files, 24)
     made = _served(client)
 
     earlier = FaultyHttpProxy(server.url)  # the server's address before the restart
@@ -184,7 +185,7 @@ def test_a_first_listing_cut_short_resumes_and_is_never_shown_complete(tmp_path,
 
     # Changes while it was down: one listed version deleted, one new one.
     client.delete_bundle(*made[0].split(".", 1), reason="test")
-    extra = _more(client, _files(client, first), 1)
+    extra = _more(client, files, 1)
     mark = len(proxy.seen)
     restarted.refresh(pages=1)
     assert not restarted.complete and restarted.bundle_count() == 20
