@@ -471,15 +471,20 @@ class Copier:
         try:
             if self.leases is not None:
                 lease = self.leases.claim(f"copy-{name}")
-                if lease is None or lease.lost:  # another process holds it
+                if lease is None:  # another process holds it
+                    return
+                if lease.lost:  # taken over between this claim's write and its read back
                     lease = None
+                    log.warning("async copy of %s: its lease was taken over as it was "
+                                "claimed; the new holder's copy counts", name)
                     return
                 metrics.copies_in_flight(1)
                 if lease.token > 1:
                     metrics.takeover("copy")
                 now = _load(self.store.read(f"copies/{name}"))
                 if now is None or now.get("state") != "running":
-                    return  # finished (or failed) in another process meanwhile
+                    log.info("async copy of %s: finished by another process meanwhile", name)
+                    return
             self.copy(Source(**record["source"]),
                       partial(self.leases.check, lease) if lease is not None else None)
             self._publish_fenced(name, record["document"], lease)
