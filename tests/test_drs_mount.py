@@ -191,17 +191,24 @@ def test_conflict_resolution(drs_world, tmp_path, conflict):
         wait_until(lambda: not (pending / "b.drs").exists() or _has_error(pending / "b.drs"),
                    what="second import")
         names = sorted(p for p in os.listdir(pending) if not p.endswith(".drs"))
+        bundle = pending.name
+        said = [line for line in mount.log().splitlines() if "same.txt into" in line]
+        assert "imported same.txt into " + bundle + " (1 file)" in said[0]
         if conflict == "SKIP":
             assert names == ["same.txt"]
             assert (pending / "same.txt").read_bytes() == b"first version\n"
+            assert len(said) == 2 and "kept the file of the same name (same.txt)" \
+                in said[1] and "imported" not in said[1]
         elif conflict == "OVERWRITE":
             assert names == ["same.txt"]
             assert (pending / "same.txt").read_bytes() == b"second version\n"
+            assert len(said) == 2 and "(1 file)" in said[1]
         else:
             assert len(names) == 2 and "same.txt" in names
             renamed = next(n for n in names if n != "same.txt")
             assert (pending / renamed).read_bytes() == b"second version\n"
             assert (pending / "same.txt").read_bytes() == b"first version\n"
+            assert len(said) == 2 and f"(1 file: {renamed})" in said[1]
 
 
 def test_crash_between_submit_and_finished(drs_world, tmp_path):

@@ -35,7 +35,7 @@ from __future__ import annotations
 import itertools
 import time
 import uuid as _uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import Busy
 from ..retry import BACKGROUND
@@ -101,6 +101,16 @@ class BundleRow:
 
 _FILE_COLUMNS = [f for f in FileRow.__dataclass_fields__]
 _BUNDLE_COLUMNS = [f for f in BundleRow.__dataclass_fields__]
+
+
+@dataclass
+class Landed:
+    """What became of one finished import: the names its files were placed at, the names
+    a local file kept (SKIP), or nothing at all (its ``.drs`` file was removed)."""
+
+    placed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    removed: bool = False
 
 
 class Journal:
@@ -567,41 +577,45 @@ class Journal:
                                         import_id])
 
     def import_done(self, import_id: int, bundle: str, drs_file_id: int, conflict: str,
-                    entries: list[tuple[str, object]]) -> None:
+                    entries: list[tuple[str, object]]) -> Landed:
         """The import landed: its files (``(path, FileInfo)``) replace the ``.drs`` file in
         the pending bundle, in one transaction."""
-        self.imports_done([(import_id, bundle, drs_file_id, conflict, entries)])
+        return self.imports_done([(import_id, bundle, drs_file_id, conflict, entries)])[0]
 
     def imports_done(self, landed: list[tuple[int, str, int, str, list[tuple[str, object]]]]
-                     ) -> None:
+                     ) -> list[Landed]:
         """:meth:`import_done` of each ``(import_id, bundle, drs_file_id, conflict,
-        entries)``, all in one transaction (a finished job's items: one commit)."""
+        entries)``, all in one transaction (a finished job's items: one commit); what
+        became of each, in order."""
         if not landed:  # nothing to record: no write lock taken
-            return
+            return []
         now = time.time()
         with self.cachedb.atomic() as db:
-            for import_id, bundle, drs_file_id, conflict, entries in landed:
-                self._landed(db, now, import_id, bundle, drs_file_id, conflict, entries)
+            return [self._landed(db, now, import_id, bundle, drs_file_id, conflict, entries)
+                    for import_id, bundle, drs_file_id, conflict, entries in landed]
 
     @staticmethod
     def _landed(db, now: float, import_id: int, bundle: str, drs_file_id: int,
-                conflict: str, entries: list[tuple[str, object]]) -> None:
+                conflict: str, entries: list[tuple[str, object]]) -> Landed:
         """One landed import's rows, inside the caller's transaction.  An import whose
         ``.drs`` file is gone (removed while the import was sent, or its bundle committed
         or removed) lands nothing.  A name the pending bundle already holds is kept under
         SKIP and RENAME (which names the import ``_N_NAME``, the first free one), and
         replaced under OVERWRITE only."""
+        outcome = Landed()
         here = db.execute("select 1 from pending_files where id = ? and bundle = ?",
                           [drs_file_id, bundle]).fetchone()
         if here is None:
             db.execute("update drs_imports set state = ?, finished_at = ?, error = ? "
                        "where id = ?", [DONE, now, "its .drs file was removed; nothing "
                                         "landed", import_id])
-            return
+            outcome.removed = True
+            return outcome
         for path, info in entries:
             existing = db.execute("select id from pending_files where bundle = ? and "
                                   "path = ?", [bundle, path]).fetchone()
             if existing and conflict == "SKIP":
+                outcome.kept.append(path)
                 continue
             if existing and conflict == "RENAME":
                 folder, _, leaf = path.rpartition("/")
@@ -622,9 +636,11 @@ class Journal:
                 [bundle, path, REMOTE, info.size, now, SYNCED, info.uuid, info.version,
                  info.sha256, info.sha1, info.crc32c, info.s3_etag, info.content_type,
                  now])
+            outcome.placed.append(path)
         db.execute("delete from pending_files where id = ?", [drs_file_id])
         db.execute("update drs_imports set state = ?, finished_at = ?, error = null "
                    "where id = ?", [DONE, now, import_id])
+        return outcome
 
     # ------------------------------------------------------------ status
 

@@ -58,7 +58,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from ..cache.journal import Journal
+from ..cache.journal import Journal, Landed
 from ..errors import ApiError, UsageError
 from ..remote.bulk_import import BulkImportClient
 from ..remote.client import DSSClient, FileInfo
@@ -568,15 +568,14 @@ class DrsQueue:
             if row[3] in drs_paths:
                 paths.append(drs_paths[row[3]])
         try:
-            self.journal.imports_done([done[:5] for done in landed])
+            outcomes = self.journal.imports_done([done[:5] for done in landed])
         except Exception as exc:
             log.warning("recording the results of import job %s failed (will retry): %s",
                         job_id, exc)
             applied = False
         else:
-            for _, bundle, _, _, entries, name in landed:
-                log.info("imported %s into %s (%d file%s)", name, bundle, len(entries),
-                         "" if len(entries) == 1 else "s")
+            for (_, bundle, _, _, _, name), outcome in zip(landed, outcomes, strict=True):
+                _log_landed(bundle, name, outcome)
         for bundle, paths in changed.items():
             self.on_change(bundle, paths)
         return applied
@@ -601,7 +600,7 @@ class DrsQueue:
             if conflict == "SKIP" and str(error.get("code")) == "5003":
                 # SKIP and the name exists: nothing to import, and nothing went wrong.
                 self.journal.import_skipped(import_id, drs_file_id)
-                log.info("import into %s/%s skipped: the name exists", bundle, name)
+                _log_landed(bundle, name, Landed(kept=[name]))
                 return None
             if status >= 500 or status == 429:
                 self.journal.import_retry(import_id, reason)
@@ -623,6 +622,25 @@ class DrsQueue:
                  and resource.get("name") else name))
             entries.append((path, info))
         return import_id, bundle, drs_file_id, conflict, entries, name
+
+
+def _log_landed(bundle: str, name: str, outcome: Landed) -> None:
+    """Say what became of one finished import: where its files went, which local files
+    kept their names, or that it landed nothing."""
+    if outcome.removed:
+        log.info("import of %s into %s landed nothing: its .drs file was removed", name,
+                 bundle)
+        return
+    if outcome.placed:
+        count = len(outcome.placed)
+        where = "" if outcome.placed == [name] else \
+            f": {', '.join(outcome.placed[:3])}{', …' if count > 3 else ''}"
+        log.info("imported %s into %s (%d file%s%s)", name, bundle, count,
+                 "" if count == 1 else "s", where)
+    if outcome.kept:
+        log.info("import of %s into %s kept the file%s of the same name (%s), as its "
+                 "conflict_resolution SKIP asks", name, bundle,
+                 "" if len(outcome.kept) == 1 else "s", ", ".join(outcome.kept[:3]))
 
 
 def let_in_times(sent: list[float], limit: int, window: float

@@ -185,10 +185,14 @@ def test_a_landed_import_keeps_a_local_file_of_its_name_unless_told_to_overwrite
     journal.add_bundle("b", "11111111-1111-4111-8111-111111111111", None, [])
     local = journal.add_file("b", "x")
     journal.add_file("b", "_1_x")
+    said = {}
     for conflict in ("RENAME", "SKIP"):
         _, (import_id, bundle, name, drs_file_id, conflict) = _sent(journal, "x", conflict)
-        journal.import_done(import_id, bundle, drs_file_id, conflict, [(name, INFO)])
+        said[conflict] = journal.import_done(import_id, bundle, drs_file_id, conflict,
+                                             [(name, INFO)])
         assert journal.file("b", "x").id == local, conflict
+    assert said["RENAME"] == j.Landed(placed=["_2_x"])
+    assert said["SKIP"] == j.Landed(kept=["x"])
     assert journal.file("b", "_2_x").file_uuid == "u-imp"  # the first free name
     _, (import_id, bundle, name, drs_file_id, conflict) = _sent(journal, "x", "OVERWRITE")
     journal.import_done(import_id, bundle, drs_file_id, conflict, [(name, INFO)])
@@ -199,7 +203,8 @@ def test_an_import_whose_drs_file_was_removed_lands_nothing(journal):
     journal.add_bundle("b", "11111111-1111-4111-8111-111111111111", None, [])
     drs, (import_id, bundle, name, drs_file_id, conflict) = _sent(journal, "gone", "SKIP")
     journal.remove_file(drs)  # rm while the import was under way
-    journal.import_done(import_id, bundle, drs_file_id, conflict, [(name, INFO)])
+    assert journal.import_done(import_id, bundle, drs_file_id, conflict, [(name, INFO)]
+                               ) == j.Landed(removed=True)
     assert journal.file("b", "gone") is None
     assert journal.imports_waiting("b") == 0
 
