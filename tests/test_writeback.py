@@ -192,6 +192,36 @@ def test_working_copy_becomes_a_new_version_and_rmdir_deletes(rig, tmp_path):
         assert rig.client().get_bundle(*second.split(".", 1))
 
 
+def test_a_committed_file_copied_with_its_attributes(rig, tmp_path):
+    """``cp -a`` and ``tar --xattrs`` of a committed file into a pending bundle copy it
+    without the attributes a written file cannot keep (exit 0); ``cp --preserve=xattr``,
+    which demands them, says "Operation not supported"; each refusal is in the log."""
+    with rig.mount(tmp_path / "m") as mount:
+        bundles = Path(mount.path) / "bundles"
+        os.mkdir(bundles / "origin")
+        (bundles / "origin" / "a.txt").write_bytes(b"alpha\n")
+        committed = bundles / commit(mount, "origin")
+        os.mkdir(bundles / "copies")
+        subprocess.run(["cp", "-a", str(committed / "a.txt"), str(bundles / "copies" / "b")],
+                       check=True)
+        archive = tmp_path / "a.tar"
+        subprocess.run(["tar", "--xattrs", "--xattrs-include=user.*", "-C", str(committed),
+                        "-cf", str(archive), "a.txt"], check=True)
+        os.mkdir(bundles / "copies" / "t")
+        subprocess.run(["tar", "--xattrs", "--xattrs-include=user.*", "-C",
+                        str(bundles / "copies" / "t"), "-xf", str(archive)], check=True,
+                       capture_output=True)
+        demanded = subprocess.run(["cp", "--preserve=xattr", str(committed / "a.txt"),
+                                   str(bundles / "copies" / "c")], capture_output=True,
+                                  text=True)
+        assert demanded.returncode == 1 and "Operation not supported" in demanded.stderr
+        for name in ("b", "t/a.txt", "c"):
+            assert (bundles / "copies" / name).read_bytes() == b"alpha\n"
+        assert os.getxattr(bundles / "copies" / "b", "user.hca.indexed") == b"false"
+        assert re.search(r"setxattr /bundles/copies/t/a\.txt refused with ENOTSUP: "
+                         r"user\.hca\.sha256 cannot be set", mount.log())
+
+
 def test_collections_through_the_mount(rig, tmp_path):
     with rig.mount(tmp_path / "m") as mount:
         os.mkdir(f"{mount.path}/bundles/for-coll")

@@ -36,6 +36,7 @@ from ..errors import (
     NotADirectory,
     NotEmpty,
     NotFound,
+    NotSupported,
     PermissionDenied,
     ReadOnly,
     Unreachable,
@@ -51,6 +52,10 @@ TOP = ("bundles", "collections", "files")
 PENDING_HANDLES = 1 << 40  # handle numbers at or above this belong to pending files
 SEQUENTIAL_SLACK = 4 * 1024 * 1024
 REFRESH_WAIT = 120.0  # the longest `hcafs refresh` (setxattr) waits on the listing
+# The attributes that may be set, each where: set anywhere else, it is a usage error.
+SETTABLE = {"user.hcafs.commit": "set it on the pending bundle's directory",
+            "user.hcafs.refresh": "set it on the mount's root",
+            "user.hca.indexed": "set it on a file of a pending bundle"}
 
 
 @dataclass(frozen=True)
@@ -323,7 +328,13 @@ class Tree:
             self.pending.set_indexed(node.name, node.path, value)
             return
         if node.kind in ("pending", "pdir", "pfile"):
-            raise UsageError(f"{name} cannot be set here")
+            if name in SETTABLE:
+                raise UsageError(f"{name} cannot be set on {path}: {SETTABLE[name]}")
+            # ENOTSUP, the answer of a filesystem that keeps no such attribute: `cp -a` and
+            # `tar --xattrs` then copy the file without it, and say nothing.
+            raise NotSupported(f"{name} cannot be set on {path}: a written file keeps no "
+                               "attributes but user.hca.indexed (its user.hca.* checksums, "
+                               "uuid and version are the ones made when it is uploaded)")
         raise ReadOnly(f"{path} is read-only")
 
     def status(self) -> dict:

@@ -19,6 +19,7 @@ from hcafs.errors import (
     Busy,
     NotEmpty,
     NotFound,
+    NotSupported,
     ReadOnly,
     UsageError,
 )
@@ -265,6 +266,25 @@ def test_commit_request_and_remove_bundle(model):
     model.tree.mkdir("/bundles/empty")
     model.tree.rmdir("/bundles/empty")
     assert model.journal.bundle("empty") is None
+
+
+def test_attributes_a_written_file_does_not_keep_are_not_supported(model):
+    """``cp --preserve=xattr`` and ``tar --xattrs`` of a committed file set its user.hca.*
+    checksums, uuid and version, and ``cp -a`` an ACL: ENOTSUP (no such attribute kept
+    here), which cp -a and tar pass over; hcafs's own names set in the wrong place are a
+    usage error."""
+    model.write("/bundles/b/a.txt", b"a")
+    model.tree.mkdir("/bundles/b/d")
+    for path in ("/bundles/b/a.txt", "/bundles/b/d", "/bundles/b"):
+        for name in ("user.hca.sha256", "user.hca.uuid", "system.posix_acl_access",
+                     "user.other"):
+            with pytest.raises(NotSupported):
+                model.tree.setxattr(path, name, b"x")
+    with pytest.raises(UsageError, match="on the pending bundle's directory"):
+        model.tree.setxattr("/bundles/b/a.txt", "user.hcafs.commit", b"1")
+    with pytest.raises(UsageError, match="on a file of a pending bundle"):
+        model.tree.setxattr("/bundles/b/d", "user.hca.indexed", b"true")
+    model.tree.setxattr("/bundles/b/a.txt", "user.hca.indexed", b"true")
 
 
 class _Crash:
