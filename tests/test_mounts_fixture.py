@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-from fixtures.mounts import fuse_mounts_under
+from fixtures.mounts import fuse_mounts_under, in_running_session
 
 
 def test_only_fuse_mounts_under_the_roots_deepest_first(tmp_path):
@@ -29,3 +32,23 @@ def test_only_fuse_mounts_under_the_roots_deepest_first(tmp_path):
 
 def test_no_mounts_file_means_nothing_to_do(tmp_path):
     assert fuse_mounts_under([tmp_path], mounts_file=str(tmp_path / "absent")) == []
+
+
+def test_a_dead_mount_of_another_running_session_is_left_alone(tmp_path):
+    """A run that starts sweeps dead mounts, but not those of a run still going: that run
+    may have killed a daemon on purpose (seen when two runs shared a machine)."""
+    point = tmp_path / "pytest-7" / "popen-gw1" / "test0" / "mnt"
+    point.mkdir(parents=True)
+    lock = tmp_path / "pytest-7" / ".lock"
+    assert not in_running_session(point, tmp_path)  # no lock: an old run
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(str(other.pid))
+        assert in_running_session(point, tmp_path)
+    finally:
+        other.kill()
+        other.wait()
+    assert not in_running_session(point, tmp_path)  # its run has ended
+    lock.write_text(str(os.getpid()))
+    assert not in_running_session(point, tmp_path)  # this run's own
+    assert not in_running_session(tmp_path / "elsewhere", tmp_path / "pytest-7")
