@@ -10,6 +10,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import time
@@ -383,6 +384,36 @@ def test_a_killed_embedded_server_is_started_again_at_the_same_url(tmp_path):
     assert not os.path.ismount(mount.path)
     for pid in (server, again):  # the unmount stopped the server it started again
         assert not Path(f"/proc/{pid}").exists(), pid
+
+
+def test_the_embedded_server_keeps_its_port_across_mounts_while_that_port_is_free(
+        tmp_path):
+    """The next mount starts the embedded server on the port it had (so URLs and drs://
+    URIs written down still name it); a port taken meanwhile is said in the log, and the
+    server starts on another."""
+    env = {"XDG_DATA_HOME": str(tmp_path / "data"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+
+    def served_at(mount: Mount) -> str:
+        return json.loads(next((tmp_path / "run" / "hcafs").glob("*.json")).read_text()
+                          )["dss_url"]
+
+    with Mount(str(tmp_path), None, env=env) as mount:
+        first = served_at(mount)
+    with Mount(str(tmp_path), None, env=env) as mount:
+        assert served_at(mount) == first
+    port = int(first.rsplit(":", 1)[1].split("/", 1)[0])
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        with Mount(str(tmp_path), None, env=env) as mount:
+            moved = served_at(mount)
+            assert moved != first
+            assert f"port {port}, the embedded server's port at the last mount, is in use" \
+                in mount.log()
+            assert os.listdir(Path(mount.path) / "bundles") == []
+    with Mount(str(tmp_path), None, env=env) as mount:  # the last port is now the new one
+        assert served_at(mount) == moved
 
 
 def test_a_dead_mount_is_named_as_such_and_umount_clears_it(tmp_path):

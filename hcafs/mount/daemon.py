@@ -16,6 +16,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -56,6 +57,7 @@ READ_AHEAD_KB = 1024
 MAX_IDLE_THREADS = 32
 WATCH_INTERVAL = 1.0  # seconds between checks that the embedded server still runs
 MAX_RESTART_DELAY = 30.0  # the longest wait between attempts to start it again
+PORT_FILE = "embedded-port"  # in the data dir: the embedded server's port at the last mount
 
 
 def _widen_readahead(mountpoint: str) -> None:
@@ -91,11 +93,37 @@ class EmbeddedServer:
         self.url = ""
         self.port = 0
         self.tokens_file = os.path.join(data_dir, "tokens.json")
+        self.port_file = os.path.join(data_dir, PORT_FILE)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
 
     def start(self, timeout: float = 30.0) -> None:
+        """Start the server: again on its port once it has one; the first time, on the
+        port it had at the last mount if that is free (so ``drs://127.0.0.1:PORT/...``
+        URIs and URLs written down then still name it), else on any free port."""
+        if self.url:
+            self._start(timeout)
+            return
+        last = _remembered_port(self.port_file)
+        if last and _port_free(last):
+            self.port = last
+            try:
+                self._start(timeout)
+            except ConfigError:  # taken meanwhile, or another reason: the second try says
+                log.warning("the embedded server could not start on port %d, the port of "
+                            "the last mount; starting it on another", last)
+                self.port = 0
+                self._start(timeout)
+        else:
+            if last:
+                log.warning("port %d, the embedded server's port at the last mount, is in "
+                            "use; it starts on another, so URLs naming the old port (such as "
+                            "drs:// URIs of its files) do not reach it", last)
+            self._start(timeout)
+        _remember_port(self.port_file, self.port)
+
+    def _start(self, timeout: float) -> None:
         os.makedirs(self.staging_root, exist_ok=True)
         ready = os.path.join(self.data_dir, f"ready-{os.getpid()}.json")
         log_path = os.path.join(self.data_dir, "server.log")
@@ -146,6 +174,37 @@ class EmbeddedServer:
             self.process = None
         if self._watcher is not None:
             self._watcher.join(timeout=5)
+
+
+def _remembered_port(path: str) -> int:
+    """The port written by :func:`_remember_port`, or 0."""
+    try:
+        with open(path, encoding="ascii") as handle:
+            port = int(handle.read().strip())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return 0
+    return port if 1024 <= port <= 65535 else 0
+
+
+def _remember_port(path: str, port: int) -> None:
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "w", encoding="ascii") as handle:
+            handle.write(f"{port}\n")
+        os.replace(temporary, path)
+    except OSError as exc:  # the next mount takes any port: nothing is lost
+        log.warning("cannot record the embedded server's port in %s: %s", path, exc)
+
+
+def _port_free(port: int) -> bool:
+    """True if nothing listens on 127.0.0.1:``port`` (binds as the server does)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _exit_reason(code: int) -> str:
