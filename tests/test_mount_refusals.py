@@ -47,10 +47,13 @@ def test_each_refusal_is_explained_once_and_shown_by_status(mount_world, mounted
          f"bundle {fqid} is in this collection already", "/collections/my cells/again"),
         (lambda: os.rmdir(cells), errno.ENOTEMPTY,
          "remove its links first", "/collections/my cells"),
-        (lambda: os.link(first_file, root / "collections" / "hard"), errno.EPERM,
-         "hard links are not supported", "/collections/hard"),
-        (lambda: os.mkfifo(root / "collections" / "fifo"), errno.EPERM,
-         "no FIFOs", "/collections/fifo"),
+        (lambda: os.link(first_file, cells / "hard"), errno.EPERM,
+         "a hard link cannot be made in a collection", "/collections/my cells/hard"),
+        (lambda: os.link(first_file, root / "collections" / "hard"), errno.EROFS,
+         "a hard link cannot be made here: this part of the mount is read-only",
+         "/collections/hard"),
+        (lambda: os.mkfifo(root / "bundles" / fqid / "fifo"), errno.EROFS,
+         "a FIFO cannot be made here", f"/bundles/{fqid}/fifo"),
     ]
     for action, code, _, path in cases:
         for _ in range(5):  # the same refusal again and again: explained once
@@ -89,15 +92,26 @@ def test_refusals_in_a_pending_bundle_are_explained_too(tmp_path):
         assert _refused(lambda: os.truncate(bundle / "a.txt", 1 << 60)) == errno.EFBIG
         assert _refused(lambda: open(os.fsencode(bundle) + b"/bad\xff.txt", "wb")) == \
             errno.EINVAL
+        # What a bundle cannot hold, each said the same way: EPERM, and what to do instead.
+        assert _refused(lambda: os.link(bundle / "a.txt", bundle / "hard")) == errno.EPERM
+        assert _refused(lambda: os.symlink("a.txt", bundle / "soft")) == errno.EPERM
+        assert _refused(lambda: os.mkfifo(bundle / "fifo")) == errno.EPERM
         log = mount.log()
         assert "Traceback" not in log and "Uncaught" not in log
         for words in ("removexattr /bundles/b/a.txt refused with ENOTSUP",
                       "truncate /bundles/b/a.txt refused with EFBIG",
-                      "/bundles/b/bad\\xff.txt refused with EINVAL"):
+                      "/bundles/b/bad\\xff.txt refused with EINVAL",
+                      "link /bundles/b/hard refused with EPERM: /bundles/b/hard: a hard link "
+                      "cannot be made in a bundle, which holds files and directories only; "
+                      "copy the file instead",
+                      "symlink /bundles/b/soft refused with EPERM: /bundles/b/soft: a bundle "
+                      "holds files and directories only, not symbolic links",
+                      "mknod /bundles/b/fifo refused with EPERM: /bundles/b/fifo: a FIFO "
+                      "cannot be made in a bundle"):
             assert words in log, (words, log[-2000:])
         report = json.loads(run_hcafs("status", mount.path, "--json", env=mount.env).stdout)
-        assert [r["errno"] for r in report["refusals"]][-3:] == ["ENOTSUP", "EFBIG",
-                                                                 "EINVAL"]
+        assert [r["errno"] for r in report["refusals"]][-5:] == ["EFBIG", "EINVAL", "EPERM",
+                                                                 "EPERM", "EPERM"]
         assert (bundle / "a.txt").read_bytes() == b"a\n"
 
 

@@ -36,6 +36,7 @@ from ..errors import (
     NotADirectory,
     NotEmpty,
     NotFound,
+    NotPermitted,
     NotSupported,
     PermissionDenied,
     ReadOnly,
@@ -446,6 +447,21 @@ class Tree:
             return node.name, f"{node.path}/{leaf}" if node.path else leaf
         return None
 
+    def refuse_node(self, path: str, what: str) -> None:
+        """A hard link, FIFO, socket or device node at ``path``: never made here.  Inside a
+        pending bundle or a collection that is EPERM (neither holds such a thing); anywhere
+        else, EROFS, as for every other change to the read-only tree."""
+        parent, leaf = self._parent(path)
+        if parent.kind == "collection":
+            raise NotPermitted(f"{path}: {what} cannot be made in a collection, which holds "
+                               "symbolic links to ../../bundles/<fqid> and ../../files/<fqid>")
+        if self._in_pending(parent, leaf) is None:
+            raise ReadOnly(f"{path}: {what} cannot be made here: this part of the mount is "
+                           "read-only")
+        advice = "; copy the file instead" if what == "a hard link" else ""
+        raise NotPermitted(f"{path}: {what} cannot be made in a bundle, which holds files "
+                           f"and directories only{advice}")
+
     def mkdir(self, path: str) -> int:
         parent, leaf = self._parent(path)
         where = self._in_pending(parent, leaf)
@@ -507,6 +523,10 @@ class Tree:
         NAME is kept on this mount (other mounts show the item under its FQID)."""
         parent, leaf = self._parent(path)
         if parent.kind != "collection":
+            if self._in_pending(parent, leaf):
+                raise NotPermitted(f"{path}: a bundle holds files and directories only, not "
+                                   "symbolic links; copy the file instead (links can be made "
+                                   "inside a collection, collections/NAME/)")
             raise ReadOnly(f"{path}: links can be made only inside a collection "
                            "(collections/NAME/)")
         kind, fqid = _link_target(target)

@@ -34,7 +34,6 @@ from ..errors import (  # noqa: E402
     AlreadyExists,
     HcafsError,
     NotFound,
-    NotPermitted,
     NotSupported,
     UsageError,
 )
@@ -49,6 +48,8 @@ FUSE_FILL_DIR_PLUS = 1 << 1
 RENAME_NOREPLACE = 1  # renameat2 flags (linux/fs.h)
 FUSE_CAP_READDIRPLUS_AUTO = 1 << 14  # fuse_common.h
 ENOATTR = errno.ENODATA
+_NODE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket",
+               stat.S_IFCHR: "a device node", stat.S_IFBLK: "a device node"}
 
 
 def _errno(func: Callable) -> Callable:
@@ -451,13 +452,13 @@ class Operations(fuse.Operations):
     # Not left to mfusepy's defaults, which answer without a word in the log.
     @_errno
     def link(self, target: str, source: str) -> int:
-        raise NotPermitted(f"{target}: hard links are not supported here (a DSS bundle holds "
-                           "files, directories and symbolic links); copy the file instead")
+        self.tree.refuse_node(target, "a hard link")
+        return 0
 
     @_errno
     def mknod(self, path: str, mode: int, dev: int) -> int:
-        raise NotPermitted(f"{path}: only files, directories and symbolic links can be made "
-                           "here (no FIFOs, sockets or device nodes)")
+        self.tree.refuse_node(path, _NODE_KINDS.get(stat.S_IFMT(mode), "a special file"))
+        return 0
 
     @_errno
     def fallocate(self, path: str, mode: int, offset: int, size: int, fh) -> int:
