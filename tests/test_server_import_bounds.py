@@ -242,7 +242,7 @@ def test_an_unauthenticated_create_writes_nothing(repo, importer):
     assert store_keys(importer) == before
 
 
-def test_import_records_are_their_owners_and_overwrite_needs_the_project(repo, importer):
+def test_import_records_are_their_owners_and_only_members_import_into_a_project(repo, importer):
     fqid = repo.put_file(b"the owner's bytes\n")
     other_fqid = repo.put_file(b"someone else's bytes\n")
     project = "user/private-records"
@@ -262,12 +262,18 @@ def test_import_records_are_their_owners_and_overwrite_needs_the_project(repo, i
     listed = sbg(importer, "GET", "/v2/files", USER, params={"project": project}).json()
     assert [i["id"] for i in listed["items"]] == [record["id"]]
 
-    # OVERWRITE in another's project: refused per item, the name keeps its file
-    job = run_import_as(importer, [{"drs_uri": repo.uri(other_fqid), "project": project,
-                                    "name": "mine.txt"}], OTHER,
-                        conflict_resolution="OVERWRITE")
-    error = only_error(job)
-    assert (error["status"], error["code"]) == (403, 5001), error
+    # Any import into another's project, by its id or its root folder: refused per item
+    # before anything is fetched, and no name is added (a name planted there would make
+    # the owner's own SKIP imports of that name land nothing).
+    for where, conflict in ((("project", project), "OVERWRITE"), (("project", project), "SKIP"),
+                            (("parent", record["parent"]), "RENAME"),
+                            (("parent", record["parent"]), "SKIP")):
+        for name in ("mine.txt", "planted.txt", "a/planted.txt"):
+            job = run_import_as(importer, [{"drs_uri": repo.uri(other_fqid), where[0]: where[1],
+                                            "name": name}], OTHER, conflict_resolution=conflict)
+            error = only_error(job)
+            assert (error["status"], error["code"]) == (403, 5001), (where, conflict, error)
+            assert "was made by another identity" in error["message"]
     listed = sbg(importer, "GET", "/v2/files", USER, params={"project": project}).json()
     assert [i["id"] for i in listed["items"]] == [record["id"]]
     # ... and in one's own project it works

@@ -103,6 +103,9 @@ _FILE_COLUMNS = [f for f in FileRow.__dataclass_fields__]
 _BUNDLE_COLUMNS = [f for f in BundleRow.__dataclass_fields__]
 
 
+IMPORT_PROJECT_KEY = "import-project-key"  # in the cache's meta table
+
+
 @dataclass
 class Landed:
     """What became of one finished import: the names its files were placed at, the names
@@ -643,6 +646,16 @@ class Journal:
         return outcome
 
     # ------------------------------------------------------------ status
+
+    def import_project_key(self) -> str:
+        """A random key made once per cache dir, the same ever after.  The mount names the
+        server-side project of each pending bundle's imports from it and the bundle's uuid,
+        so no other identity can know that name, and make the project first."""
+        with self.cachedb.atomic() as db:
+            db.execute("insert or ignore into meta (key, value) values (?, ?)",
+                       [IMPORT_PROJECT_KEY, new_uuid()])
+            return db.execute("select value from meta where key = ?",
+                              [IMPORT_PROJECT_KEY]).fetchone()[0]
 
     def summary(self) -> dict:
         db = self.db

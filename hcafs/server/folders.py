@@ -1,8 +1,8 @@
 """Where imported files are named: projects, folders and the names in them.
 
 A project ``owner/slug`` has a root folder, which records the identity whose import made it
-(``owner``) and a ``members`` list of emails: only they may replace names in it
-(OVERWRITE, :meth:`Folders.may_overwrite`).  A folder holds names, each bound to an
+(``owner``) and a ``members`` list of emails: only they may import into it
+(:meth:`Folders.may_write`).  A folder holds names, each bound to an
 imported file (its FQID) or to a sub-folder.  Folder ids are 24 hex digits derived from the project
 and the folder's path, so the same folder always gets the same id and creating it twice is
 harmless.  Everything lives in the server's store::
@@ -88,10 +88,11 @@ class Folders:
                 found = self.get(fid) or found
         return found
 
-    def may_overwrite(self, email: str, project: str) -> bool:
-        """Whether ``email`` may replace names in ``project``: its root names ``email`` as
-        its ``owner`` (whose import made it) or among its ``members``.  A root made before
-        roots had owners belongs to the email whose user part is the project's owner part."""
+    def may_write(self, email: str, project: str) -> bool:
+        """Whether ``email`` may import into ``project`` (add or replace names): its root
+        names ``email`` as its ``owner`` (whose import made it) or among its ``members``.
+        A root made before roots had owners belongs to the email whose user part is the
+        project's owner part."""
         root = self.root(project, create=False) or {}
         if root.get("owner") is None:
             return project.split("/", 1)[0].lower() == email.rpartition("@")[0].lower()

@@ -15,7 +15,7 @@ Destinations (:mod:`.folders`): ``project`` ``"owner/slug"`` names the root fold
 project (created by its first import, owned by that import's caller), ``parent`` the id of a
 folder this server created (a project root, or a folder made implicitly by a ``name``
 holding ``/``).  Conflict resolution acts on names within the destination folder; OVERWRITE
-only where :meth:`.folders.Folders.may_overwrite` says so.  An imported file's record is
+only where :meth:`.folders.Folders.may_write` says so.  An imported file's record is
 shown to the identity that imported it (and admins) only.
 
 Bounds: a bundle item reads at most :data:`MAX_MEMBERS` DRS objects below itself, a job at
@@ -1251,10 +1251,10 @@ class Importer:
         top = self.folders.get(unit["folder"])
         if top is None:
             raise ItemError(404, 5026, f"Destination folder {unit['folder']} is not found")
-        if resolution == "OVERWRITE" and not self.folders.may_overwrite(job["owner"],
-                                                                          top["project"]):
-            raise ItemError(403, 5001, f"OVERWRITE is allowed only in your own projects and "
-                            f"the ones shared with you, not in {top['project']!r}")
+        if not self.folders.may_write(job["owner"], top["project"]):
+            raise ItemError(403, 5001, f"imports go only into your own projects and the ones "
+                            f"shared with you; {top['project']!r} was made by another "
+                            "identity (its owner can add you to its members)")
         folder = self.folders.descend(top, parts)
         taken = self.folders.lookup(folder["id"], leaf)
         if taken and taken["id"].startswith(file_uuid + "."):  # done before a restart

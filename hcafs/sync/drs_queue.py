@@ -53,6 +53,7 @@ import logging
 import re
 import threading
 import time
+import uuid as _uuid
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -175,6 +176,7 @@ class DrsQueue:
         self.default_conflict = default_conflict
         self.resolver = resolver
         self.on_change = on_change
+        self._project_key = _uuid.UUID(journal.import_project_key())
         # The DSS records an import result carries are taken only from the DSS itself:
         # an import API elsewhere is asked for names, and the DSS for what it stored.
         self._same_server = api is not None and dss is not None and \
@@ -352,11 +354,18 @@ class DrsQueue:
             if key is None or not self._send(key):
                 return self._hold_until if key else now + 0.1
 
+    def project(self, bundle_uuid: str) -> str:
+        """The server-side project of a pending bundle's imports: ``hcafs/UUID``, the UUID
+        derived from this cache's own random key and the bundle's uuid.  A working copy's
+        uuid is public; a project named after it could be made first by another identity,
+        whose names there would then turn this mount's SKIP imports away."""
+        return f"hcafs/{_uuid.uuid5(self._project_key, bundle_uuid)}"
+
     def _send(self, key: str) -> bool:
         rows = self.journal.batch(key)
         if not rows:
             return True
-        items = [{"drs_uri": uri, "project": f"hcafs/{bundle_uuid}",
+        items = [{"drs_uri": uri, "project": self.project(bundle_uuid),
                   "name": name.rpartition("/")[2], "metadata": json.loads(metadata)}
                  for _, uri, name, metadata, _, _, bundle_uuid in rows]
         try:

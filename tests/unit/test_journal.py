@@ -20,6 +20,8 @@ from crashdb import CrashingCacheDB, InjectedCrash
 from hcafs.cache import journal as j
 from hcafs.cache.journal import Journal
 from hcafs.checksums import checksum_bytes
+from hcafs.remote.bulk_import import BulkImportClient
+from hcafs.sync.drs_queue import DrsQueue
 
 REMOTE_FILE = {"name": "old/a.txt", "size": 3, "indexed": False, "uuid": "u-a",
                "version": "2020-01-01T000000.000000Z", "sha256": "s", "sha1": "s1",
@@ -340,3 +342,21 @@ def test_a_rename_of_a_drs_file_whose_import_was_sent_is_refused_in_its_transact
         with pytest.raises(Busy):
             journal.rename("b", old, new, kind=j.DRS if old.endswith(".drs") else None)
     assert journal.file_by_id(drs).path == "d/x.drs"
+
+
+def test_import_projects_are_named_from_a_key_of_the_cache_dir_alone(journal, tmp_path):
+    """A working copy's uuid is public: its imports' project is not named after it, but
+    derived from a random key the cache dir makes once (the same after a restart, another
+    in another cache dir), so no other identity can make that project first."""
+    def queue(of: Journal) -> DrsQueue:
+        return DrsQueue(of, BulkImportClient("http://127.0.0.1:9", None), None, limit=10,
+                        window=60, default_conflict="SKIP", resolver={})
+
+    bundle = "11111111-1111-4111-8111-111111111111"
+    project = queue(journal).project(bundle)
+    assert project.startswith("hcafs/") and bundle not in project
+    assert queue(Journal(CrashingCacheDB(str(tmp_path / "hcafs.db")))).project(bundle) == \
+        project  # the cache dir opened again
+    assert queue(journal).project("22222222-2222-4222-8222-222222222222") != project
+    elsewhere = Journal(CrashingCacheDB(str(tmp_path / "other.db")))
+    assert queue(elsewhere).project(bundle) != project
