@@ -211,6 +211,35 @@ def test_conflict_resolution(drs_world, tmp_path, conflict):
             assert len(said) == 2 and f"(1 file: {renamed})" in said[1]
 
 
+def test_skip_is_judged_by_the_bundle_not_by_names_the_server_kept(drs_world, tmp_path):
+    """Under SKIP, two .drs files of one name in two folders both land, and a file removed
+    and imported again lands again: the server's project keeps every name it was given,
+    but only the pending bundle's names count (it used to get the leaf only, and answered
+    the second of each "already exists", so nothing landed and the .drs file was gone)."""
+    external = DSSClient(drs_world.external.url, token=ADMIN)
+    _, files = publish(external, drs_world.external_staging,
+                       {"one": b"first\n", "two": b"second\n"})
+    with drs_world.mount(tmp_path / "m") as mount:
+        pending = Path(mount.path) / "bundles" / "skips"
+        for folder in ("d1", "d2"):
+            (pending / folder).mkdir(parents=True)
+        (pending / "d1" / "x.drs").write_text(drs_world.drs_uri(files["one"]))
+        wait_until(lambda: (pending / "d1" / "x").exists(), what="the first import")
+        (pending / "d2" / "x.drs").write_text(drs_world.drs_uri(files["two"]))
+        wait_until(lambda: (pending / "d2" / "x").exists() or
+                   _has_error(pending / "d2" / "x.drs"), what="the second import")
+        assert (pending / "d2" / "x").read_bytes() == b"second\n"
+        (pending / "d1" / "x").unlink()
+        (pending / "d1" / "x.drs").write_text(drs_world.drs_uri(files["two"]))
+        wait_until(lambda: (pending / "d1" / "x").exists() or
+                   _has_error(pending / "d1" / "x.drs"), what="the import again")
+        assert (pending / "d1" / "x").read_bytes() == b"second\n"
+        assert sorted(p.name for p in pending.rglob("*")) == ["d1", "d2", "x", "x"]
+        fqid = commit(mount, "skips")
+        names = {f["name"]: f for f in bundle_files(drs_world, fqid).values()}
+        assert sorted(names) == ["d1/x", "d2/x"]
+
+
 def test_crash_between_submit_and_finished(drs_world, tmp_path):
     external = DSSClient(drs_world.external.url, token=ADMIN)
     blobs = {f"c{n}.bin": random.Random(n).randbytes(200_000) for n in range(5)}

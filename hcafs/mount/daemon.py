@@ -307,6 +307,9 @@ class Daemon:
         folders = {""}
         for path in drs_paths:
             self.tree.invalidate(f"/bundles/{bundle}/{path}")
+            # The entry too: else an `echo URI > NAME.drs` made again within the entry
+            # timeout opens the kernel's stale entry, and gets ENOENT.
+            self.tree.forget_name(f"/bundles/{bundle}/{path}")
             folders.add(path.rpartition("/")[0])  # where the imported names appear
         for folder in sorted(folders):
             self.tree.invalidate(f"/bundles/{bundle}/{folder}".rstrip("/"))

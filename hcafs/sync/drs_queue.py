@@ -176,7 +176,9 @@ class DrsQueue:
         self.default_conflict = default_conflict
         self.resolver = resolver
         self.on_change = on_change
-        self._project_key = _uuid.UUID(journal.import_project_key())
+        # Per cache dir and identity: another token's imports get projects of their own.
+        self._project_key = _uuid.uuid5(_uuid.UUID(journal.import_project_key()),
+                                        api.identity_digest() if api is not None else "")
         # The DSS records an import result carries are taken only from the DSS itself:
         # an import API elsewhere is asked for names, and the DSS for what it stored.
         self._same_server = api is not None and dss is not None and \
@@ -356,20 +358,26 @@ class DrsQueue:
 
     def project(self, bundle_uuid: str) -> str:
         """The server-side project of a pending bundle's imports: ``hcafs/UUID``, the UUID
-        derived from this cache's own random key and the bundle's uuid.  A working copy's
-        uuid is public; a project named after it could be made first by another identity,
-        whose names there would then turn this mount's SKIP imports away."""
+        derived from this cache's own random key, the import token and the bundle's uuid.
+        A working copy's uuid is public: a project named after it could be made first by
+        another identity, which would own it."""
         return f"hcafs/{_uuid.uuid5(self._project_key, bundle_uuid)}"
 
     def _send(self, key: str) -> bool:
         rows = self.journal.batch(key)
         if not rows:
             return True
-        items = [{"drs_uri": uri, "project": self.project(bundle_uuid),
-                  "name": name.rpartition("/")[2], "metadata": json.loads(metadata)}
+        # The name is the whole path in the bundle (the server makes its folders), and the
+        # server is told to OVERWRITE: its project only stages the bundle's imports.  The
+        # file's own conflict_resolution is applied here, against the names the pending
+        # bundle holds when the import lands (Journal.imports_done).  Names the server
+        # kept from earlier imports (of a file since removed, or of the same leaf in another
+        # folder) would otherwise turn a SKIP import away with nothing landed.
+        items = [{"drs_uri": uri, "project": self.project(bundle_uuid), "name": name,
+                  "metadata": json.loads(metadata)}
                  for _, uri, name, metadata, _, _, bundle_uuid in rows]
         try:
-            job = self.api.create(items, rows[0][4], json.loads(rows[0][5]), key)
+            job = self.api.create(items, "OVERWRITE", json.loads(rows[0][5]), key)
         except ApiError as exc:
             if exc.transient:
                 self._hold_off(exc, exc.retry_after)
@@ -606,11 +614,6 @@ class DrsQueue:
             error = errors[0]
             status = int(error.get("status") or 0)
             reason = f"{error.get('code')}: {error.get('message')}"
-            if conflict == "SKIP" and str(error.get("code")) == "5003":
-                # SKIP and the name exists: nothing to import, and nothing went wrong.
-                self.journal.import_skipped(import_id, drs_file_id)
-                _log_landed(bundle, name, Landed(kept=[name]))
-                return None
             if status >= 500 or status == 429:
                 self.journal.import_retry(import_id, reason)
                 return None

@@ -344,12 +344,12 @@ def test_a_rename_of_a_drs_file_whose_import_was_sent_is_refused_in_its_transact
     assert journal.file_by_id(drs).path == "d/x.drs"
 
 
-def test_import_projects_are_named_from_a_key_of_the_cache_dir_alone(journal, tmp_path):
+def test_import_projects_are_named_from_a_key_of_the_cache_dir_and_the_identity(journal, tmp_path):
     """A working copy's uuid is public: its imports' project is not named after it, but
     derived from a random key the cache dir makes once (the same after a restart, another
     in another cache dir), so no other identity can make that project first."""
-    def queue(of: Journal) -> DrsQueue:
-        return DrsQueue(of, BulkImportClient("http://127.0.0.1:9", None), None, limit=10,
+    def queue(of: Journal, token: str | None = None) -> DrsQueue:
+        return DrsQueue(of, BulkImportClient("http://127.0.0.1:9", token), None, limit=10,
                         window=60, default_conflict="SKIP", resolver={})
 
     bundle = "11111111-1111-4111-8111-111111111111"
@@ -360,3 +360,6 @@ def test_import_projects_are_named_from_a_key_of_the_cache_dir_alone(journal, tm
     assert queue(journal).project("22222222-2222-4222-8222-222222222222") != project
     elsewhere = Journal(CrashingCacheDB(str(tmp_path / "other.db")))
     assert queue(elsewhere).project(bundle) != project
+    # Mounted again with another token: projects of its own, none of the first identity's
+    assert queue(journal, "another-token").project(bundle) not in (project, bundle)
+    assert "another-token" not in queue(journal, "another-token").project(bundle)
