@@ -332,10 +332,14 @@ class Tree:
             if name in SETTABLE:
                 raise UsageError(f"{name} cannot be set on {path}: {SETTABLE[name]}")
             # ENOTSUP, the answer of a filesystem that keeps no such attribute: `cp -a` and
-            # `tar --xattrs` then copy the file without it, and say nothing.
-            raise NotSupported(f"{name} cannot be set on {path}: a written file keeps no "
-                               "attributes but user.hca.indexed (its user.hca.* checksums, "
-                               "uuid and version are the ones made when it is uploaded)")
+            # `tar --xattrs` then copy the file without it, and say nothing.  Explained once
+            # per attribute name, not per file: a `cp -a` of a tree would flood the log.
+            refused = NotSupported(
+                f"{name} cannot be set on {path}: a written file keeps no attributes but "
+                "user.hca.indexed (its user.hca.* checksums, uuid and version are the ones "
+                f"made when it is uploaded); said once, for the first file {name} was set on")
+            refused.refusal_key = f"setxattr {name}"
+            raise refused
         raise ReadOnly(f"{path} is read-only")
 
     def status(self) -> dict:

@@ -68,7 +68,7 @@ def _errno(func: Callable) -> Callable:
                 log.error("%s %s: %s", func.__name__, args[0] if args else "", exc)
             elif exc.errno in EXPLAINED:
                 self.refusals.record(func.__name__, args[0] if args else "", exc.errno,
-                                     str(exc))
+                                     str(exc), getattr(exc, "refusal_key", None))
             else:
                 log.debug("%s %s: %s", func.__name__, args[0] if args else "", exc)
             raise fuse.FuseOSError(exc.errno) from exc

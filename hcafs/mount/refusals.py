@@ -4,8 +4,9 @@ A refusal is an answer the mount gives by design (EROFS for a write to a bundle 
 EINVAL for a link that points nowhere the mount knows, EACCES when the server said no, ...).
 The FUSE adapter hands each one here with the callback, the path and the reason the model
 gave.  Each distinct (reason, path) is logged once at WARNING, so a loop of stats that keeps
-being refused leaves one line, and it is recorded in the cache database, where
-``hcafs status`` shows the latest few without asking the daemon.
+being refused leaves one line (a refusal that names a key of its own is logged once for
+all paths: an attribute `cp -a` sets on every file it copies), and it is recorded in the
+cache database, where ``hcafs status`` shows the latest few without asking the daemon.
 
 Threading: FUSE threads call :meth:`Refusals.record` concurrently; the set of reasons
 already seen is kept under a lock.
@@ -35,11 +36,14 @@ class Refusals:
         self._lock = threading.Lock()
         self._seen: dict[tuple[str, str], None] = {}
 
-    def record(self, operation: str, path: str, code: int, reason: str) -> None:
-        """Log and keep one refusal, unless the same reason for the same path was seen."""
+    def record(self, operation: str, path: str, code: int, reason: str,
+               key: str | None = None) -> None:
+        """Log and keep one refusal, unless the same reason for the same path was seen
+        (or, when the refusal gives a ``key``, one with that key: said once for all
+        paths)."""
         if code not in EXPLAINED:
             return
-        key = (reason, path)
+        key = (key, "") if key else (reason, path)
         with self._lock:
             if key in self._seen:
                 return
