@@ -110,16 +110,19 @@ class EmbeddedServer:
             self.port = last
             try:
                 self._start(timeout)
-            except ConfigError:  # taken meanwhile, or another reason: the second try says
-                log.warning("the embedded server could not start on port %d, the port of "
-                            "the last mount; starting it on another", last)
+            except ConfigError:
+                if _port_free(last):  # not the port: the reason is in the server's log
+                    raise
+                log.warning("port %d, the embedded server's port at the last mount, was "
+                            "taken as it started; it starts on another", last)
                 self.port = 0
                 self._start(timeout)
         else:
             if last:
                 log.warning("port %d, the embedded server's port at the last mount, is in "
-                            "use; it starts on another, so URLs naming the old port (such as "
-                            "drs:// URIs of its files) do not reach it", last)
+                            "use by another process; the server starts on another port, and "
+                            "URLs naming the old one (such as drs:// URIs of its files) now "
+                            "reach that process, not this server", last)
             self._start(timeout)
         _remember_port(self.port_file, self.port)
 
