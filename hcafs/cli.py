@@ -159,6 +159,7 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
     return ServeConfig(
         host=pick("host", "127.0.0.1"),
         port=int(pick("port", DEFAULT_PORT)),
+        listen_fd=args.listen_fd,
         data_dir=pick("data_dir", ServeConfig().data_dir),
         store_url=pick("store"),
         tokens_file=pick("tokens"),
@@ -229,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help=f"TCP port, 0 for any free one "
                        f"(default {DEFAULT_PORT})")
+    serve.add_argument("--listen-fd", type=int, metavar="FD",
+                       help="serve on this inherited, listening TCP socket instead of "
+                       "binding --host/--port (the mount passes one to its embedded server, "
+                       "and keeps it while the server restarts, so no one else can take "
+                       "the port)")
     serve.add_argument("--data-dir", help="where state lives (default "
                        f"{xdg_dir('data')}/server)")
     serve.add_argument("--store", metavar="s3://BUCKET/PREFIX",

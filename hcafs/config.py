@@ -90,6 +90,7 @@ class ServeConfig:
 
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
+    listen_fd: int | None = None  # a listening TCP socket inherited from the caller
     data_dir: str = field(default_factory=lambda: os.path.join(xdg_dir("data"), "server"))
     store_url: str | None = None
     tokens_file: str | None = None

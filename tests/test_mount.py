@@ -370,6 +370,13 @@ def test_a_killed_embedded_server_is_started_again_at_the_same_url(tmp_path):
         [server] = [pid for pid in _children(record["pid"])
                     if b"serve" in Path(f"/proc/{pid}/cmdline").read_bytes()]
         os.kill(server, signal.SIGKILL)
+        # Meanwhile the port stays the mount's: no other process can listen there and be
+        # sent the mount's token.
+        with socket.socket() as squatter:
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with pytest.raises(OSError) as taken:
+                squatter.bind(("127.0.0.1", int(record["dss_url"].rsplit(":", 1)[1])))
+            assert taken.value.errno == errno.EADDRINUSE
         wait_until(lambda: "is back at" in mount.log(), what="the server to be started again")
         log = mount.log()
         assert f"the embedded server (pid {server}) exited (killed by SIGKILL)" in log
@@ -414,6 +421,16 @@ def test_the_embedded_server_keeps_its_port_across_mounts_while_that_port_is_fre
             assert os.listdir(Path(mount.path) / "bundles") == []
     with Mount(str(tmp_path), None, env=env) as mount:  # the last port is now the new one
         assert served_at(mount) == moved
+    # A FIFO, a link to a device, or junk planted there: passed over, said, never blocking
+    port_file = tmp_path / "data" / "hcafs" / "server" / "embedded-port"
+    for plant, said in ((lambda: os.mkfifo(port_file), "holds no port"),
+                        (lambda: port_file.symlink_to("/dev/zero"), "is not read from"),
+                        (lambda: port_file.write_text("+4447\n"), "holds no port")):
+        port_file.unlink()
+        plant()
+        with Mount(str(tmp_path), None, env=env) as mount:
+            assert served_at(mount).startswith("http://127.0.0.1:")
+            assert said in mount.log(), said
 
 
 def test_a_dead_mount_is_named_as_such_and_umount_clears_it(tmp_path):

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -58,6 +59,7 @@ MAX_IDLE_THREADS = 32
 WATCH_INTERVAL = 1.0  # seconds between checks that the embedded server still runs
 MAX_RESTART_DELAY = 30.0  # the longest wait between attempts to start it again
 PORT_FILE = "embedded-port"  # in the data dir: the embedded server's port at the last mount
+LISTEN_BACKLOG = 1024  # connections the kernel queues on the mount's socket (also mid-restart)
 
 
 def _widen_readahead(mountpoint: str) -> None:
@@ -97,44 +99,53 @@ class EmbeddedServer:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._listener: socket.socket | None = None  # the mount's, lent to each server
 
     def start(self, timeout: float = 30.0) -> None:
-        """Start the server: again on its port once it has one; the first time, on the
-        port it had at the last mount if that is free (so ``drs://127.0.0.1:PORT/...``
-        URIs and URLs written down then still name it), else on any free port."""
-        if self.url:
-            self._start(timeout)
+        """Start the server on the mount's listening socket.  The socket is made at the
+        first start, on the port the server had at the last mount if that is free (so
+        ``drs://127.0.0.1:PORT/...`` URIs and URLs written down then still name it), and
+        the daemon keeps it open until :meth:`stop`: while the server restarts, no other
+        process can take the port and be sent the mount's token."""
+        if self._listener is None:
+            self._listener = self._bind()
+            self.port = self._listener.getsockname()[1]
+            self._start(timeout)  # it makes the data dir
+            _remember_port(self.port_file, self.port)
             return
+        self._start(timeout)
+
+    def _bind(self) -> socket.socket:
         last = _remembered_port(self.port_file)
-        if last and _port_free(last):
-            self.port = last
+        for port in ((last, 0) if last else (0,)):
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                self._start(timeout)
-            except ConfigError:
-                if _port_free(last):  # not the port: the reason is in the server's log
-                    raise
-                log.warning("port %d, the embedded server's port at the last mount, was "
-                            "taken as it started; it starts on another", last)
-                self.port = 0
-                self._start(timeout)
-        else:
-            if last:
+                listener.bind(("127.0.0.1", port))
+            except OSError as exc:
+                listener.close()
+                if port == 0:
+                    raise ConfigError(f"the embedded server cannot listen on 127.0.0.1: "
+                                      f"{exc.strerror}") from exc
                 log.warning("port %d, the embedded server's port at the last mount, is in "
-                            "use by another process; the server starts on another port, and "
-                            "URLs naming the old one (such as drs:// URIs of its files) now "
-                            "reach that process, not this server", last)
-            self._start(timeout)
-        _remember_port(self.port_file, self.port)
+                            "use by another process (%s); the server starts on another port, "
+                            "and URLs naming the old one (such as drs:// URIs of its files) "
+                            "now reach that process, not this server", port, exc.strerror)
+                continue
+            listener.listen(LISTEN_BACKLOG)
+            return listener
+        raise AssertionError("unreachable: port 0 binds or raises")
 
     def _start(self, timeout: float) -> None:
         os.makedirs(self.staging_root, exist_ok=True)
         ready = os.path.join(self.data_dir, f"ready-{os.getpid()}.json")
         log_path = os.path.join(self.data_dir, "server.log")
+        fd = self._listener.fileno()
         try:
             self.process, info = start_server(
-                ["--host", "127.0.0.1", "--port", str(self.port), "--data-dir", self.data_dir,
+                ["--host", "127.0.0.1", "--listen-fd", str(fd), "--data-dir", self.data_dir,
                  "--staging-root", self.staging_root, *self.args], ready, log_path=log_path,
-                timeout=timeout, preexec_fn=_die_with_parent)
+                timeout=timeout, preexec_fn=_die_with_parent, pass_fds=(fd,))
         except NotReady as exc:
             raise ConfigError(f"the embedded server did not start; see {log_path}") from exc
         self.url = info["url"]
@@ -175,18 +186,38 @@ class EmbeddedServer:
             if self.process is not None:
                 stop(self.process)
             self.process = None
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
         if self._watcher is not None:
             self._watcher.join(timeout=5)
 
 
 def _remembered_port(path: str) -> int:
-    """The port written by :func:`_remember_port`, or 0."""
+    """The port written by :func:`_remember_port`, or 0 (said in the log when the file is
+    there but holds no usable port).  Read as a small regular file only, without blocking:
+    a FIFO, a device or a link planted there is passed over."""
     try:
-        with open(path, encoding="ascii") as handle:
-            port = int(handle.read().strip())
-    except (OSError, ValueError, UnicodeDecodeError):
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
         return 0
-    return port if 1024 <= port <= 65535 else 0
+    except OSError as exc:
+        log.warning("the embedded server's last port is not read from %s (%s); it starts "
+                    "on any free port", path, exc.strerror)
+        return 0
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            text = None
+        else:
+            text = os.read(fd, 16).decode("ascii", "replace")
+    finally:
+        os.close(fd)
+    port = int(text.strip()) if text is not None and text.strip().isdigit() else 0
+    if not 1024 <= port <= 65535:
+        log.warning("%s holds no port the embedded server can use (a number from 1024 to "
+                    "65535); it starts on any free port", path)
+        return 0
+    return port
 
 
 def _remember_port(path: str, port: int) -> None:
@@ -197,17 +228,6 @@ def _remember_port(path: str, port: int) -> None:
         os.replace(temporary, path)
     except OSError as exc:  # the next mount takes any port: nothing is lost
         log.warning("cannot record the embedded server's port in %s: %s", path, exc)
-
-
-def _port_free(port: int) -> bool:
-    """True if nothing listens on 127.0.0.1:``port`` (binds as the server does)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _exit_reason(code: int) -> str:

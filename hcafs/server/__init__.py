@@ -208,7 +208,10 @@ def url_of(config: ServeConfig, port: int) -> str:
 
 
 def _listen(config: ServeConfig) -> socket.socket:
-    """The listening socket, bound before the workers start (they inherit it)."""
+    """The listening socket, bound before the workers start (they inherit it), or the one
+    inherited as ``--listen-fd``."""
+    if config.listen_fd is not None:
+        return _inherited(config.listen_fd)
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -222,6 +225,23 @@ def _listen(config: ServeConfig) -> socket.socket:
         raise ConfigError(f"cannot listen on {config.host}:{config.port}: "
                           f"{exc.strerror}") from exc
     sock.listen(BACKLOG)
+    sock.setblocking(False)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _inherited(fd: int) -> socket.socket:
+    """``--listen-fd``: a TCP socket already bound and listening, or a clear refusal."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise ConfigError(f"--listen-fd {fd}: not an open socket ({exc.strerror})") from exc
+    if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET,
+                                                              socket.AF_INET6) or \
+            not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        sock.detach()
+        raise ConfigError(f"--listen-fd {fd}: not a listening TCP socket")
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setblocking(False)
     sock.set_inheritable(True)
     return sock
