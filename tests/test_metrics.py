@@ -84,6 +84,7 @@ def test_a_metrics_port_in_use_is_a_clear_start_error(tmp_path):
     (["--lease-ttl", "0.1"], "--lease-ttl must be between"),
     (["--lease-ttl", "5", "--lease-scan", "6"], "--lease-scan must be between"),
     (["--metrics-port", "70000"], "--metrics-port 70000 is not a TCP port"),
+    (["--listen-fd", "987"], "--listen-fd 987: not an open socket"),
 ])
 def test_bad_scale_out_options_are_refused_before_listening(tmp_path, option, message):
     result = subprocess.run([sys.executable, "-m", "hcafs", "serve", "--port", "0",
