@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import socket
 import threading
 import time
 from pathlib import Path
@@ -276,6 +277,18 @@ def test_import_records_are_their_owners_and_only_members_import_into_a_project(
             assert "was made by another identity" in error["message"]
     listed = sbg(importer, "GET", "/v2/files", USER, params={"project": project}).json()
     assert [i["id"] for i in listed["items"]] == [record["id"]]
+    # ... and refused before its object is asked for: no request reaches the DRS host
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        probe.setblocking(False)
+        host = f"127.0.0.1:{probe.getsockname()[1]}"
+        job = run_import_as(importer, [{"drs_uri": f"drs://{host}/probe", "project": project,
+                                        "name": "z"},
+                                       {"drs_uri": f"drs://{host}/probe", "name": "z",
+                                        "parent": record["parent"]}], OTHER)
+        assert [(r["error"]["status"], r["error"]["code"]) for r in job["result"]] == \
+            [(403, 5001)] * 2, job
+        with pytest.raises(BlockingIOError):
+            probe.accept()
     # ... and in one's own project it works
     job = run_import_as(importer, [{"drs_uri": repo.uri(other_fqid), "project": project,
                                     "name": "mine.txt"}], USER,

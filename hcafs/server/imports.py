@@ -14,9 +14,10 @@ in item order, and one per member for a bundle item.
 Destinations (:mod:`.folders`): ``project`` ``"owner/slug"`` names the root folder of that
 project (created by its first import, owned by that import's caller), ``parent`` the id of a
 folder this server created (a project root, or a folder made implicitly by a ``name``
-holding ``/``).  Conflict resolution acts on names within the destination folder; OVERWRITE
-only where :meth:`.folders.Folders.may_write` says so.  An imported file's record is
-shown to the identity that imported it (and admins) only.
+holding ``/``).  Conflict resolution acts on names within the destination folder; an
+import goes only where :meth:`.folders.Folders.may_write` says so (the project's owner and
+members).  An imported file's record is shown to the identity that imported it (and admins)
+only.
 
 Bounds: a bundle item reads at most :data:`MAX_MEMBERS` DRS objects below itself, a job at
 most :data:`MAX_JOB_READS`, and a bundle that contains itself fails the item.  A fetch is
@@ -1002,11 +1003,22 @@ class Importer:
         return []
 
     def _destination(self, item: dict, owner: str) -> str:
+        """The item's folder, once the caller may import there: checked here, before its
+        object is located or read, so another's project costs no request anywhere."""
         if "project" in item:
-            return self.folders.root(item["project"], owner=owner)["id"]
-        if self.folders.get(item["parent"]) is None:
-            raise ItemError(404, 5026, f"Destination folder {item['parent']} is not found")
-        return item["parent"]
+            folder = self.folders.root(item["project"], owner=owner)
+        else:
+            folder = self.folders.get(item["parent"])
+            if folder is None:
+                raise ItemError(404, 5026, f"Destination folder {item['parent']} is not found")
+        self._may_write(owner, folder["project"])
+        return folder["id"]
+
+    def _may_write(self, owner: str, project: str) -> None:
+        if not self.folders.may_write(owner, project):
+            raise ItemError(403, 5001, f"imports go only into your own projects and the ones "
+                            f"shared with you; {project!r} was made by another identity (its "
+                            "owner can add you to its members)")
 
     def _members(self, found: dict, url: str, name: str | None, member: str | None,
                  reads: _Reads, above: frozenset, item: dict, owner: str) -> list[dict]:
@@ -1251,10 +1263,7 @@ class Importer:
         top = self.folders.get(unit["folder"])
         if top is None:
             raise ItemError(404, 5026, f"Destination folder {unit['folder']} is not found")
-        if not self.folders.may_write(job["owner"], top["project"]):
-            raise ItemError(403, 5001, f"imports go only into your own projects and the ones "
-                            f"shared with you; {top['project']!r} was made by another "
-                            "identity (its owner can add you to its members)")
+        self._may_write(job["owner"], top["project"])  # again: members may have changed
         folder = self.folders.descend(top, parts)
         taken = self.folders.lookup(folder["id"], leaf)
         if taken and taken["id"].startswith(file_uuid + "."):  # done before a restart
