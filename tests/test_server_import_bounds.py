@@ -31,6 +31,7 @@ from fixtures.hostile_drs import (
     store_keys,
 )
 
+from hcafs.server.folders import folder_id
 from hcafs.server.imports import JOB_BYTES, MAX_MEMBERS
 
 
@@ -305,6 +306,27 @@ def test_import_records_are_their_owners_and_only_members_import_into_a_project(
                                     "name": "mine.txt"}], OTHER,
                         conflict_resolution="OVERWRITE")
     assert "resource" in job["result"][0], job
+
+
+def test_a_project_named_after_another_identity_is_that_identitys_to_make(repo, importer):
+    """``user/...`` is user@'s: no one else can make it first and shut its owner out (any
+    case of the name); a project named after no identity is its first importer's; the
+    mount's ``hcafs/...`` projects are no one's to reserve."""
+    fqid = repo.put_file(b"squat\n")
+    for project in ("user/squatted", "USER/squatted2"):
+        job = run_import_as(importer, [{"drs_uri": repo.uri(fqid), "project": project,
+                                        "name": "x"}], OTHER)
+        error = only_error(job)
+        assert (error["status"], error["code"]) == (403, 5001), error
+        assert "named after another identity (user)" in error["message"]
+        assert f"import-folders/{folder_id(project, '')}" not in store_keys(importer)
+    job = run_import_as(importer, [{"drs_uri": repo.uri(fqid), "project": "user/squatted",
+                                    "name": "x"}], USER)
+    assert "resource" in job["result"][0], job
+    for project in ("nobody-known/first-come", "hcafs/0f3c"):
+        job = run_import_as(importer, [{"drs_uri": repo.uri(fqid), "project": project,
+                                        "name": "x"}], OTHER)
+        assert "resource" in job["result"][0], (project, job)
 
 
 # ---------------------------------------------------------------- fairness

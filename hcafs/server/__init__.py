@@ -180,7 +180,8 @@ def build_app(config: ServeConfig) -> tuple[App, Engines]:
     importer = Importer(store, reader, limits, spool,
                         credentials=Credentials.load(config.drs_credentials), leases=leases,
                         # a quarter of the request threads at most wait in held polls
-                        held_polls=max(1, min(WAITERS, config.threads // 4)))
+                        held_polls=max(1, min(WAITERS, config.threads // 4)),
+                        user_names=tokens.user_names)
     dss = DSS(store, copier)
     passports = PassportCheck(config.drs_passport_jwks, config.drs_passport_issuer) \
         if config.drs_auth == "passport" else None

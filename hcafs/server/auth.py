@@ -86,6 +86,14 @@ class Tokens:
         except ConfigError as exc:
             log.error("%s; keeping the tokens loaded before", exc)
 
+    def user_names(self) -> frozenset[str]:
+        """The user parts (before the ``@``, lower case) of every identity in the file as it
+        is now."""
+        with self._lock:
+            self._current()
+            return frozenset(identity.email.rpartition("@")[0].lower()
+                             for identity in self._table.values())
+
     def derive(self, label: bytes) -> bytes:
         """A key for ``label`` derived from the tokens file as it is now: the same in every
         process that reads the file, different once it changes, and nothing a holder of

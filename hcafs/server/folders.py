@@ -34,6 +34,16 @@ PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*
 FOLDER_RE = re.compile(r"^[0-9a-f]{24}\Z")
 
 
+# The mount's own namespace: each of its projects is named by a random key, so none is
+# anyone's to reserve (docs/drs.md, the mount's projects).
+OPEN_OWNERS = frozenset({"hcafs"})
+
+
+def owner_part(project: str) -> str:
+    """A project's owner part, compared without case (``Alice/x`` is alice's too)."""
+    return project.split("/", 1)[0].lower()
+
+
 class FolderError(HcafsError):
     """A name that cannot be used: an SBG error ``body`` for the item's result."""
 

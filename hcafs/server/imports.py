@@ -97,11 +97,13 @@ from .egress import EgressError
 from .folders import (
     FOLDER_RE,
     MORE_INFO,
+    OPEN_OWNERS,
     PROJECT_RE,
     FolderError,
     Folders,
     files_href,
     name_error,
+    owner_part,
 )
 from .leases import Lease, LeaseLost, Leases
 from .listing import FileIndex
@@ -331,8 +333,12 @@ class Importer:
     def __init__(self, store: Store, reader: DrsReader, limits: ImportLimits,
                  spool_dir: str, workers: int = WORKERS,
                  credentials: Credentials | None = None, leases: Leases | None = None,
-                 held_polls: int = WAITERS):
+                 held_polls: int = WAITERS,
+                 user_names: Callable[[], frozenset[str]] = frozenset):
         self.store = store
+        # The user parts of the identities this server knows (lower case): a project named
+        # after one of them is made by that identity only (Folders.owner_part).
+        self.user_names = user_names
         self.file_index = FileIndex(store)
         self.leases = leases
         self._held: dict[str, Lease] = {}  # job id → this process's lease on it
@@ -1006,13 +1012,27 @@ class Importer:
         """The item's folder, once the caller may import there: checked here, before its
         object is located or read, so another's project costs no request anywhere."""
         if "project" in item:
-            folder = self.folders.root(item["project"], owner=owner)
+            folder = self.folders.root(item["project"], create=False)
+            if folder is None:
+                self._may_create(owner, item["project"])
+                folder = self.folders.root(item["project"], owner=owner)
         else:
             folder = self.folders.get(item["parent"])
             if folder is None:
                 raise ItemError(404, 5026, f"Destination folder {item['parent']} is not found")
         self._may_write(owner, folder["project"])
         return folder["id"]
+
+    def _may_create(self, owner: str, project: str) -> None:
+        """A project is made by its first import, unless it is named after another identity
+        this server knows: ``alice/x`` is alice's to make (any email whose user part is
+        alice), so no one else can take it first and shut her out of it."""
+        named = owner_part(project)
+        if named not in OPEN_OWNERS and named != owner.rpartition("@")[0].lower() and \
+                named in self.user_names():
+            raise ItemError(403, 5001, f"project {project!r} is named after another identity "
+                            f"({named}); only that identity may make it (name yours "
+                            f"{owner.rpartition('@')[0]}/...)")
 
     def _may_write(self, owner: str, project: str) -> None:
         if not self.folders.may_write(owner, project):
