@@ -217,6 +217,20 @@ def test_a_committed_file_copied_with_its_attributes(rig, tmp_path):
         assert demanded.returncode == 1 and "Operation not supported" in demanded.stderr
         for name in ("b", "t/a.txt", "c"):
             assert (bundles / "copies" / name).read_bytes() == b"alpha\n"
+        # cp -a keeps the time: set on the open file (after its data, beside its
+        # attributes), it is not replaced by the time of the close
+        old = tmp_path / "old.txt"
+        old.write_bytes(b"old\n" * 1000)
+        os.utime(old, (1_000_000_000, 1_000_000_000))
+        subprocess.run(["cp", "-a", str(old), str(bundles / "copies" / "old.txt")],
+                       check=True)
+        assert (bundles / "copies" / "old.txt").stat().st_mtime == 1_000_000_000
+        with open(bundles / "copies" / "again.txt", "wb") as handle:
+            handle.write(b"x")
+            os.utime(handle.fileno(), (1_000_000_000, 1_000_000_000))
+            os.setxattr(handle.fileno(), "user.hca.indexed", b"false")
+            handle.write(b"y")  # a write after it: the time is the close's again
+        assert (bundles / "copies" / "again.txt").stat().st_mtime > 1_000_000_000
         assert os.getxattr(bundles / "copies" / "b", "user.hca.indexed") == b"false"
         # Said once per attribute, for the first file (cp -a sets them on every file)
         said = [line for line in mount.log().splitlines()

@@ -286,15 +286,17 @@ class Journal:
             if row:
                 self._touch(db, row[0], now)
 
-    def closed(self, file_id: int, size: int) -> None:
-        """A writer closed the file: record its size; the idle clock starts now."""
+    def closed(self, file_id: int, size: int, mtime: float | None = None) -> None:
+        """A writer closed the file: record its size, and its modification time (now,
+        unless ``mtime`` was set since its last write); the idle clock starts now."""
         with self.cachedb.atomic() as db:
-            self._closed(db, file_id, size, time.time())
+            self._closed(db, file_id, size, time.time(), mtime)
 
     @staticmethod
-    def _closed(db, file_id: int, size: int, now: float) -> None:
+    def _closed(db, file_id: int, size: int, now: float, mtime: float | None = None
+                ) -> None:
         db.execute("update pending_files set size = ?, changed = ?, mtime = ? where id = ?",
-                   [size, now, now, file_id])
+                   [size, now, now if mtime is None else mtime, file_id])
         # The bundle's idle clock (--auto-commit) restarts at the last close too, not
         # only at the first write after an open.
         db.execute("update pending_bundles set changed = ? where name = "

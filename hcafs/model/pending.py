@@ -64,6 +64,7 @@ class PendingHandle:
     fd: int | None
     writable: bool
     dirty: bool = False
+    mtime: float | None = None  # set (utimens) since its last write: the close keeps it
     blob: object = None  # for a remote file read through the content cache
     entry: object = None
 
@@ -425,6 +426,7 @@ class PendingBundles:
         if not handle.dirty:  # journal first: a crash after this write leaves it dirty
             self.journal.mark_dirty(handle.file_id)
             handle.dirty = True
+        handle.mtime = None  # a write after a utimens makes the file's time "now" again
         try:
             count = os.pwrite(handle.fd, data, offset)
         except BaseException:
@@ -457,7 +459,7 @@ class PendingBundles:
         if handle.fd is not None:
             os.fsync(handle.fd)
             if handle.dirty:
-                self.journal.closed(handle.file_id, os.fstat(handle.fd).st_size)
+                self.journal.closed(handle.file_id, os.fstat(handle.fd).st_size, handle.mtime)
             self.journal.cachedb.make_durable()
 
     def truncate(self, name: str, path: str, length: int) -> None:
@@ -514,7 +516,7 @@ class PendingBundles:
         in the same transaction (or the reason it cannot be recorded on it)."""
         row = self.journal.file_by_id(handle.file_id)
         if row is None or row.kind != DRS:
-            self.journal.closed(handle.file_id, size)
+            self.journal.closed(handle.file_id, size, handle.mtime)
         else:
             self._judge_drs(row.id)
 
@@ -541,6 +543,15 @@ class PendingBundles:
             return os.stat(self.data_path(row.id)).st_size
         except FileNotFoundError:
             return row.size
+
+    def set_times(self, file_id: int, mtime: float) -> None:
+        """utimens: the file's modification time, kept by the close of a handle open for
+        writing unless it writes again first (``cp -a`` sets the time, then closes)."""
+        self.journal.set_times(file_id, mtime)
+        with self._lock:
+            for handle in self._handles.values():
+                if handle.file_id == file_id and handle.writable:
+                    handle.mtime = mtime
 
     def set_indexed(self, name: str, path: str, value: bytes) -> None:
         with self._changing(name):

@@ -573,7 +573,7 @@ class Tree:
         """chmod, chown and utimens: accepted in pending bundles (mtime is kept)."""
         node = self.resolve(path)
         if node.kind == "pfile" and mtime is not None:
-            self.pending.journal.set_times(node.value.id, mtime)
+            self.pending.set_times(node.value.id, mtime)
         elif node.kind not in ("pending", "pdir", "pfile"):
             raise ReadOnly(f"{path} is read-only")
         return 0
