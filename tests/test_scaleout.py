@@ -335,7 +335,9 @@ def test_a_stopped_holder_wakes_up_to_a_refused_publish(cluster):
     # It may also have been stopped between its claim's write and its read back, or
     # before it read the copy's record: woken, it finds its lease taken, or the copy
     # done, and says so (seen on 2026-12-02: it said nothing then, and this test waited).
-    said = ("taken over", "refused", "finished by another process")
+    # (Those two say their pid: another process's scan may claim the copy after the new
+    # holder released it and say "finished" too; the line must be the stopped holder's.)
+    said = ("taken over", "refused", f"finished by another process meanwhile (pid {stopped})")
 
     def refused() -> bool:
         return any(refusal in line and any(words in line for words in said)

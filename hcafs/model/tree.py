@@ -335,9 +335,10 @@ class Tree:
             # `tar --xattrs` then copy the file without it, and say nothing.  Explained once
             # per attribute name, not per file: a `cp -a` of a tree would flood the log.
             refused = NotSupported(
-                f"{name} cannot be set on {path}: a written file keeps no attributes but "
-                "user.hca.indexed (its user.hca.* checksums, uuid and version are the ones "
-                f"made when it is uploaded); said once, for the first file {name} was set on")
+                f"{name} cannot be set on {path}: written files and directories keep no "
+                "attributes but a file's user.hca.indexed (a file's user.hca.* checksums, "
+                "uuid and version are the ones made when it is uploaded); said once, for "
+                f"the first path {name} was set on")
             refused.refusal_key = f"setxattr {name}"
             raise refused
         raise ReadOnly(f"{path} is read-only")

@@ -476,14 +476,16 @@ class Copier:
                 if lease.lost:  # taken over between this claim's write and its read back
                     lease = None
                     log.warning("async copy of %s: its lease was taken over as it was "
-                                "claimed; the new holder's copy counts", name)
+                                "claimed; the new holder's copy counts (pid %d)", name,
+                                os.getpid())
                     return
                 metrics.copies_in_flight(1)
                 if lease.token > 1:
                     metrics.takeover("copy")
                 now = _load(self.store.read(f"copies/{name}"))
                 if now is None or now.get("state") != "running":
-                    log.info("async copy of %s: finished by another process meanwhile", name)
+                    log.info("async copy of %s: finished by another process meanwhile "
+                             "(pid %d)", name, os.getpid())
                     return
             self.copy(Source(**record["source"]),
                       partial(self.leases.check, lease) if lease is not None else None)
