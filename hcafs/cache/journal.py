@@ -563,13 +563,6 @@ class Journal:
             "select id, job_item from drs_imports where job_id = ? and state = ? and "
             "job_item is not null", [job_id, SUBMITTED]).fetchall())
 
-    def import_skipped(self, import_id: int, drs_file_id: int) -> None:
-        """SKIP, and the name exists: the ``.drs`` file goes, nothing is imported."""
-        with self.cachedb.atomic() as db:
-            db.execute("delete from pending_files where id = ?", [drs_file_id])
-            db.execute("update drs_imports set state = ?, finished_at = ?, error = ? "
-                       "where id = ?", [DONE, time.time(), "skipped: name exists", import_id])
-
     def import_retry(self, import_id: int, reason: str) -> None:
         """A transient failure of one item: queue it again, later (capped backoff)."""
         with self.cachedb.atomic() as db:

@@ -75,7 +75,6 @@ CHANGES: dict[str, Change] = {
     "job_seen": lambda jn, ids: jn.job_seen("job-1", "RUNNING", 1, 0),
     "imports_failed": lambda jn, ids: jn.imports_failed([ids["import"]], "5104: nope"),
     "import_retry": lambda jn, ids: jn.import_retry(ids["import"], "503: later"),
-    "import_skipped": lambda jn, ids: jn.import_skipped(ids["import"], ids["drs"]),
     "import_done": lambda jn, ids: jn.import_done(
         ids["import"], "b", ids["drs"], "OVERWRITE", [("x.bin", INFO), ("a.txt", INFO)]),
 }
