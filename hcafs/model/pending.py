@@ -22,6 +22,7 @@ import itertools
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 
 from ..cache.blobcache import BLOCK, BlobCache
@@ -426,7 +427,12 @@ class PendingBundles:
         if not handle.dirty:  # journal first: a crash after this write leaves it dirty
             self.journal.mark_dirty(handle.file_id)
             handle.dirty = True
-        handle.mtime = None  # a write after a utimens makes the file's time "now" again
+        if handle.mtime is not None:
+            # A write after a utimens makes the file's time "now" again, at once: the
+            # close that records it (release) is not waited for by close(2), so a stat
+            # right after close(2) would otherwise still show the time set.
+            handle.mtime = None
+            self.journal.set_times(handle.file_id, time.time())
         try:
             count = os.pwrite(handle.fd, data, offset)
         except BaseException:
