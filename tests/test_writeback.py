@@ -714,3 +714,20 @@ def test_new_bundle_named_by_an_unused_uuid(rig, tmp_path):
         fqid = commit(mount, wanted)
         assert fqid.startswith(wanted + ".")
         assert now_version() > fqid.split(".", 1)[1]
+
+
+def test_the_biggest_file_due_is_synced_first(rig, tmp_path):
+    """Files due together (here: at the commit) go biggest first, whatever order they were
+    written in, so a big file's long upload overlaps the small ones instead of trailing
+    them.  One upload worker makes the order the log's order."""
+    sizes = {"tiny.txt": 10, "small.bin": 50_000, "mid.bin": 300_000, "big.bin": 2 * MiB,
+             "last-but-biggest.bin": 3 * MiB}
+    with rig.mount(tmp_path / "m", args=("--upload-workers", "1",
+                                         "--write-back-delay", "3600")) as mount:
+        pending = Path(mount.path) / "bundles" / "order"
+        pending.mkdir()
+        for name, size in sizes.items():  # written smallest first
+            (pending / name).write_bytes(os.urandom(size))
+        commit(mount, "order")
+        synced = re.findall(r"synced order/(\S+) as ", mount.log())
+    assert synced == sorted(sizes, key=sizes.get, reverse=True)

@@ -19,6 +19,7 @@ transactions (see ``journal.py``); the scheduler alone changes bundle rows.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import threading
@@ -37,6 +38,7 @@ from ..cache.journal import (
     REGISTERING,
     SYNCED,
     BundleRow,
+    FileRow,
     Journal,
 )
 from ..errors import ApiError, HcafsError, IntegrityError, NotFound, RemoteError
@@ -111,7 +113,8 @@ class Syncer:
         self.auto_commit = auto_commit
         self.on_commit = on_commit
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload")
-        self._inflight: set[int] = set()
+        self._inflight: set[int] = set()  # queued or being synced
+        self._queue: list[tuple[int, int, FileRow]] = []  # heap: biggest file first
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -149,14 +152,26 @@ class Syncer:
     # ------------------------------------------------------------ files
 
     def _schedule(self) -> None:
-        for row in self.journal.due(time.time(), self.delay):
-            if self.pending.is_open_for_write(row.id):
-                continue
-            with self._lock:
-                if row.id in self._inflight:
-                    continue
-                self._inflight.add(row.id)
-            self._pool.submit(self._sync, row)
+        """Queue the due files.  Each pool task takes the biggest file queued when it
+        starts, not the one it was submitted with: a big file closed late (or made due
+        by a commit) goes ahead of the small ones already waiting, so its long stage and
+        copy overlap theirs instead of running alone at the end."""
+        due = [row for row in self.journal.due(time.time(), self.delay)
+               if not self.pending.is_open_for_write(row.id)]
+        queued = 0
+        with self._lock:  # all queued before any task starts: one order, by size
+            for row in due:
+                if row.id not in self._inflight:
+                    self._inflight.add(row.id)
+                    heapq.heappush(self._queue, (-row.size, row.id, row))
+                    queued += 1
+        for _ in range(queued):
+            self._pool.submit(self._next)
+
+    def _next(self) -> None:
+        with self._lock:
+            row = heapq.heappop(self._queue)[2]
+        self._sync(row)
 
     def _sync(self, claimed) -> None:
         # The row was read before this worker claimed it; another worker may have finished
