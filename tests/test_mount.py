@@ -24,6 +24,7 @@ from fixtures.hcafs_mount import Mount, commit, needs_fuse, run_hcafs, wait_unti
 from fixtures.mounts import unmount_leftovers
 from fixtures.publishing import publish
 
+from hcafs.checksums import Checksummer
 from hcafs.remote.client import DSSClient
 from hcafs.versions import now_version, version_datetime
 
@@ -348,6 +349,43 @@ def test_embedded_default_mounts_a_working_filesystem(tmp_path):
         mount.refresh()
         assert (Path(mount.path) / "bundles" / fqid / "hello.txt").read_bytes() == b"hello\n"
     assert not os.path.ismount(mount.path)
+
+
+def test_files_written_to_the_embedded_default_carry_the_servers_four_checksums(tmp_path):
+    """Local staging computes only crc32c (the embedded server computes all four as it
+    takes the file in); once synced, a pending file's attributes and its bundle carry the
+    server's four, for a file written in order and for one staged by a pass of its own."""
+    env = {"XDG_DATA_HOME": str(tmp_path / "data"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    data = {"in-order.bin": os.urandom(3 * MiB + 5), "out-of-order.bin": os.urandom(MiB + 9)}
+    with Mount(str(tmp_path), None, env=env, args=["--write-back-delay", "0.2"]) as mount:
+        pending = Path(mount.path) / "bundles" / "sums"
+        pending.mkdir()
+        (pending / "in-order.bin").write_bytes(data["in-order.bin"])
+        fd = os.open(pending / "out-of-order.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+        try:  # the tail first: no checksums while written, staging makes its own pass
+            half = len(data["out-of-order.bin"]) // 2
+            os.pwrite(fd, data["out-of-order.bin"][half:], half)
+            os.pwrite(fd, data["out-of-order.bin"][:half], 0)
+        finally:
+            os.close(fd)
+        for name in data:
+            wait_until(lambda n=name: os.getxattr(pending / n, "user.hcafs.state") ==
+                       b"synced", what=f"{name} synced")
+        for name, content in data.items():
+            summer = Checksummer(len(content))
+            summer.update(content)
+            assert os.getxattr(pending / name, "user.hca.sha256").decode() == \
+                hashlib.sha256(content).hexdigest()
+            assert os.getxattr(pending / name, "user.hca.sha1").decode() == \
+                hashlib.sha1(content).hexdigest()
+            assert os.getxattr(pending / name, "user.hca.s3_etag").decode() == \
+                hashlib.md5(content).hexdigest()  # one part
+            assert os.getxattr(pending / name, "user.hca.crc32c").decode() == \
+                summer.result().crc32c
+        fqid = commit(mount, "sums")
+        assert (Path(mount.path) / "bundles" / fqid / "out-of-order.bin").read_bytes() == \
+            data["out-of-order.bin"]
+    assert "IntegrityError" not in mount.log() and " ERROR " not in mount.log()
 
 
 def _children(pid: int) -> list[int]:

@@ -379,18 +379,27 @@ class Journal:
             return file_uuid, version
 
     def staged(self, file_id: int, generation: int, checksums, content_type: str) -> bool:
+        """The generation is staged with these checksums (a partial set's unknown ones
+        are stored as NULL)."""
         cursor = self.db.execute(
             "update pending_files set state = ?, sha256 = ?, sha1 = ?, crc32c = ?, s3_etag = ?,"
             " content_type = ?, size = ? where id = ? and generation = ?",
-            [REGISTERING, checksums.sha256, checksums.sha1, checksums.crc32c,
-             checksums.s3_etag, content_type, checksums.size, file_id, generation])
+            [REGISTERING, checksums.sha256 or None, checksums.sha1 or None,
+             checksums.crc32c or None, checksums.s3_etag or None, content_type,
+             checksums.size, file_id, generation])
         return cursor.rowcount == 1
 
-    def registered(self, file_id: int, generation: int) -> bool:
+    def registered(self, file_id: int, generation: int, checksums=None) -> bool:
+        """The generation is registered; ``checksums`` (the server's four, when given)
+        replace what staging knew."""
+        sums = [] if checksums is None else [checksums.sha256, checksums.sha1,
+                                             checksums.crc32c, checksums.s3_etag]
         cursor = self.db.execute(
             "update pending_files set state = ?, synced_generation = ?, error = null, "
-            "attempts = 0, next_try = null where id = ? and generation = ?",
-            [SYNCED, generation, file_id, generation])
+            "attempts = 0, next_try = null"
+            + (", sha256 = ?, sha1 = ?, crc32c = ?, s3_etag = ?" if sums else "")
+            + " where id = ? and generation = ?",
+            [SYNCED, generation, *sums, file_id, generation])
         return cursor.rowcount == 1
 
     def progress(self, file_id: int, sent: int) -> None:

@@ -72,7 +72,7 @@ class PendingHandle:
 
 class PendingBundles:
     def __init__(self, journal: Journal, root: str, catalog: Catalog, blobs: BlobCache,
-                 fetcher):
+                 fetcher, complete_sums: bool = True):
         self.journal = journal
         self.root = root
         self.catalog = catalog
@@ -88,7 +88,9 @@ class PendingBundles:
         self._sealed: set[str] = set()
         self._changes = threading.RLock()
         self._ids = itertools.count(1)
-        self.written = WrittenSums()  # checksums computed as files are written in order
+        # Checksums computed as files are written in order: all four, or crc32c only when
+        # the stager needs no more (``complete_sums``, see Stager.complete_checksums).
+        self.written = WrittenSums(complete=complete_sums)
 
     def data_path(self, file_id: int) -> str:
         return os.path.join(self.root, str(file_id))

@@ -1,7 +1,8 @@
 """Checksums of a pending file computed while it is written, so staging need not read it.
 
 A file written from empty, in order (``cp``, a download, anything that writes once from the
-start to the end), has its four checksums computed from the bytes of its write calls by a
+start to the end), has its checksums (all four, or only crc32c when staging needs no more,
+see ``checksums.py``) computed from the bytes of its write calls by a
 thread beside the writer: the write callback only hands the bytes over.  They are good for
 the file only as it was when its last writer closed it, so anything else drops them, and
 staging then computes them afresh in a pass of its own:
@@ -39,7 +40,8 @@ _END = None
 class _Summing:
     """One file's checksums, computed on the shared pool from the bytes handed to it."""
 
-    def __init__(self, release, pool: ThreadPoolExecutor):
+    def __init__(self, release, pool: ThreadPoolExecutor, complete: bool):
+        self.complete = complete
         self.written = 0  # the next offset expected, as the writers see it
         self.closed = False
         self.stamp: tuple[int, int, int] | None = None
@@ -98,7 +100,8 @@ class _Summing:
                     continue
                 if not self._dropped.is_set():
                     if self._summer is None:
-                        self._summer = Checksummer(0)  # the DSS's 64 MiB parts to 640 GiB
+                        # the DSS's 64 MiB parts, good to 640 GiB
+                        self._summer = Checksummer(0, self.complete)
                     self._summer.update(item)
             except Exception:  # noqa: BLE001 - staging makes the fresh pass instead
                 self._dropped.set()
@@ -110,7 +113,7 @@ class _Summing:
     def _end(self) -> None:
         try:
             if not self._dropped.is_set():
-                sums = (self._summer or Checksummer(0)).result()
+                sums = (self._summer or Checksummer(0, self.complete)).result()
                 if sums.size <= MAX_PARTS * MIN_PART_SIZE:
                     self.result = sums
         finally:
@@ -118,9 +121,11 @@ class _Summing:
 
 
 class WrittenSums:
-    """The checksums of files being (or just) written in order, by data file id."""
+    """The checksums of files being (or just) written in order, by data file id: all four,
+    or with ``complete=False`` crc32c and the size only."""
 
-    def __init__(self, budget: int = BUDGET):
+    def __init__(self, budget: int = BUDGET, complete: bool = True):
+        self.complete = complete
         self._lock = threading.Lock()
         self._files: dict[int, _Summing] = {}
         self._room = budget
@@ -134,7 +139,7 @@ class WrittenSums:
         """The file was just created empty (or truncated to empty by an open for writing)."""
         with self._lock:
             old = self._files.pop(file_id, None)
-            self._files[file_id] = _Summing(self._give_back, self._pool)
+            self._files[file_id] = _Summing(self._give_back, self._pool, self.complete)
         if old is not None:
             old.drop()
 

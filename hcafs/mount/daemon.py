@@ -285,7 +285,8 @@ class Daemon:
         if stager is not None:
             self.tree.pending = PendingBundles(self.journal,
                                                os.path.join(config.cache_dir, "pending"),
-                                               self.catalog, self.blobs, self.tree.fetcher)
+                                               self.catalog, self.blobs, self.tree.fetcher,
+                                               complete_sums=stager.complete_checksums)
             self.drs_queue = self._drs_queue(token, verify)
             self.tree.pending.drs_queue = self.drs_queue
             self.syncer = Syncer(self.journal, self.tree.pending, stager, self.client,

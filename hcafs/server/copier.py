@@ -48,7 +48,7 @@ from ..remote.s3 import S3
 from . import metrics
 from .leases import Lease, LeaseLost, Leases, gone
 from .listing import FileIndex
-from .store import LocalStore, Store
+from .store import LocalStore, Store, start_writeback
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +175,10 @@ class Copier:
                     before = os.fstat(handle.fileno())
                     if not stat.S_ISREG(before.st_mode):
                         raise Problem(404, "not_found", f"source file {url} is not a file")
+                    if isinstance(self.store, LocalStore):
+                        # Moved into the store and fsynced after this pass: its writeback
+                        # runs beside the checksums instead of after them.
+                        start_writeback(handle.fileno())
                     sums = checksum_file(handle, before.st_size)
                     stamp = _stamp(os.fstat(handle.fileno()))
                 break

@@ -272,7 +272,7 @@ class LocalStore(Store):
                 try:
                     _write_all(fd, data)
                     if self.durable:
-                        _start_writeback(fd)
+                        start_writeback(fd)
                 finally:
                     os.close(fd)
             if self.durable:
@@ -651,7 +651,7 @@ def _writeback_starter() -> Callable[[int], None]:
 
 
 SYNC_FILE_RANGE_WRITE = 2
-_start_writeback = _writeback_starter()
+start_writeback = _writeback_starter()
 
 
 def _tag(data: bytes) -> str:

@@ -13,7 +13,13 @@ Two targets, one interface:
   The file is registered only once a HEAD shows the object with its size and ETag (a store
   may acknowledge a PUT before every reader sees the object).
 * :class:`LocalStager` (the embedded server): the bytes are copied into the server's
-  staging root and registered as ``file://``; the checksums are computed during the copy.
+  staging root (in the kernel, ``copy_file_range``, when their crc32c is known from the
+  write) and registered as ``file://``.  The server computes all four checksums in the one
+  pass that verifies and moves the file into its store, so the client computes only crc32c
+  (while the file is written, or during the copy) and checks the server's answer against it
+  and the size.  The copy is not fsynced: the server reads it from the same page cache and
+  fsyncs the blob before it publishes the file, and a file whose registration a crash cut
+  off is staged again (no crc32c-only row is registered from an earlier staged copy).
 
 Staged names are derived from the file's uuid and version, so staging again after a crash
 overwrites the same object instead of leaving a second one.
@@ -51,10 +57,15 @@ def content_type(name: str) -> str:
 
 
 class Stager(ABC):
+    # True: the checksums staging returns are all four (the server needs them with the
+    # source); False: crc32c and size only, the server computes the four itself.
+    complete_checksums = True
+
     @abstractmethod
     def stage(self, path: str, file_uuid: str, version: str, name: str,
               progress: Progress, known: Known | None = None) -> tuple[str, Checksums]:
-        """Stage the file at ``path``; returns its source URL and checksums.
+        """Stage the file at ``path``; returns its source URL and checksums (partial when
+        :attr:`complete_checksums` is False).
 
         ``known(fd)``, given the file open, returns its checksums if they were computed
         while it was written and still hold (then no pass of its own is made), or None."""
@@ -73,6 +84,8 @@ class Stager(ABC):
 
 
 class LocalStager(Stager):
+    complete_checksums = False
+
     def __init__(self, root: str):
         self.root = root
 
@@ -99,7 +112,7 @@ class LocalStager(Stager):
             if sums is not None:  # the kernel copies; nothing passes through Python
                 _copy_range(source.fileno(), out.fileno(), size, progress)
             else:
-                summer = Checksummer(size)
+                summer = Checksummer(size, complete=False)
                 sent = 0
                 while chunk := source.read(CHUNK):
                     summer.update(chunk)
@@ -107,8 +120,7 @@ class LocalStager(Stager):
                     sent += len(chunk)
                     progress(sent)
                 sums = summer.result()
-            out.flush()
-            os.fsync(out.fileno())
+            out.flush()  # no fsync: see the module's docstring
         os.replace(part, target)
         if sums.size != size:
             raise OSError(f"{path} changed size while it was staged")

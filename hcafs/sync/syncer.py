@@ -41,6 +41,7 @@ from ..cache.journal import (
     FileRow,
     Journal,
 )
+from ..checksums import Checksums
 from ..errors import ApiError, HcafsError, IntegrityError, NotFound, RemoteError
 from ..model.pending import PendingBundles
 from ..remote.client import DSSClient
@@ -206,13 +207,13 @@ class Syncer:
     def _registered_before(self, row) -> bool:
         """True if an earlier attempt registered this generation although its answer was
         lost (a reset, a server restart): the file is then not staged again."""
-        if row.state != ERROR or not (row.file_uuid and row.file_version and row.sha256):
+        if row.state != ERROR or not (row.file_uuid and row.file_version and row.crc32c):
             return False
         try:
             info = self.client.head_file(row.file_uuid, row.file_version)
         except NotFound:
             return False
-        return info.sha256 == row.sha256
+        return not _staged_sums(row).mismatches(info)
 
     def _sync_file(self, row) -> None:
         if self._registered_before(row):
@@ -222,9 +223,12 @@ class Syncer:
                 self.stager.discard(row.file_uuid, row.file_version, row.path)
             return
         if row.state == REGISTERING and row.sha256 and row.file_version:
+            # Staged with all four checksums by an earlier attempt: registered from there.
+            # (A partial row, crc32c only, is staged again: its staged copy was not
+            # fsynced, see staging.py.)
             file_uuid, version = row.file_uuid, row.file_version
             source = self.stager.source_url(file_uuid, version, row.path)
-            sha256 = row.sha256
+            sums = _staged_sums(row)
         else:
             ids = self.journal.begin_staging(row.id, row.generation)
             if ids is None:
@@ -253,7 +257,6 @@ class Syncer:
             if not self.journal.staged(row.id, row.generation, sums, content_type(row.path)):
                 return
             self.journal.progress(row.id, sums.size)
-            sha256 = sums.sha256
         started = time.monotonic()
         status, _ = self.client.put_file(file_uuid, version, source, self.creator_uid)
         registered = time.monotonic()
@@ -263,10 +266,13 @@ class Syncer:
             self.stats.add("copy", time.monotonic() - registered)
         else:
             info = self.client.head_file(file_uuid, version)
-        if info.sha256 != sha256:
-            raise IntegrityError(f"the server holds sha256 {info.sha256} for {row.path}, "
-                                 f"not {sha256}")
-        if self.journal.registered(row.id, row.generation):
+        wrong = sums.mismatches(info)
+        if wrong:
+            raise IntegrityError(
+                f"the server holds another {', '.join(wrong)} for {row.path} than was "
+                "written: " + ", ".join(f"{name} {getattr(info, name)}, not "
+                                        f"{getattr(sums, name)}" for name in wrong))
+        if self.journal.registered(row.id, row.generation, info):
             log.info("synced %s/%s as %s.%s", row.bundle, row.path, file_uuid, version)
         self.stager.discard(file_uuid, version, row.path)
 
@@ -430,3 +436,8 @@ class Syncer:
         summary = self.journal.summary()
         return bool(summary["pending_files"] or summary["commits_pending"])
 
+
+def _staged_sums(row: FileRow) -> Checksums:
+    """The checksums staging recorded for the row (a partial set: crc32c and size only)."""
+    return Checksums(sha256=row.sha256 or "", sha1=row.sha1 or "", crc32c=row.crc32c or "",
+                     s3_etag=row.s3_etag or "", size=row.size)

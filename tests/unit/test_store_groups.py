@@ -22,7 +22,7 @@ from hcafs.server.store import LocalStore
 @pytest.fixture
 def events(monkeypatch) -> list[str]:
     seen: list[str] = []
-    start, fsync, replace, link = (store_module._start_writeback, os.fsync, os.replace,
+    start, fsync, replace, link = (store_module.start_writeback, os.fsync, os.replace,
                                    os.link)
 
     def started(fd: int) -> None:
@@ -41,7 +41,7 @@ def events(monkeypatch) -> list[str]:
         seen.append("link")
         link(src, dst, **kw)
 
-    monkeypatch.setattr(store_module, "_start_writeback", started)
+    monkeypatch.setattr(store_module, "start_writeback", started)
     monkeypatch.setattr(store_module.os, "fsync", synced)
     monkeypatch.setattr(store_module.os, "replace", renamed)
     monkeypatch.setattr(store_module.os, "link", linked)

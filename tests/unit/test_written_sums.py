@@ -111,10 +111,13 @@ def test_staging_uses_known_checksums_and_copies_the_bytes(model, tmp_path):
     assert asked and sums == checksum_bytes(data)
     with open(url[len("file://"):], "rb") as handle:
         assert handle.read() == data
-    # Without them (or when they no longer hold), the stager computes its own.
+    # Without them (or when they no longer hold), the stager computes its own: crc32c
+    # and the size only, since the server computes all four as it takes the file in.
     url, again = stager.stage(model.pending.data_path(row.id), "u", "w", "a.bin",
                               lambda sent: None, known=known)
-    assert again == checksum_bytes(data)
+    assert again == checksum_bytes(data).partial()
+    with open(url[len("file://"):], "rb") as handle:
+        assert handle.read() == data
 
 
 def test_the_local_stager_takes_a_name_of_255_bytes_and_one_that_is_no_url(tmp_path):
@@ -126,6 +129,29 @@ def test_the_local_stager_takes_a_name_of_255_bytes_and_one_that_is_no_url(tmp_p
     for name, leaf in (("d/" + "n" * 251 + ".bin", "n" * 251 + ".bin"),
                        ("odd\u0085name.txt", "data")):
         url, sums = stager.stage(str(source), "u", name[:3], name, lambda sent: None)
-        assert url.endswith("/" + leaf) and sums == checksum_bytes(b"bytes\n")
+        assert url.endswith("/" + leaf) and sums == checksum_bytes(b"bytes\n").partial()
         with open(url[len("file://"):], "rb") as handle:
             assert handle.read() == b"bytes\n"
+
+
+def test_crc32c_only_written_sums_are_partial_and_match_a_full_pass(model):
+    """A mount whose stager needs no more than crc32c (the embedded server computes all
+    four itself) computes only crc32c and the size as a file is written."""
+    model.pending.written = WrittenSums(complete=False)
+    data = os.urandom(3 * MiB + 5)
+    _write_pieces(model, "/bundles/b/a.bin", [(0, data[:MiB]), (MiB, data[MiB:])])
+    sums = _written(model, "/bundles/b/a.bin")
+    full = checksum_bytes(data)
+    assert sums == full.partial() and not sums.complete and full.complete
+    assert sums.mismatches(full) == []
+
+
+def test_a_partial_set_finds_a_wrong_crc32c_or_size_and_a_full_set_any_checksum():
+    data = os.urandom(MiB)
+    full = checksum_bytes(data)
+    other = checksum_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    shorter = checksum_bytes(data[:-1])
+    assert full.partial().mismatches(other) == ["crc32c"]
+    assert full.partial().mismatches(shorter) == ["crc32c", "size"]
+    assert full.mismatches(other) == ["sha256", "sha1", "crc32c", "s3_etag"]
+    assert full.mismatches(full) == [] and full.partial().mismatches(full) == []
