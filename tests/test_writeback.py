@@ -30,6 +30,7 @@ from fixtures.faults import Fault, FaultyHttpProxy, TcpGate
 from fixtures.hcafs_mount import Mount, commit, needs_fuse, run_hcafs, wait_until
 from fixtures.small_disk import small_disk
 
+from hcafs.checksums import Checksummer
 from hcafs.remote.client import DSSClient
 from hcafs.versions import now_version
 
@@ -731,3 +732,42 @@ def test_the_biggest_file_due_is_synced_first(rig, tmp_path):
         commit(mount, "order")
         synced = re.findall(r"synced order/(\S+) as ", mount.log())
     assert synced == sorted(sizes, key=sizes.get, reverse=True)
+
+
+@pytest.mark.allow_daemon_errors(r"sync of swapped/s\.bin failed .* as a new version")
+def test_a_version_the_server_took_in_with_other_bytes_is_left_for_a_new_one(rig, seaweed,
+                                                                           tmp_path):
+    """Between staging and registration the staged object is replaced by other bytes under
+    tags that match them, so the server takes in a wrong file, verified, under the version
+    the mount chose.  The mount's HEAD shows the difference, the log names it, and the next
+    attempt stages under a new version (that one would be refused as 'already exists'
+    forever): the bundle gets the bytes that were written."""
+    hold = threading.Event()
+    put = rig.proxy.when(Fault(hold=hold), method="PUT", path="/v1/files/")
+    data, other = os.urandom(200_000), os.urandom(200_000)
+    s3 = seaweed.client()
+    try:
+        with rig.mount(tmp_path / "m") as mount:
+            pending = Path(mount.path) / "bundles" / "swapped"
+            pending.mkdir()
+            (pending / "s.bin").write_bytes(data)
+            assert put.reached.wait(60)
+            [key] = [o["Key"] for o in s3.list_objects_v2(
+                Bucket=rig.bucket, Prefix="staged/")["Contents"] if o["Key"].endswith("/s.bin")]
+            summer = Checksummer(len(other))
+            summer.update(other)
+            tags = "&".join(f"{k}={v}" for k, v in summer.result().tags().items())
+            s3.put_object(Bucket=rig.bucket, Key=key, Body=other, Tagging=tags)
+            first_version = key.split("/")[-2].split(".", 1)[1]
+            hold.set()
+            fqid = commit(mount, "swapped")
+            assert (Path(mount.path) / "bundles" / fqid / "s.bin").read_bytes() == data
+            log = mount.log()
+        [entry] = rig.client().get_bundle(*fqid.split(".", 1))["files"]
+        assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+        assert entry["version"] != first_version
+        assert re.search(r"sync of swapped/s\.bin failed \(retry in \d+s as a new version\): "
+                         r"the server holds another sha256, sha1, crc32c, s3_etag for s\.bin",
+                         log), log[-3000:]
+    finally:
+        hold.set()

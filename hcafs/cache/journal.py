@@ -405,16 +405,21 @@ class Journal:
     def progress(self, file_id: int, sent: int) -> None:
         self.db.execute("update pending_files set sent_bytes = ? where id = ?", [sent, file_id])
 
-    def failed(self, file_id: int, generation: int, reason: str) -> float:
-        """Record a failed attempt; returns the delay before the next one (capped)."""
+    def failed(self, file_id: int, generation: int, reason: str,
+               new_version: bool = False) -> float:
+        """Record a failed attempt; returns the delay before the next one (capped).
+        ``new_version``: the version chosen for this generation can never hold it (the
+        server holds other bytes under it), so the next attempt chooses another."""
         with self.cachedb.atomic() as db:
             row = db.execute("select attempts from pending_files where id = ?",
                              [file_id]).fetchone()
             attempts = (row[0] or 0) + 1 if row else 1
             delay = BACKGROUND.backoff(attempts)
             db.execute(
-                "update pending_files set state = ?, error = ?, attempts = ?, next_try = ? "
-                "where id = ? and generation = ?",
+                "update pending_files set state = ?, error = ?, attempts = ?, next_try = ?"
+                + (", file_version = null, sha256 = null, sha1 = null, crc32c = null, "
+                   "s3_etag = null" if new_version else "")
+                + " where id = ? and generation = ?",
                 [ERROR, reason, attempts, time.time() + delay, file_id, generation])
         return delay
 

@@ -190,9 +190,10 @@ class Syncer:
                         delay, exc)
         except (HcafsError, OSError) as exc:
             self.stats.retry(type(exc).__name__)
-            delay = self.journal.failed(row.id, row.generation, str(exc))
-            log.error("sync of %s/%s failed (retry in %.0fs): %s", row.bundle, row.path,
-                      delay, exc)
+            wrong = isinstance(exc, IntegrityError)  # raised by _sync_file alone, see there
+            delay = self.journal.failed(row.id, row.generation, str(exc), new_version=wrong)
+            log.error("sync of %s/%s failed (retry in %.0fs%s): %s", row.bundle, row.path,
+                      delay, " as a new version" if wrong else "", exc)
         except Exception as exc:
             self.stats.retry("internal")
             self.journal.failed(row.id, row.generation, f"internal error: {exc}")
@@ -268,10 +269,14 @@ class Syncer:
             info = self.client.head_file(file_uuid, version)
         wrong = sums.mismatches(info)
         if wrong:
+            # That version holds other bytes (its staged copy was changed before the server
+            # took it in) and always will: the next attempt stages under a new version.
+            self.stager.discard(file_uuid, version, row.path)
             raise IntegrityError(
-                f"the server holds another {', '.join(wrong)} for {row.path} than was "
-                "written: " + ", ".join(f"{name} {getattr(info, name)}, not "
-                                        f"{getattr(sums, name)}" for name in wrong))
+                f"the server holds another {', '.join(wrong)} for {row.path} as "
+                f"{file_uuid}.{version} than was written: "
+                + ", ".join(f"{name} {getattr(info, name)}, not {getattr(sums, name)}"
+                            for name in wrong))
         if self.journal.registered(row.id, row.generation, info):
             log.info("synced %s/%s as %s.%s", row.bundle, row.path, file_uuid, version)
         self.stager.discard(file_uuid, version, row.path)
