@@ -67,7 +67,13 @@ def _package(name: str) -> str:
 
 def machine(repo: str, work: str) -> dict[str, str]:
     mem_kib = int(_first("/proc/meminfo", "MemTotal").split()[0] or 0)
-    dirty = _command("git", "-C", repo, "status", "--porcelain", "--", "hcafs")
+    # Not _command: a clean tree prints nothing, which _command reads as "unknown".
+    try:
+        status = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--", "hcafs"],
+                                capture_output=True, text=True, timeout=10)
+        dirty = "yes" if status.returncode else status.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        dirty = "yes"
     commit = _command("git", "-C", repo, "rev-parse", "--short", "HEAD")
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
