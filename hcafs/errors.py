@@ -16,6 +16,7 @@ FUSE adapter and the CLI each map errors in exactly one place::
     ├── NoSpace                     ENOSPC  exit 1
     ├── Busy                        EBUSY   exit 1
     ├── IntegrityError              EIO     exit 1   bytes that do not match their checksum
+    │   └── VersionConflict                          a version the server holds with other bytes
     ├── RemoteError                 EIO     exit 5   anything the DSS (or S3) did wrong
     │   ├── Unreachable                              no answer at all (refused, reset, timeout)
     │   └── ApiError                                 the server answered with an error body
@@ -99,6 +100,12 @@ class Busy(HcafsError):
 
 class IntegrityError(HcafsError):
     """Bytes whose checksum does not match what the manifest promised."""
+
+
+class VersionConflict(IntegrityError):
+    """The server holds a file version with other bytes than the client wrote under it
+    (its staged copy changed before the server took it in): that version can never hold
+    the written bytes, so they need a version of their own."""
 
 
 class RemoteError(HcafsError):

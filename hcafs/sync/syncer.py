@@ -42,7 +42,7 @@ from ..cache.journal import (
     Journal,
 )
 from ..checksums import Checksums
-from ..errors import ApiError, HcafsError, IntegrityError, NotFound, RemoteError
+from ..errors import ApiError, HcafsError, NotFound, RemoteError, VersionConflict
 from ..model.pending import PendingBundles
 from ..remote.client import DSSClient
 from ..retry import BACKGROUND
@@ -177,8 +177,9 @@ class Syncer:
     def _sync(self, claimed) -> None:
         # The row was read before this worker claimed it; another worker may have finished
         # the file since.  Work from the journal as it is now.
-        row = self.journal.file_by_id(claimed.id)
+        row = claimed
         try:
+            row = self.journal.file_by_id(claimed.id)
             if row is None or (row.state == SYNCED and
                                row.synced_generation == row.generation):
                 return  # removed, or synced by another worker meanwhile
@@ -188,12 +189,16 @@ class Syncer:
             delay = self.journal.failed(row.id, row.generation, str(exc))
             log.warning("sync of %s/%s failed (retry in %.0fs): %s", row.bundle, row.path,
                         delay, exc)
+        except VersionConflict as exc:
+            self.stats.retry(type(exc).__name__)
+            delay = self.journal.failed(row.id, row.generation, str(exc), new_version=True)
+            log.error("sync of %s/%s failed (retry in %.0fs as a new version): %s",
+                      row.bundle, row.path, delay, exc)
         except (HcafsError, OSError) as exc:
             self.stats.retry(type(exc).__name__)
-            wrong = isinstance(exc, IntegrityError)  # raised by _sync_file alone, see there
-            delay = self.journal.failed(row.id, row.generation, str(exc), new_version=wrong)
-            log.error("sync of %s/%s failed (retry in %.0fs%s): %s", row.bundle, row.path,
-                      delay, " as a new version" if wrong else "", exc)
+            delay = self.journal.failed(row.id, row.generation, str(exc))
+            log.error("sync of %s/%s failed (retry in %.0fs): %s", row.bundle, row.path,
+                      delay, exc)
         except Exception as exc:
             self.stats.retry("internal")
             self.journal.failed(row.id, row.generation, f"internal error: {exc}")
@@ -207,21 +212,38 @@ class Syncer:
 
     def _registered_before(self, row) -> bool:
         """True if an earlier attempt registered this generation although its answer was
-        lost (a reset, a server restart): the file is then not staged again."""
+        lost (a reset, a server restart): the row is then synced from the server's answer
+        (see :meth:`_confirm`) and the file is not staged again."""
         if row.state != ERROR or not (row.file_uuid and row.file_version and row.crc32c):
             return False
         try:
             info = self.client.head_file(row.file_uuid, row.file_version)
         except NotFound:
             return False
-        return not _staged_sums(row).mismatches(info)
+        self._confirm(row, row.file_uuid, row.file_version, _staged_sums(row), info,
+                      " (registered by an earlier attempt)")
+        return True
+
+    def _confirm(self, row, file_uuid: str, version: str, sums: Checksums, info,
+                 how: str = "") -> None:
+        """The one check of the server's file (``info``, a HEAD's answer) against what
+        was written (``sums``): the row is synced with the server's four checksums, or,
+        if the server holds other bytes under that version (its staged copy was changed
+        before the server took it in), :class:`VersionConflict`, and the next attempt
+        stages under a new version.  Either way the staged copy is done with."""
+        wrong = sums.mismatches(info)
+        self.stager.discard(file_uuid, version, row.path)
+        if wrong:
+            raise VersionConflict(
+                f"the server holds another {', '.join(wrong)} for {row.path} as "
+                f"{file_uuid}.{version} than was written: "
+                + ", ".join(f"{name} {getattr(info, name)}, not {getattr(sums, name)}"
+                            for name in wrong))
+        if self.journal.registered(row.id, row.generation, info):
+            log.info("synced %s/%s as %s.%s%s", row.bundle, row.path, file_uuid, version, how)
 
     def _sync_file(self, row) -> None:
         if self._registered_before(row):
-            if self.journal.registered(row.id, row.generation):
-                log.info("synced %s/%s as %s.%s (registered by an earlier attempt)",
-                         row.bundle, row.path, row.file_uuid, row.file_version)
-                self.stager.discard(row.file_uuid, row.file_version, row.path)
             return
         if row.state == REGISTERING and row.sha256 and row.file_version:
             # Staged with all four checksums by an earlier attempt: registered from there.
@@ -256,10 +278,21 @@ class Syncer:
             self.stats.add("stage", time.monotonic() - started, sums.size)
             self.stats.summed(bool(known) and known[-1] == sums)
             if not self.journal.staged(row.id, row.generation, sums, content_type(row.path)):
+                # Written again while staged: the new generation takes a new version.
+                self.stager.discard(file_uuid, version, row.path)
                 return
             self.journal.progress(row.id, sums.size)
         started = time.monotonic()
-        status, _ = self.client.put_file(file_uuid, version, source, self.creator_uid)
+        try:
+            status, _ = self.client.put_file(file_uuid, version, source, self.creator_uid)
+        except ApiError as exc:
+            if exc.status != 409 or exc.code != "file_already_exists":
+                raise
+            # The version exists with other checksums than this source's tags: an earlier
+            # attempt's answer was lost after the server took in a changed staged copy.
+            self._confirm(row, file_uuid, version, sums,
+                          self.client.head_file(file_uuid, version))
+            return
         registered = time.monotonic()
         self.stats.add("register", registered - started)
         if status == 202:
@@ -267,19 +300,7 @@ class Syncer:
             self.stats.add("copy", time.monotonic() - registered)
         else:
             info = self.client.head_file(file_uuid, version)
-        wrong = sums.mismatches(info)
-        if wrong:
-            # That version holds other bytes (its staged copy was changed before the server
-            # took it in) and always will: the next attempt stages under a new version.
-            self.stager.discard(file_uuid, version, row.path)
-            raise IntegrityError(
-                f"the server holds another {', '.join(wrong)} for {row.path} as "
-                f"{file_uuid}.{version} than was written: "
-                + ", ".join(f"{name} {getattr(info, name)}, not {getattr(sums, name)}"
-                            for name in wrong))
-        if self.journal.registered(row.id, row.generation, info):
-            log.info("synced %s/%s as %s.%s", row.bundle, row.path, file_uuid, version)
-        self.stager.discard(file_uuid, version, row.path)
+        self._confirm(row, file_uuid, version, sums, info)
 
     def _wait_copied(self, file_uuid: str, version: str):
         """The file once the server's background copy of it is done: looked for often at

@@ -1,0 +1,171 @@
+"""The sync engine without FUSE, on local staging (as the embedded default runs it), against a
+real ``hcafs serve`` behind a fault proxy: what it does when the server's answers are lost.
+
+Local staging records crc32c only (the server computes all four as it takes a file in), so
+every path that ends in "synced" must take the server's four checksums; and a version the
+server holds with other bytes must be left for a new one on every path that finds it, not
+only right after put-file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from fixtures.dss_server import ADMIN, DSSServer
+from fixtures.faults import Fault, FaultyHttpProxy
+
+from hcafs.cache.blobcache import BlobCache
+from hcafs.cache.cachedb import CacheDB
+from hcafs.cache.catalog import Catalog
+from hcafs.cache.journal import ERROR, SYNCED, Journal
+from hcafs.model.pending import PendingBundles
+from hcafs.model.tree import Tree
+from hcafs.remote.client import DSSClient
+from hcafs.sync.staging import LocalStager
+from hcafs.sync.syncer import Syncer
+
+LOST = 6  # the client's attempts at one request: every HEAD of one attempt answers 503
+
+
+@pytest.fixture
+def engine(tmp_path):
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    server = DSSServer(str(tmp_path / "server"), args=["--staging-root", str(staging)]).start()
+    proxy = FaultyHttpProxy(server.url)
+    db = CacheDB(str(tmp_path / "cache" / "hcafs.db"))
+    journal = Journal(db)
+    catalog = Catalog(db, None, ttl=300)
+    blobs = BlobCache(str(tmp_path / "cache" / "blobs"), db, 64 * 1024 * 1024)
+    tree = Tree(catalog, blobs)
+    stager = LocalStager(str(staging))
+    tree.pending = PendingBundles(journal, str(tmp_path / "cache" / "pending"), catalog, blobs,
+                                  tree.fetcher, complete_sums=stager.complete_checksums)
+    syncers: list[Syncer] = []
+
+    def new_syncer() -> Syncer:  # a mount's engine; a second one is the next mount's
+        syncers.append(Syncer(journal, tree.pending, stager, DSSClient(proxy.url, token=ADMIN),
+                              catalog, blobs, delay=0.0, workers=1, creator_uid=0,
+                              auto_commit=None))
+        return syncers[-1]
+
+    tree.mkdir("/bundles/b")
+    yield type("Engine", (), dict(server=server, proxy=proxy, journal=journal, tree=tree,
+                                  syncer=new_syncer(), new_syncer=new_syncer, staging=staging))
+    for syncer in syncers:
+        syncer.stop()
+    blobs.close()
+    proxy.close()
+    server.stop()
+
+
+def _write(tree: Tree, path: str, data: bytes) -> None:
+    handle = tree.create(path)
+    assert tree.write(handle, data, 0) == len(data)
+    tree.release(handle)
+
+
+def _wait_for(journal: Journal, name: str, state: str, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = journal.file("b", name)
+        if row.state == state and (state != SYNCED or row.synced_generation == row.generation):
+            return row
+        time.sleep(0.05)
+    raise AssertionError(f"{name} not {state}: {journal.file('b', name)}")
+
+
+def _staged_files(staging: Path) -> list[str]:
+    return sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+
+
+def test_a_registration_whose_answer_was_lost_is_synced_with_the_servers_four_checksums(
+        engine):
+    """The server registers the file, but every HEAD of the attempt fails, so the attempt
+    fails with the file registered.  The next attempt finds it registered: the row is synced
+    with all four checksums from the server (the mount wrote only crc32c), and the staged
+    copy is gone."""
+    data = os.urandom(300_000)
+    lost = engine.proxy.when(Fault.error(503, retry_after="0"), method="HEAD",
+                             path="/v1/files/", times=LOST)
+    _write(engine.tree, "/bundles/b/lost.bin", data)
+    assert engine.journal.file("b", "lost.bin").sha256 is None  # crc32c only, so far
+    engine.syncer.start()
+    assert lost.reached.wait(30)
+    row = _wait_for(engine.journal, "lost.bin", SYNCED)
+    assert row.attempts == 0 and row.error is None
+    assert (row.sha256, row.sha1, row.s3_etag) == (
+        hashlib.sha256(data).hexdigest(), hashlib.sha1(data).hexdigest(),
+        hashlib.md5(data).hexdigest())
+    info = DSSClient(engine.server.url, token=ADMIN).head_file(row.file_uuid, row.file_version)
+    assert (info.sha256, info.crc32c) == (row.sha256, row.crc32c)
+    puts = [s for s in engine.proxy.seen if s.method == "PUT" and "/v1/files/" in s.path]
+    assert len(puts) == 1  # found registered: not staged nor put again
+    assert _staged_files(engine.staging) == []
+
+
+def test_other_bytes_found_after_a_lost_answer_are_staged_under_a_new_version(engine):
+    """The staged copy is replaced before the server takes it in, and the HEAD that would
+    show the difference fails.  The next attempt finds the version registered with other
+    bytes: it takes a new version (staging again under the old one would be refused as
+    'already exists' forever), and the server ends up holding what was written."""
+    data, other = os.urandom(200_000), os.urandom(200_000)
+    hold = threading.Event()
+    put = engine.proxy.when(Fault(hold=hold), method="PUT", path="/v1/files/")
+    _write(engine.tree, "/bundles/b/swapped.bin", data)
+    engine.syncer.start()
+    try:
+        assert put.reached.wait(30)
+        [staged] = _staged_files(engine.staging)
+        (engine.staging / staged).write_bytes(other)
+        first_version = staged.split("/")[0].split(".", 1)[1]
+        engine.proxy.when(Fault.error(503, retry_after="0"), method="HEAD", path="/v1/files/",
+                          times=LOST)
+    finally:
+        hold.set()
+    failed = _wait_for(engine.journal, "swapped.bin", ERROR)
+    assert failed.file_version == first_version and "503" in failed.error
+    row = _wait_for(engine.journal, "swapped.bin", SYNCED)
+    assert row.file_version != first_version
+    assert row.sha256 == hashlib.sha256(data).hexdigest()
+    client = DSSClient(engine.server.url, token=ADMIN)
+    assert client.head_file(row.file_uuid, first_version).sha256 == \
+        hashlib.sha256(other).hexdigest()  # the old version keeps what it was given
+    assert client.head_file(row.file_uuid, row.file_version).sha256 == row.sha256
+    assert _staged_files(engine.staging) == []
+
+
+def test_other_bytes_found_by_a_refused_repeat_are_staged_under_a_new_version(engine):
+    """As above, but the mount stops (as if it crashed) while it stages the file again under
+    the old version.  The next mount's put-file under that version is refused as 'already
+    exists'; the HEAD shows why, and the file takes a new version."""
+    data, other = os.urandom(200_000), os.urandom(200_000)
+    hold = threading.Event()
+    put = engine.proxy.when(Fault(hold=hold), method="PUT", path="/v1/files/")
+    _write(engine.tree, "/bundles/b/again.bin", data)
+    engine.syncer.start()
+    try:
+        assert put.reached.wait(30)
+        [staged] = _staged_files(engine.staging)
+        (engine.staging / staged).write_bytes(other)
+        first_version = staged.split("/")[0].split(".", 1)[1]
+        engine.proxy.when(Fault.error(503, retry_after="0"), method="HEAD", path="/v1/files/",
+                          times=LOST)
+    finally:
+        hold.set()
+    failed = _wait_for(engine.journal, "again.bin", ERROR)
+    engine.syncer.stop()
+    assert engine.journal.begin_staging(failed.id, failed.generation) == \
+        (failed.file_uuid, first_version)  # where the stopped mount left it
+    engine.new_syncer().start()
+    row = _wait_for(engine.journal, "again.bin", SYNCED)
+    assert row.file_version != first_version
+    assert row.sha256 == hashlib.sha256(data).hexdigest()
+    refused = [s for s in engine.proxy.seen if s.method == "PUT" and first_version in s.path]
+    assert len(refused) == 2  # the first, and the refused repeat; then the new version
+    assert _staged_files(engine.staging) == []
