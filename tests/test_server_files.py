@@ -5,6 +5,7 @@ Each refusal is checked twice: the DSS error it gives, and that the store did no
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -63,7 +64,14 @@ def test_put_from_s3_then_head_and_get_bytes(dss):
 
     answer = put_file(dss, uuid.upper(), version, url)
     assert answer.status_code == 201, answer.text
-    assert answer.json() == {"version": version}
+    sums = checksum_bytes(data)
+    # the stored version's checksums come with the answer (an hcafs extension: no HEAD needed)
+    described = {"version": version, "size": len(data), "content_type": "text/csv",
+                 "creator_uid": 7, "sha256": sums.sha256, "sha1": sums.sha1,
+                 "crc32c": sums.crc32c, "s3_etag": sums.s3_etag}
+    assert answer.json() == described
+    repeat = put_file(dss, uuid, version, url)
+    assert repeat.status_code == 200 and repeat.json() == described
 
     head = head_file(dss, uuid, version)
     assert head.status_code == 200 and head.content == b""
@@ -101,7 +109,8 @@ def test_identical_repeat_is_200_and_a_conflict_is_409(dss):
     before = local_snapshot(dss.store_root)
 
     again = put_file(dss, uuid, version, url)
-    assert again.status_code == 200 and again.json() == {"version": version}
+    assert again.status_code == 200 and again.json()["version"] == version
+    assert again.json()["sha256"] == hashlib.sha256(data).hexdigest()
     assert_problem(put_file(dss, uuid, version, url, creator_uid=8), 409,
                    "file_already_exists")
     other = stage(dss.s3, dss.bucket, b"other bytes")

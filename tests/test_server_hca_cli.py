@@ -74,7 +74,8 @@ def test_put_head_and_get_file(dss, admin_cli, user_cli):
     assert out["version"] == version
     again = user_cli.json("dss", "put-file", "--uuid", uuid, "--version", version,
                           "--source-url", url, "--creator-uid", "5")
-    assert again == {"version": version}
+    assert again["version"] == version  # with the stored version's checksums beside it
+    assert again["sha256"] == hashlib.sha256(data.encode()).hexdigest()
 
     head = user_cli.run("dss", "head-file", "--uuid", uuid, "--replica", "aws",
                         "--version", version)

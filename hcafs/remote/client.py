@@ -57,6 +57,23 @@ class FileInfo:
                    sha256=headers["X-DSS-SHA256"], sha1=headers["X-DSS-SHA1"],
                    crc32c=headers["X-DSS-CRC32C"], s3_etag=headers["X-DSS-S3-ETAG"])
 
+    @classmethod
+    def from_answer(cls, uuid: str, version: str, body: object) -> FileInfo | None:
+        """The file as a put-file answer describes it (an hcafs server's extension: the
+        stored version's checksums), or None when the answer does not (any other DSS)."""
+        if not isinstance(body, dict) or body.get("version") != version:
+            return None
+        sums = [body.get(name) for name in ("sha256", "sha1", "crc32c", "s3_etag",
+                                            "content_type")]
+        size, creator = body.get("size"), body.get("creator_uid")
+        if not all(isinstance(value, str) and value for value in sums) or \
+                type(size) is not int or type(creator) is not int:
+            return None
+        sha256, sha1, crc32c, s3_etag, content_type = sums
+        return cls(uuid=uuid, version=version, size=size, content_type=content_type,
+                   creator_uid=creator, sha256=sha256, sha1=sha1, crc32c=crc32c,
+                   s3_etag=s3_etag)
+
 
 class DSSClient(HttpClient):
     def __init__(self, base_url: str, token: str | None = None, replica: str = "aws",

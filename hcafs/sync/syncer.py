@@ -44,7 +44,7 @@ from ..cache.journal import (
 from ..checksums import Checksums
 from ..errors import ApiError, HcafsError, NotFound, RemoteError, VersionConflict
 from ..model.pending import PendingBundles
-from ..remote.client import DSSClient
+from ..remote.client import DSSClient, FileInfo
 from ..retry import BACKGROUND
 from .staging import Stager, content_type
 
@@ -284,7 +284,7 @@ class Syncer:
             self.journal.progress(row.id, sums.size)
         started = time.monotonic()
         try:
-            status, _ = self.client.put_file(file_uuid, version, source, self.creator_uid)
+            status, answer = self.client.put_file(file_uuid, version, source, self.creator_uid)
         except ApiError as exc:
             if exc.status != 409 or exc.code != "file_already_exists":
                 raise
@@ -298,8 +298,9 @@ class Syncer:
         if status == 202:
             info = self._wait_copied(file_uuid, version)
             self.stats.add("copy", time.monotonic() - registered)
-        else:
-            info = self.client.head_file(file_uuid, version)
+        else:  # an hcafs server's answer holds what a HEAD would say
+            info = FileInfo.from_answer(file_uuid, version, answer) or \
+                self.client.head_file(file_uuid, version)
         self._confirm(row, file_uuid, version, sums, info)
 
     def _wait_copied(self, file_uuid: str, version: str):
