@@ -10,6 +10,8 @@ only right after put-file.
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import threading
 import time
@@ -101,6 +103,8 @@ def test_a_registration_whose_answer_was_lost_is_synced_with_the_servers_four_ch
     staged copy is gone.  A file whose answer arrives needs no HEAD: the answer has them."""
     data, plain = os.urandom(300_000), os.urandom(1000)
     lost = _lose_answers(engine.proxy)
+    # the HEAD that finds it registered is retried through two 503s
+    busy = engine.proxy.when(Fault.error(503, retry_after="0"), method="HEAD", times=2)
     _write(engine.tree, "/bundles/b/lost.bin", data)
     assert engine.journal.file("b", "lost.bin").sha256 is None  # crc32c only, so far
     engine.syncer.start()
@@ -114,6 +118,7 @@ def test_a_registration_whose_answer_was_lost_is_synced_with_the_servers_four_ch
     assert (info.sha256, info.crc32c) == (row.sha256, row.crc32c)
     puts = [s for s in engine.proxy.seen if s.method == "PUT" and "/v1/files/" in s.path]
     assert len(puts) == LOST  # then found registered: not staged nor put again
+    assert busy.reached.is_set() and not any(rule.times for rule in engine.proxy.rules)
     assert _staged_files(engine.staging) == []
     _write(engine.tree, "/bundles/b/plain.bin", plain)
     row = _wait_for(engine.journal, "plain.bin", SYNCED)
@@ -140,7 +145,7 @@ def test_other_bytes_found_after_a_lost_answer_are_staged_under_a_new_version(en
     finally:
         hold.set()
     failed = _wait_for(engine.journal, "swapped.bin", ERROR)
-    assert failed.file_version == first_version and "Unreachable" not in failed.error
+    assert failed.file_version == first_version
     row = _wait_for(engine.journal, "swapped.bin", SYNCED)
     assert row.file_version != first_version
     assert row.sha256 == hashlib.sha256(data).hexdigest()
@@ -148,6 +153,9 @@ def test_other_bytes_found_after_a_lost_answer_are_staged_under_a_new_version(en
     assert client.head_file(row.file_uuid, first_version).sha256 == \
         hashlib.sha256(other).hexdigest()  # the old version keeps what it was given
     assert client.head_file(row.file_uuid, row.file_version).sha256 == row.sha256
+    # told by the HEAD before any put: nothing was staged or put again under the old version
+    assert len([s for s in engine.proxy.seen
+                if s.method == "PUT" and first_version in s.path]) == LOST
     assert _staged_files(engine.staging) == []
 
 
@@ -179,3 +187,33 @@ def test_other_bytes_found_by_a_refused_repeat_are_staged_under_a_new_version(en
     refused = [s for s in engine.proxy.seen if s.method == "PUT" and first_version in s.path]
     assert len(refused) == LOST + 1  # the lost ones, the refused repeat; then a new version
     assert _staged_files(engine.staging) == []
+
+
+def test_a_version_whose_copy_failed_on_the_server_is_put_again(engine, caplog):
+    """Every put-file of an attempt answers 503, so the file's version is fixed but not
+    registered; meanwhile the server's record of a background copy of that version says
+    the copy failed (written into its store: the fault), so its HEAD answers 422.  The next
+    attempt stages and puts the file again under that version, which replaces the failed
+    record, instead of asking the HEAD again and again."""
+    caplog.set_level(logging.INFO, logger="hcafs.sync.syncer")
+    data = os.urandom(100_000)
+    engine.proxy.when(Fault.error(503, retry_after="0"), method="PUT", path="/v1/files/",
+                      times=LOST)
+    _write(engine.tree, "/bundles/b/failed.bin", data)
+    engine.syncer.start()
+    failed = _wait_for(engine.journal, "failed.bin", ERROR)
+    engine.syncer.stop()
+    name = f"{failed.file_uuid}.{failed.file_version}"
+    record = {"task_id": "0", "state": "failed", "status": 502, "code": "source_unavailable",
+              "title": "the source could not be read", "since": time.time()}
+    copies = Path(engine.server.data_dir, "store", "copies")
+    copies.mkdir(exist_ok=True)
+    (copies / name).write_text(json.dumps(record))
+    engine.new_syncer().start()
+    row = _wait_for(engine.journal, "failed.bin", SYNCED)
+    assert (row.file_uuid, row.file_version) == (failed.file_uuid, failed.file_version)
+    assert row.sha256 == hashlib.sha256(data).hexdigest()
+    heads = [s for s in engine.proxy.seen if s.method == "HEAD" and failed.file_uuid in s.path]
+    assert len(heads) == 1  # asked once, then put again
+    assert f"the server's copy of {name} failed (422 " in caplog.text, \
+        caplog.text

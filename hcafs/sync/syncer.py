@@ -220,6 +220,14 @@ class Syncer:
             info = self.client.head_file(row.file_uuid, row.file_version)
         except NotFound:
             return False
+        except ApiError as exc:
+            if exc.status != 422:
+                raise
+            # The server's copy of it failed (its record says why): a new put-file under
+            # the same version replaces that record, so the file is staged and put again.
+            log.info("%s/%s: the server's copy of %s.%s failed (%s); staging it again",
+                     row.bundle, row.path, row.file_uuid, row.file_version, exc)
+            return False
         self._confirm(row, row.file_uuid, row.file_version, _staged_sums(row), info,
                       " (registered by an earlier attempt)")
         return True
@@ -290,8 +298,14 @@ class Syncer:
                 raise
             # The version exists with other checksums than this source's tags: an earlier
             # attempt's answer was lost after the server took in a changed staged copy.
-            self._confirm(row, file_uuid, version, sums,
-                          self.client.head_file(file_uuid, version))
+            try:
+                info = self.client.head_file(file_uuid, version)
+            except NotFound:
+                raise RemoteError(
+                    f"put-file of {row.path} as {file_uuid}.{version} was refused ({exc}): "
+                    "another copy of that version is still running on the server; "
+                    "trying again once it ends") from exc
+            self._confirm(row, file_uuid, version, sums, info)
             return
         registered = time.monotonic()
         self.stats.add("register", registered - started)
