@@ -117,8 +117,14 @@ class SharedBudget:
         ``times`` holds one entry per admitted event and ``wait`` is how long until the
         next one could be (0 when all ``count`` were admitted).  The write may be shared
         with other callers of this process (see the module's *Threading*)."""
+        times, wait, _ = self.take_batch(key, count)
+        return times, wait
+
+    def take_batch(self, key: str, count: int) -> tuple[list[float], float, float | None]:
+        """:meth:`take_many`, and the start of the fixed-window period the events were
+        admitted in (None for a sliding window, or when none was admitted)."""
         if count <= 0:
-            return [], 0.0
+            return [], 0.0, None
         with self._queues_lock:
             queue = self._queues.setdefault(key, _Queue())
         ask = _Ask(count)
@@ -148,9 +154,10 @@ class SharedBudget:
         assert ask.answer is not None
         return ask.answer
 
-    def _admit(self, key: str, counts: list[int]) -> list[tuple[list[float], float]]:
+    def _admit(self, key: str, counts: list[int]
+               ) -> list[tuple[list[float], float, float | None]]:
         """Admit the events of several callers, in their order, in one write: each
-        caller's ``(times, wait)`` as :meth:`take_many` returns it."""
+        caller's ``(times, wait, period)`` as :meth:`take_batch` returns it."""
         doc = self._key(key)
         for _ in range(RETRIES):
             found = self.store.read_versioned(doc)
@@ -160,7 +167,7 @@ class SharedBudget:
             if room <= 0:
                 for _ in counts:
                     metrics.budget_wait(self.name)
-                return [([], max(self._back(start, events) - now, 0.01))] * len(counts)
+                return [([], max(self._back(start, events) - now, 0.01), None)] * len(counts)
             if self.kind == "fixed" and start is None:
                 start = now  # this admission opens a period
             # A clock behind the one that opened the period stamps its admissions with the
@@ -181,13 +188,14 @@ class SharedBudget:
                     left -= got
                     if got < count:
                         metrics.budget_wait(self.name)
-                    answers.append(([when] * got, 0.0 if got == count else wait))
+                    answers.append(([when] * got, 0.0 if got == count else wait,
+                                    start if got else None))
                 return answers
             metrics.budget_conflict(self.name)
             time.sleep(random.uniform(0.002, 0.02))
         for _ in counts:
             metrics.budget_wait(self.name)
-        return [([], CONTENDED_WAIT)] * len(counts)
+        return [([], CONTENDED_WAIT, None)] * len(counts)
 
     def state(self, key: str) -> tuple[int, float, float]:
         """``(remaining, next_free, all_free)``: epoch seconds when the next event is

@@ -1152,14 +1152,14 @@ class Importer:
         self._fence(job["id"])  # no admission for a job taken over while it prepared
         order = [i for i in range(first, index) if i not in entries]
         budget_key = owner_key(job["owner"])
-        times, seconds = self.file_budget.take_many(budget_key, len(order))
+        times, seconds, period = self.file_budget.take_batch(budget_key, len(order))
         # A job that waits for the budget comes back NEAR seconds before it does: what it
         # prepared waits here, so the batch is admitted the moment the budget is back.
         while order and not times and 0 < seconds <= NEAR:
             if self._stop.wait(seconds):
                 raise _Interrupted
             self._fence(job["id"])
-            times, seconds = self.file_budget.take_many(budget_key, len(order))
+            times, seconds, period = self.file_budget.take_batch(budget_key, len(order))
         admitted = dict(zip(order, times, strict=False))  # the first len(times) units
         cut, until = (order[len(times)], time.time() + seconds) if len(times) < len(order) \
             else (index, None)
@@ -1176,7 +1176,7 @@ class Importer:
                 landing.append((i, when, ahead))
         self._publish_files(job, [(ahead.key, ahead.staged[0]) for *_, ahead in landing],
                             defer)
-        self._admissions(job, [(i, when) for i, when, _ in landing], defer)
+        self._admissions(job, [(i, when) for i, when, _ in landing], period, defer)
         landed = self._land([(i, ahead) for i, _, ahead in landing], defer)
         places = [(record["parent"], record["name"]) for _, record in landed]
         if job["conflict_resolution"] != "RENAME" and len(set(places)) == len(places):
@@ -1478,11 +1478,13 @@ class Importer:
         return record
 
     def _admissions(self, job: dict, admitted: list[tuple[int, float]],
-                    defer: set[str]) -> None:
-        """The audit record of a batch's admissions (unit, time): one document."""
+                    period: float | None, defer: set[str]) -> None:
+        """The audit record of a batch's admissions (unit, time, and the fixed-window
+        period that admitted them): one document."""
         if not admitted:
             return
-        records = [{"at": _iso(when), "time": when, "identity": job["owner"],
+        records = [{"at": _iso(when), "time": when, "period": period,
+                    "identity": job["owner"],
                     "job": job["id"], "unit": index, "item": job["plan"][index]["item"],
                     "name": job["plan"][index]["name"]} for index, when in admitted]
         index, when = admitted[0]
