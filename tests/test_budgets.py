@@ -105,6 +105,9 @@ def test_a_fixed_budget_comes_back_whole_when_its_period_ends(tmp_path):
     assert budget.state("a") == (3, 1031.0, 1031.0)
     assert budget.take_many("a", 2) == ([1031.0] * 2, 0.0)
     assert budget.state("a") == (1, 1031.0, 1041.0)
+    now[0] = 1035.0  # admitted later, in the period that opened at 1031
+    assert budget.take_batch("a", 2) == ([1035.0], pytest.approx(6.0), 1031.0)
+    assert budget.take_batch("a", 1) == ([], pytest.approx(6.0), None)
     with pytest.raises(ValueError):
         SharedBudget(budget.store, "files", 3, 10, kind="leaky")
 
