@@ -67,7 +67,8 @@ def engine(tmp_path):
 
     tree.mkdir("/bundles/b")
     yield type("Engine", (), dict(server=server, proxy=proxy, journal=journal, tree=tree,
-                                  syncer=new_syncer(), new_syncer=new_syncer, staging=staging))
+                                  syncer=new_syncer(), new_syncer=new_syncer, staging=staging,
+                                  stager=stager))
     for syncer in syncers:
         syncer.stop()
     blobs.close()
@@ -217,3 +218,30 @@ def test_a_version_whose_copy_failed_on_the_server_is_put_again(engine, caplog):
     assert len(heads) == 1  # asked once, then put again
     assert f"the server's copy of {name} failed (422 " in caplog.text, \
         caplog.text
+
+
+def test_a_staged_copy_made_stale_by_a_rewrite_is_removed(engine):
+    """The file is written again while its first content is being staged (the fault: the
+    rewrite lands right after the staged copy is made).  That staged copy is removed, not
+    left in the staging root, and the new content is synced under a version of its own."""
+    first, second = os.urandom(50_000), os.urandom(60_000)
+    stage = engine.stager.stage
+    staged: list[str] = []
+
+    def stage_then_rewrite(*args, **kwargs):
+        answer = stage(*args, **kwargs)
+        if not staged:
+            staged.extend(_staged_files(engine.staging))
+            _write(engine.tree, "/bundles/b/twice.bin", second)
+        return answer
+
+    engine.stager.stage = stage_then_rewrite
+    _write(engine.tree, "/bundles/b/twice.bin", first)
+    engine.syncer.start()
+    row = _wait_for(engine.journal, "twice.bin", SYNCED)
+    assert row.sha256 == hashlib.sha256(second).hexdigest() and row.generation == 2
+    [stale] = staged
+    assert not stale.startswith(f"{row.file_uuid}.{row.file_version}/")
+    assert _staged_files(engine.staging) == []
+    puts = [s for s in engine.proxy.seen if s.method == "PUT" and "/v1/files/" in s.path]
+    assert len(puts) == 1  # the stale content was never put
