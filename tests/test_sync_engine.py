@@ -96,6 +96,24 @@ def _staged_files(staging: Path) -> list[str]:
     return sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
 
 
+def _swap_before_the_server_reads(engine, name: str, data: bytes, other: bytes) -> str:
+    """Write ``data`` as ``b/name`` and start the engine; while its first put-file is held,
+    replace the staged copy with ``other``, then lose the answers of the whole attempt.
+    The version the server took ``other`` in under is returned."""
+    hold = threading.Event()
+    put = engine.proxy.when(Fault(hold=hold, cut_after=0), method="PUT", path="/v1/files/")
+    _write(engine.tree, f"/bundles/b/{name}", data)
+    engine.syncer.start()
+    try:
+        assert put.reached.wait(30)
+        [staged] = _staged_files(engine.staging)
+        (engine.staging / staged).write_bytes(other)
+        _lose_answers(engine.proxy, LOST - 1)  # the held one's answer is lost too
+    finally:
+        hold.set()
+    return staged.split("/")[0].split(".", 1)[1]
+
+
 def test_a_registration_whose_answer_was_lost_is_synced_with_the_servers_four_checksums(
         engine):
     """The server registers the file, but the mount hears none of its answers, so the
@@ -133,18 +151,7 @@ def test_other_bytes_found_after_a_lost_answer_are_staged_under_a_new_version(en
     bytes: it takes a new version (staging again under the old one would be refused as
     'already exists' forever), and the server ends up holding what was written."""
     data, other = os.urandom(200_000), os.urandom(200_000)
-    hold = threading.Event()
-    put = engine.proxy.when(Fault(hold=hold, cut_after=0), method="PUT", path="/v1/files/")
-    _write(engine.tree, "/bundles/b/swapped.bin", data)
-    engine.syncer.start()
-    try:
-        assert put.reached.wait(30)
-        [staged] = _staged_files(engine.staging)
-        (engine.staging / staged).write_bytes(other)
-        first_version = staged.split("/")[0].split(".", 1)[1]
-        _lose_answers(engine.proxy, LOST - 1)  # the held one's answer is lost too
-    finally:
-        hold.set()
+    first_version = _swap_before_the_server_reads(engine, "swapped.bin", data, other)
     failed = _wait_for(engine.journal, "swapped.bin", ERROR)
     assert failed.file_version == first_version
     row = _wait_for(engine.journal, "swapped.bin", SYNCED)
@@ -165,18 +172,7 @@ def test_other_bytes_found_by_a_refused_repeat_are_staged_under_a_new_version(en
     the old version.  The next mount's put-file under that version is refused as 'already
     exists'; the HEAD shows why, and the file takes a new version."""
     data, other = os.urandom(200_000), os.urandom(200_000)
-    hold = threading.Event()
-    put = engine.proxy.when(Fault(hold=hold, cut_after=0), method="PUT", path="/v1/files/")
-    _write(engine.tree, "/bundles/b/again.bin", data)
-    engine.syncer.start()
-    try:
-        assert put.reached.wait(30)
-        [staged] = _staged_files(engine.staging)
-        (engine.staging / staged).write_bytes(other)
-        first_version = staged.split("/")[0].split(".", 1)[1]
-        _lose_answers(engine.proxy, LOST - 1)  # the held one's answer is lost too
-    finally:
-        hold.set()
+    first_version = _swap_before_the_server_reads(engine, "again.bin", data, other)
     failed = _wait_for(engine.journal, "again.bin", ERROR)
     engine.syncer.stop()
     assert engine.journal.begin_staging(failed.id, failed.generation) == \

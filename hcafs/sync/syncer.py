@@ -234,11 +234,12 @@ class Syncer:
 
     def _confirm(self, row, file_uuid: str, version: str, sums: Checksums, info,
                  how: str = "") -> None:
-        """The one check of the server's file (``info``, a HEAD's answer) against what
-        was written (``sums``): the row is synced with the server's four checksums, or,
-        if the server holds other bytes under that version (its staged copy was changed
-        before the server took it in), :class:`VersionConflict`, and the next attempt
-        stages under a new version.  Either way the staged copy is done with."""
+        """The one check of the server's file (``info``: a HEAD's answer, or what an
+        hcafs server's put-file answer says of it) against what was written (``sums``):
+        the row is synced with the server's four checksums, or, if the server holds other
+        bytes under that version (its staged copy was changed before the server took it
+        in), :class:`VersionConflict`, and the next attempt stages under a new version.
+        Either way the staged copy is done with."""
         wrong = sums.mismatches(info)
         self.stager.discard(file_uuid, version, row.path)
         if wrong:
