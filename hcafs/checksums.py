@@ -16,6 +16,7 @@ more than 10,000 parts; then ``ceil(size / 10000)`` rounded up to a whole MiB.
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 from typing import BinaryIO
 
@@ -25,6 +26,7 @@ MiB = 1024 * 1024
 MIN_PART_SIZE = 64 * MiB
 MAX_PARTS = 10_000
 READ_SIZE = 4 * MiB
+SPREAD_MIN = 1 * MiB  # chunks that Checksummer.update may spread over a pool's threads
 
 # The keys the DSS reads from a staged object's tags (or metadata).
 TAG_KEYS = {
@@ -97,14 +99,29 @@ class Checksummer:
         self._part_digests: list[bytes] = []
         self._size = 0
 
-    def update(self, data: bytes | memoryview) -> None:
+    def update(self, data: bytes | memoryview, pool: Executor | None = None) -> None:
+        """Add the next bytes.  With ``pool`` (a chunk of at least :data:`SPREAD_MIN`
+        bytes), sha256 and sha1 run on its threads beside this one's md5 and crc32c (each
+        releases the GIL), and the call returns once all four have taken the chunk."""
         view = memoryview(data)
+        spread = pool is not None and self._complete and len(view) >= SPREAD_MIN
+        if spread:
+            others = [pool.submit(self._sha256.update, view),
+                      pool.submit(self._sha1.update, view)]
         self._crc = _crc32c.crc32c(view, self._crc)
         self._size += len(view)
         if not self._complete:
             return
+        if spread:
+            self._parts(view)
+            for other in others:
+                other.result()
+            return
         self._sha256.update(view)
         self._sha1.update(view)
+        self._parts(view)
+
+    def _parts(self, view: memoryview) -> None:
         while view:
             room = self._part_size - self._part_filled
             chunk, view = view[:room], view[room:]

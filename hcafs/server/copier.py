@@ -42,7 +42,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
-from ..checksums import TAG_KEYS, Checksummer, Checksums, checksum_file
+from .. import directio
+from ..checksums import TAG_KEYS, Checksummer, Checksums
 from ..errors import HcafsError, NotFound, Problem, RemoteError, bad_request
 from ..remote.s3 import S3
 from . import metrics
@@ -60,6 +61,7 @@ _FORMATS = {
     "s3_etag": re.compile(r"^[a-z0-9]{32}(-([2-9]|[1-9][0-9]{1,3}|10000))?\Z"),
 }
 READ_CHUNK = 4 * 1024 * 1024
+SPREAD_SIZE = 32 * 1024 * 1024  # sources this big hash on two more threads (_hash_pool)
 SMALL_SOURCE = 4 * 1024 * 1024  # an s3:// source up to this size is read once, at inspect
 CLAIM_WAIT_SECONDS = 20.0
 CLAIM_POLL_SECONDS = 0.1
@@ -99,6 +101,8 @@ class Copier:
         self.staging_root = os.path.realpath(staging_root) if staging_root else None
         self.async_threshold = async_threshold
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="copy")
+        # Two of a big source's four hashes run here, beside its reader (see _hash_pool).
+        self._hashers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hash")
         self._lock = threading.Lock()
         self._active: set[str] = set()
         self._fetched = threading.local()  # .data: (Source, bytes) inspect read and verified
@@ -171,16 +175,26 @@ class Copier:
             if moved is not None:
                 return moved
             try:
-                with os.fdopen(self._open_source(path), "rb") as handle:
-                    before = os.fstat(handle.fileno())
+                fd = self._open_source(path)
+                try:
+                    before = os.fstat(fd)
                     if not stat.S_ISREG(before.st_mode):
                         raise Problem(404, "not_found", f"source file {url} is not a file")
                     if isinstance(self.store, LocalStore):
                         # Moved into the store and fsynced after this pass: its writeback
                         # runs beside the checksums instead of after them.
-                        start_writeback(handle.fileno())
-                    sums = checksum_file(handle, before.st_size)
-                    stamp = _stamp(os.fstat(handle.fileno()))
+                        start_writeback(fd)
+                    # Read once, around the page cache: nothing reads it from memory again
+                    # soon (hcafs.directio), and a staged copy written around it is not
+                    # there to be read from it anyway.
+                    summer = Checksummer(before.st_size)
+                    pool = self._hash_pool(before.st_size)
+                    for chunk in directio.read_chunks(fd, before.st_size):
+                        summer.update(chunk, pool)
+                    sums = summer.result()
+                    stamp = _stamp(os.fstat(fd))
+                finally:
+                    os.close(fd)
                 break
             except _Link as exc:
                 raise bad_request(f"file:// source {url!r} goes through a symbolic link") \
@@ -194,7 +208,7 @@ class Copier:
                         return moved
                     raise Problem(404, "not_found", f"source file {url} does not exist") \
                         from exc
-        if stamp != _stamp(before):
+        if stamp != _stamp(before) or sums.size != before.st_size:
             raise Problem(409, "source_changed", f"source file {url} changed while it was read")
         content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
         return Source(url=url, size=before.st_size, content_type=content_type, path=path,
@@ -273,9 +287,10 @@ class Copier:
         (or if ``fence`` raises: the copy's lease was taken over, so the blob never
         completes)."""
         summer = Checksummer(source.size)
+        pool = self._hash_pool(source.size)
         pending = None
         for chunk in self._chunks(source):
-            summer.update(chunk)
+            summer.update(chunk, pool)
             if pending is not None:
                 yield pending
             pending = chunk
@@ -284,6 +299,11 @@ class Copier:
             fence()
         if pending is not None:
             yield pending
+
+    def _hash_pool(self, size: int) -> ThreadPoolExecutor | None:
+        """Where a source of ``size`` bytes spreads its hashes: a big one alone (the last
+        file of a tree, say) would otherwise keep one core busy while the others wait."""
+        return self._hashers if size >= SPREAD_SIZE else None
 
     def copy(self, source: Source, fence: Callable[[], None] | None = None) -> None:
         """Publish the source's bytes as a blob (unless that blob is already there);
@@ -578,6 +598,7 @@ class Copier:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)
+        self._hashers.shutdown(wait=True, cancel_futures=False)
 
 
 class _Changed(Exception):

@@ -13,13 +13,14 @@ Two targets, one interface:
   The file is registered only once a HEAD shows the object with its size and ETag (a store
   may acknowledge a PUT before every reader sees the object).
 * :class:`LocalStager` (the embedded server): the bytes are copied into the server's
-  staging root (in the kernel, ``copy_file_range``, when their crc32c is known from the
-  write) and registered as ``file://``.  The server computes all four checksums in the one
-  pass that verifies and moves the file into its store, so the client computes only crc32c
-  (while the file is written, or during the copy) and checks the server's answer against it
-  and the size.  The copy is not fsynced: the server reads it from the same page cache and
-  fsyncs the blob before it publishes the file, and a file whose registration a crash cut
-  off is staged again (no crc32c-only row is registered from an earlier staged copy).
+  staging root, written around the page cache (:mod:`hcafs.directio`: the copy is read
+  once, by the server, and a new page-cache page costs far more than the copy on the
+  machines measured), and registered as ``file://``.  The server computes all four
+  checksums in the one pass that verifies and moves the file into its store, so the client
+  computes only crc32c (while the file is written, or during the copy) and checks the
+  server's answer against it and the size.  The copy is not fsynced: the server fsyncs the
+  blob before it publishes the file, and a file whose registration a crash cut off is
+  staged again (no crc32c-only row is registered from an earlier staged copy).
 
 Staged names are derived from the file's uuid and version, so staging again after a crash
 overwrites the same object instead of leaving a second one.
@@ -27,7 +28,6 @@ overwrites the same object instead of leaving a second one.
 
 from __future__ import annotations
 
-import errno
 import logging
 import mimetypes
 import os
@@ -37,6 +37,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from .. import directio
 from ..checksums import MIN_PART_SIZE, Checksummer, Checksums, part_size
 from ..errors import NotFound, RemoteError
 from ..remote.s3 import S3, S3Url
@@ -109,18 +110,11 @@ class LocalStager(Stager):
                 part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
             size = os.fstat(source.fileno()).st_size
             sums = _usable(known, source.fileno(), size)
-            if sums is not None:  # the kernel copies; nothing passes through Python
-                _copy_range(source.fileno(), out.fileno(), size, progress)
-            else:
-                summer = Checksummer(size, complete=False)
-                sent = 0
-                while chunk := source.read(CHUNK):
-                    summer.update(chunk)
-                    out.write(chunk)
-                    sent += len(chunk)
-                    progress(sent)
+            summer = None if sums is not None else Checksummer(size, complete=False)
+            directio.copy(source.fileno(), out.fileno(), size, progress,
+                          summer.update if summer is not None else None)
+            if summer is not None:
                 sums = summer.result()
-            out.flush()  # no fsync: see the module's docstring
         os.replace(part, target)
         if sums.size != size:
             raise OSError(f"{path} changed size while it was staged")
@@ -304,29 +298,6 @@ class S3Stager(Stager):
 def _usable(known: Known | None, fd: int, size: int) -> Checksums | None:
     sums = known(fd) if known is not None else None
     return sums if sums is not None and sums.size == size else None
-
-
-def _copy_range(source: int, target: int, size: int, progress: Progress) -> None:
-    """Copy ``size`` bytes in the kernel where it can (else through a buffer)."""
-    sent = 0
-    in_kernel = True
-    while sent < size:
-        count = min(CHUNK, size - sent)
-        if in_kernel:
-            try:
-                count = os.copy_file_range(source, target, count, sent, sent)
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS,
-                                     errno.EOPNOTSUPP):
-                    raise
-                in_kernel = False
-                continue
-        else:
-            count = os.pwrite(target, os.pread(source, count, sent), sent)
-        if not count:
-            raise OSError("file shrank while it was staged")
-        sent += count
-        progress(sent)
 
 
 def _tagging(sums: Checksums) -> str:

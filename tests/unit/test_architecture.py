@@ -37,8 +37,8 @@ PACKAGE = Path(hcafs.__file__).parent
 SERVER_EGRESS = frozenset({"hcafs.server.egress"})
 
 CORE = frozenset({"hcafs", "hcafs.errors", "hcafs.config", "hcafs.versions",
-                  "hcafs.checksums", "hcafs.tokenfile", "hcafs.retry", "hcafs.readyfile",
-                  "hcafs.processes"})
+                  "hcafs.checksums", "hcafs.directio", "hcafs.tokenfile", "hcafs.retry",
+                  "hcafs.readyfile", "hcafs.processes"})
 ENTRY = frozenset({"hcafs.cli", "hcafs.__main__"})  # the command line: serve and mount
 # Higher layers may import lower ones, never the other way round.
 LAYERS = {"core": 0, "remote": 1, "cache": 2, "model": 3, "sync": 4, "mount": 5, "cli": 6}
