@@ -20,7 +20,7 @@ import fcntl
 import mmap
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 ALIGN = 4096  # offsets, lengths and buffer addresses of O_DIRECT transfers
 CHUNK = 4 * 1024 * 1024  # bytes per transfer (a multiple of ALIGN)
@@ -48,12 +48,14 @@ def set_direct(fd: int, on: bool) -> bool:
 _local = threading.local()
 
 
-def _buffer() -> memoryview:
-    """This thread's transfer buffer (each thread does one transfer at a time), kept so
-    that its pages are not new ones each time."""
-    view = getattr(_local, "view", None)
+def _buffer(use: str = "read") -> memoryview:
+    """This thread's buffer for one use (a thread reads one file at a time, and writes one:
+    a write may take its chunks from a read), kept so that its pages are not new ones
+    each time."""
+    view = getattr(_local, use, None)
     if view is None:
-        view = _local.view = memoryview(mmap.mmap(-1, CHUNK))  # page-aligned
+        view = memoryview(mmap.mmap(-1, CHUNK))  # page-aligned
+        setattr(_local, use, view)
     return view
 
 
@@ -91,39 +93,74 @@ def read_chunks(fd: int, size: int) -> Iterator[memoryview]:
             set_direct(fd, False)
 
 
+def _write(fd: int, data: memoryview, offset: int, direct: bool) -> bool:
+    """Write all of ``data`` at ``offset``; returns whether ``fd`` is still ``O_DIRECT``
+    (it is turned off for an unaligned write, a short one, or one the filesystem refuses
+    although it took the flag)."""
+    if direct and (len(data) % ALIGN or offset % ALIGN):
+        direct = not set_direct(fd, False)  # the tail (or after a short read)
+    written = 0
+    while written < len(data):
+        try:
+            written += os.pwrite(fd, data[written:], offset + written)
+        except OSError as exc:
+            if not direct or exc.errno != errno.EINVAL:
+                raise
+            direct = not set_direct(fd, False)
+            if direct:
+                raise
+            continue
+        if direct and written < len(data):
+            direct = not set_direct(fd, False)  # a short write: unaligned from here
+    return direct
+
+
 def copy(source: int, target: int, size: int, progress: Callable[[int], None],
          each: Callable[[memoryview], None] | None = None) -> None:
     """Copy ``size`` bytes from ``source`` (through the page cache, where a file just
     written still is) to ``target`` (around it where it can be); ``each`` sees every chunk,
     in order, before it is written (a checksum pass); ``progress`` the bytes so far."""
     direct = set_direct(target, True)
-    view = _buffer()
+    view = _buffer("copy")
     try:
         offset = 0
         while offset < size:
             got = os.preadv(source, [view[:min(CHUNK, size - offset)]], offset)
             if got <= 0:
                 raise OSError(errno.EIO, "file shrank while it was copied")
-            chunk = view[:got]
             if each is not None:
-                each(chunk)
-            if direct and (got % ALIGN or offset % ALIGN):
-                direct = not set_direct(target, False)  # the tail (or a short read)
-            written = 0
-            while written < got:
-                try:
-                    written += os.pwrite(target, chunk[written:], offset + written)
-                except OSError as exc:
-                    if not direct or exc.errno != errno.EINVAL:
-                        raise
-                    direct = not set_direct(target, False)  # taken at open, not at write
-                    if direct:
-                        raise
-                    continue
-                if direct and written < got:
-                    direct = not set_direct(target, False)  # a short write: unaligned now
+                each(view[:got])
+            direct = _write(target, view[:got], offset, direct)
             offset += got
             progress(offset)
     finally:
         if direct:
             set_direct(target, False)
+
+
+def write_chunks(fd: int, chunks: Iterable[bytes | memoryview]) -> int:
+    """Write ``chunks``, one after another, from the start of the empty file ``fd``,
+    around the page cache where it can: they are gathered into whole aligned buffers,
+    and only the last, partial one goes through the cache.  Returns the bytes written."""
+    direct = set_direct(fd, True)
+    view = _buffer("write")
+    filled = offset = 0
+    try:
+        for chunk in chunks:
+            data = memoryview(chunk).cast("B")
+            while data:
+                take = min(len(data), CHUNK - filled)
+                view[filled:filled + take] = data[:take]
+                filled += take
+                data = data[take:]
+                if filled == CHUNK:
+                    direct = _write(fd, view, offset, direct)
+                    offset += filled
+                    filled = 0
+        if filled:
+            direct = _write(fd, view[:filled], offset, direct)
+            offset += filled
+    finally:
+        if direct:
+            set_direct(fd, False)
+    return offset

@@ -54,6 +54,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
+from .. import directio
 from ..errors import ConfigError, NotFound, RemoteError
 from ..processes import pid_alive
 from ..remote.s3 import S3, S3Url, rechunk
@@ -348,16 +349,22 @@ class LocalStore(Store):
                 os.unlink(tmp)
         return done
 
-    def _staged(self, chunks: Iterable[bytes]) -> str:
-        """Write chunks to a fsynced temporary file; returns its path."""
+    def _staged(self, chunks: Iterable[bytes], blob: bool = False) -> str:
+        """Write chunks to a fsynced temporary file; returns its path.  A blob is written
+        around the page cache (:mod:`hcafs.directio`): it goes to disk now anyway (the
+        fsync), and nothing here reads it back soon."""
         fd, tmp = tempfile.mkstemp(dir=self._tmp)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                for chunk in chunks:
-                    handle.write(chunk)
+            try:
+                if blob:
+                    directio.write_chunks(fd, chunks)
+                else:
+                    for chunk in chunks:
+                        _write_all(fd, chunk)
                 if self.durable:
-                    handle.flush()
-                    os.fsync(handle.fileno())
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
         except BaseException:
             os.unlink(tmp)
             raise
@@ -558,7 +565,7 @@ class LocalStore(Store):
                 yield chunk
 
     def write_blob(self, key: str, chunks: Iterable[bytes]) -> None:
-        self._publish(self._staged(chunks), key)
+        self._publish(self._staged(chunks, blob=True), key)
 
     def create_unsynced(self, key: str, data: bytes) -> bool:
         fd, tmp = tempfile.mkstemp(dir=self._tmp)

@@ -116,3 +116,19 @@ def test_hashes_spread_over_a_pool_are_the_same_as_in_one_thread():
             spread.update(view[start:start + directio.CHUNK], pool)
     assert spread.result() == checksum_bytes(data)
     assert spread.result().s3_etag.endswith("-2")
+
+
+@pytest.mark.parametrize("sizes", [[], [10], [4096], [1000] * 9000,
+                                   [3 * 1024 * 1024] * 3 + [7],
+                                   [directio.CHUNK, 1, directio.CHUNK - 1, 12345]])
+def test_chunks_written_around_the_page_cache_are_gathered_in_order(tmp_path, sizes):
+    chunks = [os.urandom(n) for n in sizes]
+    fd = os.open(tmp_path / "blob", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        written = directio.write_chunks(fd, (memoryview(c) if i % 2 else c
+                                             for i, c in enumerate(chunks)))
+        assert not _direct(fd)
+    finally:
+        os.close(fd)
+    assert written == sum(sizes)
+    assert (tmp_path / "blob").read_bytes() == b"".join(chunks)
