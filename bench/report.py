@@ -256,6 +256,20 @@ def _flatness(trace: list) -> tuple[float, float, float]:
     return values[0], max(values), max(second) - max(first)
 
 
+# Who a tree run's CPU seconds are counted for (writeback.WriteBench._cpu).
+_CPU_PARTS = {"client": "client (cp, hcafs commit, or hca)", "daemon": "mount daemon",
+              "server": "hcafs serve", "s3": "SeaweedFS"}
+
+
+def _cpu_split(r: dict, side: str) -> str:
+    total = _runs(r, f"{side}_cpu")
+    if not total.values:
+        return "n/a"
+    parts = [_runs(r, f"{side}_cpu_{who}") for who in _CPU_PARTS]
+    return " / ".join(f"{run.median:.1f}" if run.values else "n/a"
+                      for run in [total, *parts])
+
+
 def _writes_results(r: dict) -> list[str]:
     p = r["params"]
     cp_mount, cp_local = _runs(r, "cp_mount"), _runs(r, "cp_local")
@@ -294,6 +308,9 @@ def _writes_results(r: dict) -> list[str]:
         "reported | – |",
         f"| (b) of which `hcafs commit` (waits for the sync, then put-bundle) | "
         f"{tree_commit.spread(1)} | – | – | reported | – |",
+        f"| (b) CPU seconds of a run, median: all / {' / '.join(_CPU_PARTS.values())} | "
+        f"{_cpu_split(r, 'tree_hcafs')} | `hca dss upload`: {_cpu_split(r, 'tree_hca')} | "
+        "– | reported (the cores: 2) | – |",
         f"| (c) daemon RSS during (b), sampled every 0.2 s | peak "
         f"{'n/a' if peak is None else f'{peak:.0f} MiB'}; "
         f"{'n/a' if flat is None else ('flat' if flat else 'growing')} (second-half peak "
