@@ -127,8 +127,10 @@ class DSSClient(HttpClient):
         return response.status_code, response.json()
 
     def wait_file(self, uuid: str, version: str, timeout: float = 3600.0,
-                  interval: float = 0.5) -> FileInfo:
-        """Poll HEAD until an asynchronous copy has finished (404 means not yet)."""
+                  interval: float = 0.5, longest: float = 2.0) -> FileInfo:
+        """Poll HEAD until an asynchronous copy has finished (404 means not yet): first
+        after ``interval`` seconds, then half as long again each time, up to ``longest``
+        (a HEAD is cheap; a commit waits on this)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -137,7 +139,7 @@ class DSSClient(HttpClient):
                 if time.monotonic() > deadline:
                     raise
             time.sleep(interval)
-            interval = min(interval * 1.5, 2.0)  # HEAD is cheap; a commit waits on this
+            interval = min(interval * 1.5, longest)
 
     def file_url(self, uuid: str, version: str | None = None, max_wait: float = 3600) -> str:
         """The URL that serves a file's bytes (follows 301 + Retry-After until 302)."""

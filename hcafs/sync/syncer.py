@@ -320,17 +320,9 @@ class Syncer:
 
     def _wait_copied(self, file_uuid: str, version: str):
         """The file once the server's background copy of it is done: looked for often at
-        first, then every :data:`COPY_POLL` seconds (a HEAD is cheap; a commit waits)."""
-        deadline = time.monotonic() + COPY_WAIT
-        pause = 0.1
-        while True:
-            try:
-                return self.client.head_file(file_uuid, version)
-            except NotFound:
-                if time.monotonic() > deadline:
-                    raise
-            time.sleep(pause)
-            pause = min(pause * 1.5, COPY_POLL)
+        first, then every :data:`COPY_POLL` seconds."""
+        return self.client.wait_file(file_uuid, version, timeout=COPY_WAIT, interval=0.1,
+                                     longest=COPY_POLL)
 
     # ------------------------------------------------------------ commits
 
