@@ -104,18 +104,20 @@ class Checksummer:
         bytes), sha256 and sha1 run on its threads beside this one's md5 and crc32c (each
         releases the GIL), and the call returns once all four have taken the chunk."""
         view = memoryview(data)
-        spread = pool is not None and self._complete and len(view) >= SPREAD_MIN
-        if spread:
+        if pool is not None and self._complete and len(view) >= SPREAD_MIN:
             others = [pool.submit(self._sha256.update, view),
                       pool.submit(self._sha1.update, view)]
+            try:
+                self._crc = _crc32c.crc32c(view, self._crc)
+                self._size += len(view)
+                self._parts(view)
+            finally:  # the chunk's buffer may be reused once this returns
+                for other in others:
+                    other.result()
+            return
         self._crc = _crc32c.crc32c(view, self._crc)
         self._size += len(view)
         if not self._complete:
-            return
-        if spread:
-            self._parts(view)
-            for other in others:
-                other.result()
             return
         self._sha256.update(view)
         self._sha1.update(view)

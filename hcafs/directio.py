@@ -6,10 +6,11 @@ cache, each of those bytes takes a page that is new to it, and on machines that 
 memory back to their hypervisor (virtio-balloon free page reporting, as on the machines this
 project is measured on) a new page costs about ten times its copy.  Written and read with
 ``O_DIRECT`` from one reused buffer, the same bytes cost a tenth of the CPU; the disk does
-the rest (``docs/writing.md``, *The staged copy*).
+the rest (``docs/writing.md``, *Bytes read once*).
 
-Both helpers fall back to the page cache wherever ``O_DIRECT`` is refused (tmpfs, some
-network or FUSE filesystems) or a read or write stops being aligned (a short read in the
+All three transfers (:func:`copy`, :func:`read_chunks`, :func:`write_chunks`) fall back to
+the page cache wherever ``O_DIRECT`` is refused (tmpfs before Linux 6.6, some network or
+FUSE filesystems) or a read or write stops being aligned (a short read or write in the
 middle of a file): the bytes are the same either way, only their cost differs.
 """
 
@@ -49,9 +50,9 @@ _local = threading.local()
 
 
 def _buffer(use: str = "read") -> memoryview:
-    """This thread's buffer for one use (a thread reads one file at a time, and writes one:
-    a write may take its chunks from a read), kept so that its pages are not new ones
-    each time."""
+    """This thread's buffer for one use ("read", "copy" or "write": a thread runs one
+    transfer of each kind at a time, and a write may take its chunks from a read), kept
+    so that its pages are not new ones each time."""
     view = getattr(_local, use, None)
     if view is None:
         view = memoryview(mmap.mmap(-1, CHUNK))  # page-aligned
