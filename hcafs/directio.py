@@ -22,6 +22,7 @@ import mmap
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 ALIGN = 4096  # offsets, lengths and buffer addresses of O_DIRECT transfers
 CHUNK = 4 * 1024 * 1024  # bytes per transfer (a multiple of ALIGN)
@@ -46,18 +47,27 @@ def set_direct(fd: int, on: bool) -> bool:
     return True
 
 
-_local = threading.local()
+KEEP = 2  # buffers kept between transfers; more are made while more transfers run at once
+_spare: list[memoryview] = []
+_spare_lock = threading.Lock()
 
 
-def _buffer(use: str = "read") -> memoryview:
-    """This thread's buffer for one use ("read", "copy" or "write": a thread runs one
-    transfer of each kind at a time, and a write may take its chunks from a read), kept
-    so that its pages are not new ones each time."""
-    view = getattr(_local, use, None)
+@contextmanager
+def _buffer() -> Iterator[memoryview]:
+    """A page-aligned buffer of :data:`CHUNK` bytes for one transfer.  Up to :data:`KEEP`
+    are kept for the next transfers (so that their pages are not new ones each time, and
+    the memory kept stays bounded whatever the number of threads); the others are unmapped
+    with their last view."""
+    with _spare_lock:
+        view = _spare.pop() if _spare else None
     if view is None:
-        view = memoryview(mmap.mmap(-1, CHUNK))  # page-aligned
-        setattr(_local, use, view)
-    return view
+        view = memoryview(mmap.mmap(-1, CHUNK))
+    try:
+        yield view
+    finally:
+        with _spare_lock:
+            if len(_spare) < KEEP:
+                _spare.append(view)
 
 
 def read_chunks(fd: int, size: int) -> Iterator[memoryview]:
@@ -66,29 +76,29 @@ def read_chunks(fd: int, size: int) -> Iterator[memoryview]:
     Each chunk is a view of one reused buffer: it is valid until the next one is asked for.
     A file shorter than ``size`` ends the chunks early.  ``fd`` is left as it was given."""
     direct = set_direct(fd, True)
-    view = _buffer()
     try:
-        offset = 0
-        while offset < size:
-            want = min(CHUNK, size - offset)
-            if direct and want % ALIGN:
-                want += ALIGN - want % ALIGN  # the file's end: the read returns short
-            try:
-                got = os.preadv(fd, [view[:want]], offset)
-            except OSError as exc:
-                if not direct or exc.errno != errno.EINVAL:
-                    raise
-                direct = not set_direct(fd, False)  # taken at fcntl, not at read
-                if direct:
-                    raise
-                continue
-            if got <= 0:
-                return  # the file is shorter than ``size``: the caller sees it in the sum
-            got = min(got, size - offset)
-            offset += got
-            if direct and offset < size and offset % ALIGN:
-                direct = not set_direct(fd, False)  # a short read: the rest goes buffered
-            yield view[:got]
+        with _buffer() as view:
+            offset = 0
+            while offset < size:
+                want = min(CHUNK, size - offset)
+                if direct and want % ALIGN:
+                    want += ALIGN - want % ALIGN  # the file's end: the read returns short
+                try:
+                    got = os.preadv(fd, [view[:want]], offset)
+                except OSError as exc:
+                    if not direct or exc.errno != errno.EINVAL:
+                        raise
+                    direct = not set_direct(fd, False)  # taken at fcntl, not at read
+                    if direct:
+                        raise
+                    continue
+                if got <= 0:
+                    return  # the file is shorter than ``size``: the caller sees it in the sum
+                got = min(got, size - offset)
+                offset += got
+                if direct and offset < size and offset % ALIGN:
+                    direct = not set_direct(fd, False)  # a short read: the rest buffered
+                yield view[:got]
     finally:
         if direct:
             set_direct(fd, False)
@@ -122,18 +132,18 @@ def copy(source: int, target: int, size: int, progress: Callable[[int], None],
     written still is) to ``target`` (around it where it can be); ``each`` sees every chunk,
     in order, before it is written (a checksum pass); ``progress`` the bytes so far."""
     direct = set_direct(target, True)
-    view = _buffer("copy")
     try:
-        offset = 0
-        while offset < size:
-            got = os.preadv(source, [view[:min(CHUNK, size - offset)]], offset)
-            if got <= 0:
-                raise OSError(errno.EIO, "file shrank while it was copied")
-            if each is not None:
-                each(view[:got])
-            direct = _write(target, view[:got], offset, direct)
-            offset += got
-            progress(offset)
+        with _buffer() as view:
+            offset = 0
+            while offset < size:
+                got = os.preadv(source, [view[:min(CHUNK, size - offset)]], offset)
+                if got <= 0:
+                    raise OSError(errno.EIO, "file shrank while it was copied")
+                if each is not None:
+                    each(view[:got])
+                direct = _write(target, view[:got], offset, direct)
+                offset += got
+                progress(offset)
     finally:
         if direct:
             set_direct(target, False)
@@ -144,23 +154,23 @@ def write_chunks(fd: int, chunks: Iterable[bytes | memoryview]) -> int:
     around the page cache where it can: they are gathered into whole aligned buffers,
     and only the last, partial one goes through the cache.  Returns the bytes written."""
     direct = set_direct(fd, True)
-    view = _buffer("write")
     filled = offset = 0
     try:
-        for chunk in chunks:
-            data = memoryview(chunk).cast("B")
-            while data:
-                take = min(len(data), CHUNK - filled)
-                view[filled:filled + take] = data[:take]
-                filled += take
-                data = data[take:]
-                if filled == CHUNK:
-                    direct = _write(fd, view, offset, direct)
-                    offset += filled
-                    filled = 0
-        if filled:
-            direct = _write(fd, view[:filled], offset, direct)
-            offset += filled
+        with _buffer() as view:
+            for chunk in chunks:
+                data = memoryview(chunk).cast("B")
+                while data:
+                    take = min(len(data), CHUNK - filled)
+                    view[filled:filled + take] = data[:take]
+                    filled += take
+                    data = data[take:]
+                    if filled == CHUNK:
+                        direct = _write(fd, view, offset, direct)
+                        offset += filled
+                        filled = 0
+            if filled:
+                direct = _write(fd, view[:filled], offset, direct)
+                offset += filled
     finally:
         if direct:
             set_direct(fd, False)

@@ -132,3 +132,22 @@ def test_chunks_written_around_the_page_cache_are_gathered_in_order(tmp_path, si
         os.close(fd)
     assert written == sum(sizes)
     assert (tmp_path / "blob").read_bytes() == b"".join(chunks)
+
+
+def test_buffers_kept_between_transfers_are_bounded_whatever_the_threads(tmp_path):
+    data = os.urandom(directio.CHUNK + 1)
+    source = _file(tmp_path / "source", data)
+
+    def one(n: int) -> bytes:
+        fd = os.open(source, os.O_RDONLY)
+        out = os.open(tmp_path / f"target{n}", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            directio.copy(fd, out, len(data), lambda count: None)
+        finally:
+            os.close(fd)
+            os.close(out)
+        return (tmp_path / f"target{n}").read_bytes()
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(got == data for got in pool.map(one, range(32)))
+    assert 1 <= len(directio._spare) <= directio.KEEP
