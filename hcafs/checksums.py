@@ -18,14 +18,12 @@ from __future__ import annotations
 import hashlib
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
-from typing import BinaryIO
 
 import crc32c as _crc32c
 
 MiB = 1024 * 1024
 MIN_PART_SIZE = 64 * MiB
 MAX_PARTS = 10_000
-READ_SIZE = 4 * MiB
 SPREAD_MIN = 1 * MiB  # chunks that Checksummer.update may spread over a pool's threads
 
 # The keys the DSS reads from a staged object's tags (or metadata).
@@ -104,24 +102,21 @@ class Checksummer:
         bytes), sha256 and sha1 run on its threads beside this one's md5 and crc32c (each
         releases the GIL), and the call returns once all four have taken the chunk."""
         view = memoryview(data)
-        if pool is not None and self._complete and len(view) >= SPREAD_MIN:
-            others = [pool.submit(self._sha256.update, view),
-                      pool.submit(self._sha1.update, view)]
-            try:
-                self._crc = _crc32c.crc32c(view, self._crc)
-                self._size += len(view)
-                self._parts(view)
-            finally:  # the chunk's buffer may be reused once this returns
-                for other in others:
-                    other.result()
-            return
-        self._crc = _crc32c.crc32c(view, self._crc)
-        self._size += len(view)
-        if not self._complete:
-            return
-        self._sha256.update(view)
-        self._sha1.update(view)
-        self._parts(view)
+        spread = pool is not None and self._complete and len(view) >= SPREAD_MIN
+        others = [pool.submit(self._sha256.update, view),
+                  pool.submit(self._sha1.update, view)] if spread else []
+        try:
+            self._crc = _crc32c.crc32c(view, self._crc)
+            self._size += len(view)
+            if not self._complete:
+                return
+            if not spread:
+                self._sha256.update(view)
+                self._sha1.update(view)
+            self._parts(view)
+        finally:  # the chunk's buffer may be reused once this returns
+            for other in others:
+                other.result()
 
     def _parts(self, view: memoryview) -> None:
         while view:
@@ -152,19 +147,6 @@ class Checksummer:
             s3_etag=etag,
             size=self._size,
         )
-
-
-def checksum_file(stream: BinaryIO, size: int) -> Checksums:
-    """Checksums of the next ``size`` bytes of ``stream`` (read in bounded chunks)."""
-    summer = Checksummer(size)
-    remaining = size
-    while remaining:
-        chunk = stream.read(min(READ_SIZE, remaining))
-        if not chunk:
-            raise ValueError(f"stream ended {remaining} bytes early")
-        summer.update(chunk)
-        remaining -= len(chunk)
-    return summer.result()
 
 
 def checksum_bytes(data: bytes) -> Checksums:

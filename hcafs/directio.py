@@ -86,11 +86,7 @@ def read_chunks(fd: int, size: int) -> Iterator[memoryview]:
                 try:
                     got = os.preadv(fd, [view[:want]], offset)
                 except OSError as exc:
-                    if not direct or exc.errno != errno.EINVAL:
-                        raise
-                    direct = not set_direct(fd, False)  # taken at fcntl, not at read
-                    if direct:
-                        raise
+                    direct = _refused(fd, direct, exc)  # taken at fcntl, not at the read
                     continue
                 if got <= 0:
                     return  # the file is shorter than ``size``: the caller sees it in the sum
@@ -104,6 +100,15 @@ def read_chunks(fd: int, size: int) -> Iterator[memoryview]:
             set_direct(fd, False)
 
 
+def _refused(fd: int, direct: bool, exc: OSError) -> bool:
+    """After a transfer failed with ``exc``: turn ``O_DIRECT`` off and return False if it
+    was on and refused (EINVAL), so the transfer is tried again through the page cache;
+    re-raise anything else."""
+    if not direct or exc.errno != errno.EINVAL or not set_direct(fd, False):
+        raise exc
+    return False
+
+
 def _write(fd: int, data: memoryview, offset: int, direct: bool) -> bool:
     """Write all of ``data`` at ``offset``; returns whether ``fd`` is still ``O_DIRECT``
     (it is turned off for an unaligned write, a short one, or one the filesystem refuses
@@ -115,11 +120,7 @@ def _write(fd: int, data: memoryview, offset: int, direct: bool) -> bool:
         try:
             written += os.pwrite(fd, data[written:], offset + written)
         except OSError as exc:
-            if not direct or exc.errno != errno.EINVAL:
-                raise
-            direct = not set_direct(fd, False)
-            if direct:
-                raise
+            direct = _refused(fd, direct, exc)  # taken at fcntl, not at the write
             continue
         if direct and written < len(data):
             direct = not set_direct(fd, False)  # a short write: unaligned from here
